@@ -1,0 +1,204 @@
+"""Save and load pruned (and plain) Hugging Face checkpoints.
+
+A pruned model is saved as a normal Hugging Face directory. Uniform widths give a plain
+`llama`/`qwen2`/... config that any tool loads. Per-layer widths give
+`model_type = edgeprune_<family>` with the widths in `edgeprune_layers` and the modeling
+code shipped beside it (`auto_map`), so plain `from_pretrained` fails loudly unless
+`trust_remote_code=True`, and never silently re-initialises a mismatched weight.
+
+Writes are atomic: files go to a hidden sibling directory which is renamed into place
+after the manifest (`edgeprune.json`, written last) lists every file and its size.
+`load` refuses a directory whose manifest is missing or whose files do not match it.
+"""
+from __future__ import annotations
+
+import inspect
+import json
+import os
+import shutil
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .errors import ModelError, OutputError
+from .models import get_adapter
+from .models import pruned_modeling
+from .plan import Plan
+
+MANIFEST = "edgeprune.json"
+INCOMPLETE = ".edgeprune-incomplete"
+TOKENIZER_FILES = (
+    "tokenizer.model", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
+    "added_tokens.json", "vocab.json", "merges.txt", "chat_template.jinja", "chat_template.json",
+)
+
+
+def _is_hub_id(s: str) -> bool:
+    return s.count("/") == 1 and not s.startswith((".", "/", "~")) and not Path(s).exists()
+
+
+def check_output_dir(out: Path, force: bool, resume: bool = False) -> None:
+    """Refuse finished results (without --force) and stale half-written ones (without --resume)."""
+    if not out.parent.exists():
+        raise OutputError(f"output parent directory {out.parent} does not exist; create it first")
+    if not os.access(out.parent, os.W_OK):
+        raise OutputError(f"output directory {out.parent} is not writable; choose another --out")
+    if not out.exists():
+        return
+    if not out.is_dir():
+        raise OutputError(f"--out {out} exists and is a file; choose a directory path")
+    if (out / INCOMPLETE).exists():
+        if resume or force:
+            return
+        raise OutputError(f"{out} holds an interrupted run; add --resume to continue it or --force to start over")
+    if any(out.iterdir()):
+        if force:
+            return
+        raise OutputError(f"{out} already holds a result; pass --force to overwrite it or choose another --out")
+
+
+def copy_tokenizer(src: str | Path | None, dst: Path) -> None:
+    if src is None:
+        return
+    src = Path(src)
+    for name in TOKENIZER_FILES:
+        if (src / name).is_file():
+            shutil.copy2(src / name, dst / name)
+
+
+def _write_manifest(directory: Path, extra: dict) -> None:
+    files = {p.name: p.stat().st_size for p in sorted(directory.iterdir()) if p.is_file() and p.name != MANIFEST}
+    (directory / MANIFEST).write_text(json.dumps({"format": "edgeprune-checkpoint", "version": 1, "files": files, **extra}, indent=1))
+
+
+def save(
+    model: nn.Module,
+    directory: str | Path,
+    *,
+    tokenizer_from: str | Path | None = None,
+    plan: Plan | None = None,
+    force: bool = False,
+) -> Path:
+    """Write `model` (dense or pruned) as a Hugging Face directory, atomically."""
+    out = Path(directory).absolute()
+    check_output_dir(out, force=force, resume=True)
+    tmp = out.parent / f".{out.name}.partial-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        tmp.mkdir()
+        adapter = get_adapter(model.config)
+        model.save_pretrained(tmp, safe_serialization=True)
+        cfg_path = tmp / "config.json"
+        cfg = json.loads(cfg_path.read_text())
+        nonuniform = bool(getattr(model.config, "edgeprune_layers", None))
+        if nonuniform:
+            family = adapter.family
+            cls_cfg, cls_model = pruned_modeling.CLASSES[family]
+            cfg["model_type"] = f"edgeprune_{family}"
+            cfg["architectures"] = [cls_model.__name__]
+            cfg["auto_map"] = {
+                "AutoConfig": f"modeling_edgeprune.{cls_cfg.__name__}",
+                "AutoModelForCausalLM": f"modeling_edgeprune.{cls_model.__name__}",
+            }
+            shutil.copy2(inspect.getfile(pruned_modeling), tmp / "modeling_edgeprune.py")
+        cfg_path.write_text(json.dumps(cfg, indent=2))
+        copy_tokenizer(tokenizer_from, tmp)
+        if plan is not None:
+            plan.save(tmp)
+        _write_manifest(tmp, {"nonuniform": nonuniform, "family": adapter.family})
+        if out.exists():
+            # `out` is our own work-in-progress directory (or --force): keep its work files.
+            for p in tmp.iterdir():
+                target = out / p.name
+                if target.is_dir():
+                    shutil.rmtree(target)
+                os.replace(p, target)
+            tmp.rmdir()
+            (out / INCOMPLETE).unlink(missing_ok=True)
+        else:
+            os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
+
+
+def _check_manifest(path: Path) -> None:
+    m = path / MANIFEST
+    if (path / INCOMPLETE).exists():
+        raise ModelError(f"{path} is an unfinished edgeprune run; resume it with --resume or delete it")
+    if not m.is_file():
+        raise ModelError(f"{path} is an edgeprune checkpoint without its manifest (an interrupted save?); re-run the save")
+    files = json.loads(m.read_text()).get("files", {})
+    for name, size in files.items():
+        p = path / name
+        if not p.is_file() or p.stat().st_size != size:
+            raise ModelError(f"{path}/{name} is missing or truncated (manifest says {size} bytes); re-run the save")
+
+
+def read_config_dict(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.exists():
+        raise ModelError(f"model directory {path} does not exist; pass a local Hugging Face model directory or hub id")
+    if not path.is_dir():
+        raise ModelError(f"{path} is a file, not a model directory; pass the directory holding config.json")
+    cfg = path / "config.json"
+    if not cfg.is_file():
+        raise ModelError(f"{path} has no config.json, so it is not a Hugging Face model directory")
+    try:
+        return json.loads(cfg.read_text())
+    except json.JSONDecodeError as e:
+        raise ModelError(f"{cfg} is not valid JSON ({e.msg}); re-download or re-save the model") from None
+
+
+def load_config(path: str | Path):
+    """The transformers config of a local directory (edgeprune or plain), validated."""
+    from transformers import AutoConfig
+
+    d = read_config_dict(path)
+    model_type = d.get("model_type", "")
+    if model_type.startswith("edgeprune_"):
+        pruned_modeling.register_with_transformers()
+        _check_manifest(Path(path))
+    elif (Path(path) / MANIFEST).exists():
+        _check_manifest(Path(path))
+    archs = d.get("architectures") or []
+    if archs and not any(a.endswith(("ForCausalLM", "LMHeadModel")) for a in archs):
+        raise ModelError(f"{path} holds a {archs[0]}, not a causal language model (…ForCausalLM)")
+    from types import SimpleNamespace
+
+    get_adapter(SimpleNamespace(**d))  # unsupported architecture -> one clear line
+    return AutoConfig.from_pretrained(str(path))
+
+
+def load(
+    path: str | Path,
+    *,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype = torch.float32,
+) -> nn.Module:
+    """Load a dense or edgeprune-pruned checkpoint as a transformers `PreTrainedModel`.
+
+    Returns fp32 on CPU unless asked otherwise, with the usual module names
+    (`model.layers[i].mlp.down_proj`, `embed_tokens`, `lm_head`). A hub id is passed
+    through to transformers (works online). Every weight must load: missing, unexpected
+    or mismatched tensors are an error, never a silent re-initialisation.
+    """
+    from transformers import AutoModelForCausalLM
+
+    path_s = str(path)
+    if _is_hub_id(path_s):
+        return AutoModelForCausalLM.from_pretrained(path_s, dtype=dtype).to(device).eval()
+    config = load_config(path)
+    try:
+        model, info = AutoModelForCausalLM.from_pretrained(
+            path_s, config=config, dtype=dtype, output_loading_info=True, attn_implementation="sdpa"
+        )
+    except OSError as e:
+        raise ModelError(f"could not read weights in {path}: {str(e).splitlines()[0]}") from None
+    problems = {k: v for k, v in info.items() if v and k in ("missing_keys", "unexpected_keys", "mismatched_keys")}
+    if problems:
+        first = next(iter(problems.items()))
+        raise ModelError(f"{path}: {first[0].replace('_', ' ')} while loading, e.g. {list(first[1])[:3]}; the checkpoint does not match its config")
+    return model.to(device).eval()

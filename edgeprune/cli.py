@@ -1,0 +1,305 @@
+"""Command line: argument parsing only. Calls the API, prints, maps errors to exit codes.
+
+Exit codes: 0 success, 2 a user error (one line on stderr: `edgeprune: error: ...`),
+130 interrupted. Machine-readable output (`--json`) goes to stdout alone; progress and
+logs go to stderr.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import warnings
+
+
+def _ratio(s: str) -> float:
+    try:
+        r = float(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{s}' is not a number; pass a fraction such as 0.2") from None
+    if math.isnan(r) or not 0 < r < 1:
+        raise argparse.ArgumentTypeError(f"{s} is outside (0, 1); it is the fraction of non-embedding parameters removed, e.g. 0.2")
+    return r
+
+
+def _layers(s: str) -> int | str:
+    if s == "auto":
+        return s
+    try:
+        n = int(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{s}' is not a whole number or 'auto'") from None
+    if n < 0:
+        raise argparse.ArgumentTypeError("--layers must be >= 0")
+    return n
+
+
+def _positive(s: str) -> int:
+    try:
+        n = int(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{s}' is not a whole number") from None
+    if n <= 0:
+        raise argparse.ArgumentTypeError(f"{s} must be a positive whole number")
+    return n
+
+
+def _setup_torch(threads: int | None) -> None:
+    import torch
+
+    torch.set_num_threads(threads or min(os.cpu_count() or 1, 8))
+
+
+def _model_arg(model: str | None) -> str:
+    if model:
+        return model
+    from .demo import ensure_demo_model
+
+    print("edgeprune: no --model given; using the embedded demo model (trained once, then cached)", file=sys.stderr)
+    return str(ensure_demo_model())
+
+
+def _data_default(model: str, given: str | None) -> str:
+    if given:
+        return given
+    from .demo import demo_model_dir
+
+    return "demo" if str(model) == str(demo_model_dir()) else "wikitext2"
+
+
+# ---- commands ---------------------------------------------------------------------
+def cmd_eval(a) -> int:
+    _setup_torch(a.threads)
+    from . import data
+    from .checkpoint import load
+    from .evaluate import perplexity
+    from .pipeline import tokenizer_for
+
+    model_dir = _model_arg(a.model)
+    src = _data_default(model_dir, a.data)
+    model = load(model_dir, device=a.device)
+    tok = tokenizer_for(model_dir)
+    windows = data.evaluation_set(tok, src, a.seq_len, a.max_windows, a.data_dir)
+    res = perplexity(model, windows, a.batch_size, a.device, progress=not a.json)
+    res["protocol"].update({"data": src, "portion": "eval"})
+    res["model"] = str(model_dir)
+    if a.json:
+        print(json.dumps(res))
+    else:
+        p = res["protocol"]
+        print(f"perplexity {res['perplexity']:.4f} on {src} (eval portion; seq_len {p['seq_len']}, "
+              f"{p['windows']} windows, {p['tokens']} predicted tokens)")
+    return 0
+
+
+def _print_prune_report(rep: dict) -> None:
+    d, p = rep["params_dense_nonembedding"], rep["params_pruned_nonembedding"]
+    print(f"{rep['method']}: removed {rep['ratio_achieved']:.4f} of non-embedding parameters "
+          f"({d:,} -> {p:,}; requested {rep['ratio_requested']}); total parameters "
+          f"{rep['params_dense_total']:,} -> {rep['params_pruned_total']:,}; layers removed {rep['layers_removed']}; "
+          f"peak memory {rep['peak_memory']['peak_bytes'] / 2**20:.1f} MiB "
+          f"({rep['peak_memory']['above_baseline_bytes'] / 2**20:.1f} MiB above baseline); "
+          f"{rep['wall_seconds']:.1f} s")
+
+
+def _request_kwargs(a) -> dict:
+    kw = dict(align=a.align, importance=a.importance, identical_inputs=not a.pruned_inputs,
+              offload=a.offload, progress=not a.quiet, solver=a.solver, batch_size=a.batch_size,
+              iterative_layers=not a.one_shot_layers, mask_tuning=not a.no_mask_tuning)
+    if a.protect is not None:
+        kw["protect"] = tuple(int(x) for x in a.protect.split(",") if x.strip())
+        kw["extra"] = {"protect_explicit": True}
+    return kw
+
+
+def cmd_prune(a) -> int:
+    _setup_torch(a.threads)
+    from .errors import PlanError
+    from .models import count_parameters, get_adapter
+    from .pipeline import prune
+
+    if a.ratio is None and a.layers is None:
+        raise PlanError("give --ratio R (fraction of non-embedding parameters) or --layers N")
+    if a.method != "shortgpt" and a.ratio is None:
+        raise PlanError(f"--method {a.method} needs --ratio")
+    model_dir = _model_arg(a.model)
+    res = prune(model_dir, a.method, ratio=a.ratio, layers=a.layers, calib=_data_default(model_dir, a.calib),
+                n_samples=a.nsamples, seq_len=a.seq_len, seed=a.seed, device=a.device, data_dir=a.data_dir,
+                out=a.out, force=a.force, resume=a.resume, **_request_kwargs(a))
+    from .checkpoint import load_config
+
+    ad = get_adapter(load_config(model_dir))
+    rep = res.report
+    emb = ad.vocab_size * ad.hidden_size * (1 if getattr(ad.config, "tie_word_embeddings", False) else 2)
+    rep["params_dense_total"] = rep["params_dense_nonembedding"] + emb
+    rep["params_pruned_total"] = count_parameters(res.model, ad)["total"]
+    if a.json:
+        print(json.dumps(rep))
+    else:
+        _print_prune_report(rep)
+        print(f"saved to {a.out}")
+    return 0
+
+
+def cmd_inspect(a) -> int:
+    from .inspect_cmd import inspect_path
+
+    out = inspect_path(a.path, plot=a.plot)
+    print(json.dumps(out, indent=1) if a.json else out["text"])
+    return 0
+
+
+def cmd_export(a) -> int:
+    _setup_torch(a.threads)
+    from exporters import export
+
+    res = export(a.model, a.format, a.out, dtype=a.dtype, verify=not a.no_verify, force=a.force)
+    if a.no_verify:
+        print("edgeprune: WARNING: --no-verify: the artifact was NOT checked against PyTorch", file=sys.stderr)
+    print(json.dumps(res) if a.json else f"wrote {res['path']} ({res['bytes']:,} bytes); verify: {res.get('verify', {}).get('passed', 'skipped')}")
+    return 0
+
+
+def cmd_build(a) -> int:
+    _setup_torch(a.threads)
+    from .build import build
+
+    res = build(model=a.model, target=a.target, ratio=a.ratio, method=a.method, calib=a.calib, out=a.out,
+                force=a.force, resume=a.resume, data_dir=a.data_dir, nsamples=a.nsamples, seq_len=a.seq_len,
+                seed=a.seed, device=a.device, command=" ".join(sys.argv))
+    print(res["summary"])
+    return 0
+
+
+def cmd_bench(a) -> int:
+    from .bench import bench
+
+    res = bench(a.path, context=a.context, new_tokens=a.new_tokens, reps=a.reps, threads=a.threads)
+    print(json.dumps(res) if a.json else res.get("text", json.dumps(res, indent=1)))
+    return 0
+
+
+def cmd_targets(a) -> int:
+    from .targets import list_targets
+
+    for t in list_targets():
+        print(f"{t['name']:<18} {', '.join(t['aliases']) or '-':<12} {t['description']}")
+    return 0
+
+
+# ---- parser -----------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="edgeprune", description="Prune, export, verify and profile LLMs for edge devices.")
+    p.add_argument("--version", action="version", version="edgeprune 0.1.0")
+    sub = p.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
+
+    def common(sp, data=True):
+        sp.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
+        sp.add_argument("--threads", type=_positive, default=None, help="torch threads (default: cores, max 8)")
+        if data:
+            sp.add_argument("--data-dir", default=None, help="folder with named datasets (default $EDGEPRUNE_DATA or ../shared/data)")
+
+    e = sub.add_parser("eval", help="perplexity of a dense or pruned model")
+    e.add_argument("--model", help="model directory (default: the embedded demo model)")
+    e.add_argument("--data", help="named set (wikitext2, ptb, c4, tinystories, alpaca, shakespeare, demo) or a file/dir")
+    e.add_argument("--seq-len", type=_positive, default=2048 if False else 512, help="window length (default 512)")
+    e.add_argument("--max-windows", type=_positive, default=None, help="cap the number of windows (default: all)")
+    e.add_argument("--batch-size", type=_positive, default=4)
+    e.add_argument("--json", action="store_true", help="print exactly one JSON object on stdout")
+    common(e)
+    e.set_defaults(fn=cmd_eval)
+
+    pr = sub.add_parser("prune", help="prune a model and save the physically smaller checkpoint")
+    pr.add_argument("--model", help="model directory or hub id (default: the embedded demo model)")
+    pr.add_argument("--method", default="comp", help="comp (default), shortgpt, magnitude")
+    pr.add_argument("--ratio", type=_ratio, help="fraction of non-embedding parameters to remove")
+    pr.add_argument("--layers", type=_layers, help="layers to remove (shortgpt), or COMP's layer stage: N or auto")
+    pr.add_argument("--calib", help="calibration set: named set or file (default wikitext2; demo for the demo model)")
+    pr.add_argument("--nsamples", type=_positive, default=32, help="calibration windows (default 32)")
+    pr.add_argument("--seq-len", type=_positive, default=128, help="calibration window length (default 128)")
+    pr.add_argument("--seed", type=int, default=0)
+    pr.add_argument("--align", type=_positive, default=1, help="round kept FFN widths to a multiple (default 1: none)")
+    pr.add_argument("--importance", choices=("obs", "diag"), default="obs", help="COMP neuron importance reading")
+    pr.add_argument("--pruned-inputs", action="store_true", help="COMP: prune each layer on the pruned model's inputs (ablation)")
+    pr.add_argument("--one-shot-layers", action="store_true", help="COMP: score layers once instead of iteratively (ablation)")
+    pr.add_argument("--no-mask-tuning", action="store_true", help="COMP: skip the least-squares mask re-fit (ablation)")
+    pr.add_argument("--protect", default=None, help="layers kept free of pruning, e.g. 0,1,-1 (COMP default)")
+    pr.add_argument("--solver", choices=("cholesky", "lsmr"), default="cholesky", help="mask solver (lsmr: CuPy on CUDA)")
+    pr.add_argument("--offload", action="store_true", help="keep calibration activations on disk")
+    pr.add_argument("--batch-size", type=_positive, default=8)
+    pr.add_argument("--out", required=True, help="output directory")
+    pr.add_argument("--force", action="store_true", help="overwrite a finished result in --out")
+    pr.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
+    pr.add_argument("--quiet", action="store_true", help="no progress bars")
+    pr.add_argument("--json", action="store_true")
+    common(pr)
+    pr.set_defaults(fn=cmd_prune)
+
+    ex = sub.add_parser("export", help="export to ONNX or GGUF, then verify in the runtime")
+    ex.add_argument("model", help="model directory (dense or pruned)")
+    ex.add_argument("--format", required=True, help="onnx or gguf")
+    ex.add_argument("--dtype", default="f32", help="f32 (default), f16, bf16, q8_0, q4_0, q4_k")
+    ex.add_argument("--out", required=True, help="GGUF: the .gguf file; ONNX: a directory")
+    ex.add_argument("--no-verify", action="store_true", help="skip verification (loudly)")
+    ex.add_argument("--force", action="store_true")
+    ex.add_argument("--json", action="store_true")
+    common(ex, data=False)
+    ex.set_defaults(fn=cmd_export)
+
+    b = sub.add_parser("build", help="prune, export, verify and profile for a device target")
+    b.add_argument("--model", help="model directory (default: the embedded demo model)")
+    b.add_argument("--target", default="cpu-x86", help="target name or TOML path (see `edgeprune targets`)")
+    b.add_argument("--ratio", type=_ratio, default=None, help="override the target's default ratio")
+    b.add_argument("--method", default=None, help="override the target's default method")
+    b.add_argument("--calib", default=None)
+    b.add_argument("--nsamples", type=_positive, default=32)
+    b.add_argument("--seq-len", type=_positive, default=128)
+    b.add_argument("--seed", type=int, default=0)
+    b.add_argument("--out", default="build", help="build directory (default build/)")
+    b.add_argument("--force", action="store_true")
+    b.add_argument("--resume", action="store_true")
+    common(b)
+    b.set_defaults(fn=cmd_build)
+
+    be = sub.add_parser("bench", help="measure latency of an artifact or build dir with its runtime (no torch)")
+    be.add_argument("path")
+    be.add_argument("--context", type=_positive, default=None, help="prompt tokens (default: the target's, else 128)")
+    be.add_argument("--new-tokens", type=_positive, default=32)
+    be.add_argument("--reps", type=_positive, default=5)
+    be.add_argument("--threads", type=_positive, default=None)
+    be.add_argument("--json", action="store_true")
+    be.set_defaults(fn=cmd_bench)
+
+    i = sub.add_parser("inspect", help="show a model's or plan's per-layer widths")
+    i.add_argument("path")
+    i.add_argument("--json", action="store_true")
+    i.add_argument("--plot", default=None, help="write a PNG of layer importance and kept widths")
+    i.set_defaults(fn=cmd_inspect)
+
+    t = sub.add_parser("targets", help="list the device targets")
+    t.set_defaults(fn=cmd_targets)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from .errors import EdgePruneError
+
+    warnings.formatwarning = lambda msg, cat, *_a, **_k: f"edgeprune: warning: {msg}\n"
+    try:
+        return args.fn(args) or 0
+    except EdgePruneError as e:
+        print(f"edgeprune: error: {e}", file=sys.stderr)
+        return 2
+    except (MemoryError, OSError) as e:
+        print(f"edgeprune: error: {type(e).__name__}: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("edgeprune: interrupted; run the same command with --resume to continue", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

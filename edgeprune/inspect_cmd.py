@@ -1,0 +1,88 @@
+"""`edgeprune inspect`: architecture, parameters and per-layer widths of a model or plan."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from .plan import PLAN_JSON, Plan
+
+
+def _plan_rows(plan: Plan) -> list[dict]:
+    rows = []
+    imp = plan.stats.get("layer_importance", {})
+    for i in range(plan.num_layers):
+        lp = plan.layers.get(i)
+        st = lp.stats if lp else {}
+        rows.append({
+            "layer": i, "removed": i in plan.removed_layers, "importance": imp.get(str(i), st.get("importance")),
+            "target_ratio": st.get("target_ratio"), "achieved_ratio": st.get("achieved_ratio"), "tau": st.get("tau"),
+            "o_mask_var": st.get("o_mask_var"), "down_mask_var": st.get("down_mask_var"), "kept": st.get("kept"),
+        })
+    return rows
+
+
+def inspect_path(path: str, plot: str | None = None) -> dict:
+    p = Path(path)
+    if p.is_file() and p.name.endswith(".json") or (p.is_dir() and (p / PLAN_JSON).is_file() and not (p / "config.json").is_file()):
+        plan = Plan.load(p)
+        rows = _plan_rows(plan)
+        text = [f"plan: method {plan.method}, {plan.model_type}, {plan.num_layers} layers, removed {plan.removed_layers}"]
+        for r in rows:
+            text.append(f"  layer {r['layer']:>3} {'REMOVED' if r['removed'] else ''} importance={_f(r['importance'])} "
+                        f"target={_f(r['target_ratio'])} achieved={_f(r['achieved_ratio'])} tau={_f(r['tau'])} kept={r['kept']}")
+        if plot:
+            plot_plan(plan, plot)
+        return {"kind": "plan", "plan": plan.to_dict(), "layers": rows, "text": "\n".join(text)}
+    from .checkpoint import load_config
+    from .models import expected_nonembedding, get_adapter
+
+    cfg = load_config(p)
+    ad = get_adapter(cfg)
+    shapes = ad.layer_shapes()
+    non_emb = expected_nonembedding(ad, shapes)
+    emb = ad.vocab_size * ad.hidden_size * (1 if getattr(cfg, "tie_word_embeddings", False) else 2)
+    layers = [{"layer": i, **s.as_dict(), "params": ad.layer_param_count(s)} for i, s in enumerate(shapes)]
+    text = [f"{ad.family}: {len(shapes)} layers, hidden {ad.hidden_size}, head_dim {ad.head_dim}, vocab {ad.vocab_size}",
+            f"parameters: {non_emb + emb:,} total, {non_emb:,} non-embedding"]
+    for r in layers:
+        text.append(f"  layer {r['layer']:>3}: ffn {r['intermediate_size']:>6}  heads {r['num_attention_heads']:>3}  "
+                    f"kv {r['num_key_value_heads']:>3}  params {r['params']:,}")
+    out = {"kind": "model", "family": ad.family, "params_total": non_emb + emb, "params_nonembedding": non_emb,
+           "layers": layers, "text": "\n".join(text)}
+    if (p / PLAN_JSON).is_file():
+        plan = Plan.load(p)
+        out["plan"] = {"method": plan.method, "removed_layers": plan.removed_layers, "layers": _plan_rows(plan)}
+        out["text"] += f"\nplan: {plan.method}, removed layers {plan.removed_layers}"
+        if plot:
+            plot_plan(plan, plot)
+    return out
+
+
+def _f(x) -> str:
+    return "-" if x is None else f"{x:.4f}"
+
+
+def plot_plan(plan: Plan, path: str) -> None:
+    """PNG: layer importance (bars) and kept FFN width fraction per layer."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = _plan_rows(plan)
+    idx = [r["layer"] for r in rows]
+    imp = [r["importance"] or 0 for r in rows]
+    fig, ax = plt.subplots(1, 2, figsize=(10, 3.5))
+    ax[0].bar(idx, imp, color=["lightgray" if r["removed"] else "tab:blue" for r in rows])
+    ax[0].set_title("layer importance 1 - cos (gray: removed)")
+    ax[0].set_xlabel("layer")
+    kept = []
+    for r in rows:
+        k = r["kept"]
+        kept.append(0 if r["removed"] else (1 - (r["achieved_ratio"] or 0)) if k else 1)
+    ax[1].bar(idx, kept, color="tab:green")
+    ax[1].set_ylim(0, 1.05)
+    ax[1].set_title("kept fraction of layer parameters")
+    ax[1].set_xlabel("layer")
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)

@@ -1,0 +1,36 @@
+"""Pruning methods: each turns (layer source, calibration windows, request) into a Plan."""
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+
+from ..errors import PlanError
+from ..plan import Plan
+from ..streaming import LayerSource
+from .base import PruneRequest
+from .comp import plan_comp
+from .magnitude import plan_magnitude
+from .shortgpt import plan_shortgpt
+
+MethodFn = Callable[[LayerSource, "torch.Tensor | None", PruneRequest], Plan]
+
+METHODS: dict[str, MethodFn] = {
+    "comp": plan_comp,
+    "shortgpt": plan_shortgpt,
+    "magnitude": plan_magnitude,
+}
+# Named in the CLI contract, not implemented yet (issue 5): refused with a clear message.
+PLANNED = ("slimgpt", "wanda-sp", "flap", "taylor")
+NEEDS_CALIBRATION = {"comp": True, "shortgpt": True, "magnitude": False}
+
+
+def get_method(name: str) -> MethodFn:
+    if name in METHODS:
+        return METHODS[name]
+    if name in PLANNED:
+        raise PlanError(f"method '{name}' is not implemented yet; available: {', '.join(METHODS)}")
+    raise PlanError(f"unknown method '{name}'; choose one of: {', '.join(METHODS)}")
+
+
+__all__ = ["METHODS", "NEEDS_CALIBRATION", "PruneRequest", "get_method"]

@@ -1,0 +1,179 @@
+"""What every method shares: the request, the ratio bookkeeping, layer importance.
+
+The ratio is defined once: the fraction of NON-EMBEDDING parameters removed (everything
+except the token embedding and lm_head; norms and biases count).
+"""
+from __future__ import annotations
+
+import math
+import sys
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from ..errors import PlanError
+from ..models import DecoderAdapter, LayerShape, expected_nonembedding
+from ..plan import Plan
+from ..streaming import Activations, LayerSource
+
+
+@dataclass
+class PruneRequest:
+    """Everything a method may read; methods ignore what does not apply to them."""
+
+    ratio: float | None = None
+    layers: int | str | None = None  # number of layers to remove, or "auto"
+    align: int = 1  # round kept FFN widths to a multiple (hardware efficiency)
+    protect: tuple[int, ...] = (0, 1, -1)  # layers kept free of neuron pruning / removal
+    importance: str = "obs"  # COMP neuron reading: "obs" or "diag"
+    identical_inputs: bool = True  # prune each layer on the dense model's inputs
+    mask_tuning: bool = True
+    iterative_layers: bool = True
+    max_layer_ratio: float = 0.85
+    damp: float = 0.01
+    solver: str = "cholesky"
+    batch_size: int = 8
+    offload: bool = False  # keep calibration activations on disk
+    progress: bool = True
+    seed: int = 0
+    state: Any = None  # resumable per-layer state (prune.ResumeState)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def protected(self, num_layers: int) -> set[int]:
+        return {p % num_layers for p in self.protect if -num_layers <= p < num_layers}
+
+
+def bar(it, desc: str, req: PruneRequest, total: int | None = None):
+    return tqdm(it, desc=desc, total=total, disable=not req.progress, file=sys.stderr, leave=False)
+
+
+def dense_params(adapter: DecoderAdapter) -> int:
+    return expected_nonembedding(adapter, adapter.layer_shapes())
+
+
+def achieved_ratio(plan: Plan, adapter: DecoderAdapter) -> float:
+    dense = dense_params(adapter)
+    return 1.0 - expected_nonembedding(adapter, plan.result_shapes(adapter)) / dense
+
+
+def layers_for_ratio(adapter: DecoderAdapter, ratio: float) -> int:
+    """Nearest whole number of layers (at least one) for a layer-removal method."""
+    per_layer = adapter.layer_param_count(adapter.layer_shapes()[0])
+    n = max(1, round(ratio * dense_params(adapter) / per_layer))
+    return n
+
+
+def check_layer_count(n: int, num_layers: int, available: int) -> None:
+    if n >= num_layers:
+        raise PlanError(f"cannot remove {n} of {num_layers} layers; at most {num_layers - 1} (keep at least one)")
+    if n > available:
+        raise PlanError(f"cannot remove {n} layers: only {available} are not protected; lower --layers or change --protect")
+
+
+def cosine_importance(x: Activations, y: Activations) -> float:
+    """1 - mean cosine(input, output) over all calibration tokens (windows have no padding)."""
+    total, n = 0.0, 0
+    for a, b in zip(x, y):
+        c = torch.nn.functional.cosine_similarity(a.double(), b.double(), dim=-1)
+        total += float(c.sum())
+        n += c.numel()
+    return 1.0 - total / n
+
+
+@torch.no_grad()
+def layer_importances(source: LayerSource, acts: Activations, layers: list[int], req: PruneRequest, desc: str) -> dict[int, float]:
+    """Stream `acts` through `layers` (in order) and score each one."""
+    imp: dict[int, float] = {}
+    cur = acts
+    for i in bar(layers, desc, req):
+        out = source.run(source.layer(i), cur)
+        imp[i] = cosine_importance(cur, out)
+        if cur is not acts:
+            cur.close()
+        cur = out
+    if cur is not acts:
+        cur.close()
+    return imp
+
+
+def remove_layers(
+    source: LayerSource, acts: Activations, n: int, candidates: set[int], req: PruneRequest, iterative: bool
+) -> tuple[list[int], dict[int, float], list[dict]]:
+    """Remove `n` layers of lowest importance; iteratively recomputing after each removal.
+
+    Returns the removed layers, the final importance of every remaining layer and the
+    history (importances seen at each round).
+    """
+    L = source.num_layers
+    kept = list(range(L))
+    imp = layer_importances(source, acts, kept, req, "layer importance")
+    history = [{"removed": None, "importance": dict(imp)}]
+    removed: list[int] = []
+    for r in range(n):
+        pool = [i for i in kept if i in candidates]
+        if not pool:
+            break
+        victim = min(pool, key=lambda i: imp[i])
+        removed.append(victim)
+        kept.remove(victim)
+        del imp[victim]
+        after = [i for i in kept if i > victim]
+        if iterative and after:
+            # Only the layers after the removed one see different inputs: re-score them.
+            cur = acts
+            for i in [i for i in kept if i < victim]:
+                nxt = source.run(source.layer(i), cur)
+                if cur is not acts:
+                    cur.close()
+                cur = nxt
+            imp.update(layer_importances(source, cur, after, req, f"layer importance (round {r + 2})"))
+            if cur is not acts:
+                cur.close()
+        history.append({"removed": victim, "importance": dict(imp)})
+    return removed, imp, history
+
+
+def pick_units(scores: torch.Tensor, n_remove: int) -> list[int]:
+    """Indices of the `n_remove` lowest scores (stable)."""
+    return torch.argsort(scores, stable=True)[:n_remove].tolist()
+
+
+def aligned_keep(full: int, keep: int, align: int) -> tuple[int, str | None]:
+    """Round a kept width to a multiple of `align`; explain when that makes no sense."""
+    if align <= 1:
+        return keep, None
+    if full < 2 * align:
+        return keep, f"width {full} is too small for --align {align}; left unaligned"
+    k = max(align, int(round(keep / align)) * align)
+    return min(k, full), None
+
+
+def uniform_split(adapter: DecoderAdapter, shape: LayerShape, target: float, align: int) -> tuple[int, int]:
+    """(KV groups, FFN channels) to remove for `target` params: attention at the same
+    fraction as the layer, rounded to whole groups (keeping one), FFN taking the rest."""
+    n_rep = shape.num_heads // shape.num_kv_heads
+    per_group = adapter.head_group_param_count(n_rep)
+    per_ch = adapter.ffn_channel_param_count()
+    layer = adapter.layer_param_count(shape)
+    frac = target / layer
+    g = min(shape.num_kv_heads - 1, int(round(frac * shape.num_kv_heads)))
+    rest = target - g * per_group
+    c = int(round(rest / per_ch))
+    c = max(0, min(shape.intermediate_size - 1, c))
+    keep, _ = aligned_keep(shape.intermediate_size, shape.intermediate_size - c, align)
+    return g, shape.intermediate_size - keep
+
+
+def check_ratio(ratio: float | None) -> float:
+    if ratio is None or not isinstance(ratio, (int, float)) or math.isnan(ratio) or not 0 < ratio < 1:
+        raise PlanError(f"--ratio must be a number strictly between 0 and 1 (got {ratio}); e.g. --ratio 0.2")
+    return float(ratio)
+
+
+def units_of_groups(shape: LayerShape, head_dim: int, device=None) -> torch.Tensor:
+    """Column indices of o_proj per KV group: [groups, n_rep * head_dim]."""
+    n_rep = shape.num_heads // shape.num_kv_heads
+    w = n_rep * head_dim
+    return torch.arange(shape.num_kv_heads * w, device=device).view(shape.num_kv_heads, w)

@@ -1,0 +1,122 @@
+"""Shared least-squares math for the mask-tuning and OBS methods.
+
+COMP's mask problem (METHODS.md §3): with A = (W^T W) ⊙ (X X^T) and b = A·1, the kept
+masks solve A_KK m_K = b_K. We damp it towards the unpruned mask,
+(A_KK + λI) m_K = b_K + λ·1 with λ = damp · mean(diag A), so that keeping everything
+returns m = 1 exactly and few calibration tokens stay solvable.
+"""
+from __future__ import annotations
+
+import torch
+
+
+def mask_system(weight: torch.Tensor, gram: torch.Tensor) -> torch.Tensor:
+    """A = (W^T W) ⊙ (X X^T), float64."""
+    w = weight.to(gram.device, torch.float64)
+    return (w.T @ w) * gram
+
+
+def damping(A: torch.Tensor, damp: float) -> float:
+    return float(damp * torch.diagonal(A).mean().clamp_min(1e-12))
+
+
+def _chol(M: torch.Tensor) -> torch.Tensor:
+    """Cholesky with escalating jitter: a Gram matrix may be rank-deficient."""
+    jitter = 0.0
+    scale = float(torch.diagonal(M).mean().abs().clamp_min(1e-12))
+    for _ in range(6):
+        L, info = torch.linalg.cholesky_ex(M + jitter * torch.eye(M.shape[0], dtype=M.dtype, device=M.device))
+        if int(info) == 0:
+            return L
+        jitter = scale * (1e-6 if jitter == 0 else jitter / scale * 100)
+    raise torch.linalg.LinAlgError("matrix not positive definite even with jitter")
+
+
+def fit_mask(A: torch.Tensor, keep: torch.Tensor, lam: float, solver: str = "cholesky") -> torch.Tensor:
+    """Least-squares mask on the kept set: (A_KK + λI) m = b_K + λ·1."""
+    b = A.sum(1)[keep] + lam
+    AKK = A[keep][:, keep] + lam * torch.eye(len(keep), dtype=A.dtype, device=A.device)
+    if solver == "lsmr":
+        return lsmr_solve(AKK, b)
+    return torch.cholesky_solve(b.unsqueeze(1), _chol(AKK)).squeeze(1)
+
+
+def lsmr_solve(M: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """CuPy's LSMR on the GPU (the paper's solver); needs the `cuda` extra."""
+    try:
+        import cupy
+        from cupyx.scipy.sparse.linalg import lsmr
+    except ImportError:
+        from ..errors import MissingExtraError
+
+        raise MissingExtraError("cupy-cuda12x", "cuda", "--solver lsmr") from None
+    if M.device.type != "cuda":
+        from ..errors import EdgePruneError
+
+        raise EdgePruneError("--solver lsmr runs on the GPU; add --device cuda (or use the default cholesky solver)")
+    Mc = cupy.from_dlpack(M.contiguous())
+    bc = cupy.from_dlpack(b.contiguous())
+    x = lsmr(Mc, bc, atol=1e-12, btol=1e-12, maxiter=10 * M.shape[0])[0]
+    return torch.from_dlpack(x).to(M.dtype)
+
+
+def inverse_spd(M: torch.Tensor) -> torch.Tensor:
+    return torch.cholesky_inverse(_chol(M))
+
+
+def mask_trajectory(
+    A: torch.Tensor,
+    units: torch.Tensor,
+    max_remove: int,
+    step: int,
+    reading: str = "obs",
+    damp: float = 0.01,
+) -> tuple[list[int], list[tuple[int, float]]]:
+    """Prune units of columns in ascending importance, re-fitting the mask after each step.
+
+    `units` [U, g] holds each unit's column indices (an FFN channel: g = 1; a KV group:
+    its heads' head_dim columns). Returns the removal order and, after each step, (units
+    removed so far, variance of the kept masks). Importance carries the current mask:
+    diagonal `Σ m_j² A_jj` or OBS-style `m_uᵀ [(A_KK+λI)^-1]_uu^-1 m_u`, the exact loss
+    increase of dropping unit u with the other masks re-fitted (METHODS.md §4).
+    """
+    U, g = units.shape
+    lam = damping(A, damp)
+    diag = torch.diagonal(A)
+    alive = list(range(U))
+    m = torch.ones(A.shape[0], dtype=A.dtype, device=A.device)
+    order: list[int] = []
+    steps: list[tuple[int, float]] = [(0, 0.0)]
+    eye = torch.eye(A.shape[0], dtype=A.dtype, device=A.device)
+    while len(order) < max_remove and len(alive) > 1:
+        cols = units[alive]  # [U', g]
+        if reading == "diag":
+            scores = (m[cols] ** 2 * diag[cols]).sum(1)
+        else:
+            keep = cols.reshape(-1)
+            Hinv = inverse_spd(A[keep][:, keep] + lam * eye[: len(keep), : len(keep)])
+            pos = torch.arange(len(keep), device=A.device).view(len(alive), g)
+            blocks = Hinv[pos.unsqueeze(2), pos.unsqueeze(1)]  # [U', g, g]
+            mu = m[cols].unsqueeze(2)
+            scores = (mu * torch.linalg.solve(blocks, mu)).sum((1, 2))
+        k = min(step, max_remove - len(order), len(alive) - 1)
+        drop = torch.argsort(scores, stable=True)[:k].tolist()
+        dropped = [alive[i] for i in drop]
+        order += dropped
+        gone = set(dropped)
+        alive = [u for u in alive if u not in gone]
+        keep = units[alive].reshape(-1)
+        m.zero_()
+        m[keep] = fit_mask(A, keep, lam)
+        steps.append((len(order), float(m[keep].var()) if len(keep) > 1 else 0.0))
+    return order, steps
+
+
+def removed_at(steps: list[tuple[int, float]], tau: float) -> int:
+    """Units removed when pruning stops at the first step whose mask variance exceeds τ."""
+    removed = 0
+    for count, var in steps:
+        if var > tau:
+            break
+        removed = count
+    return removed

@@ -1,0 +1,104 @@
+"""Hugging Face classes for checkpoints whose layers have different widths.
+
+This file is self-contained (torch + transformers only) because `edgeprune.save` copies it
+into every non-uniform checkpoint as `modeling_edgeprune.py` and points `auto_map` at it.
+Such a checkpoint has `model_type = "edgeprune_<family>"`, so plain
+`AutoModelForCausalLM.from_pretrained(dir)` fails loudly ("unrecognized model") instead of
+silently re-initialising mismatched weights, while `trust_remote_code=True` (or
+`edgeprune.load`) builds each layer with its own widths and loads the weights strictly.
+"""
+from __future__ import annotations
+
+import importlib
+
+from torch import nn
+
+# family -> (transformers module, config class, causal-LM class)
+FAMILIES = {
+    "llama": ("transformers.models.llama.modeling_llama", "LlamaConfig", "LlamaForCausalLM"),
+    "mistral": ("transformers.models.mistral.modeling_mistral", "MistralConfig", "MistralForCausalLM"),
+    "qwen2": ("transformers.models.qwen2.modeling_qwen2", "Qwen2Config", "Qwen2ForCausalLM"),
+    "qwen3": ("transformers.models.qwen3.modeling_qwen3", "Qwen3Config", "Qwen3ForCausalLM"),
+}
+
+
+def _new_linear(old: nn.Linear, in_f: int, out_f: int) -> nn.Linear:
+    return nn.Linear(in_f, out_f, bias=old.bias is not None, device=old.weight.device, dtype=old.weight.dtype)
+
+
+def resize_layers(model: nn.Module, per_layer: list[dict]) -> None:
+    """Give every decoder layer the widths listed in `config.edgeprune_layers` (weights empty)."""
+    cfg = model.config
+    head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+    for layer, shape in zip(model.model.layers, per_layer):
+        resize_layer(layer, shape, head_dim)
+
+
+def resize_layer(layer: nn.Module, shape: dict, head_dim: int) -> None:
+    """Replace one decoder layer's projections by empty ones of the given widths."""
+    f = shape["intermediate_size"]
+    h = shape["num_attention_heads"]
+    kv = shape["num_key_value_heads"]
+    attn, mlp = layer.self_attn, layer.mlp
+    d = attn.q_proj.in_features
+    attn.q_proj = _new_linear(attn.q_proj, d, h * head_dim)
+    attn.k_proj = _new_linear(attn.k_proj, d, kv * head_dim)
+    attn.v_proj = _new_linear(attn.v_proj, d, kv * head_dim)
+    attn.o_proj = _new_linear(attn.o_proj, h * head_dim, d)
+    attn.num_key_value_groups = h // kv
+    mlp.gate_proj = _new_linear(mlp.gate_proj, d, f)
+    mlp.up_proj = _new_linear(mlp.up_proj, d, f)
+    mlp.down_proj = _new_linear(mlp.down_proj, f, d)
+    if hasattr(mlp, "intermediate_size"):
+        mlp.intermediate_size = f
+
+
+def _make_classes(family: str):
+    module_name, config_name, model_name = FAMILIES[family]
+    mod = importlib.import_module(module_name)
+    base_config = getattr(importlib.import_module(module_name.replace("modeling_", "configuration_")), config_name)
+    base_model = getattr(mod, model_name)
+
+    config_cls = type(
+        f"EdgePrune{config_name}", (base_config,), {"model_type": f"edgeprune_{family}", "__module__": __name__}
+    )
+
+    def __init__(self, config):
+        base_model.__init__(self, config)
+        resize_layers(self, config.edgeprune_layers)
+        self.post_init()
+
+    model_cls = type(
+        f"EdgePrune{model_name}",
+        (base_model,),
+        {"config_class": config_cls, "__init__": __init__, "__module__": __name__},
+    )
+    return config_cls, model_cls
+
+
+EdgePruneLlamaConfig, EdgePruneLlamaForCausalLM = _make_classes("llama")
+EdgePruneMistralConfig, EdgePruneMistralForCausalLM = _make_classes("mistral")
+EdgePruneQwen2Config, EdgePruneQwen2ForCausalLM = _make_classes("qwen2")
+EdgePruneQwen3Config, EdgePruneQwen3ForCausalLM = _make_classes("qwen3")
+
+CLASSES = {
+    "llama": (EdgePruneLlamaConfig, EdgePruneLlamaForCausalLM),
+    "mistral": (EdgePruneMistralConfig, EdgePruneMistralForCausalLM),
+    "qwen2": (EdgePruneQwen2Config, EdgePruneQwen2ForCausalLM),
+    "qwen3": (EdgePruneQwen3Config, EdgePruneQwen3ForCausalLM),
+}
+
+
+def register_with_transformers() -> None:
+    """Let Auto* classes resolve `edgeprune_<family>` in this process (idempotent)."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    for config_cls, model_cls in CLASSES.values():
+        try:
+            AutoConfig.register(config_cls.model_type, config_cls)
+        except ValueError:
+            pass  # already registered
+        try:
+            AutoModelForCausalLM.register(config_cls, model_cls)
+        except ValueError:
+            pass

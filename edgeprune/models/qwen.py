@@ -1,0 +1,60 @@
+"""Qwen2 (q/k/v biases) and Qwen3 (per-head q_norm/k_norm)."""
+from __future__ import annotations
+
+import importlib
+
+from .base import DecoderAdapter
+
+
+class Qwen2Adapter(DecoderAdapter):
+    family = "qwen2"
+    model_types = ("qwen2",)
+    uniform_gguf_arch = "qwen2"
+    nonuniform_gguf_reason = (
+        "llama.cpp's 'deci' architecture (the only one that reads per-layer widths) has no "
+        "q/k/v biases, so a Qwen2 model with per-layer widths has no GGUF route; export ONNX, "
+        "or prune with uniform widths"
+    )
+
+    def has_attention_bias(self) -> bool:
+        return True  # Qwen2 always carries q/k/v biases (o_proj has none)
+
+    def layer_param_count(self, shape):
+        # Qwen2 has biases on q/k/v but not on o_proj, unlike Llama's attention_bias flag.
+        d, hd = self.hidden_size, self.head_dim
+        q, kv = shape.num_heads * hd, shape.num_kv_heads * hd
+        return d * q + 2 * d * kv + q * d + 3 * d * shape.intermediate_size + 2 * d + q + 2 * kv
+
+    def head_group_param_count(self, heads_per_group):
+        d, hd = self.hidden_size, self.head_dim
+        return 2 * d * hd * heads_per_group + 2 * d * hd + hd * heads_per_group + 2 * hd
+
+    def modeling_module(self):
+        return importlib.import_module("transformers.models.qwen2.modeling_qwen2")
+
+    def decoder_layer_class(self):
+        return self.modeling_module().Qwen2DecoderLayer
+
+    def rotary_class(self):
+        return self.modeling_module().Qwen2RotaryEmbedding
+
+
+class Qwen3Adapter(DecoderAdapter):
+    family = "qwen3"
+    model_types = ("qwen3",)
+    head_norm_paths = ("self_attn.q_norm", "self_attn.k_norm")
+    uniform_gguf_arch = "qwen3"
+    nonuniform_gguf_reason = (
+        "llama.cpp has no architecture that reads per-layer widths and applies Qwen3's "
+        "q_norm/k_norm ('deci' lacks them), so a non-uniform Qwen3 has no GGUF route today; "
+        "export ONNX, or prune with uniform widths"
+    )
+
+    def modeling_module(self):
+        return importlib.import_module("transformers.models.qwen3.modeling_qwen3")
+
+    def decoder_layer_class(self):
+        return self.modeling_module().Qwen3DecoderLayer
+
+    def rotary_class(self):
+        return self.modeling_module().Qwen3RotaryEmbedding

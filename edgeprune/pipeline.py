@@ -1,0 +1,167 @@
+"""The prune pipeline: calibrate -> plan (layer-streamed, memory measured) -> apply -> save.
+
+Resumable: with a work directory, the calibration windows and every finished layer's
+decision are kept there, so an interrupted run continued with `--resume` reproduces the
+plan of an uninterrupted one.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from . import data as data_mod
+from .checkpoint import INCOMPLETE, check_output_dir, load, save
+from .errors import PlanError
+from .memory import PeakMemory
+from .methods import NEEDS_CALIBRATION, PruneRequest, get_method
+from .methods.base import achieved_ratio, check_ratio, dense_params
+from .models import expected_nonembedding
+from .plan import LayerPlan, Plan
+from .streaming import open_source
+from .surgery import apply_plan
+
+# Below this many calibration tokens COMP's statistics get noisy (the paper used 10 x 128).
+MIN_CALIB_TOKENS = 1024
+RATIO_TOLERANCE = 0.01
+
+
+class ResumeState:
+    """Per-layer decisions on disk, so an interrupted prune continues where it stopped."""
+
+    def __init__(self, directory: Path):
+        self.dir = directory
+        self.dir.mkdir(parents=True, exist_ok=True)
+
+    def get(self, i: int):
+        from safetensors.torch import load_file
+
+        j = self.dir / f"layer{i}.json"
+        if not j.is_file():
+            return None
+        d = json.loads(j.read_text())
+        t = self.dir / f"layer{i}.safetensors"
+        tensors = load_file(str(t)) if t.is_file() else {}
+        return LayerPlan(**d), tensors
+
+    def put(self, i: int, lp: LayerPlan, tensors: dict) -> None:
+        from dataclasses import asdict
+
+        from safetensors.torch import save_file
+
+        if tensors:
+            save_file({k: v.contiguous() for k, v in tensors.items()}, str(self.dir / f"layer{i}.safetensors.tmp"))
+            (self.dir / f"layer{i}.safetensors.tmp").replace(self.dir / f"layer{i}.safetensors")
+        tmp = self.dir / f"layer{i}.json.tmp"
+        tmp.write_text(json.dumps(asdict(lp)))
+        tmp.replace(self.dir / f"layer{i}.json")
+
+
+@dataclass
+class PruneResult:
+    plan: Plan
+    model: torch.nn.Module | None
+    report: dict = field(default_factory=dict)
+
+
+def tokenizer_for(model_dir) -> object:
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(model_dir))
+    tok.model_max_length = 1 << 30  # we window long texts ourselves
+    return tok
+
+
+def calibration(model_dir, source: str, n_samples: int, seq_len: int, seed: int, data_dir=None, work: Path | None = None):
+    """Seeded calibration windows (cached in the work dir for resume)."""
+    cache = work / "calib.pt" if work else None
+    if cache and cache.is_file():
+        return torch.load(cache)
+    tok = tokenizer_for(model_dir)
+    text = data_mod.load_text(source, "calib", data_dir)
+    windows = data_mod.calibration_windows(data_mod.tokenize(tok, text), n_samples, seq_len, seed)
+    if cache:
+        torch.save(windows, cache)
+    return windows
+
+
+def make_plan(model, method: str, req: PruneRequest, calib: torch.Tensor | None, device="cpu") -> tuple[Plan, dict]:
+    """Run a method under the peak-memory meter; check the achieved ratio."""
+    fn = get_method(method)
+    if method != "shortgpt" or req.layers in (None, "auto"):
+        check_ratio(req.ratio)
+    if NEEDS_CALIBRATION.get(method) and calib is not None and calib.numel() < MIN_CALIB_TOKENS:
+        warnings.warn(f"only {calib.numel()} calibration tokens (< {MIN_CALIB_TOKENS}); the plan may be noisy. "
+                      "Raise --nsamples for a steadier result", stacklevel=2)
+    t0 = time.perf_counter()
+    with PeakMemory(device) as mem:
+        source = open_source(model, device)
+        plan = fn(source, calib, req)
+        adapter = source.adapter
+    wall = time.perf_counter() - t0
+    ratio = achieved_ratio(plan, adapter)
+    dense = dense_params(adapter)
+    report = {
+        "method": method,
+        "ratio_requested": req.ratio,
+        "ratio_achieved": ratio,
+        "params_dense_nonembedding": dense,
+        "params_pruned_nonembedding": expected_nonembedding(adapter, plan.result_shapes(adapter)),
+        "layers_removed": plan.removed_layers,
+        "peak_memory": mem.as_dict(),
+        "wall_seconds": wall,
+        "calibration_tokens": int(calib.numel()) if calib is not None else 0,
+    }
+    plan.stats["report"] = report
+    if method == "comp" and req.ratio and abs(ratio - req.ratio) > RATIO_TOLERANCE:
+        raise PlanError(f"COMP reached ratio {ratio:.4f}, more than {RATIO_TOLERANCE} from the requested {req.ratio}; "
+                        "this is a bug, please report it with the command")
+    return plan, report
+
+
+def prune(
+    model_dir: str | Path,
+    method: str = "comp",
+    *,
+    ratio: float | None = None,
+    layers: int | str | None = None,
+    calib: str = "wikitext2",
+    n_samples: int = 32,
+    seq_len: int = 128,
+    seed: int = 0,
+    device: str = "cpu",
+    data_dir: str | Path | None = None,
+    out: str | Path | None = None,
+    force: bool = False,
+    resume: bool = False,
+    **request,
+) -> PruneResult:
+    """Prune a checkpoint directory; with `out`, save the physically pruned model there."""
+    req = PruneRequest(ratio=ratio, layers=layers, seed=seed, **request)
+    work = None
+    out_path = Path(out).absolute() if out else None
+    if out_path is not None:
+        check_output_dir(out_path, force=force, resume=resume)
+        if force and out_path.exists() and not (resume and (out_path / INCOMPLETE).exists()):
+            shutil.rmtree(out_path)
+        out_path.mkdir(exist_ok=True)
+        (out_path / INCOMPLETE).write_text("edgeprune prune in progress\n")
+        work = out_path / ".work"
+        work.mkdir(exist_ok=True)
+        req.state = ResumeState(work / "layers")
+    windows = None
+    if NEEDS_CALIBRATION.get(method, True):
+        windows = calibration(model_dir, calib, n_samples, seq_len, seed, data_dir, work)
+    torch.manual_seed(seed)
+    plan, report = make_plan(model_dir, method, req, windows, device)
+    plan.options.update({"calib": str(calib), "n_samples": n_samples, "seq_len": seq_len, "seed": seed})
+    model = apply_plan(load(model_dir, device=device), plan)
+    if out_path is not None:
+        save(model, out_path, tokenizer_from=model_dir, plan=plan, force=True)
+        shutil.rmtree(work, ignore_errors=True)
+    return PruneResult(plan, model, report)

@@ -1,0 +1,215 @@
+"""The one layer-streaming driver every method uses.
+
+`LayerSource` hands out one decoder layer at a time, read from the checkpoint's safetensors
+shards (never the whole model) or from an in-memory model. `Activations` holds the hidden
+states of the calibration windows between layers, in memory or on disk. `GramCollector`
+hooks a linear map and accumulates its input Gram matrix X^T X (and per-channel sums),
+which is all COMP, SlimGPT, Wanda-sp and FLAP need from activations.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Iterator
+
+import torch
+from safetensors import safe_open
+from torch import nn
+
+from .checkpoint import load_config
+from .errors import DataError
+from .models import DecoderAdapter, LayerShape, get_adapter
+from .models.pruned_modeling import resize_layer
+
+
+class Activations:
+    """Hidden states [n, t, d] of the calibration windows, in batches; memory or disk."""
+
+    def __init__(self, batches: list[torch.Tensor] | None = None, on_disk: bool = False, workdir: Path | None = None):
+        self.on_disk = on_disk
+        self._items: list = []
+        self._dir = Path(tempfile.mkdtemp(prefix="edgeprune-act-", dir=workdir)) if on_disk else None
+        for b in batches or []:
+            self.append(b)
+
+    def append(self, x: torch.Tensor) -> None:
+        if self.on_disk:
+            p = self._dir / f"{len(self._items)}.pt"
+            torch.save(x.cpu(), p)
+            self._items.append(p)
+        else:
+            self._items.append(x)
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def __iter__(self) -> Iterator[torch.Tensor]:
+        for it in self._items:
+            yield torch.load(it) if self.on_disk else it
+
+    def empty_like(self) -> "Activations":
+        return Activations(on_disk=self.on_disk, workdir=self._dir.parent if self._dir else None)
+
+    def close(self) -> None:
+        if self._dir is not None:
+            shutil.rmtree(self._dir, ignore_errors=True)
+        self._items = []
+
+    def nbytes(self) -> int:
+        return sum(x.numel() * x.element_size() for x in self) if not self.on_disk else 0
+
+
+class GramCollector:
+    """Accumulates X^T X, sum(X) and the token count of a Linear's input (float64)."""
+
+    def __init__(self, module: nn.Linear, device: torch.device | None = None):
+        n = module.in_features
+        dev = device or module.weight.device
+        self.gram = torch.zeros(n, n, dtype=torch.float64, device=dev)
+        self.sum = torch.zeros(n, dtype=torch.float64, device=dev)
+        self.count = 0
+        self._h = module.register_forward_pre_hook(self._hook)
+
+    def _hook(self, _mod, args):
+        x = args[0].detach().reshape(-1, args[0].shape[-1]).to(self.gram.device, torch.float64)
+        if not torch.isfinite(x).all():
+            raise DataError("NaN or Inf in calibration activations; check the model weights and the calibration text")
+        self.gram.addmm_(x.T, x)
+        self.sum += x.sum(0)
+        self.count += x.shape[0]
+
+    def remove(self) -> None:
+        self._h.remove()
+
+    @property
+    def mean(self) -> torch.Tensor:
+        return self.sum / max(self.count, 1)
+
+    @property
+    def sq_norm(self) -> torch.Tensor:
+        """||X[j, :]||^2 per input channel."""
+        return torch.diagonal(self.gram).clone()
+
+
+class LayerSource:
+    """One decoder layer at a time, plus embedding and rotary tables."""
+
+    config: object
+    adapter: DecoderAdapter
+    device: torch.device
+    dtype: torch.dtype
+
+    def __init__(self, config, device, dtype):
+        config._attn_implementation = "sdpa"  # causal masking without an explicit mask
+        self.config = config
+        self.adapter = get_adapter(config)
+        self.device = torch.device(device)
+        self.dtype = dtype
+        self.shapes: list[LayerShape] = self.adapter.layer_shapes()
+        self._rotary = self.adapter.rotary_class()(config=config).to(self.device)
+
+    @property
+    def num_layers(self) -> int:
+        return len(self.shapes)
+
+    def embed(self, ids: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def layer(self, i: int) -> nn.Module:
+        raise NotImplementedError
+
+    def position_embeddings(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        pos = torch.arange(x.shape[1], device=self.device).unsqueeze(0)
+        return self._rotary(x, pos)
+
+    @torch.no_grad()
+    def embed_all(self, windows: torch.Tensor, batch_size: int, on_disk: bool = False, workdir=None) -> Activations:
+        acts = Activations(on_disk=on_disk, workdir=workdir)
+        for s in range(0, windows.shape[0], batch_size):
+            acts.append(self.embed(windows[s : s + batch_size].to(self.device)))
+        return acts
+
+    @torch.no_grad()
+    def run(self, layer: nn.Module, acts: Activations) -> Activations:
+        """Forward every batch through one decoder layer."""
+        out = acts.empty_like()
+        for x in acts:
+            x = x.to(self.device)
+            y = layer(x, attention_mask=None, position_embeddings=self.position_embeddings(x))
+            out.append(y[0] if isinstance(y, tuple) else y)
+        return out
+
+
+class CheckpointSource(LayerSource):
+    """Streams layers from a local checkpoint's safetensors; holds one layer at a time."""
+
+    def __init__(self, model_dir: str | Path, device="cpu", dtype=torch.float32):
+        self.model_dir = Path(model_dir)
+        super().__init__(load_config(model_dir), device, dtype)
+        self._files: dict[str, Path] = {}
+        index = self.model_dir / "model.safetensors.index.json"
+        if index.is_file():
+            for key, fname in json.loads(index.read_text())["weight_map"].items():
+                self._files[key] = self.model_dir / fname
+        else:
+            single = self.model_dir / "model.safetensors"
+            if not single.is_file():
+                from .errors import ModelError
+
+                raise ModelError(f"{self.model_dir} has no safetensors weights; re-save it with save_pretrained(safe_serialization=True)")
+            with safe_open(str(single), "pt") as f:
+                for key in f.keys():
+                    self._files[key] = single
+        self._embed: torch.Tensor | None = None
+
+    def tensor(self, key: str) -> torch.Tensor:
+        with safe_open(str(self._files[key]), "pt", device="cpu") as f:
+            return f.get_tensor(key)
+
+    def embed(self, ids: torch.Tensor) -> torch.Tensor:
+        if self._embed is None:
+            self._embed = self.tensor(self.adapter.embed_key).to(self.device, self.dtype)
+        return nn.functional.embedding(ids.to(self.device), self._embed)
+
+    def release_embedding(self) -> None:
+        self._embed = None
+
+    def layer(self, i: int) -> nn.Module:
+        cls = self.adapter.decoder_layer_class()
+        with torch.device("meta"):
+            layer = cls(self.config, i)
+        per_layer = getattr(self.config, "edgeprune_layers", None)
+        if per_layer:
+            with torch.device("meta"):
+                resize_layer(layer, per_layer[i], self.adapter.head_dim)
+        prefix = self.adapter.layer_prefix(i)
+        state = {k[len(prefix):]: self.tensor(k) for k in self._files if k.startswith(prefix)}
+        layer.load_state_dict(state, strict=True, assign=True)
+        layer = layer.to(self.device, self.dtype).eval()
+        # Non-persistent buffers created on meta (none in these families today) would need init here.
+        return layer
+
+
+class ModuleSource(LayerSource):
+    """The same interface over a model already in memory (tests, the Python API)."""
+
+    def __init__(self, model: nn.Module, device=None, dtype=torch.float32):
+        self.model = model
+        dev = device or next(model.parameters()).device
+        super().__init__(model.config, dev, dtype)
+
+    def embed(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.model.get_input_embeddings()(ids.to(self.device)).to(self.dtype)
+
+    def layer(self, i: int) -> nn.Module:
+        import copy
+
+        return copy.deepcopy(self.adapter.layers(self.model)[i]).to(self.device, self.dtype).eval()
+
+
+def open_source(model: str | Path | nn.Module, device="cpu", dtype=torch.float32) -> LayerSource:
+    if isinstance(model, nn.Module):
+        return ModuleSource(model, device, dtype)
+    return CheckpointSource(model, device, dtype)

@@ -1,0 +1,59 @@
+"""Text sources, disjoint portions, seeded windows, perplexity."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from edgeprune import data
+from edgeprune.errors import DataError
+from edgeprune.evaluate import perplexity_from
+
+from .conftest import SHARED, need_shared
+
+
+def test_named_sets_are_disjoint():
+    need_shared()
+    for name in ("tinystories", "c4", "wikitext2"):
+        cal = data.load_text(name, "calib", SHARED)
+        ev = data.load_text(name, "eval", SHARED)
+        assert cal and ev and cal[:2000] not in ev, name
+
+
+def test_files_json_and_dirs(tmp_path):
+    (tmp_path / "a.txt").write_text("hello world " * 10)
+    (tmp_path / "b.jsonl").write_text('{"text": "first"}\n{"text": "second"}\n')
+    import gzip
+
+    with gzip.open(tmp_path / "c.json.gz", "wt") as f:
+        f.write('[{"instruction": "Do", "input": "", "output": "Done"}]')
+    assert "second" in data.load_text(tmp_path / "b.jsonl", "calib")
+    assert "Do\nDone" in data.load_text(tmp_path / "c.json.gz", "calib")
+    assert "hello" in data.load_text(tmp_path, "calib") and "first" in data.load_text(tmp_path, "calib")
+
+
+def test_bad_sources(tmp_path):
+    (tmp_path / "empty.txt").write_text("")
+    with pytest.raises(DataError, match="empty"):
+        data.load_text(tmp_path / "empty.txt", "calib")
+    with pytest.raises(DataError, match="neither a file nor a known dataset"):
+        data.load_text("wikitext103-nope", "calib")
+    with pytest.raises(DataError, match="shorter than one window"):
+        data.calibration_windows(torch.arange(10), 4, 128)
+    with pytest.raises(DataError, match="shorter than one window"):
+        data.eval_windows(torch.arange(10), 128)
+
+
+def test_calibration_is_seeded():
+    t = torch.arange(10_000)
+    a = data.calibration_windows(t, 8, 64, seed=3)
+    assert torch.equal(a, data.calibration_windows(t, 8, 64, seed=3))
+    assert not torch.equal(a, data.calibration_windows(t, 8, 64, seed=4))
+
+
+def test_perplexity_of_uniform_logits_is_vocab_size():
+    windows = torch.randint(0, 50, (3, 16))
+    res = perplexity_from(lambda ids: torch.zeros(ids.shape[0], ids.shape[1], 50), windows, progress=False)
+    assert math.isclose(res["perplexity"], 50.0, rel_tol=1e-9)
+    assert res["protocol"] == {"seq_len": 16, "windows": 3, "tokens": 45}
