@@ -1,0 +1,62 @@
+"""What both exporters share: dtype names, atomic artifact writes, runtime imports."""
+from __future__ import annotations
+
+import os
+import shutil
+from contextlib import contextmanager
+from pathlib import Path
+
+from edgeprune.errors import ExportError, MissingExtraError, OutputError
+
+DTYPES = ("f32", "f16", "bf16", "q8_0", "q4_0", "q4_k")
+ONNX_DTYPES = ("f32", "f16")
+
+
+def check_dtype(fmt: str, dtype: str) -> None:
+    if fmt not in ("onnx", "gguf"):
+        raise ExportError(f"unknown format '{fmt}'; choose onnx or gguf")
+    allowed = ONNX_DTYPES if fmt == "onnx" else DTYPES
+    if dtype not in allowed:
+        raise ExportError(f"unknown {fmt} dtype '{dtype}'; choose one of: {', '.join(allowed)}")
+
+
+def require(module: str, extra: str, purpose: str):
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        raise MissingExtraError(module.split(".")[0].replace("_", "-"), extra, purpose) from None
+
+
+def check_out_path(out: Path, force: bool) -> None:
+    parent = out.parent
+    if not parent.exists():
+        raise OutputError(f"output directory {parent} does not exist; create it first")
+    if not os.access(parent, os.W_OK):
+        raise OutputError(f"output directory {parent} is not writable; choose another --out")
+    if out.exists() and not force:
+        raise OutputError(f"{out} already exists; pass --force to overwrite it")
+
+
+@contextmanager
+def staged(out: Path, force: bool):
+    """Yield a temporary path beside `out`; renamed into place only if the block succeeds."""
+    check_out_path(out, force)
+    tmp = out.parent / f".{out.stem}.partial-{os.getpid()}{out.suffix}"
+    _remove(tmp)
+    try:
+        yield tmp
+        if out.exists():
+            _remove(out)
+        os.replace(tmp, out)
+    except BaseException:
+        _remove(tmp)
+        raise
+
+
+def _remove(p: Path) -> None:
+    if p.is_dir():
+        shutil.rmtree(p, ignore_errors=True)
+    elif p.exists():
+        p.unlink()

@@ -1,0 +1,106 @@
+"""ONNX export: `torch.onnx.export(dynamo=True)` of a decoder with past key values.
+
+Inputs follow Optimum / ONNX Runtime GenAI names: `input_ids`, `attention_mask`,
+`position_ids`, `past_key_values.{i}.key|value` ([batch, kv_heads_i, past, head_dim], head
+counts static per layer, past length may be 0 so one graph does prefill and decode).
+Outputs: `logits` [batch, seq, vocab], then `present.{i}.key|value`. Per-layer KV head
+counts are why optimum's exporter (one head count for every layer) cannot be used here.
+"""
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from edgeprune.models import get_adapter
+
+from .common import require
+
+EXTERNAL_DATA_THRESHOLD = 2 * 1024**3  # protobuf's 2 GB limit
+
+
+class PastKeyValueWrapper(nn.Module):
+    """Flat per-layer past tensors in, logits and flat presents out."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids, attention_mask, position_ids, past):
+        from transformers import DynamicCache
+
+        cache = DynamicCache()
+        for i, (k, v) in enumerate(past):
+            cache.update(k, v, i)
+        out = self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                         past_key_values=cache, use_cache=True)
+        presents = []
+        for layer in out.past_key_values.layers:
+            presents += [layer.keys, layer.values]
+        return (out.logits, *presents)
+
+
+def io_names(num_layers: int) -> tuple[list[str], list[str]]:
+    ins = ["input_ids", "attention_mask", "position_ids"] + [
+        f"past_key_values.{i}.{kv}" for i in range(num_layers) for kv in ("key", "value")]
+    outs = ["logits"] + [f"present.{i}.{kv}" for i in range(num_layers) for kv in ("key", "value")]
+    return ins, outs
+
+
+def kv_heads(model) -> list[int]:
+    ad = get_adapter(model.config)
+    return [ad.shape_of(layer).num_kv_heads for layer in ad.layers(model)]
+
+
+def write_onnx(model: nn.Module, out_dir: Path, dtype: str = "f32") -> Path:
+    """Export `model` into `out_dir/model.onnx` (weights > 2 GB go to external data)."""
+    require("onnxscript", "onnx", "ONNX export")
+    onnx = require("onnx", "onnx", "ONNX export")
+    ad = get_adapter(model.config)
+    hd = ad.head_dim
+    tdtype = {"f32": torch.float32, "f16": torch.float16}[dtype]
+    model = model.to(tdtype).eval()
+    model.config.use_cache = True
+    heads = kv_heads(model)
+    L = len(heads)
+    b, t, p = 2, 4, 3
+    past = [(torch.zeros(b, h, p, hd, dtype=tdtype), torch.zeros(b, h, p, hd, dtype=tdtype)) for h in heads]
+    ids = torch.ones(b, t, dtype=torch.long)
+    mask = torch.ones(b, p + t, dtype=torch.long)
+    pos = torch.arange(p, p + t).expand(b, t)
+    Dim = torch.export.Dim
+    B, S, P, T = Dim("batch", min=1, max=256), Dim("sequence", min=1, max=32768), Dim("past_sequence", min=0, max=32768), Dim("total_sequence", min=1, max=65536)
+    dyn = {"input_ids": {0: B, 1: S}, "attention_mask": {0: B, 1: T}, "position_ids": {0: B, 1: S},
+           "past": [({0: B, 2: P}, {0: B, 2: P}) for _ in range(L)]}
+    ins, outs = io_names(L)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / "model.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        prog = torch.onnx.export(PastKeyValueWrapper(model), (ids, mask, pos, past), dynamo=True,
+                                 dynamic_shapes=dyn, input_names=ins, output_names=outs, verbose=False)
+    nbytes = sum(p.numel() * p.element_size() for p in model.parameters())
+    prog.save(str(path), external_data=nbytes > EXTERNAL_DATA_THRESHOLD)
+    onnx.checker.check_model(str(path) if nbytes > EXTERNAL_DATA_THRESHOLD else onnx.load(str(path)))
+    return path
+
+
+def check_graph(path: Path, model) -> None:
+    """The checks optimum's exporter does after export, against per-layer head counts."""
+    ort = require("onnxruntime", "onnx", "ONNX verification")
+    from edgeprune.errors import ExportError
+
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    heads = kv_heads(model)
+    ins, outs = io_names(len(heads))
+    got_in = [i.name for i in sess.get_inputs()]
+    got_out = [o.name for o in sess.get_outputs()]
+    if got_in != ins or got_out != outs:
+        raise ExportError(f"ONNX graph names differ from the contract: inputs {got_in[:4]}..., outputs {got_out[:3]}...")
+    hd = get_adapter(model.config).head_dim
+    for i, h in enumerate(heads):
+        shape = sess.get_inputs()[3 + 2 * i].shape
+        if shape[1] != h or shape[3] != hd:
+            raise ExportError(f"past_key_values.{i}.key has shape {shape}, expected [batch, {h}, past, {hd}]")

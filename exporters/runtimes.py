@@ -1,0 +1,136 @@
+"""Thin runtime sessions for ONNX Runtime and llama.cpp (numpy only, no torch).
+
+Used by verification, profiling and `edgeprune bench` on the device. Both expose
+`logits(ids) -> [t, vocab]` for one sequence and `generate(ids, n) -> token ids` (greedy,
+through the runtime's KV cache).
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+from edgeprune.errors import ExportError, MissingExtraError
+
+_NP = {"tensor(float)": np.float32, "tensor(float16)": np.float16}
+
+
+def _import(module: str, extra: str, purpose: str):
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        raise MissingExtraError(module.replace("_", "-").split(".")[0], extra, purpose) from None
+
+
+class OnnxSession:
+    """ONNX Runtime session over edgeprune's decoder-with-past contract."""
+
+    def __init__(self, path: str | Path, threads: int | None = None):
+        ort = _import("onnxruntime", "onnx", "running ONNX artifacts")
+        path = Path(path)
+        if path.is_dir():
+            path = path / "model.onnx"
+        so = ort.SessionOptions()
+        so.log_severity_level = 3
+        if threads:
+            so.intra_op_num_threads = threads
+            so.inter_op_num_threads = 1
+        try:
+            self.sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+        except Exception as e:
+            raise ExportError(f"{path} is not a loadable ONNX model ({type(e).__name__}: {str(e).splitlines()[0][:160]})") from None
+        self.past_inputs = [i for i in self.sess.get_inputs() if i.name.startswith("past_key_values.")]
+        if not self.past_inputs:
+            raise ExportError(f"{path} has no past_key_values inputs; it was not exported by edgeprune")
+        self.dtype = _NP.get(self.past_inputs[0].type, np.float32)
+
+    def _feed(self, ids: np.ndarray, past: list[np.ndarray] | None, past_len: int) -> dict:
+        b, t = ids.shape
+        feed = {"input_ids": ids.astype(np.int64),
+                "attention_mask": np.ones((b, past_len + t), np.int64),
+                "position_ids": np.arange(past_len, past_len + t, dtype=np.int64)[None].repeat(b, 0)}
+        for j, inp in enumerate(self.past_inputs):
+            feed[inp.name] = past[j] if past is not None else np.zeros((b, inp.shape[1], 0, inp.shape[3]), self.dtype)
+        return feed
+
+    def forward(self, ids: np.ndarray, past=None, past_len: int = 0):
+        out = self.sess.run(None, self._feed(ids, past, past_len))
+        return out[0], out[1:]
+
+    def logits(self, ids: np.ndarray) -> np.ndarray:
+        return self.forward(np.asarray(ids)[None])[0][0].astype(np.float32)
+
+    def generate(self, ids, n: int) -> list[int]:
+        ids = np.asarray(ids)[None]
+        logits, past = self.forward(ids)
+        out, plen = [], ids.shape[1]
+        for _ in range(n):
+            tok = int(logits[0, -1].argmax())
+            out.append(tok)
+            logits, past = self.forward(np.array([[tok]]), past, plen)
+            plen += 1
+        return out
+
+
+def _llama_cpp():
+    lc = _import("llama_cpp", "gguf", "running GGUF artifacts")
+    # llama.cpp's AMX kernel crashes with SIGILL on Q8_0 on some VMs (RUNTIMES.md):
+    # turn the extra buffer types off in every model we load.
+    low = lc.llama_cpp
+    if not getattr(low, "_edgeprune_patched", False):
+        orig = low.llama_model_default_params
+
+        def params():
+            p = orig()
+            p.use_extra_bufts = False
+            return p
+
+        low.llama_model_default_params = params
+        low._edgeprune_patched = True
+    return lc
+
+
+class GGUFSession:
+    """llama.cpp (llama-cpp-python) with an f32 KV cache and flash attention off, for exactness."""
+
+    def __init__(self, path: str | Path, n_ctx: int = 512, threads: int | None = None, exact: bool = True):
+        lc = _llama_cpp()
+        path = Path(path)
+        with open(path, "rb") as f:
+            if f.read(4) != b"GGUF":
+                raise ExportError(f"{path} is not a GGUF file (bad magic); re-export it")
+        kw = dict(type_k=0, type_v=0, flash_attn=False) if exact else {}
+        try:
+            self.llm = lc.Llama(model_path=str(path), n_ctx=n_ctx, n_batch=n_ctx, logits_all=True, verbose=False,
+                                n_threads=threads or min(os.cpu_count() or 1, 8), seed=0, **kw)
+        except Exception as e:
+            raise ExportError(f"llama.cpp could not load {path} ({type(e).__name__}: {str(e)[:160]}); truncated or incompatible file?") from None
+
+    def logits(self, ids) -> np.ndarray:
+        self.llm.reset()
+        self.llm.eval(list(map(int, ids)))
+        return np.array(self.llm.scores[: len(ids)], dtype=np.float32)
+
+    def generate(self, ids, n: int) -> list[int]:
+        self.llm.reset()
+        self.llm.eval(list(map(int, ids)))
+        out = []
+        for _ in range(n):
+            tok = int(np.argmax(self.llm.scores[self.llm.n_tokens - 1]))
+            out.append(tok)
+            self.llm.eval([tok])
+        return out
+
+
+def open_artifact(path: str | Path, **kw):
+    path = Path(path)
+    if not path.exists():
+        raise ExportError(f"artifact {path} does not exist")
+    if path.is_dir() or path.suffix == ".onnx":
+        return OnnxSession(path, threads=kw.get("threads"))
+    if path.suffix == ".gguf":
+        return GGUFSession(path, **kw)
+    raise ExportError(f"{path} is neither an ONNX model (.onnx or a directory holding model.onnx) nor a .gguf file")
