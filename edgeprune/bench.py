@@ -1,0 +1,54 @@
+"""`edgeprune bench`: measure an artifact (or a build's artifacts) on the device itself.
+
+Needs only numpy and the runtime (llama-cpp-python or onnxruntime): torch and transformers
+are never imported, so `pip install --no-deps edgeprune` plus the runtime is enough.
+On a build directory it appends a `measured_on_device` entry to profile.json and
+rewrites report.md with the estimate and the measurement side by side.
+"""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+from .errors import EdgePruneError
+from .latency import DEFAULT_CONTEXT, DEFAULT_NEW_TOKENS, DEFAULT_REPS, host_info, measure
+
+
+def _vocab(path: Path) -> int | None:
+    return None
+
+
+def bench(path: str, context: int | None = None, new_tokens: int | None = None, reps: int | None = None,
+          threads: int | None = None) -> dict:
+    p = Path(path)
+    if not p.exists():
+        raise EdgePruneError(f"{p} does not exist; pass a .gguf file, an ONNX directory/model.onnx, or a build directory")
+    reps = reps or DEFAULT_REPS
+    new_tokens = new_tokens or DEFAULT_NEW_TOKENS
+    if p.is_dir() and (p / "profile.json").is_file():
+        prof_path = p / "profile.json"
+        profile = json.loads(prof_path.read_text())
+        ctx = context or int(profile["target"]["latency"]["context"])
+        entries = []
+        for a in profile["artifacts"]:
+            lat = measure({"pruned": p / a["path"]}, ctx, new_tokens, reps, threads)["pruned"]
+            entries.append({"format": a["format"], "dtype": a["dtype"], "path": a["path"], "latency": lat})
+        record = {"time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "host": host_info(), "artifacts": entries}
+        profile.setdefault("measured_on_device", []).append(record)
+        tmp = p / ".profile.json.tmp"
+        tmp.write_text(json.dumps(profile, indent=1))
+        tmp.replace(prof_path)
+        from .report import write_report
+
+        write_report(p, profile)
+        text = "\n".join(f"{e['format']} {e['dtype']}: decode {e['latency']['decode_ms_per_token_min']:.3f} ms/token (min), "
+                         f"prefill {e['latency']['prefill_tokens_per_s_max']:.0f} tokens/s; appended to {prof_path}" for e in entries)
+        return {"build": str(p), "measured_on_device": record, "text": text}
+    if p.is_dir() and not (p / "model.onnx").is_file():
+        raise EdgePruneError(f"{p} is neither a build directory (no profile.json) nor an ONNX export (no model.onnx)")
+    lat = measure({"artifact": p}, context or DEFAULT_CONTEXT, new_tokens, reps, threads)["artifact"]
+    res = {"artifact": str(p), "latency": lat, "host": host_info()}
+    res["text"] = (f"{p}: decode {lat['decode_ms_per_token_min']:.3f} ms/token min, {lat['decode_ms_per_token_median']:.3f} median; "
+                   f"prefill {lat['prefill_tokens_per_s_max']:.0f} tokens/s max ({lat['protocol']})")
+    return res

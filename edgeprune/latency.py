@@ -1,0 +1,104 @@
+"""Latency of an artifact in its own runtime (ONNX Runtime or llama.cpp). No torch.
+
+Prefill: one forward over `context` tokens from an empty cache -> tokens/s. Decode:
+`new_tokens` single-token steps through the runtime's KV cache -> ms/token. Repetitions
+of a dense/pruned pair are interleaved (the VM is noisy), and min and median reported.
+"""
+from __future__ import annotations
+
+import os
+import platform
+import statistics
+import time
+from pathlib import Path
+
+import numpy as np
+
+DEFAULT_CONTEXT = 128
+DEFAULT_NEW_TOKENS = 32
+DEFAULT_REPS = 5
+
+
+def _session(path: Path, context: int, new_tokens: int, threads: int | None):
+    from exporters.runtimes import GGUFSession, OnnxSession
+
+    if str(path).endswith(".gguf"):
+        # realistic settings: default f16 KV cache and attention path
+        return GGUFSession(path, n_ctx=context + new_tokens + 8, threads=threads, exact=False)
+    return OnnxSession(path, threads=threads)
+
+
+def _one_run(sess, ids: np.ndarray, new_tokens: int) -> tuple[float, float]:
+    """(prefill seconds, decode seconds per token) for one repetition."""
+    from exporters.runtimes import GGUFSession
+
+    if isinstance(sess, GGUFSession):
+        llm = sess.llm
+        llm.reset()
+        t0 = time.perf_counter()
+        llm.eval(ids.tolist())
+        t1 = time.perf_counter()
+        tok = int(ids[-1])
+        for _ in range(new_tokens):
+            llm.eval([tok])
+        t2 = time.perf_counter()
+    else:
+        t0 = time.perf_counter()
+        logits, past = sess.forward(ids[None])
+        t1 = time.perf_counter()
+        plen = ids.shape[0]
+        tok = np.array([[int(ids[-1])]])
+        for _ in range(new_tokens):
+            logits, past = sess.forward(tok, past, plen)
+            plen += 1
+        t2 = time.perf_counter()
+    return t1 - t0, (t2 - t1) / new_tokens
+
+
+def _summary(runs: list[tuple[float, float]], context: int) -> dict:
+    prefill = [context / p for p, _ in runs]
+    decode = [d * 1000 for _, d in runs]
+    return {
+        "decode_ms_per_token_min": min(decode),
+        "decode_ms_per_token_median": statistics.median(decode),
+        "prefill_tokens_per_s_max": max(prefill),
+        "prefill_tokens_per_s_median": statistics.median(prefill),
+        "runs": len(runs),
+    }
+
+
+def measure(paths: dict[str, Path], context: int = DEFAULT_CONTEXT, new_tokens: int = DEFAULT_NEW_TOKENS,
+            reps: int = DEFAULT_REPS, threads: int | None = None, vocab: int | None = None) -> dict[str, dict]:
+    """Latency of several artifacts (e.g. dense and pruned), repetitions interleaved."""
+    sessions = {k: _session(Path(p), context, new_tokens, threads) for k, p in paths.items()}
+    rng = np.random.default_rng(0)
+    ids = rng.integers(3, vocab or 256, size=context)
+    for s in sessions.values():  # warm-up
+        _one_run(s, ids[: min(16, context)], 2)
+    runs: dict[str, list] = {k: [] for k in sessions}
+    for _ in range(reps):
+        for k, s in sessions.items():
+            runs[k].append(_one_run(s, ids, new_tokens))
+    protocol = {"context": context, "new_tokens": new_tokens, "reps": reps, "threads": threads or os.cpu_count(),
+                "interleaved": True, "batch": 1}
+    return {k: {**_summary(v, context), "protocol": protocol} for k, v in runs.items()}
+
+
+def host_info() -> dict:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    gpu = None
+    try:
+        import subprocess
+
+        r = subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"], capture_output=True, text=True, timeout=5)
+        gpu = r.stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        pass
+    return {"cpu": cpu, "cores": os.cpu_count(), "gpu": gpu, "machine": platform.machine(), "system": platform.system()}

@@ -1,0 +1,138 @@
+"""Device targets: `targets/*.toml`, validated on load.
+
+Every key is required and no other key is allowed, so a typo is an error naming the file
+and the key rather than a silently ignored setting.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10
+    import tomli as tomllib  # type: ignore[no-redef]
+
+from .errors import EdgePruneError
+
+TARGETS_DIR = Path(__file__).resolve().parents[1] / "targets"
+
+SCHEMA: dict[str, object] = {
+    "name": str, "aliases": list, "description": str,
+    "memory": {"budget_bytes": int},
+    "hardware": {"bandwidth_gb_s": float, "peak_tflops": float, "compute_note": str},
+    "artifacts": {"runtimes": list, "formats": list},
+    "pruning": {"method": str, "ratio": (float, str), "align": int},
+    "latency": {"context": int, "new_tokens": int},
+}
+FORMAT_KEYS = {"format", "dtype"}
+
+
+class TargetError(EdgePruneError):
+    pass
+
+
+@dataclass(frozen=True)
+class Target:
+    name: str
+    path: Path
+    data: dict
+
+    @property
+    def formats(self) -> list[dict]:
+        return list(self.data["artifacts"]["formats"])
+
+    @property
+    def ratio(self) -> float | str:
+        return self.data["pruning"]["ratio"]
+
+    @property
+    def method(self) -> str:
+        return self.data["pruning"]["method"]
+
+    @property
+    def align(self) -> int:
+        return int(self.data["pruning"]["align"])
+
+    @property
+    def context(self) -> int:
+        return int(self.data["latency"]["context"])
+
+    @property
+    def new_tokens(self) -> int:
+        return int(self.data["latency"]["new_tokens"])
+
+    @property
+    def budget_bytes(self) -> int:
+        return int(self.data["memory"]["budget_bytes"])
+
+    @property
+    def bandwidth(self) -> float:
+        return float(self.data["hardware"]["bandwidth_gb_s"]) * 1e9
+
+    @property
+    def peak_flops(self) -> float:
+        return float(self.data["hardware"]["peak_tflops"]) * 1e12
+
+
+def _check(d: dict, schema: dict, path: Path, prefix: str = "") -> None:
+    for key in d:
+        if key not in schema:
+            raise TargetError(f"{path}: unknown key '{prefix}{key}'; allowed: {', '.join(prefix + k for k in schema)}")
+    for key, typ in schema.items():
+        if key not in d:
+            raise TargetError(f"{path}: missing key '{prefix}{key}'")
+        v = d[key]
+        if isinstance(typ, dict):
+            if not isinstance(v, dict):
+                raise TargetError(f"{path}: '{prefix}{key}' must be a table")
+            _check(v, typ, path, f"{prefix}{key}.")
+        else:
+            types = typ if isinstance(typ, tuple) else (typ,)
+            if float in types and isinstance(v, int) and not isinstance(v, bool):
+                continue
+            if not isinstance(v, types):
+                raise TargetError(f"{path}: '{prefix}{key}' must be {' or '.join(t.__name__ for t in types)}, got {v!r}")
+
+
+def load_target_file(path: Path) -> Target:
+    try:
+        data = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as e:
+        raise TargetError(f"{path}: not valid TOML ({e})") from None
+    _check(data, SCHEMA, path)
+    for f in data["artifacts"]["formats"]:
+        if not isinstance(f, dict) or set(f) != FORMAT_KEYS:
+            raise TargetError(f"{path}: each artifacts.formats entry needs exactly the keys format and dtype, got {f!r}")
+        if f["format"] not in ("gguf", "onnx"):
+            raise TargetError(f"{path}: artifacts.formats format must be gguf or onnx, got {f['format']!r}")
+    r = data["pruning"]["ratio"]
+    if isinstance(r, str) and r != "auto" or isinstance(r, float) and not 0 < r < 1:
+        raise TargetError(f"{path}: pruning.ratio must be a number in (0, 1) or \"auto\", got {r!r}")
+    return Target(data["name"], path, data)
+
+
+def _builtin() -> list[Path]:
+    return sorted(TARGETS_DIR.glob("*.toml"))
+
+
+def load_target(name_or_path: str) -> Target:
+    p = Path(name_or_path)
+    if p.suffix == ".toml" or p.exists():
+        if not p.is_file():
+            raise TargetError(f"target file {p} does not exist")
+        return load_target_file(p)
+    for f in _builtin():
+        t = load_target_file(f)
+        if name_or_path == t.name or name_or_path in t.data["aliases"]:
+            return t
+    names = [load_target_file(f).name for f in _builtin()]
+    raise TargetError(f"unknown target '{name_or_path}'; choose one of: {', '.join(names)} (or a TOML path)")
+
+
+def list_targets() -> list[dict]:
+    out = []
+    for f in _builtin():
+        t = load_target_file(f)
+        out.append({"name": t.name, "aliases": t.data["aliases"], "description": t.data["description"], "path": str(f)})
+    return out
