@@ -20,8 +20,10 @@ DEFAULT_REPS = 5
 
 
 def _session(path: Path, context: int, new_tokens: int, threads: int | None):
-    from exporters.runtimes import GGUFSession, OnnxSession
+    from exporters.runtimes import GGUFSession, OnnxSession, open_artifact
 
+    if not (path.is_dir() or path.suffix in (".gguf", ".onnx")):
+        open_artifact(path)  # raises: neither ONNX nor GGUF
     if str(path).endswith(".gguf"):
         # realistic settings: default f16 KV cache and attention path
         return GGUFSession(path, n_ctx=context + new_tokens + 8, threads=threads, exact=False)

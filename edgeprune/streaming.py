@@ -138,7 +138,10 @@ class LayerSource:
         for x in acts:
             x = x.to(self.device)
             y = layer(x, attention_mask=None, position_embeddings=self.position_embeddings(x))
-            out.append(y[0] if isinstance(y, tuple) else y)
+            y = y[0] if isinstance(y, tuple) else y
+            if not torch.isfinite(y).all():
+                raise DataError("NaN or Inf in calibration activations; check the model weights and the calibration text")
+            out.append(y)
         return out
 
 

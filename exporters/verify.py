@@ -3,7 +3,8 @@
 A fixed prompt set is scored by both; the report holds the max abs logit difference,
 top-1 agreement, whether greedy generation through the runtime's KV cache gives the same
 tokens, and perplexity on a small text through both. Tolerances:
-  - f32: max abs logit diff <= 1e-3 and identical greedy tokens;
+  - f32: max abs logit diff <= 1e-3 and the same greedy tokens (at an exact tie, within 1e-3 in
+    PyTorch's own logits, either token is accepted and the report says so);
   - f16/bf16: perplexity within 1% of PyTorch's; q8_0: 3%; q4_0/q4_k: 15%.
 """
 from __future__ import annotations
@@ -43,13 +44,24 @@ def _nll(logits: np.ndarray, ids: list[int]) -> tuple[float, int]:
 
 
 @torch.no_grad()
+def _tie_consistent(model, prompt: list[int], ref: list[int], got: list[int], tol: float = F32_MAX_ABS) -> bool:
+    """Same greedy tokens, or the first difference is a tie in PyTorch's own logits (within tol);
+    after a tie the continuations legitimately diverge."""
+    for k, (a, b) in enumerate(zip(ref, got)):
+        if a != b:
+            logits = model(torch.tensor([prompt + ref[:k]])).logits[0, -1]
+            return float(logits[a] - logits[b]) <= tol
+    return True
+
+
+@torch.no_grad()
 def verify_artifact(model, path, dtype: str, tokenizer=None, n_ctx: int = 512) -> dict:
     """Compare `path` (ONNX dir/file or GGUF) with `model`; returns the verify report."""
     model = model.float().eval()
     vocab = int(model.config.vocab_size)
     sess = open_artifact(path, n_ctx=n_ctx) if str(path).endswith(".gguf") else open_artifact(path)
     max_abs, agree, total = 0.0, 0, 0
-    greedy_match = True
+    greedy_match = exact = True
     gen_ref, gen_got = [], []
     for text in PROMPTS:
         ids = _ids(tokenizer, text, vocab)[:64]
@@ -63,7 +75,8 @@ def verify_artifact(model, path, dtype: str, tokenizer=None, n_ctx: int = 512) -
         g = sess.generate(ids[:16], 8)
         gen_ref.append(r)
         gen_got.append(g)
-        greedy_match &= r == g
+        exact &= r == g
+        greedy_match &= _tie_consistent(model, ids[:16], r, g)
     ids = _ids(tokenizer, PPL_TEXT, vocab)[:n_ctx]
     nll_ref, n = _nll(model(torch.tensor([ids])).logits[0].numpy(), ids)
     nll_got, _ = _nll(sess.logits(ids), ids)
@@ -74,6 +87,7 @@ def verify_artifact(model, path, dtype: str, tokenizer=None, n_ctx: int = 512) -
         "max_abs_logit_diff": max_abs,
         "top1_agreement": agree / total,
         "greedy_tokens_match": greedy_match,
+        "greedy_tokens_identical": exact,
         "greedy_tokens": {"pytorch": gen_ref, "runtime": gen_got},
         "perplexity": {"pytorch": ppl_ref, "runtime": ppl_got, "relative_delta": delta, "tokens": n,
                        "text": "built-in verification text (not an evaluation set)"},

@@ -1,0 +1,131 @@
+"""`edgeprune build` end to end, targets validation, and `bench` without torch."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from edgeprune.targets import TargetError, list_targets, load_target
+
+pytest.importorskip("onnxruntime", reason="the 'onnx' extra is not installed")
+pytest.importorskip("llama_cpp", reason="the 'gguf' extra is not installed")
+
+ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+
+def cli(*args, check=True, env=ENV):
+    p = subprocess.run([sys.executable, "-m", "edgeprune.cli", *map(str, args)], capture_output=True, text=True, env=env)
+    if check and p.returncode != 0:
+        raise AssertionError(p.stderr[-3000:])
+    return p
+
+
+def test_builtin_targets_load():
+    names = {t["name"] for t in list_targets()}
+    assert {"jetson-orin-nano", "jetson-agx-orin", "laptop-rtx4060", "cpu-x86", "raspberry-pi-5"} <= names
+    assert load_target("jetson").name == "jetson-orin-nano"
+    assert load_target("laptop-gpu").name == "laptop-rtx4060"
+    assert {f["format"] for f in load_target("cpu-x86").formats} == {"gguf", "onnx"}
+
+
+def _toml(tmp_path, **over) -> Path:
+    text = (Path(load_target("cpu-x86").path)).read_text()
+    for k, v in over.items():
+        text = text.replace(k, v)
+    p = tmp_path / "t.toml"
+    p.write_text(text)
+    return p
+
+
+def test_target_errors(tmp_path):
+    with pytest.raises(TargetError, match="unknown target 'nope'.*cpu-x86"):
+        load_target("nope")
+    with pytest.raises(TargetError, match=r"t.toml: unknown key 'latency.contxt'"):
+        load_target(str(_toml(tmp_path, **{"context = 128": "contxt = 128"})))
+    with pytest.raises(TargetError, match="missing key 'pruning.align'"):
+        load_target(str(_toml(tmp_path, **{"align = 1\n": ""})))
+
+
+def test_budget_that_cannot_be_met(stories, tmp_path):
+    t = _toml(tmp_path, **{"budget_bytes = 8_000_000_000": "budget_bytes = 1000", "ratio = 0.2": 'ratio = "auto"'})
+    p = cli("build", "--model", stories, "--target", t, "--out", tmp_path / "b", "--calib", "tinystories", check=False)
+    assert p.returncode == 2 and "budget" in p.stderr and "Traceback" not in p.stderr
+
+
+@pytest.mark.slow
+def test_build_stories_complete_profile(stories, tmp_path):
+    t = _toml(tmp_path, **{'{ format = "gguf", dtype = "q8_0" }, ': ""})  # f32 GGUF + f32 ONNX keeps CI short
+    out = tmp_path / "build"
+    cli("build", "--model", stories, "--target", t, "--ratio", "0.2", "--out", out, "--calib", "tinystories", "--threads", "2")
+    prof = json.loads((out / "profile.json").read_text())
+    for key in ("schema_version", "target", "prune", "checkpoint", "artifacts", "device_estimate", "provenance"):
+        assert key in prof
+    for key in ("method", "ratio_requested", "params_dense", "params_pruned", "peak_memory_bytes", "wall_seconds"):
+        assert key in prof["prune"]
+    assert {a["format"] for a in prof["artifacts"]} == {"gguf", "onnx"}
+    for a in prof["artifacts"]:
+        assert a["verify"]["passed"] and (out / a["path"]).exists()
+        assert set(a["perplexity"]) >= {"dense", "pruned", "protocol"}
+        for which in ("dense", "pruned"):
+            assert {"decode_ms_per_token_min", "decode_ms_per_token_median", "prefill_tokens_per_s_max"} <= set(a["latency"][which])
+        assert set(a["speedup"]) >= {"decode_measured", "decode_ideal", "passed"}
+    prov = prof["provenance"]
+    assert prov["seed"] == 0 and len(prov["calibration"]["sha256"]) == 64 and prov["min_runtime_versions"]
+    assert (out / "report.md").read_text().startswith("# edgeprune build report")
+    assert (out / "plan.png").is_file() and not (out / ".edgeprune-incomplete").exists()
+    # a finished build is not overwritten silently
+    p = cli("build", "--model", stories, "--target", t, "--ratio", "0.2", "--out", out, "--calib", "tinystories", check=False)
+    assert p.returncode == 2 and "--force" in p.stderr
+
+    # bench with torch and transformers unimportable: appends measured_on_device
+    blocker = tmp_path / "block"
+    blocker.mkdir()
+    (blocker / "sitecustomize.py").write_text(
+        "import sys\nclass B:\n    def find_spec(self, name, path=None, target=None):\n"
+        "        if name.split('.')[0] in ('torch', 'transformers'):\n            raise ImportError('blocked: ' + name)\n"
+        "sys.meta_path.insert(0, B())\n")
+    env = {**ENV, "PYTHONPATH": f"{blocker}{os.pathsep}{ENV.get('PYTHONPATH', '')}"}
+    gguf = next(out / a["path"] for a in prof["artifacts"] if a["format"] == "gguf")
+    p = cli("bench", gguf, "--json", "--reps", "2", "--new-tokens", "4", env=env)
+    lat = json.loads(p.stdout)["latency"]
+    assert lat["decode_ms_per_token_min"] > 0 and lat["prefill_tokens_per_s_max"] > 0
+    cli("bench", out, "--reps", "1", "--new-tokens", "4", env=env)
+    prof2 = json.loads((out / "profile.json").read_text())
+    assert len(prof2["measured_on_device"]) == 1
+    assert "Measured on device" in (out / "report.md").read_text()
+
+
+def test_bench_bad_artifacts(tmp_path):
+    (tmp_path / "trunc.gguf").write_bytes(b"GGUF\x03\x00\x00\x00" + b"\x00" * 20)
+    p = cli("bench", tmp_path / "trunc.gguf", check=False)
+    assert p.returncode == 2 and "llama.cpp could not load" in p.stderr
+    (tmp_path / "x.onnx").write_bytes(b"not onnx")
+    p = cli("bench", tmp_path / "x.onnx", check=False)
+    assert p.returncode == 2 and "not a loadable ONNX model" in p.stderr
+    (tmp_path / "x.bin").write_bytes(b"??")
+    p = cli("bench", tmp_path / "x.bin", check=False)
+    assert p.returncode == 2 and "neither" in p.stderr
+
+
+def test_interrupted_build_dir_is_refused(stories, tmp_path):
+    out = tmp_path / "b"
+    out.mkdir()
+    (out / ".edgeprune-incomplete").write_text("")
+    p = cli("build", "--model", stories, "--target", "cpu-x86", "--out", out, "--calib", "tinystories", check=False)
+    assert p.returncode == 2 and "--resume" in p.stderr
+
+
+@pytest.mark.slow
+def test_demo_build_needs_nothing_but_the_checkout(tmp_path):
+    """The README's first command: no --model, no ../shared (a short demo training run here)."""
+    env = {**ENV, "EDGEPRUNE_DEMO_STEPS": "30", "EDGEPRUNE_CACHE": str(tmp_path / "cache"), "EDGEPRUNE_DATA": str(tmp_path / "none")}
+    t = _toml(tmp_path, **{'{ format = "gguf", dtype = "q8_0" }, ': ""})
+    out = tmp_path / "demo-build"
+    cli("build", "--target", t, "--out", out, "--threads", "2", env=env)
+    prof = json.loads((out / "profile.json").read_text())
+    assert prof["provenance"]["base_model"]["name"].startswith("edgeprune embedded demo")
+    assert all(a["verify"]["passed"] for a in prof["artifacts"])
