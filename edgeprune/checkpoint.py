@@ -79,6 +79,7 @@ def save(
     tokenizer_from: str | Path | None = None,
     plan: Plan | None = None,
     force: bool = False,
+    max_shard_size: str | None = None,
 ) -> Path:
     """Write `model` (dense or pruned) as a Hugging Face directory, atomically."""
     out = Path(directory).absolute()
@@ -88,7 +89,8 @@ def save(
     try:
         tmp.mkdir()
         adapter = get_adapter(model.config)
-        model.save_pretrained(tmp, safe_serialization=True)
+        kw = {"max_shard_size": max_shard_size} if max_shard_size else {}
+        model.save_pretrained(tmp, safe_serialization=True, **kw)
         cfg_path = tmp / "config.json"
         cfg = json.loads(cfg_path.read_text())
         nonuniform = bool(getattr(model.config, "edgeprune_layers", None))

@@ -49,17 +49,45 @@ def demo_model_dir() -> Path:
     return cache_dir() / tag
 
 
-def _train_tokenizer(text: str):
+def train_bpe(text: str, vocab: int = VOCAB):
+    """A byte-level BPE tokenizer (GPT-2 style pre-tokenization) with <s> and </s>."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=VOCAB, special_tokens=["<s>", "</s>"],
+    trainer = trainers.BpeTrainer(vocab_size=vocab, special_tokens=["<s>", "</s>"],
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
     tok.train_from_iterator([text[i : i + 10000] for i in range(0, len(text), 10000)], trainer)
     return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", model_max_length=1 << 30)
+
+
+def train_llama(cfg, ids, steps: int, batch: int, seq: int, lr: float, device: str = "cpu",
+                progress: bool = True, seed: int = 0):
+    """Seeded AdamW + one-cycle training of a LlamaForCausalLM on a token stream."""
+    import torch
+    from transformers import LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    model = LlamaForCausalLM(cfg).to(device)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.1)
+    g = torch.Generator().manual_seed(seed)
+    model.train()
+    for step in range(steps):
+        starts = torch.randint(0, ids.numel() - seq - 1, (batch,), generator=g)
+        x = torch.stack([ids[s : s + seq] for s in starts.tolist()]).to(device)
+        with torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=device.startswith("cuda")):
+            loss = model(input_ids=x, labels=x).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        sched.step()
+        opt.zero_grad(set_to_none=True)
+        if progress and step % max(1, steps // 8) == 0:
+            print(f"[train] step {step}/{steps} loss {loss.item():.3f}", file=sys.stderr)
+    return model.eval()
 
 
 def ensure_demo_model(progress: bool = True) -> Path:
@@ -68,14 +96,13 @@ def ensure_demo_model(progress: bool = True) -> Path:
     if (out / "edgeprune.json").is_file():
         return out
     import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from transformers import LlamaConfig
 
     from .checkpoint import save
 
     t0 = time.time()
-    torch.manual_seed(0)
     train = demo_text("train")
-    tok = _train_tokenizer(train)
+    tok = train_bpe(train)
     ids = torch.tensor(tok(train, add_special_tokens=False)["input_ids"], dtype=torch.long)
     cfg = LlamaConfig(
         vocab_size=len(tok), hidden_size=192, intermediate_size=512, num_hidden_layers=6,
@@ -84,22 +111,7 @@ def ensure_demo_model(progress: bool = True) -> Path:
         bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
     )
     cfg._name_or_path = "edgeprune-demo"
-    model = LlamaForCausalLM(cfg)
-    opt = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=0.01)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=3e-3, total_steps=STEPS, pct_start=0.1)
-    g = torch.Generator().manual_seed(0)
-    model.train()
-    for step in range(STEPS):
-        starts = torch.randint(0, ids.numel() - SEQ - 1, (16,), generator=g)
-        batch = torch.stack([ids[s : s + SEQ] for s in starts.tolist()])
-        loss = model(input_ids=batch, labels=batch).loss
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        sched.step()
-        opt.zero_grad(set_to_none=True)
-        if progress and step % 50 == 0:
-            print(f"[demo] training step {step}/{STEPS} loss {loss.item():.3f}", file=sys.stderr)
+    model = train_llama(cfg, ids, STEPS, batch=16, seq=SEQ, lr=3e-3, progress=progress)
     model.eval()
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp_tok = out.parent / f".{out.name}.tok"

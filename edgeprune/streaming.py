@@ -120,6 +120,9 @@ class LayerSource:
     def layer(self, i: int) -> nn.Module:
         raise NotImplementedError
 
+    def release_embedding(self) -> None:
+        """Drop any cached embedding matrix (after the calibration windows are embedded)."""
+
     def position_embeddings(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         pos = torch.arange(x.shape[1], device=self.device).unsqueeze(0)
         return self._rotary(x, pos)

@@ -99,6 +99,7 @@ def prune_layer(
 
     W_o, W_f = ad.module(layer, "o").weight.detach(), ad.module(layer, "down").weight.detach()
     A_o, A_f = mask_system(W_o, col_o.gram), mask_system(W_f, col_f.gram)
+    del col_o, col_f  # the Gram matrices are folded into A; free them before the solves
     f = shape.intermediate_size
     min_keep_f = max(1, req.align if req.align > 1 and f >= 2 * req.align else 1)
     groups = units_of_groups(shape, hd, A_o.device)
@@ -149,6 +150,7 @@ def plan_comp(source: LayerSource, calib: torch.Tensor, req: PruneRequest) -> Pl
     check_layer_count(n_remove, L, L - len(protected))
 
     acts = source.embed_all(calib, req.batch_size, req.offload)
+    source.release_embedding()  # the embedding matrix is not needed after this
     removed, imp, history = remove_layers(source, acts, n_remove, set(range(L)) - protected, req, req.iterative_layers)
 
     P_total = dense_params(ad)

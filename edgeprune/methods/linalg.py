@@ -22,20 +22,31 @@ def damping(A: torch.Tensor, damp: float) -> float:
 
 def _chol(M: torch.Tensor) -> torch.Tensor:
     """Cholesky with escalating jitter: a Gram matrix may be rank-deficient."""
-    jitter = 0.0
     scale = float(torch.diagonal(M).mean().abs().clamp_min(1e-12))
-    for _ in range(6):
-        L, info = torch.linalg.cholesky_ex(M + jitter * torch.eye(M.shape[0], dtype=M.dtype, device=M.device))
+    added = 0.0
+    for attempt in range(6):
+        L, info = torch.linalg.cholesky_ex(M)
         if int(info) == 0:
+            if added:
+                M.diagonal().sub_(added)  # leave the caller's matrix as it was
             return L
-        jitter = scale * (1e-6 if jitter == 0 else jitter / scale * 100)
+        step = scale * 1e-6 * 100**attempt
+        M.diagonal().add_(step)
+        added += step
     raise torch.linalg.LinAlgError("matrix not positive definite even with jitter")
+
+
+def damped_block(A: torch.Tensor, keep: torch.Tensor, lam: float) -> torch.Tensor:
+    """A_KK + λI as one new matrix (one gather, diagonal updated in place: no n×n identity)."""
+    M = A[keep.unsqueeze(1), keep.unsqueeze(0)]
+    M.diagonal().add_(lam)
+    return M
 
 
 def fit_mask(A: torch.Tensor, keep: torch.Tensor, lam: float, solver: str = "cholesky") -> torch.Tensor:
     """Least-squares mask on the kept set: (A_KK + λI) m = b_K + λ·1."""
     b = A.sum(1)[keep] + lam
-    AKK = A[keep][:, keep] + lam * torch.eye(len(keep), dtype=A.dtype, device=A.device)
+    AKK = damped_block(A, keep, lam)
     if solver == "lsmr":
         return lsmr_solve(AKK, b)
     return torch.cholesky_solve(b.unsqueeze(1), _chol(AKK)).squeeze(1)
@@ -58,6 +69,14 @@ def lsmr_solve(M: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     bc = cupy.from_dlpack(b.contiguous())
     x = lsmr(Mc, bc, atol=1e-12, btol=1e-12, maxiter=10 * M.shape[0])[0]
     return torch.from_dlpack(x).to(M.dtype)
+
+
+def _spd_solve(blocks: torch.Tensor, rhs: torch.Tensor) -> torch.Tensor:
+    """Batched solve with SPD blocks (diagonal blocks of an SPD inverse): Cholesky, else pinv."""
+    L, info = torch.linalg.cholesky_ex(blocks)
+    if int(info.max()) == 0:
+        return torch.cholesky_solve(rhs, L)
+    return torch.linalg.pinv(blocks, hermitian=True) @ rhs
 
 
 def inverse_spd(M: torch.Tensor) -> torch.Tensor:
@@ -87,18 +106,17 @@ def mask_trajectory(
     m = torch.ones(A.shape[0], dtype=A.dtype, device=A.device)
     order: list[int] = []
     steps: list[tuple[int, float]] = [(0, 0.0)]
-    eye = torch.eye(A.shape[0], dtype=A.dtype, device=A.device)
     while len(order) < max_remove and len(alive) > 1:
         cols = units[alive]  # [U', g]
         if reading == "diag":
             scores = (m[cols] ** 2 * diag[cols]).sum(1)
         else:
             keep = cols.reshape(-1)
-            Hinv = inverse_spd(A[keep][:, keep] + lam * eye[: len(keep), : len(keep)])
+            Hinv = inverse_spd(damped_block(A, keep, lam))
             pos = torch.arange(len(keep), device=A.device).view(len(alive), g)
             blocks = Hinv[pos.unsqueeze(2), pos.unsqueeze(1)]  # [U', g, g]
             mu = m[cols].unsqueeze(2)
-            scores = (mu * torch.linalg.solve(blocks, mu)).sum((1, 2))
+            scores = (mu * _spd_solve(blocks, mu)).sum((1, 2))
         k = min(step, max_remove - len(order), len(alive) - 1)
         drop = torch.argsort(scores, stable=True)[:k].tolist()
         dropped = [alive[i] for i in drop]

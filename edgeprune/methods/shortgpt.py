@@ -16,6 +16,7 @@ def plan_shortgpt(source: LayerSource, calib: torch.Tensor, req: PruneRequest) -
     protected = req.protected(L) if req.extra.get("protect_explicit") else set()
     check_layer_count(n, L, L - len(protected))
     acts = source.embed_all(calib, req.batch_size, req.offload)
+    source.release_embedding()
     removed, imp, history = remove_layers(source, acts, n, set(range(L)) - protected, req, iterative=False)
     acts.close()
     plan = Plan(method="shortgpt", model_type=ad.family, num_layers=L, removed_layers=sorted(removed),
