@@ -8,8 +8,8 @@ in benchmarks/results/.
     python benchmarks/quality.py --model ../shared/data/models/stories260K/hf \
         --calib tinystories --eval tinystories,wikitext2 --ratios 0.1,0.2 --layers 0 --name stories260K
 
-Method specs: comp (OBS importance, identical inputs), comp-diag, comp-pruned-inputs,
-comp-oneshot, comp-nomask, shortgpt, magnitude.
+Method specs: comp (OBS importance, identical inputs), comp-diag (the default reading), comp-pruned-inputs,
+comp-oneshot, comp-nomask, shortgpt, magnitude, slimgpt, wanda-sp.
 """
 from __future__ import annotations
 
@@ -22,13 +22,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks._common import markdown_table, pin_threads, write_results  # noqa: E402
 
 SPECS = {
-    "comp": ("comp", {}),
+    "comp": ("comp", {"importance": "obs"}),
     "comp-diag": ("comp", {"importance": "diag"}),
     "comp-pruned-inputs": ("comp", {"identical_inputs": False}),
     "comp-oneshot": ("comp", {"iterative_layers": False}),
     "comp-nomask": ("comp", {"mask_tuning": False}),
     "shortgpt": ("shortgpt", {}),
     "magnitude": ("magnitude", {}),
+    "slimgpt": ("slimgpt", {}),
+    "wanda-sp": ("wanda-sp", {}),
 }
 
 

@@ -213,7 +213,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     pr = sub.add_parser("prune", help="prune a model and save the physically smaller checkpoint")
     pr.add_argument("--model", help="model directory or hub id (default: the embedded demo model)")
-    pr.add_argument("--method", default="comp", help="comp (default), shortgpt, magnitude")
+    pr.add_argument("--method", default="comp", help="comp (default), slimgpt, shortgpt, wanda-sp, magnitude")
     pr.add_argument("--ratio", type=_ratio, help="fraction of non-embedding parameters to remove")
     pr.add_argument("--layers", type=_layers, help="layers to remove (shortgpt), or COMP's layer stage: N or auto")
     pr.add_argument("--calib", help="calibration set: named set or file (default wikitext2; demo for the demo model)")
@@ -221,7 +221,7 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--seq-len", type=_positive, default=128, help="calibration window length (default 128)")
     pr.add_argument("--seed", type=int, default=0)
     pr.add_argument("--align", type=_positive, default=1, help="round kept FFN widths to a multiple (default 1: none)")
-    pr.add_argument("--importance", choices=("obs", "diag"), default="obs", help="COMP neuron importance reading")
+    pr.add_argument("--importance", choices=("obs", "diag"), default="diag", help="COMP neuron importance reading (default diag: see README)")
     pr.add_argument("--pruned-inputs", action="store_true", help="COMP: prune each layer on the pruned model's inputs (ablation)")
     pr.add_argument("--one-shot-layers", action="store_true", help="COMP: score layers once instead of iteratively (ablation)")
     pr.add_argument("--no-mask-tuning", action="store_true", help="COMP: skip the least-squares mask re-fit (ablation)")

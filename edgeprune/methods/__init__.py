@@ -12,6 +12,8 @@ from .base import PruneRequest
 from .comp import plan_comp
 from .magnitude import plan_magnitude
 from .shortgpt import plan_shortgpt
+from .slimgpt import plan_slimgpt
+from .wanda import plan_wanda_sp
 
 MethodFn = Callable[[LayerSource, "torch.Tensor | None", PruneRequest], Plan]
 
@@ -19,10 +21,12 @@ METHODS: dict[str, MethodFn] = {
     "comp": plan_comp,
     "shortgpt": plan_shortgpt,
     "magnitude": plan_magnitude,
+    "slimgpt": plan_slimgpt,
+    "wanda-sp": plan_wanda_sp,
 }
 # Named in the CLI contract, not implemented yet (issue 5): refused with a clear message.
-PLANNED = ("slimgpt", "wanda-sp", "flap", "taylor")
-NEEDS_CALIBRATION = {"comp": True, "shortgpt": True, "magnitude": False}
+PLANNED = ("flap", "taylor")
+NEEDS_CALIBRATION = {"comp": True, "shortgpt": True, "magnitude": False, "slimgpt": True, "wanda-sp": True}
 
 
 def get_method(name: str) -> MethodFn:

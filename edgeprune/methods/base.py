@@ -27,7 +27,7 @@ class PruneRequest:
     layers: int | str | None = None  # number of layers to remove, or "auto"
     align: int = 1  # round kept FFN widths to a multiple (hardware efficiency)
     protect: tuple[int, ...] = (0, 1, -1)  # layers kept free of neuron pruning / removal
-    importance: str = "obs"  # COMP neuron reading: "obs" or "diag"
+    importance: str = "diag"  # COMP neuron reading: "diag" (default, chosen by benchmark) or "obs"
     identical_inputs: bool = True  # prune each layer on the dense model's inputs
     mask_tuning: bool = True
     iterative_layers: bool = True

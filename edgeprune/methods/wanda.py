@@ -1,0 +1,49 @@
+"""Wanda-sp: the same ratio in every layer, an input channel scored by Σ_i |W_ij| · ‖X_j‖₂.
+
+An FFN channel is scored on `down_proj`'s column; a KV group sums its `o_proj` columns.
+It differs from magnitude (no activations) and from COMP's diagonal reading
+(‖W_:,j‖₂ · ‖X_j‖₂, i.e. √A_jj), so the three are kept distinct.
+"""
+from __future__ import annotations
+
+import torch
+
+from ..plan import LayerPlan, Plan
+from ..streaming import GramCollector, LayerSource
+from .base import PruneRequest, bar, check_ratio, pick_units, uniform_split
+
+
+def wanda_scores(weight: torch.Tensor, sq_norm: torch.Tensor) -> torch.Tensor:
+    return weight.abs().double().sum(0) * sq_norm.to(torch.float64).sqrt()
+
+
+def plan_wanda_sp(source: LayerSource, calib: torch.Tensor, req: PruneRequest) -> Plan:
+    ad = source.adapter
+    ratio = check_ratio(req.ratio)
+    L = source.num_layers
+    plan = Plan(method="wanda-sp", model_type=ad.family, num_layers=L, ratio_requested=ratio, options={"align": req.align})
+    acts = source.embed_all(calib, req.batch_size, req.offload)
+    source.release_embedding()
+    cur = acts
+    for i in bar(range(L), "wanda-sp", req):
+        layer = source.layer(i)
+        s = ad.shape_of(layer)
+        col_o, col_f = GramCollector(ad.module(layer, "o")), GramCollector(ad.module(layer, "down"))
+        out = source.run(layer, cur)
+        col_o.remove()
+        col_f.remove()
+        n_rep = s.num_heads // s.num_kv_heads
+        g, c = uniform_split(ad, s, ratio * ad.layer_param_count(s), req.align)
+        so = wanda_scores(ad.module(layer, "o").weight.detach(), col_o.sq_norm.cpu()).view(s.num_kv_heads, -1).sum(1)
+        sf = wanda_scores(ad.module(layer, "down").weight.detach(), col_f.sq_norm.cpu())
+        drop_g, drop_c = set(pick_units(so, g)), set(pick_units(sf, c))
+        kv = [j for j in range(s.num_kv_heads) if j not in drop_g]
+        plan.layers[i] = LayerPlan(ffn_keep=[j for j in range(s.intermediate_size) if j not in drop_c], kv_keep=kv,
+                                   heads_keep=[h for gg in kv for h in range(gg * n_rep, (gg + 1) * n_rep)],
+                                   stats={"target_ratio": ratio})
+        if cur is not acts:
+            cur.close()
+        cur = out  # dense inputs for the next layer
+    cur.close()
+    acts.close()
+    return plan

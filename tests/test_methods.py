@@ -1,0 +1,73 @@
+"""Every method returns a plan that the one surgery applies, on Llama and Qwen2 GQA models."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+import edgeprune
+from edgeprune.errors import PlanError
+from edgeprune.methods import METHODS, PruneRequest
+from edgeprune.methods.slimgpt import dynamic_group_sizes, obs_remove
+from edgeprune.models import count_parameters, expected_nonembedding, get_adapter
+from edgeprune.pipeline import calibration, make_plan
+
+
+@pytest.mark.parametrize("method", sorted(METHODS))
+@pytest.mark.parametrize("family", ["llama", "qwen2"])
+def test_method_plan_and_surgery(tiny_models, method, family):
+    d = tiny_models[family]
+    windows = torch.randint(0, 512, (8, 64), generator=torch.Generator().manual_seed(0))
+    layers = 1 if method == "shortgpt" else (0 if method == "comp" else None)
+    req = PruneRequest(ratio=0.2, layers=layers, progress=False, protect=(0,))
+    plan, rep = make_plan(d, method, req, windows)
+    m = edgeprune.apply_plan(edgeprune.load(d), plan)
+    ad = get_adapter(edgeprune.checkpoint.load_config(d))
+    assert count_parameters(m, ad)["non_embedding"] == expected_nonembedding(ad, plan.result_shapes(ad))
+    if method != "shortgpt":
+        assert abs(rep["ratio_achieved"] - 0.2) <= 0.02
+    assert torch.isfinite(m(windows[:1]).logits).all()
+    for lp in plan.layers.values():  # GQA-valid: whole KV groups
+        if lp.heads_keep is not None:
+            assert len(lp.heads_keep) % len(lp.kv_keep) == 0
+
+
+def test_obs_compensation_beats_plain_removal():
+    g = torch.Generator().manual_seed(0)
+    W = torch.randn(16, 12, generator=g, dtype=torch.float64)
+    X = torch.randn(12, 200, generator=g, dtype=torch.float64)
+    X[3] = X[4] + 0.01 * X[3]  # correlated inputs: compensation can recover most of it
+    H = 2 * X @ X.T + 1e-6 * torch.eye(12, dtype=torch.float64)
+    Wc = W.clone()
+    gone = obs_remove(Wc, torch.linalg.inv(H), torch.arange(12).view(12, 1), 3, [1, 1, 1])
+    Wp = W.clone()
+    Wp[:, gone] = 0
+    err = lambda A: float(((W - A) @ X).pow(2).sum())  # noqa: E731
+    assert err(Wc) < err(Wp)
+    assert torch.all(Wc[:, gone] == 0)
+
+
+def test_dynamic_group_sizes_shrink():
+    s = dynamic_group_sizes(3000)
+    assert sum(s) == 3000 and s[0] >= s[-1] and min(s) >= 1 and max(s) <= 1024
+
+
+def test_slimgpt_beats_magnitude_and_wanda(stories):
+    from edgeprune import data
+    from edgeprune.evaluate import perplexity
+    from edgeprune.pipeline import tokenizer_for
+
+    w = calibration(stories, "tinystories", 16, 128, 0)
+    ev = data.evaluation_set(tokenizer_for(stories), "tinystories", 256, 8)
+    ppl = {}
+    for method in ("slimgpt", "wanda-sp", "magnitude"):
+        plan, _ = make_plan(stories, method, PruneRequest(ratio=0.2, progress=False), w)
+        ppl[method] = perplexity(edgeprune.apply_plan(edgeprune.load(stories), plan), ev, progress=False)["perplexity"]
+    assert ppl["slimgpt"] < ppl["wanda-sp"] and ppl["slimgpt"] < ppl["magnitude"]
+
+
+def test_unreachable_requests(stories):
+    w = calibration(stories, "tinystories", 4, 64, 0)
+    with pytest.raises(PlanError, match="at least one|at most"):
+        make_plan(stories, "shortgpt", PruneRequest(layers=7, progress=False), w)
+    with pytest.raises(PlanError, match="not implemented"):
+        make_plan(stories, "flap", PruneRequest(ratio=0.2, progress=False), w)
