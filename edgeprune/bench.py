@@ -8,15 +8,12 @@ rewrites report.md with the estimate and the measurement side by side.
 from __future__ import annotations
 
 import json
+import sys
 import time
 from pathlib import Path
 
 from .errors import EdgePruneError
 from .latency import DEFAULT_CONTEXT, DEFAULT_NEW_TOKENS, DEFAULT_REPS, host_info, measure
-
-
-def _vocab(path: Path) -> int | None:
-    return None
 
 
 def bench(path: str, context: int | None = None, new_tokens: int | None = None, reps: int | None = None,
@@ -30,11 +27,20 @@ def bench(path: str, context: int | None = None, new_tokens: int | None = None, 
         prof_path = p / "profile.json"
         profile = json.loads(prof_path.read_text())
         ctx = context or int(profile["target"]["latency"]["context"])
-        entries = []
+        from .errors import MissingExtraError
+
+        entries, skipped = [], []
         for a in profile["artifacts"]:
-            lat = measure({"pruned": p / a["path"]}, ctx, new_tokens, reps, threads)["pruned"]
+            try:
+                lat = measure({"pruned": p / a["path"]}, ctx, new_tokens, reps, threads)["pruned"]
+            except MissingExtraError as e:  # a device may carry only one of the runtimes
+                skipped.append({"format": a["format"], "dtype": a["dtype"], "path": a["path"], "skipped": str(e)})
+                print(f"edgeprune: note: skipping {a['path']}: {e}", file=sys.stderr)
+                continue
             entries.append({"format": a["format"], "dtype": a["dtype"], "path": a["path"], "latency": lat})
-        record = {"time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "host": host_info(), "artifacts": entries}
+        if not entries:
+            raise EdgePruneError("no artifact of this build could be run here: " + "; ".join(s["skipped"] for s in skipped))
+        record = {"time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "host": host_info(), "artifacts": entries, "skipped": skipped}
         profile.setdefault("measured_on_device", []).append(record)
         tmp = p / ".profile.json.tmp"
         tmp.write_text(json.dumps(profile, indent=1))

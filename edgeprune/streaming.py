@@ -215,6 +215,18 @@ class ModuleSource(LayerSource):
         return copy.deepcopy(self.adapter.layers(self.model)[i]).to(self.device, self.dtype).eval()
 
 
+def run_collecting(source: LayerSource, layer: nn.Module, acts: Activations, roles: tuple[str, ...]
+                   ) -> tuple[Activations, dict[str, GramCollector]]:
+    """Forward `acts` through `layer` while accumulating the input Gram of each role's linear."""
+    cols = {r: GramCollector(source.adapter.module(layer, r)) for r in roles}
+    try:
+        out = source.run(layer, acts)
+    finally:
+        for c in cols.values():
+            c.remove()
+    return out, cols
+
+
 def open_source(model: str | Path | nn.Module, device="cpu", dtype=torch.float32) -> LayerSource:
     if isinstance(model, nn.Module):
         return ModuleSource(model, device, dtype)

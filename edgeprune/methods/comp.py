@@ -28,7 +28,7 @@ import torch
 from ..errors import PlanError
 from ..models import LayerShape
 from ..plan import LayerPlan, Plan
-from ..streaming import Activations, GramCollector, LayerSource
+from ..streaming import Activations, LayerSource, run_collecting
 from .base import (
     PruneRequest, aligned_keep, bar, check_layer_count, dense_params, layer_importances,
     remove_layers, units_of_groups,
@@ -88,11 +88,8 @@ def prune_layer(
     ad = source.adapter
     shape: LayerShape = ad.shape_of(layer)
     hd = ad.head_dim
-    col_o = GramCollector(ad.module(layer, "o"))
-    col_f = GramCollector(ad.module(layer, "down"))
-    out = source.run(layer, acts)
-    col_o.remove()
-    col_f.remove()
+    out, cols = run_collecting(source, layer, acts, ("o", "down"))
+    col_o, col_f = cols["o"], cols["down"]
     n_rep = shape.num_heads // shape.num_kv_heads
     cost_o = ad.head_group_param_count(n_rep)
     cost_f = ad.ffn_channel_param_count()
@@ -100,7 +97,7 @@ def prune_layer(
 
     W_o, W_f = ad.module(layer, "o").weight.detach(), ad.module(layer, "down").weight.detach()
     A_o, A_f = mask_system(W_o, col_o.gram), mask_system(W_f, col_f.gram)
-    del col_o, col_f  # the Gram matrices are folded into A; free them before the solves
+    del col_o, col_f, cols  # the Gram matrices are folded into A; free them before the solves
     f = shape.intermediate_size
     min_keep_f = max(1, req.align if req.align > 1 and f >= 2 * req.align else 1)
     groups = units_of_groups(shape, hd, A_o.device)

@@ -13,7 +13,7 @@ import torch
 def mask_system(weight: torch.Tensor, gram: torch.Tensor) -> torch.Tensor:
     """A = (W^T W) ⊙ (X X^T), float64."""
     w = weight.to(gram.device, torch.float64)
-    return (w.T @ w) * gram
+    return (w.T @ w).mul_(gram)  # in place: one n×n temporary less
 
 
 def damping(A: torch.Tensor, damp: float) -> float:
@@ -80,7 +80,10 @@ def _spd_solve(blocks: torch.Tensor, rhs: torch.Tensor) -> torch.Tensor:
 
 
 def inverse_spd(M: torch.Tensor) -> torch.Tensor:
-    return torch.cholesky_inverse(_chol(M))
+    """Inverse of an SPD matrix the caller hands over (it is consumed: at most two n×n alive)."""
+    L = _chol(M)
+    del M
+    return torch.cholesky_inverse(L)
 
 
 def mask_trajectory(

@@ -20,7 +20,7 @@ import math
 import torch
 
 from ..plan import LayerPlan, Plan
-from ..streaming import GramCollector, LayerSource
+from ..streaming import LayerSource, run_collecting
 from .base import PruneRequest, bar, check_ratio, dense_params, uniform_split, units_of_groups
 from .comp import layer_ratios
 from .linalg import inverse_spd
@@ -92,11 +92,9 @@ def plan_slimgpt(source: LayerSource, calib: torch.Tensor, req: PruneRequest) ->
     for i in bar(range(L), "slimgpt", req):
         layer = source.layer(i)
         s = ad.shape_of(layer)
-        col_o, col_f = GramCollector(ad.module(layer, "o")), GramCollector(ad.module(layer, "down"))
-        out = source.run(layer, cur)
-        col_o.remove()
-        col_f.remove()
-        out.close()
+        out, cols = run_collecting(source, layer, cur, ("o", "down"))
+        col_o, col_f = cols["o"], cols["down"]
+        out.close()  # sequential: the next input comes from the pruned layer below
         n_groups, n_ch = uniform_split(ad, s, ratios[i] * params[i], req.align)
         tensors, keep = {}, {}
         for role, col, units, n_units, steps in (

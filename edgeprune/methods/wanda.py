@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 
 from ..plan import LayerPlan, Plan
-from ..streaming import GramCollector, LayerSource
+from ..streaming import LayerSource, run_collecting
 from .base import PruneRequest, bar, check_ratio, pick_units, uniform_split
 
 
@@ -28,10 +28,8 @@ def plan_wanda_sp(source: LayerSource, calib: torch.Tensor, req: PruneRequest) -
     for i in bar(range(L), "wanda-sp", req):
         layer = source.layer(i)
         s = ad.shape_of(layer)
-        col_o, col_f = GramCollector(ad.module(layer, "o")), GramCollector(ad.module(layer, "down"))
-        out = source.run(layer, cur)
-        col_o.remove()
-        col_f.remove()
+        out, cols = run_collecting(source, layer, cur, ("o", "down"))
+        col_o, col_f = cols["o"], cols["down"]
         n_rep = s.num_heads // s.num_kv_heads
         g, c = uniform_split(ad, s, ratio * ad.layer_param_count(s), req.align)
         so = wanda_scores(ad.module(layer, "o").weight.detach(), col_o.sq_norm.cpu()).view(s.num_kv_heads, -1).sum(1)

@@ -148,14 +148,19 @@ class DecoderAdapter:
             layer.layer_idx = index
 
     # ---- classes used to build one layer at a time (layer streaming) -----------------
+    # e.g. ("transformers.models.llama.modeling_llama", "Llama") -> LlamaDecoderLayer, ...
+    modeling: ClassVar[tuple[str, str]] = ("", "")
+
     def modeling_module(self):
-        raise NotImplementedError
+        import importlib
+
+        return importlib.import_module(self.modeling[0])
 
     def decoder_layer_class(self) -> type[nn.Module]:
-        raise NotImplementedError
+        return getattr(self.modeling_module(), f"{self.modeling[1]}DecoderLayer")
 
     def rotary_class(self) -> type[nn.Module]:
-        raise NotImplementedError
+        return getattr(self.modeling_module(), f"{self.modeling[1]}RotaryEmbedding")
 
     # ---- parameter accounting -------------------------------------------------------
     def layer_param_count(self, shape: LayerShape) -> int:

@@ -1,8 +1,6 @@
 """Qwen2 (q/k/v biases) and Qwen3 (per-head q_norm/k_norm)."""
 from __future__ import annotations
 
-import importlib
-
 from .base import DecoderAdapter
 
 
@@ -29,14 +27,7 @@ class Qwen2Adapter(DecoderAdapter):
         d, hd = self.hidden_size, self.head_dim
         return 2 * d * hd * heads_per_group + 2 * d * hd + hd * heads_per_group + 2 * hd
 
-    def modeling_module(self):
-        return importlib.import_module("transformers.models.qwen2.modeling_qwen2")
-
-    def decoder_layer_class(self):
-        return self.modeling_module().Qwen2DecoderLayer
-
-    def rotary_class(self):
-        return self.modeling_module().Qwen2RotaryEmbedding
+    modeling = ("transformers.models.qwen2.modeling_qwen2", "Qwen2")
 
 
 class Qwen3Adapter(DecoderAdapter):
@@ -50,11 +41,4 @@ class Qwen3Adapter(DecoderAdapter):
         "export ONNX, or prune with uniform widths"
     )
 
-    def modeling_module(self):
-        return importlib.import_module("transformers.models.qwen3.modeling_qwen3")
-
-    def decoder_layer_class(self):
-        return self.modeling_module().Qwen3DecoderLayer
-
-    def rotary_class(self):
-        return self.modeling_module().Qwen3RotaryEmbedding
+    modeling = ("transformers.models.qwen3.modeling_qwen3", "Qwen3")
