@@ -31,6 +31,7 @@ SPECS = {
     "magnitude": ("magnitude", {}),
     "slimgpt": ("slimgpt", {}),
     "wanda-sp": ("wanda-sp", {}),
+    "taylor": ("taylor", {}),
 }
 
 

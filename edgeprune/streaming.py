@@ -93,6 +93,17 @@ class GramCollector:
         return torch.diagonal(self.gram).clone()
 
 
+def _trim_heap() -> None:
+    """glibc keeps freed mid-sized tensors (< 32 MB) in its arenas; return them to the OS so
+    that the resident set reflects one layer at a time rather than creeping with depth."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
 class LayerSource:
     """One decoder layer at a time, plus embedding and rotary tables."""
 
@@ -183,6 +194,7 @@ class CheckpointSource(LayerSource):
         self._embed = None
 
     def layer(self, i: int) -> nn.Module:
+        _trim_heap()  # hand the previous layer's freed pages back before reading the next one
         cls = self.adapter.decoder_layer_class()
         with torch.device("meta"):
             layer = cls(self.config, i)

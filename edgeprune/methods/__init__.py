@@ -13,6 +13,7 @@ from .comp import plan_comp
 from .magnitude import plan_magnitude
 from .shortgpt import plan_shortgpt
 from .slimgpt import plan_slimgpt
+from .taylor import plan_taylor
 from .wanda import plan_wanda_sp
 
 MethodFn = Callable[[LayerSource, "torch.Tensor | None", PruneRequest], Plan]
@@ -23,10 +24,11 @@ METHODS: dict[str, MethodFn] = {
     "magnitude": plan_magnitude,
     "slimgpt": plan_slimgpt,
     "wanda-sp": plan_wanda_sp,
+    "taylor": plan_taylor,
 }
 # Named in the CLI contract, not implemented yet (issue 5): refused with a clear message.
-PLANNED = ("flap", "taylor")
-NEEDS_CALIBRATION = {"comp": True, "shortgpt": True, "magnitude": False, "slimgpt": True, "wanda-sp": True}
+PLANNED = ("flap",)
+NEEDS_CALIBRATION = {"comp": True, "shortgpt": True, "magnitude": False, "slimgpt": True, "wanda-sp": True, "taylor": True}
 
 
 def get_method(name: str) -> MethodFn:

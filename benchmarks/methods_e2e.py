@@ -1,0 +1,97 @@
+"""Every method end to end: prune -> physical surgery -> export GGUF and ONNX -> verify.
+
+Runs on stories260K (Llama, GQA, tied embeddings) and on a Qwen2-style GQA model with q/k/v
+biases (random weights, built here). Perplexity is measured through each artifact's runtime;
+a refused export records its reason (e.g. non-uniform Qwen2 has no GGUF route).
+
+    python benchmarks/methods_e2e.py --ratio 0.2
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks._common import markdown_table, pin_threads, write_results  # noqa: E402
+
+WORK = Path(__file__).resolve().parent / "work" / "e2e"
+STORIES = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "models" / "stories260K" / "hf"
+
+
+def qwen2_model() -> Path:
+    import torch
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    from edgeprune.checkpoint import save
+
+    d = WORK / "qwen2-gqa"
+    if (d / "edgeprune.json").is_file():
+        return d
+    torch.manual_seed(0)
+    cfg = Qwen2Config(vocab_size=512, hidden_size=128, intermediate_size=352, num_hidden_layers=6, num_attention_heads=8,
+                      num_key_value_heads=2, max_position_embeddings=512, tie_word_embeddings=False)
+    return save(Qwen2ForCausalLM(cfg), d, tokenizer_from=STORIES, force=True)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--ratio", type=float, default=0.2)
+    ap.add_argument("--methods", default="comp,slimgpt,shortgpt,wanda-sp,taylor,magnitude")
+    ap.add_argument("--threads", type=int, default=2)
+    a = ap.parse_args()
+    pin_threads(a.threads)
+    import shutil
+
+    import edgeprune
+    from edgeprune import data
+    from edgeprune.build import runtime_perplexity
+    from edgeprune.errors import EdgePruneError
+    from edgeprune.methods import PruneRequest
+    from edgeprune.pipeline import calibration, make_plan, tokenizer_for
+    from edgeprune.surgery import apply_plan
+    from exporters import export
+
+    WORK.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for mname, model in (("stories260K", STORIES), ("qwen2-gqa (random)", qwen2_model())):
+        calib = calibration(model, "tinystories", 32, 128, 0)
+        ev = data.evaluation_set(tokenizer_for(model), "tinystories", 256, 8)
+        for method in a.methods.split(","):
+            layers = "auto" if method == "comp" else None
+            req = PruneRequest(ratio=a.ratio, layers=layers, progress=False, protect=(0, -1))
+            row = {"model": mname, "method": method}
+            try:
+                plan, rep = make_plan(model, method, req, calib)
+            except EdgePruneError as e:
+                rows.append({**row, "note": str(e)[:80]})
+                continue
+            out = WORK / f"{mname.split()[0]}-{method}"
+            shutil.rmtree(out, ignore_errors=True)
+            edgeprune.save(apply_plan(edgeprune.load(model), plan), out, tokenizer_from=model, plan=plan)
+            row["achieved"] = rep["ratio_achieved"]
+            for fmt, path in (("gguf", out.with_suffix(".gguf")), ("onnx", out.with_name(out.name + "-onnx"))):
+                try:
+                    res = export(out, fmt, path, force=True)
+                    row[f"{fmt}_verified"] = res["verify"]["passed"]
+                    row[f"{fmt}_max_diff"] = res["verify"]["max_abs_logit_diff"]
+                    row[f"{fmt}_ppl"] = runtime_perplexity(Path(res["path"]), ev)
+                    if fmt == "gguf":
+                        row["gguf_arch"] = res["architecture"]
+                except EdgePruneError as e:
+                    row[f"{fmt}_verified"] = "refused"
+                    row["note"] = str(e)[:110]
+            rows.append(row)
+            print(row, file=sys.stderr)
+    cols = [("model", "model"), ("method", "method"), ("achieved", "ratio achieved"), ("gguf_arch", "GGUF arch"),
+            ("gguf_verified", "GGUF verified"), ("gguf_max_diff", "GGUF max |Δlogit|"), ("gguf_ppl", "PPL via llama.cpp"),
+            ("onnx_verified", "ONNX verified"), ("onnx_max_diff", "ONNX max |Δlogit|"), ("onnx_ppl", "PPL via ORT"), ("note", "note")]
+    table = (f"Ratio {a.ratio}, calibration tinystories 32 x 128, f32 artifacts, perplexity through each runtime on 8 windows "
+             "of 256 tokens of the tinystories eval portion (random weights for the Qwen2 model: shapes and verification only).\n\n"
+             + markdown_table(rows, cols))
+    print(table)
+    write_results("methods_e2e", {"args": vars(a), "rows": rows}, table)
+
+
+if __name__ == "__main__":
+    main()
