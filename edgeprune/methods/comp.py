@@ -204,6 +204,9 @@ def plan_comp(source: LayerSource, calib: torch.Tensor, req: PruneRequest) -> Pl
         "iterative_layers": req.iterative_layers, "mask_tuning": req.mask_tuning, "protect": sorted(protected),
         "max_layer_ratio": req.max_layer_ratio, "damp": req.damp, "align": req.align, "solver": req.solver,
     }
-    plan.stats = {"layer_importance": {str(k): v for k, v in imp.items()}, "removal_history": history,
+    shown = dict(imp)  # kept layers: final importance; removed ones: their importance when removed
+    for before, after in zip(history, history[1:]):
+        shown[after["removed"]] = before["importance"][after["removed"]]
+    plan.stats = {"layer_importance": {str(k): v for k, v in sorted(shown.items())}, "removal_history": history,
                   "layer_ratio_targets": {str(k): v for k, v in ratios.items()}}
     return plan
