@@ -129,3 +129,39 @@ def test_demo_build_needs_nothing_but_the_checkout(tmp_path):
     prof = json.loads((out / "profile.json").read_text())
     assert prof["provenance"]["base_model"]["name"].startswith("edgeprune embedded demo")
     assert all(a["verify"]["passed"] for a in prof["artifacts"])
+
+
+@pytest.mark.slow
+def test_interrupted_build_resumes(stories, tmp_path, monkeypatch):
+    """Ctrl-C during export, then --resume: finished stages are reused, the rest completes."""
+    import exporters
+
+    from edgeprune.build import BuildError, build
+
+    t = _toml(tmp_path, **{'{ format = "gguf", dtype = "q8_0" }, ': "", '{ format = "onnx", dtype = "f32" }': ""})
+    t.write_text(t.read_text().replace(', ]', ']').replace('}, ]', '}]'))
+    real = exporters.export
+    calls = {"n": 0}
+
+    def flaky(*a, **k):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt
+        return real(*a, **k)
+
+    monkeypatch.setattr(exporters, "export", flaky)
+    out = tmp_path / "b"
+    kw = dict(model=str(stories), target=str(t), ratio=0.2, calib="tinystories", out=str(out))
+    with pytest.raises(KeyboardInterrupt):
+        build(**kw)
+    assert (out / ".edgeprune-incomplete").exists() and not (out / "profile.json").exists()
+    from edgeprune.errors import OutputError
+
+    with pytest.raises(OutputError, match="--resume"):
+        build(**kw)
+    with pytest.raises(BuildError, match="different arguments"):
+        build(**{**kw, "ratio": 0.3}, resume=True)
+    res = build(**kw, resume=True)
+    assert not (out / ".edgeprune-incomplete").exists()
+    assert all(a["verify"]["passed"] for a in res["profile"]["artifacts"])
+    assert calls["n"] == 3  # the first export was reused, not redone
