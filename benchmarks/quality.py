@@ -43,7 +43,8 @@ def main() -> None:
     ap.add_argument("--methods", default="comp,comp-diag,comp-pruned-inputs,shortgpt,magnitude")
     ap.add_argument("--ratios", default="0.2,0.3,0.5")
     ap.add_argument("--layers", default="auto", help="COMP's layer stage: N or auto")
-    ap.add_argument("--seq-len", type=int, default=128, help="evaluation window")
+    ap.add_argument("--seq-len", default="128", help="evaluation window(s), comma-separated: e.g. 128,512")
+    ap.add_argument("--gguf", action="store_true", help="also export each model to GGUF f32 (verified) and measure PPL through llama.cpp")
     ap.add_argument("--max-windows", type=int, default=None)
     ap.add_argument("--nsamples", type=int, default=32)
     ap.add_argument("--calib-seq-len", type=int, default=128)
@@ -63,15 +64,32 @@ def main() -> None:
     from edgeprune.surgery import apply_plan
 
     tok = tokenizer_for(a.model)
-    evals = {e: data.evaluation_set(tok, e, a.seq_len, a.max_windows) for e in a.eval.split(",")}
+    seq_lens = [int(x) for x in str(a.seq_len).split(",")]
+    evals = {f"{e}@{L}": data.evaluation_set(tok, e, L, a.max_windows) for L in seq_lens for e in a.eval.split(",")}
+    first_eval = next(iter(evals))
     windows = calibration(a.model, a.calib, a.nsamples, a.calib_seq_len, 0)
     layers = a.layers if a.layers == "auto" else int(a.layers)
 
     def ppl(model) -> dict:
         return {e: perplexity(model, w, batch_size=8, progress=False)["perplexity"] for e, w in evals.items()}
 
+    import tempfile
+
+    from edgeprune.build import runtime_perplexity
+    from edgeprune.checkpoint import save
+
+    work = Path(tempfile.mkdtemp(prefix="edgeprune-quality-"))
+
+    def gguf_ppl(model_dir: Path) -> float:
+        from exporters import export
+
+        res = export(model_dir, "gguf", work / "m.gguf", force=True)
+        return runtime_perplexity(Path(res["path"]), evals[first_eval])
+
     dense = ppl(load(a.model))
     rows = [{"method": "dense", "ratio": 0.0, **{f"ppl:{e}": v for e, v in dense.items()}}]
+    if a.gguf:
+        rows[0]["gguf_ppl"] = gguf_ppl(Path(a.model))
     for ratio in [float(r) for r in a.ratios.split(",")]:
         for spec in a.methods.split(","):
             method, extra = SPECS[spec]
@@ -95,21 +113,27 @@ def main() -> None:
                 **{f"ppl:{e}": v for e, v in p.items()},
                 **{f"ratio:{e}": p[e] / dense[e] for e in p},
             })
+            if a.gguf:
+                d = save(model, work / "pruned", tokenizer_from=a.model, plan=plan, force=True)
+                row["gguf_ppl"] = gguf_ppl(d)
             rows.append(row)
             print(f"{spec} {ratio}: " + ", ".join(f"{e} {v:.3f}" for e, v in p.items()), file=sys.stderr)
     cols = [("method", "method"), ("ratio", "ratio"), ("achieved", "achieved")]
     for e in evals:
-        cols += [(f"ppl:{e}", f"PPL {Path(e).name}"), (f"ratio:{e}", "x dense")]
+        name, L = e.rsplit("@", 1)
+        cols += [(f"ppl:{e}", f"PPL {Path(name).name} @{L}"), (f"ratio:{e}", "x dense")]
+    if a.gguf:
+        cols += [("gguf_ppl", f"PPL via llama.cpp (GGUF f32, {first_eval})")]
     cols += [("params_kept", "non-emb params kept"), ("layers_removed", "layers removed"), ("prune_s", "prune s"),
              ("peak_mib", "peak MiB above baseline"), ("note", "note")]
     header = (f"Model `{a.model}`; calibration {a.calib} ({a.nsamples} x {a.calib_seq_len} tokens, seed 0); "
-              f"evaluation: non-overlapping windows of {a.seq_len}"
+              f"evaluation: non-overlapping windows of {a.seq_len} tokens (each protocol a column)"
               + (f", first {a.max_windows} windows" if a.max_windows else ", every window")
               + f" of the eval portion; COMP --layers {a.layers}; {a.threads} CPU threads.\n\n")
     table = header + markdown_table(rows, cols)
     print(table)
     name = a.name or Path(a.model).name
-    write_results(f"quality-{name}-seq{a.seq_len}", {"args": vars(a), "rows": rows}, table)
+    write_results(f"quality-{name}-seq{a.seq_len.replace(',', '-')}", {"args": vars(a), "rows": rows}, table)
 
 
 if __name__ == "__main__":
