@@ -204,7 +204,7 @@ def build_parser() -> argparse.ArgumentParser:
     e = sub.add_parser("eval", help="perplexity of a dense or pruned model")
     e.add_argument("--model", help="model directory (default: the embedded demo model)")
     e.add_argument("--data", help="named set (wikitext2, ptb, c4, tinystories, alpaca, shakespeare, demo) or a file/dir")
-    e.add_argument("--seq-len", type=_positive, default=2048 if False else 512, help="window length (default 512)")
+    e.add_argument("--seq-len", type=_positive, default=512, help="window length (default 512)")
     e.add_argument("--max-windows", type=_positive, default=None, help="cap the number of windows (default: all)")
     e.add_argument("--batch-size", type=_positive, default=4)
     e.add_argument("--json", action="store_true", help="print exactly one JSON object on stdout")
