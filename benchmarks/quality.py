@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -103,7 +102,6 @@ def main() -> None:
                 rows.append(row)
                 print(f"{spec} {ratio}: {e}", file=sys.stderr)
                 continue
-            t0 = time.perf_counter()
             model = apply_plan(load(a.model), plan)
             p = ppl(model)
             row.update({

@@ -14,7 +14,7 @@ import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Literal
+from typing import Literal
 
 import torch
 
@@ -228,5 +228,3 @@ def calibration_set(tokenizer, source: str, n_samples: int, seq_len: int, seed: 
 def evaluation_set(tokenizer, source: str, seq_len: int, max_windows: int | None = None, data_dir=None) -> torch.Tensor:
     return eval_windows(tokenize(tokenizer, load_text(source, "eval", data_dir)), seq_len, max_windows)
 
-
-TokenizerFactory = Callable[[], object]

@@ -15,7 +15,7 @@ from tqdm.auto import tqdm
 
 from ..errors import PlanError
 from ..models import DecoderAdapter, LayerShape, expected_nonembedding
-from ..plan import Plan
+from ..plan import LayerPlan, Plan
 from ..streaming import Activations, LayerSource
 
 
@@ -138,6 +138,21 @@ def remove_layers(
 def pick_units(scores: torch.Tensor, n_remove: int) -> list[int]:
     """Indices of the `n_remove` lowest scores (stable)."""
     return torch.argsort(scores, stable=True)[:n_remove].tolist()
+
+
+def group_layer_plan(shape: LayerShape, kv_keep: list[int], ffn_keep: list[int], stats: dict) -> LayerPlan:
+    """A layer plan that keeps whole KV groups (each with all its query heads): GQA-valid."""
+    n_rep = shape.num_heads // shape.num_kv_heads
+    heads = [h for g in kv_keep for h in range(g * n_rep, (g + 1) * n_rep)]
+    return LayerPlan(ffn_keep=list(ffn_keep), kv_keep=list(kv_keep), heads_keep=heads, stats=stats)
+
+
+def scored_layer_plan(shape: LayerShape, group_scores: torch.Tensor, channel_scores: torch.Tensor,
+                      n_groups: int, n_channels: int, stats: dict) -> LayerPlan:
+    """Drop the lowest-scoring KV groups and FFN channels (the uniform-ratio baselines)."""
+    drop_g, drop_c = set(pick_units(group_scores, n_groups)), set(pick_units(channel_scores, n_channels))
+    return group_layer_plan(shape, [j for j in range(shape.num_kv_heads) if j not in drop_g],
+                            [j for j in range(shape.intermediate_size) if j not in drop_c], stats)
 
 
 def aligned_keep(full: int, keep: int, align: int) -> tuple[int, str | None]:

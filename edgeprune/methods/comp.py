@@ -30,7 +30,7 @@ from ..models import LayerShape
 from ..plan import LayerPlan, Plan
 from ..streaming import Activations, LayerSource, run_collecting
 from .base import (
-    PruneRequest, aligned_keep, bar, check_layer_count, dense_params, layer_importances,
+    PruneRequest, aligned_keep, bar, check_layer_count, dense_params, group_layer_plan,
     remove_layers, units_of_groups,
 )
 from .linalg import damping, fit_mask, mask_system, mask_trajectory, removed_at
@@ -122,13 +122,12 @@ def prune_layer(
         m = fit_mask(A, keep_idx, damping(A, req.damp), req.solver)
         tensors[f"L{layer_index}.{role}.col_scale"] = m.float().cpu()
         stats[f"{role}_mask_var"] = float(m.var()) if m.numel() > 1 else 0.0
-    kept_heads = [h for g in kv_keep for h in range(g * n_rep, (g + 1) * n_rep)]
-    new_shape = LayerShape(len(ffn_keep), len(kept_heads), len(kv_keep))
+    new_shape = LayerShape(len(ffn_keep), len(kv_keep) * n_rep, len(kv_keep))
     stats["achieved_ratio"] = 1 - ad.layer_param_count(new_shape) / ad.layer_param_count(shape)
     stats["kept"] = new_shape.as_dict()
     if note:
         stats["align_note"] = note
-    lp = LayerPlan(ffn_keep=ffn_keep, kv_keep=kv_keep, heads_keep=kept_heads, stats=stats)
+    lp = group_layer_plan(shape, kv_keep, ffn_keep, stats)
     return lp, tensors, out
 
 

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import torch
 
-from ..plan import LayerPlan, Plan
+from ..plan import Plan
 from ..streaming import LayerSource
-from .base import PruneRequest, bar, check_ratio, pick_units, uniform_split
+from .base import PruneRequest, bar, check_ratio, scored_layer_plan, uniform_split
 
 
 def plan_magnitude(source: LayerSource, calib: torch.Tensor | None, req: PruneRequest) -> Plan:
@@ -31,13 +31,5 @@ def plan_magnitude(source: LayerSource, calib: torch.Tensor | None, req: PruneRe
         o = w["o"].view(w["o"].shape[0], s.num_kv_heads, n_rep * hd).transpose(0, 1).flatten(1).norm(dim=1)
         k = w["k"].view(s.num_kv_heads, -1).norm(dim=1)
         v = w["v"].view(s.num_kv_heads, -1).norm(dim=1)
-        drop_g = set(pick_units(q + k + v + o, g))
-        drop_c = set(pick_units(ch, c))
-        kv_keep = [j for j in range(s.num_kv_heads) if j not in drop_g]
-        plan.layers[i] = LayerPlan(
-            ffn_keep=[j for j in range(s.intermediate_size) if j not in drop_c],
-            kv_keep=kv_keep,
-            heads_keep=[h for gg in kv_keep for h in range(gg * n_rep, (gg + 1) * n_rep)],
-            stats={"target_ratio": ratio},
-        )
+        plan.layers[i] = scored_layer_plan(s, q + k + v + o, ch, g, c, {"target_ratio": ratio})
     return plan

@@ -19,9 +19,9 @@ import math
 
 import torch
 
-from ..plan import LayerPlan, Plan
+from ..plan import Plan
 from ..streaming import LayerSource, run_collecting
-from .base import PruneRequest, bar, check_ratio, dense_params, uniform_split, units_of_groups
+from .base import PruneRequest, bar, check_ratio, dense_params, group_layer_plan, uniform_split, units_of_groups
 from .comp import layer_ratios
 from .linalg import inverse_spd
 
@@ -110,11 +110,7 @@ def plan_slimgpt(source: LayerSource, calib: torch.Tensor, req: PruneRequest) ->
             if gone:
                 cols = units[kept_units].reshape(-1)
                 tensors[f"L{i}.{role}.weight"] = W[:, cols].float().cpu()
-        n_rep = s.num_heads // s.num_kv_heads
-        kv = keep["o"]
-        plan.layers[i] = LayerPlan(ffn_keep=keep["down"], kv_keep=kv,
-                                   heads_keep=[h for g in kv for h in range(g * n_rep, (g + 1) * n_rep)],
-                                   stats={"target_ratio": ratios[i]})
+        plan.layers[i] = group_layer_plan(s, keep["o"], keep["down"], {"target_ratio": ratios[i]})
         plan.tensors.update(tensors)
         with torch.no_grad():  # the next layer sees this layer pruned (sequential, as published)
             slice_layer(ad, layer, i, plan, source.shapes[i])

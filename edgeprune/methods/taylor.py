@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import torch
 
-from ..plan import LayerPlan, Plan
+from ..plan import Plan
 from ..streaming import LayerSource
-from .base import PruneRequest, bar, check_ratio, pick_units, uniform_split
+from .base import PruneRequest, bar, check_ratio, scored_layer_plan, uniform_split
 
 
 def _full_model(source: LayerSource):
@@ -50,10 +50,6 @@ def plan_taylor(source: LayerSource, calib: torch.Tensor, req: PruneRequest) -> 
                    + t["v"].view(s.num_kv_heads, -1).sum(1)
                    + t["o"].view(-1, s.num_kv_heads, n_rep * hd).sum((0, 2)))
             g, c = uniform_split(ad, s, ratio * ad.layer_param_count(s), req.align)
-            drop_g, drop_c = set(pick_units(grp, g)), set(pick_units(ch, c))
-            kv = [j for j in range(s.num_kv_heads) if j not in drop_g]
-            plan.layers[i] = LayerPlan(ffn_keep=[j for j in range(s.intermediate_size) if j not in drop_c], kv_keep=kv,
-                                       heads_keep=[h for gg in kv for h in range(gg * n_rep, (gg + 1) * n_rep)],
-                                       stats={"target_ratio": ratio})
+            plan.layers[i] = scored_layer_plan(s, grp, ch, g, c, {"target_ratio": ratio})
     model.zero_grad(set_to_none=True)
     return plan

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import torch
 
-from ..plan import LayerPlan, Plan
+from ..plan import Plan
 from ..streaming import LayerSource, run_collecting
-from .base import PruneRequest, bar, check_ratio, pick_units, uniform_split
+from .base import PruneRequest, bar, check_ratio, scored_layer_plan, uniform_split
 
 
 def wanda_scores(weight: torch.Tensor, sq_norm: torch.Tensor) -> torch.Tensor:
@@ -30,15 +30,10 @@ def plan_wanda_sp(source: LayerSource, calib: torch.Tensor, req: PruneRequest) -
         s = ad.shape_of(layer)
         out, cols = run_collecting(source, layer, cur, ("o", "down"))
         col_o, col_f = cols["o"], cols["down"]
-        n_rep = s.num_heads // s.num_kv_heads
         g, c = uniform_split(ad, s, ratio * ad.layer_param_count(s), req.align)
         so = wanda_scores(ad.module(layer, "o").weight.detach(), col_o.sq_norm.cpu()).view(s.num_kv_heads, -1).sum(1)
         sf = wanda_scores(ad.module(layer, "down").weight.detach(), col_f.sq_norm.cpu())
-        drop_g, drop_c = set(pick_units(so, g)), set(pick_units(sf, c))
-        kv = [j for j in range(s.num_kv_heads) if j not in drop_g]
-        plan.layers[i] = LayerPlan(ffn_keep=[j for j in range(s.intermediate_size) if j not in drop_c], kv_keep=kv,
-                                   heads_keep=[h for gg in kv for h in range(gg * n_rep, (gg + 1) * n_rep)],
-                                   stats={"target_ratio": ratio})
+        plan.layers[i] = scored_layer_plan(s, so, sf, g, c, {"target_ratio": ratio})
         if cur is not acts:
             cur.close()
         cur = out  # dense inputs for the next layer
