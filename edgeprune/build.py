@@ -169,6 +169,9 @@ def build(model: str | None = None, target: str = "cpu-x86", ratio: float | None
     cfg = load_config(model_dir)
     ad = get_adapter(cfg)
     calib = calib or ("demo" if demo else "wikitext2")
+    from .data import warn_if_overlap
+
+    warn_if_overlap(calib, calib)  # build evaluates on the calibration source's eval portion
     method = method or tgt.method
     the_ratio, why = choose_ratio(tgt, ad, ratio)
     args = {"model": str(model_dir), "target": tgt.name, "ratio": the_ratio, "method": method, "calib": calib,

@@ -57,3 +57,13 @@ def test_perplexity_of_uniform_logits_is_vocab_size():
     res = perplexity_from(lambda ids: torch.zeros(ids.shape[0], ids.shape[1], 50), windows, progress=False)
     assert math.isclose(res["perplexity"], 50.0, rel_tol=1e-9)
     assert res["protocol"] == {"seq_len": 16, "windows": 3, "tokens": 45}
+
+
+def test_user_file_for_both_warns(tmp_path):
+    import warnings
+
+    with warnings.catch_warnings(record=True) as w:
+        warnings.simplefilter("always")
+        data.warn_if_overlap(str(tmp_path / "a.txt"), str(tmp_path / "a.txt"))
+        data.warn_if_overlap("wikitext2", "wikitext2")  # named sets have disjoint portions
+    assert len(w) == 1 and "both calibration and evaluation" in str(w[0].message)
