@@ -40,7 +40,7 @@ def _sizes(ad) -> tuple[int, int]:
     from .models import expected_nonembedding
 
     non_emb = expected_nonembedding(ad, ad.layer_shapes())
-    emb = ad.vocab_size * ad.hidden_size * (1 if getattr(ad.config, "tie_word_embeddings", False) else 2)
+    emb = ad.embedding_params()
     return non_emb, emb
 
 

@@ -132,7 +132,7 @@ def cmd_prune(a) -> int:
 
     ad = get_adapter(load_config(model_dir))
     rep = res.report
-    emb = ad.vocab_size * ad.hidden_size * (1 if getattr(ad.config, "tie_word_embeddings", False) else 2)
+    emb = ad.embedding_params()
     rep["params_dense_total"] = rep["params_dense_nonembedding"] + emb
     rep["params_pruned_total"] = count_parameters(res.model, ad)["total"]
     if a.json:

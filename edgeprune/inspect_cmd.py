@@ -39,7 +39,7 @@ def inspect_path(path: str, plot: str | None = None) -> dict:
     ad = get_adapter(cfg)
     shapes = ad.layer_shapes()
     non_emb = expected_nonembedding(ad, shapes)
-    emb = ad.vocab_size * ad.hidden_size * (1 if getattr(cfg, "tie_word_embeddings", False) else 2)
+    emb = ad.embedding_params()
     layers = [{"layer": i, **s.as_dict(), "params": ad.layer_param_count(s)} for i, s in enumerate(shapes)]
     text = [f"{ad.family}: {len(shapes)} layers, hidden {ad.hidden_size}, head_dim {ad.head_dim}, vocab {ad.vocab_size}",
             f"parameters: {non_emb + emb:,} total, {non_emb:,} non-embedding"]

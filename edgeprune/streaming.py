@@ -57,9 +57,6 @@ class Activations:
             shutil.rmtree(self._dir, ignore_errors=True)
         self._items = []
 
-    def nbytes(self) -> int:
-        return sum(x.numel() * x.element_size() for x in self) if not self.on_disk else 0
-
 
 class GramCollector:
     """Accumulates X^T X, sum(X) and the token count of a Linear's input (float64)."""

@@ -11,25 +11,18 @@ from pathlib import Path
 
 import numpy as np
 
-from edgeprune.errors import ExportError, MissingExtraError
+from edgeprune.errors import ExportError
+
+from .common import require
 
 _NP = {"tensor(float)": np.float32, "tensor(float16)": np.float16}
-
-
-def _import(module: str, extra: str, purpose: str):
-    import importlib
-
-    try:
-        return importlib.import_module(module)
-    except ImportError:
-        raise MissingExtraError(module.replace("_", "-").split(".")[0], extra, purpose) from None
 
 
 class OnnxSession:
     """ONNX Runtime session over edgeprune's decoder-with-past contract."""
 
     def __init__(self, path: str | Path, threads: int | None = None):
-        ort = _import("onnxruntime", "onnx", "running ONNX artifacts")
+        ort = require("onnxruntime", "onnx", "running ONNX artifacts")
         path = Path(path)
         if path.is_dir():
             path = path / "model.onnx"
@@ -76,7 +69,7 @@ class OnnxSession:
 
 
 def _llama_cpp():
-    lc = _import("llama_cpp", "gguf", "running GGUF artifacts")
+    lc = require("llama_cpp", "gguf", "running GGUF artifacts")
     # llama.cpp's AMX kernel crashes with SIGILL on Q8_0 on some VMs (RUNTIMES.md):
     # turn the extra buffer types off in every model we load.
     low = lc.llama_cpp

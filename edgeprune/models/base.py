@@ -185,6 +185,11 @@ class DecoderAdapter:
     def ffn_channel_param_count(self) -> int:
         return 3 * self.hidden_size
 
+    def embedding_params(self) -> int:
+        """Token embedding plus lm_head (counted once when tied): what the ratio leaves out."""
+        tied = bool(getattr(self.config, "tie_word_embeddings", False))
+        return self.vocab_size * self.hidden_size * (1 if tied else 2)
+
     def non_layer_nonembedding_params(self) -> int:
         """Non-embedding parameters outside the decoder layers: the final norm."""
         return self.hidden_size
