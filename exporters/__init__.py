@@ -24,12 +24,11 @@ __all__ = ["DTYPES", "export"]
 
 
 def _tokenizer(model_dir: Path):
-    try:
-        from transformers import AutoTokenizer
+    """The model's tokenizer, or None (verification then uses fixed random token ids)."""
+    from edgeprune.pipeline import tokenizer_for
 
-        tok = AutoTokenizer.from_pretrained(str(model_dir))
-        tok.model_max_length = 1 << 30
-        return tok
+    try:
+        return tokenizer_for(model_dir)
     except Exception:
         return None
 

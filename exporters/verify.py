@@ -14,6 +14,8 @@ import math
 import numpy as np
 import torch
 
+from edgeprune.evaluate import nll_of_logits
+
 from .runtimes import open_artifact
 
 F32_MAX_ABS = 1e-3
@@ -33,14 +35,6 @@ def _ids(tokenizer, text: str, vocab: int) -> list[int]:
     ids = tokenizer(text, add_special_tokens=False)["input_ids"]
     bos = getattr(tokenizer, "bos_token_id", None)
     return ([bos] if bos is not None else []) + list(ids)
-
-
-def _nll(logits: np.ndarray, ids: list[int]) -> tuple[float, int]:
-    x = logits[:-1].astype(np.float64)
-    x = x - x.max(-1, keepdims=True)
-    logp = x - np.log(np.exp(x).sum(-1, keepdims=True))
-    tgt = np.array(ids[1:])
-    return float(-logp[np.arange(len(tgt)), tgt].sum()), len(tgt)
 
 
 @torch.no_grad()
@@ -78,8 +72,9 @@ def verify_artifact(model, path, dtype: str, tokenizer=None, n_ctx: int = 512) -
         exact &= r == g
         greedy_match &= _tie_consistent(model, ids[:16], r, g)
     ids = _ids(tokenizer, PPL_TEXT, vocab)[:n_ctx]
-    nll_ref, n = _nll(model(torch.tensor([ids])).logits[0].numpy(), ids)
-    nll_got, _ = _nll(sess.logits(ids), ids)
+    t = torch.tensor([ids])
+    nll_ref, n = nll_of_logits(model(t).logits, t)
+    nll_got, _ = nll_of_logits(torch.from_numpy(sess.logits(ids))[None], t)
     ppl_ref, ppl_got = math.exp(nll_ref / n), math.exp(nll_got / n)
     delta = abs(ppl_got - ppl_ref) / ppl_ref
     report = {
