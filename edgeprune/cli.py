@@ -213,7 +213,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     pr = sub.add_parser("prune", help="prune a model and save the physically smaller checkpoint")
     pr.add_argument("--model", help="model directory or hub id (default: the embedded demo model)")
-    pr.add_argument("--method", default="comp", help="comp (default), slimgpt, shortgpt, wanda-sp, taylor, magnitude")
+    pr.add_argument("--method", default="comp", help="comp (default), slimgpt, shortgpt, wanda-sp, flap, taylor, magnitude")
     pr.add_argument("--ratio", type=_ratio, help="fraction of non-embedding parameters to remove")
     pr.add_argument("--layers", type=_layers, help="layers to remove (shortgpt), or COMP's layer stage: N or auto")
     pr.add_argument("--calib", help="calibration set: named set or file (default wikitext2; demo for the demo model)")

@@ -45,7 +45,8 @@ def inspect_path(path: str, plot: str | None = None) -> dict:
             f"parameters: {non_emb + emb:,} total, {non_emb:,} non-embedding"]
     for r in layers:
         text.append(f"  layer {r['layer']:>3}: ffn {r['intermediate_size']:>6}  heads {r['num_attention_heads']:>3}  "
-                    f"kv {r['num_key_value_heads']:>3}  params {r['params']:,}")
+                    f"kv {r['num_key_value_heads']:>3}  params {r['params']:,}"
+                    + (f"  added bias: {','.join(r['added_bias'])}" if r.get("added_bias") else ""))
     out = {"kind": "model", "family": ad.family, "params_total": non_emb + emb, "params_nonembedding": non_emb,
            "layers": layers, "text": "\n".join(text)}
     if (p / PLAN_JSON).is_file():

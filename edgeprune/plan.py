@@ -8,7 +8,8 @@ Re-fitted tensors are keyed `L{layer}.{role}.{kind}` with the layer's ORIGINAL i
 shapes AFTER slicing:
   - `col_scale` (in_features,): multiply the kept columns (COMP's fitted mask);
   - `weight`   (out, in):       replace the sliced weight (OBS compensation);
-  - `bias`     (out,):          set or add an output bias (FLAP's bias compensation).
+  - `bias`     (out,):          the output bias, final value (FLAP's bias compensation; a
+                                 Linear without one gains it, recorded as `added_bias`).
 """
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ import torch
 
 from .errors import PlanError
 from .models import DecoderAdapter, LayerShape
+from .models.base import ADDABLE_BIAS_ROLES
 
 PLAN_JSON = "edgeprune_plan.json"
 PLAN_TENSORS = "edgeprune_plan.safetensors"
@@ -73,15 +75,18 @@ class Plan:
             heads = [h for g in kv for h in range(g * n_rep, (g + 1) * n_rep) if h in hs]
         return kv, heads
 
+    def result_shape(self, i: int, adapter: DecoderAdapter) -> LayerShape:
+        """The widths (and added biases) layer `i` will have after surgery."""
+        lp, s = self.layer(i), adapter.layer_shapes()[i]
+        kv, heads = self.ordered_heads(i, s)
+        f = len(lp.ffn_keep) if lp.ffn_keep is not None else s.intermediate_size
+        native = adapter.native_bias_roles()
+        added = tuple(r for r in ADDABLE_BIAS_ROLES
+                      if r in s.added_bias or (r not in native and f"L{i}.{r}.bias" in self.tensors))
+        return LayerShape(f, len(heads), len(kv), added)
+
     def result_shapes(self, adapter: DecoderAdapter) -> list[LayerShape]:
-        base = adapter.layer_shapes()
-        out = []
-        for i in self.kept_layers():
-            lp, s = self.layer(i), base[i]
-            kv, heads = self.ordered_heads(i, s)
-            f = len(lp.ffn_keep) if lp.ffn_keep is not None else s.intermediate_size
-            out.append(LayerShape(f, len(heads), len(kv)))
-        return out
+        return [self.result_shape(i, adapter) for i in self.kept_layers()]
 
     # ---- validation -----------------------------------------------------------------
     def validate(self, adapter: DecoderAdapter) -> None:

@@ -94,7 +94,7 @@ def update_config(model: nn.Module, adapter: DecoderAdapter, shapes: list[LayerS
     # (transformers derives and validates head_dim from num_attention_heads).
     orig = adapter.layer_shapes()[0] if not getattr(cfg, "edgeprune_layers", None) else None
     uniform = (
-        len(set(shapes)) == 1 and orig is not None
+        len(set(shapes)) == 1 and orig is not None and not shapes[0].added_bias
         and (shapes[0].num_heads, shapes[0].num_kv_heads) == (orig.num_heads, orig.num_kv_heads)
     )
     if uniform:

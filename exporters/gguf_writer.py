@@ -119,6 +119,11 @@ def _add_tokenizer(w, model_dir: Path, config) -> dict:
     return info
 
 
+# llama.cpp architectures whose graph adds an optional attn_output / ffn_down bias
+# (FLAP's bias compensation); checked by tests/test_exporters.py against llama-cpp-python.
+OUTPUT_BIAS_ARCHS = ("llama", "deci")
+
+
 def gguf_arch(model) -> tuple[str, bool]:
     ad = get_adapter(model.config)
     shapes = [ad.shape_of(layer) for layer in ad.layers(model)]
@@ -189,8 +194,11 @@ def write_gguf(model, model_dir: Path, path: Path, dtype: str = "f32") -> dict:
                 if permute:
                     raise ExportError(f"{arch} GGUF cannot carry a {role}_proj bias; export ONNX")
                 put(f"blk.{i}.{name}.bias", m(role).bias)
-        if m("o").bias is not None or m("down").bias is not None:
-            raise ExportError("llama.cpp's architectures here have no o_proj/down_proj bias; export ONNX")
+        for role, name in (("o", "attn_output"), ("down", "ffn_down")):
+            if m(role).bias is not None:
+                if arch not in OUTPUT_BIAS_ARCHS:
+                    raise ExportError(f"llama.cpp's {arch} architecture has no {role}_proj bias; export ONNX")
+                put(f"blk.{i}.{name}.bias", m(role).bias)
         for path, name in zip(ad.head_norm_paths, ("attn_q_norm", "attn_k_norm")):
             put(f"blk.{i}.{name}.weight", layer.get_submodule(path).weight)
         put(f"blk.{i}.ffn_norm.weight", m("ffn_norm").weight)

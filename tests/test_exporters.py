@@ -55,6 +55,26 @@ def test_gguf_pruned_stories_deci_and_q8(pruned_stories, tmp_path):
     assert (tmp_path / "q8.gguf.verify.json").is_file()
 
 
+def test_added_output_biases_reach_both_runtimes(stories, tmp_path):
+    """FLAP-style o_proj/down_proj biases (Llama has none) survive ONNX and GGUF (deci)."""
+    import gguf
+
+    m = edgeprune.load(stories)
+    plan = Plan("test", "llama", 5)
+    plan.layers[2] = LayerPlan(ffn_keep=list(range(120)))
+    g = torch.Generator().manual_seed(0)
+    for i in (1, 2):
+        plan.tensors[f"L{i}.o.bias"] = torch.randn(64, generator=g)
+        plan.tensors[f"L{i}.down.bias"] = torch.randn(64, generator=g)
+    edgeprune.apply_plan(m, plan)
+    d = edgeprune.save(m, tmp_path / "biased", tokenizer_from=stories, plan=plan)
+    res = export(d, "gguf", tmp_path / "b.gguf")
+    assert res["architecture"] == "deci" and res["verify"]["passed"]
+    names = {t.name for t in gguf.GGUFReader(str(tmp_path / "b.gguf")).tensors}
+    assert {"blk.1.attn_output.bias", "blk.2.ffn_down.bias"} <= names
+    assert export(d, "onnx", tmp_path / "onnx")["verify"]["passed"]
+
+
 def test_dense_gguf_matches_upstream_converter(stories, tmp_path):
     """Our GGUF of the HF conversion gives the same logits in llama.cpp as llama.cpp's own file."""
     from .conftest import SHARED

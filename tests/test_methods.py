@@ -10,6 +10,7 @@ from edgeprune.methods import METHODS, PruneRequest
 from edgeprune.methods.slimgpt import dynamic_group_sizes, obs_remove
 from edgeprune.models import count_parameters, expected_nonembedding, get_adapter
 from edgeprune.pipeline import calibration, make_plan
+from edgeprune.plan import Plan
 
 
 @pytest.mark.parametrize("method", sorted(METHODS))
@@ -69,5 +70,43 @@ def test_unreachable_requests(stories):
     w = calibration(stories, "tinystories", 4, 64, 0)
     with pytest.raises(PlanError, match="at least one|at most"):
         make_plan(stories, "shortgpt", PruneRequest(layers=7, progress=False), w)
-    with pytest.raises(PlanError, match="not implemented"):
-        make_plan(stories, "flap", PruneRequest(ratio=0.2, progress=False), w)
+    with pytest.raises(PlanError, match="impossible for flap"):
+        make_plan(stories, "flap", PruneRequest(ratio=0.95, progress=False), w)
+    with pytest.raises(PlanError, match="unknown method"):
+        make_plan(stories, "sparsegpt", PruneRequest(ratio=0.2, progress=False), w)
+
+
+def test_fluctuation_score_is_variance_times_column_norm():
+    from edgeprune.methods.flap import fluctuation_scores
+
+    g = torch.Generator().manual_seed(0)
+    X = torch.randn(300, 6, generator=g, dtype=torch.float64) * torch.arange(1, 7) + 5.0  # tokens x channels
+    W = torch.randn(4, 6, generator=g, dtype=torch.float64)
+    got = fluctuation_scores(W, (X * X).sum(0), X.mean(0), X.shape[0])
+    want = X.var(0) * W.pow(2).sum(0)
+    assert torch.allclose(got, want, rtol=1e-9)
+
+
+def test_flap_bias_compensation(stories, tmp_path):
+    """FLAP adds o_proj/down_proj biases Llama lacks; they lower the error, reload and count."""
+    from edgeprune import data
+    from edgeprune.evaluate import perplexity
+    from edgeprune.pipeline import tokenizer_for
+
+    w = calibration(stories, "tinystories", 16, 128, 0)
+    plan, rep = make_plan(stories, "flap", PruneRequest(ratio=0.3, progress=False), w)
+    assert abs(rep["ratio_achieved"] - 0.3) <= 0.01
+    biased = sorted(k for k in plan.tensors if k.endswith(".bias"))
+    assert biased and all(k.split(".")[1] in ("o", "down") for k in biased)
+    ev = data.evaluation_set(tokenizer_for(stories), "tinystories", 256, 8)
+    m = edgeprune.apply_plan(edgeprune.load(stories), plan)
+    no_bias = Plan.from_dict(plan.to_dict(), {})
+    m0 = edgeprune.apply_plan(edgeprune.load(stories), no_bias)
+    assert perplexity(m, ev, progress=False)["perplexity"] < perplexity(m0, ev, progress=False)["perplexity"]
+    ad = get_adapter(m.config)
+    assert count_parameters(m, ad)["non_embedding"] == expected_nonembedding(ad, plan.result_shapes(ad))
+    out = edgeprune.save(m, tmp_path / "flap", tokenizer_from=stories, plan=plan)
+    r = edgeprune.load(out)
+    ids = w[:1, :32]
+    assert torch.equal(r(ids).logits, m(ids).logits)
+    assert any(ad.module(layer, "down").bias is not None for layer in ad.layers(r))

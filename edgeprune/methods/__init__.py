@@ -10,6 +10,7 @@ from ..plan import Plan
 from ..streaming import LayerSource
 from .base import PruneRequest
 from .comp import plan_comp
+from .flap import plan_flap
 from .magnitude import plan_magnitude
 from .shortgpt import plan_shortgpt
 from .slimgpt import plan_slimgpt
@@ -25,10 +26,12 @@ METHODS: dict[str, MethodFn] = {
     "slimgpt": plan_slimgpt,
     "wanda-sp": plan_wanda_sp,
     "taylor": plan_taylor,
+    "flap": plan_flap,
 }
-# Named in the CLI contract, not implemented yet (issue 5): refused with a clear message.
-PLANNED = ("flap",)
-NEEDS_CALIBRATION = {"comp": True, "shortgpt": True, "magnitude": False, "slimgpt": True, "wanda-sp": True, "taylor": True}
+# Named in the CLI contract, not implemented yet: refused with a clear message.
+PLANNED: tuple[str, ...] = ()
+NEEDS_CALIBRATION = {"comp": True, "shortgpt": True, "magnitude": False, "slimgpt": True, "wanda-sp": True,
+                     "taylor": True, "flap": True}
 
 
 def get_method(name: str) -> MethodFn:

@@ -17,6 +17,8 @@ from torch import nn
 # Roles name the linear maps of a decoder layer independently of the family's attribute names.
 ATTN_ROLES = ("q", "k", "v", "o")
 MLP_ROLES = ("gate", "up", "down")
+# Output projections that bias compensation may give a bias (it absorbs a constant shift).
+ADDABLE_BIAS_ROLES = ("o", "down")
 
 
 @dataclass(frozen=True)
@@ -26,17 +28,24 @@ class LayerShape:
     intermediate_size: int
     num_heads: int
     num_kv_heads: int
+    # Output biases the family's own layout lacks, added by bias compensation (FLAP):
+    # a subset of ("o", "down"). They must survive save, reload and export.
+    added_bias: tuple[str, ...] = ()
 
-    def as_dict(self) -> dict[str, int]:
-        return {
+    def as_dict(self) -> dict:
+        d: dict = {
             "intermediate_size": self.intermediate_size,
             "num_attention_heads": self.num_heads,
             "num_key_value_heads": self.num_kv_heads,
         }
+        if self.added_bias:
+            d["added_bias"] = list(self.added_bias)
+        return d
 
     @classmethod
-    def from_dict(cls, d: dict[str, int]) -> "LayerShape":
-        return cls(d["intermediate_size"], d["num_attention_heads"], d["num_key_value_heads"])
+    def from_dict(cls, d: dict) -> "LayerShape":
+        return cls(d["intermediate_size"], d["num_attention_heads"], d["num_key_value_heads"],
+                   tuple(d.get("added_bias", ())))
 
 
 class DecoderAdapter:
@@ -100,6 +109,13 @@ class DecoderAdapter:
     def has_attention_bias(self) -> bool:
         return bool(getattr(self.config, "attention_bias", False))
 
+    def native_bias_roles(self) -> tuple[str, ...]:
+        """Roles whose Linear carries a bias in the family's own layout (config flags)."""
+        roles: tuple[str, ...] = ATTN_ROLES if self.has_attention_bias() else ()
+        if getattr(self.config, "mlp_bias", False):
+            roles += MLP_ROLES
+        return roles
+
     # ---- module access --------------------------------------------------------------
     def layers(self, model: nn.Module) -> nn.ModuleList:
         return model.get_submodule(self.layers_key)
@@ -124,10 +140,13 @@ class DecoderAdapter:
     def shape_of(self, layer: nn.Module) -> LayerShape:
         """Read the widths off the modules themselves (the truth after surgery)."""
         hd = self.head_dim
+        native = self.native_bias_roles()
+        added = tuple(r for r in ADDABLE_BIAS_ROLES if r not in native and self.module(layer, r).bias is not None)
         return LayerShape(
             self.module(layer, "down").in_features,
             self.module(layer, "q").out_features // hd,
             self.module(layer, "k").out_features // hd,
+            added,
         )
 
     def sync_attention(self, layer: nn.Module, shape: LayerShape) -> None:
@@ -169,10 +188,16 @@ class DecoderAdapter:
         q = shape.num_heads * hd
         kv = shape.num_kv_heads * hd
         n = d * q + 2 * d * kv + q * d + 3 * d * shape.intermediate_size + 2 * d
-        if self.has_attention_bias():
-            n += q + 2 * kv + d
         n += len(self.head_norm_paths) * hd
-        return n
+        return n + self.bias_param_count(shape)
+
+    def bias_param_count(self, shape: LayerShape) -> int:
+        """Bias entries of one layer: the family's own plus any added by compensation."""
+        d, hd = self.hidden_size, self.head_dim
+        out = {"q": shape.num_heads * hd, "k": shape.num_kv_heads * hd, "v": shape.num_kv_heads * hd,
+               "o": d, "gate": shape.intermediate_size, "up": shape.intermediate_size, "down": d}
+        roles = set(self.native_bias_roles()) | set(shape.added_bias)
+        return sum(out[r] for r in roles)
 
     def head_group_param_count(self, heads_per_group: int) -> int:
         """Parameters removed with one whole KV group (its query heads, k, v and o columns)."""
@@ -183,7 +208,10 @@ class DecoderAdapter:
         return n
 
     def ffn_channel_param_count(self) -> int:
-        return 3 * self.hidden_size
+        n = 3 * self.hidden_size
+        if getattr(self.config, "mlp_bias", False):
+            n += 2
+        return n
 
     def embedding_params(self) -> int:
         """Token embedding plus lm_head (counted once when tied): what the ratio leaves out."""

@@ -22,8 +22,9 @@ FAMILIES = {
 }
 
 
-def _new_linear(old: nn.Linear, in_f: int, out_f: int) -> nn.Linear:
-    return nn.Linear(in_f, out_f, bias=old.bias is not None, device=old.weight.device, dtype=old.weight.dtype)
+def _new_linear(old: nn.Linear, in_f: int, out_f: int, add_bias: bool = False) -> nn.Linear:
+    bias = old.bias is not None or add_bias
+    return nn.Linear(in_f, out_f, bias=bias, device=old.weight.device, dtype=old.weight.dtype)
 
 
 def resize_layers(model: nn.Module, per_layer: list[dict]) -> None:
@@ -35,7 +36,12 @@ def resize_layers(model: nn.Module, per_layer: list[dict]) -> None:
 
 
 def resize_layer(layer: nn.Module, shape: dict, head_dim: int) -> None:
-    """Replace one decoder layer's projections by empty ones of the given widths."""
+    """Replace one decoder layer's projections by empty ones of the given widths.
+
+    `added_bias` lists output projections ("o", "down") that carry a bias the family lacks:
+    FLAP-style bias compensation puts one there, and it must reload.
+    """
+    added = set(shape.get("added_bias", ()))
     f = shape["intermediate_size"]
     h = shape["num_attention_heads"]
     kv = shape["num_key_value_heads"]
@@ -44,11 +50,11 @@ def resize_layer(layer: nn.Module, shape: dict, head_dim: int) -> None:
     attn.q_proj = _new_linear(attn.q_proj, d, h * head_dim)
     attn.k_proj = _new_linear(attn.k_proj, d, kv * head_dim)
     attn.v_proj = _new_linear(attn.v_proj, d, kv * head_dim)
-    attn.o_proj = _new_linear(attn.o_proj, h * head_dim, d)
+    attn.o_proj = _new_linear(attn.o_proj, h * head_dim, d, "o" in added)
     attn.num_key_value_groups = h // kv
     mlp.gate_proj = _new_linear(mlp.gate_proj, d, f)
     mlp.up_proj = _new_linear(mlp.up_proj, d, f)
-    mlp.down_proj = _new_linear(mlp.down_proj, f, d)
+    mlp.down_proj = _new_linear(mlp.down_proj, f, d, "down" in added)
     if hasattr(mlp, "intermediate_size"):
         mlp.intermediate_size = f
 

@@ -17,11 +17,9 @@ class Qwen2Adapter(DecoderAdapter):
     def has_attention_bias(self) -> bool:
         return True  # Qwen2 always carries q/k/v biases (o_proj has none)
 
-    def layer_param_count(self, shape):
-        # Qwen2 has biases on q/k/v but not on o_proj, unlike Llama's attention_bias flag.
-        d, hd = self.hidden_size, self.head_dim
-        q, kv = shape.num_heads * hd, shape.num_kv_heads * hd
-        return d * q + 2 * d * kv + q * d + 3 * d * shape.intermediate_size + 2 * d + q + 2 * kv
+    def native_bias_roles(self) -> tuple[str, ...]:
+        # Unlike Llama's attention_bias flag, Qwen2's biases stop at q/k/v: o_proj has none.
+        return ("q", "k", "v")
 
     def head_group_param_count(self, heads_per_group):
         d, hd = self.hidden_size, self.head_dim

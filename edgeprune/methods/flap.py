@@ -1,0 +1,166 @@
+"""FLAP (An et al., AAAI 2024): fluctuation metric, adaptive structure, bias compensation.
+
+  - score of input channel j of `o_proj` / `down_proj`:
+        S_j = Var_n(X[j, n]) · ||W[:, j]||²
+    (a channel whose input barely fluctuates is nearly a constant, which a bias can carry);
+    a KV group sums the scores of its query heads' `o_proj` columns (whole groups: GQA-valid);
+  - adaptive structure (FLAP's "AL-AM"): scores are standardised per layer and module,
+    then ranked globally; the lowest units go until the parameter target is met, each
+    costing its real parameter count (a group costs its q/k/v rows and o columns);
+  - bias compensation: the removed channels' mean contribution W[:, removed] · mean(X[removed])
+    becomes an output bias of `o_proj` / `down_proj`. Llama has no such bias, so the pruned
+    checkpoint records it (`added_bias` per layer) and save/ONNX/GGUF carry it.
+
+One streamed pass over the dense model collects the statistics (the paper scores every
+layer on the dense model's inputs); a second, weight-only pass writes the biases. Layers
+are protected only when `--protect` is given explicitly (FLAP prunes every layer); no layer loses more than `max_layer_ratio` of its
+parameters, and every layer keeps at least one KV group and one FFN channel.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from ..errors import PlanError
+from ..plan import Plan
+from ..streaming import LayerSource, run_collecting
+from .base import PruneRequest, aligned_keep, bar, check_ratio, dense_params, group_layer_plan
+
+
+@dataclass
+class _LayerStats:
+    """What the global ranking and the compensation need from one layer (vectors only)."""
+
+    group_scores: torch.Tensor  # (num_kv_heads,)
+    channel_scores: torch.Tensor  # (intermediate_size,)
+    mean_o: torch.Tensor  # mean input of o_proj (num_heads * head_dim,)
+    mean_down: torch.Tensor  # mean input of down_proj (intermediate_size,)
+
+
+def fluctuation_scores(weight: torch.Tensor, gram_diag: torch.Tensor, mean: torch.Tensor, count: int) -> torch.Tensor:
+    """Var(X_j) · ||W[:, j]||² per input channel (sample variance over calibration tokens)."""
+    n = max(count, 2)
+    var = (gram_diag.double() - count * mean.double() ** 2) / (n - 1)
+    return var.clamp_min(0) * weight.double().pow(2).sum(0)
+
+
+def standardise(x: torch.Tensor) -> torch.Tensor:
+    """(x - mean) / std within one layer's module, so attention and FFN scores share a scale."""
+    if x.numel() < 2:
+        return torch.zeros_like(x)
+    return (x - x.mean()) / x.std().clamp_min(1e-12)
+
+
+def _select(source: LayerSource, stats: dict[int, _LayerStats], req: PruneRequest, ratio: float
+            ) -> tuple[dict[int, set[int]], dict[int, set[int]]]:
+    """Global greedy on standardised scores: lowest first, until the removed parameters
+    (net of the biases compensation adds) reach `ratio` of the non-embedding parameters."""
+    ad = source.adapter
+    shapes = ad.layer_shapes()
+    d = ad.hidden_size
+    units: list[tuple[float, int, str, int]] = []
+    for i, st in stats.items():
+        units += [(float(z), i, "g", j) for j, z in enumerate(standardise(st.group_scores))]
+        units += [(float(z), i, "c", j) for j, z in enumerate(standardise(st.channel_scores))]
+    units.sort()
+    target = ratio * dense_params(ad)
+    drop_g: dict[int, set[int]] = {i: set() for i in stats}
+    drop_c: dict[int, set[int]] = {i: set() for i in stats}
+    removed_in_layer = {i: 0.0 for i in stats}
+    native = set(ad.native_bias_roles())
+    removed = 0.0
+    for _, i, kind, j in units:
+        if removed >= target:
+            break
+        s = shapes[i]
+        if kind == "g":
+            if len(drop_g[i]) + 1 >= s.num_kv_heads:
+                continue
+            cost = ad.head_group_param_count(s.num_heads // s.num_kv_heads)
+            first, role = not drop_g[i], "o"
+        else:
+            if len(drop_c[i]) + 1 >= s.intermediate_size:
+                continue
+            cost = ad.ffn_channel_param_count()
+            first, role = not drop_c[i], "down"
+        if first and role not in native:
+            cost -= d  # the compensation bias this module gains
+        if removed_in_layer[i] + cost > req.max_layer_ratio * ad.layer_param_count(s):
+            continue
+        (drop_g if kind == "g" else drop_c)[i].add(j)
+        removed_in_layer[i] += cost
+        removed += cost
+    if removed < target - 0.005 * dense_params(ad):
+        raise PlanError(
+            f"--ratio {ratio} is impossible for flap: with every layer keeping one KV group, one FFN channel "
+            f"and at most {req.max_layer_ratio} of its parameters removed, at most {removed / dense_params(ad):.3f} "
+            "can go; lower --ratio or change --protect"
+        )
+    if req.align > 1:  # round kept FFN widths, dropping / restoring by score
+        for i, st in stats.items():
+            f = shapes[i].intermediate_size
+            keep, _ = aligned_keep(f, f - len(drop_c[i]), req.align)
+            if drop_c[i] or keep != f:
+                order = torch.argsort(st.channel_scores, stable=True).tolist()
+                drop_c[i] = set(order[: f - keep])
+    return drop_g, drop_c
+
+
+def plan_flap(source: LayerSource, calib: torch.Tensor, req: PruneRequest) -> Plan:
+    ad = source.adapter
+    ratio = check_ratio(req.ratio)
+    L = source.num_layers
+    hd = ad.head_dim
+    # Like ShortGPT, FLAP prunes every layer unless the user names layers to protect.
+    protected = req.protected(L) if req.extra.get("protect_explicit") else set()
+    plan = Plan(method="flap", model_type=ad.family, num_layers=L, ratio_requested=ratio,
+                options={"align": req.align, "structure": "AL-AM", "protect": sorted(protected),
+                         "max_layer_ratio": req.max_layer_ratio})
+    acts = source.embed_all(calib, req.batch_size, req.offload)
+    source.release_embedding()
+    stats: dict[int, _LayerStats] = {}
+    cur = acts
+    for i in bar(range(L), "flap (fluctuation)", req):
+        layer = source.layer(i)
+        s = ad.shape_of(layer)
+        out, cols = run_collecting(source, layer, cur, ("o", "down"))
+        if i not in protected:
+            co, cd = cols["o"], cols["down"]
+            so = fluctuation_scores(ad.module(layer, "o").weight.detach().cpu(), co.sq_norm.cpu(), co.mean.cpu(), co.count)
+            sd = fluctuation_scores(ad.module(layer, "down").weight.detach().cpu(), cd.sq_norm.cpu(), cd.mean.cpu(), cd.count)
+            stats[i] = _LayerStats(so.view(s.num_kv_heads, -1).sum(1), sd, co.mean.cpu(), cd.mean.cpu())
+        del cols
+        if cur is not acts:
+            cur.close()
+        cur = out  # dense inputs for the next layer
+    cur.close()
+    acts.close()
+
+    drop_g, drop_c = _select(source, stats, req, ratio)
+    shapes = ad.layer_shapes()
+    for i in bar(sorted(stats), "flap (bias compensation)", req):
+        if not drop_g[i] and not drop_c[i]:
+            continue
+        s = shapes[i]
+        n_rep = s.num_heads // s.num_kv_heads
+        kv_keep = [j for j in range(s.num_kv_heads) if j not in drop_g[i]]
+        ffn_keep = [j for j in range(s.intermediate_size) if j not in drop_c[i]]
+        plan.layers[i] = group_layer_plan(s, kv_keep, ffn_keep, {
+            "kv_groups_removed": len(drop_g[i]), "ffn_channels_removed": len(drop_c[i]),
+        })
+        layer = source.layer(i)  # weights only: the compensation needs the removed columns
+        for role, dropped, mean, width in (("o", drop_g[i], stats[i].mean_o, n_rep * hd),
+                                           ("down", drop_c[i], stats[i].mean_down, 1)):
+            if not dropped:
+                continue
+            lin = ad.module(layer, role)
+            cols = torch.tensor([u * width + k for u in sorted(dropped) for k in range(width)], dtype=torch.long)
+            w = lin.weight.detach().cpu().double()
+            bias = w[:, cols] @ mean.double()[cols]
+            if lin.bias is not None:
+                bias += lin.bias.detach().cpu().double()
+            plan.tensors[f"L{i}.{role}.bias"] = bias.float()
+        new_shape = plan.result_shape(i, ad)
+        plan.layers[i].stats["achieved_ratio"] = 1 - ad.layer_param_count(new_shape) / ad.layer_param_count(s)
+    return plan
