@@ -71,6 +71,7 @@ def _data_default(model: str, given: str | None) -> str:
 
 # ---- commands ---------------------------------------------------------------------
 def cmd_eval(a) -> int:
+    """Perplexity (unless only --tasks is asked for) and lm-eval zero-shot tasks."""
     _setup_torch(a.threads)
     from . import data
     from .checkpoint import load
@@ -78,19 +79,36 @@ def cmd_eval(a) -> int:
     from .pipeline import tokenizer_for
 
     model_dir = _model_arg(a.model)
-    src = _data_default(model_dir, a.data)
+    tasks = a.tasks.split(",") if a.tasks is not None else None
+    if tasks is not None:
+        from .zeroshot import _require_lm_eval
+
+        _require_lm_eval()  # fail before loading anything
     model = load(model_dir, device=a.device)
     tok = tokenizer_for(model_dir)
-    windows = data.evaluation_set(tok, src, a.seq_len, a.max_windows, a.data_dir)
-    res = perplexity(model, windows, a.batch_size, a.device, progress=not a.json)
-    res["protocol"].update({"data": src, "portion": "eval"})
-    res["model"] = str(model_dir)
+    res: dict = {"model": str(model_dir)}
+    lines = []
+    if tasks is None or a.data:
+        src = _data_default(model_dir, a.data)
+        windows = data.evaluation_set(tok, src, a.seq_len, a.max_windows, a.data_dir)
+        res.update(perplexity(model, windows, a.batch_size, a.device, progress=not a.json))
+        res["protocol"].update({"data": src, "portion": "eval"})
+        p = res["protocol"]
+        lines.append(f"perplexity {res['perplexity']:.4f} on {src} (eval portion; seq_len {p['seq_len']}, "
+                     f"{p['windows']} windows, {p['tokens']} predicted tokens)")
+    if tasks is not None:
+        from .zeroshot import run_tasks
+
+        zs = run_tasks(model, tok, tasks, tasks_dir=a.tasks_dir, limit=a.limit, num_fewshot=a.num_fewshot,
+                       batch_size=a.batch_size, device=a.device, data_dir=a.data_dir)
+        res["zero_shot"] = zs
+        for t, m in zs["tasks"].items():
+            shown = ", ".join(f"{k} {v:.4f}" for k, v in m.items() if not k.endswith("_stderr"))
+            lines.append(f"{t}: {shown} ({zs['samples'].get(t, '?')} items, {zs['protocol']['num_fewshot']}-shot, {zs['protocol']['harness']})")
     if a.json:
         print(json.dumps(res))
     else:
-        p = res["protocol"]
-        print(f"perplexity {res['perplexity']:.4f} on {src} (eval portion; seq_len {p['seq_len']}, "
-              f"{p['windows']} windows, {p['tokens']} predicted tokens)")
+        print("\n".join(lines))
     return 0
 
 
@@ -201,12 +219,17 @@ def build_parser() -> argparse.ArgumentParser:
         if data:
             sp.add_argument("--data-dir", default=None, help="folder with named datasets (default $EDGEPRUNE_DATA or ../shared/data)")
 
-    e = sub.add_parser("eval", help="perplexity of a dense or pruned model")
+    e = sub.add_parser("eval", help="perplexity and zero-shot task accuracy of a dense or pruned model")
     e.add_argument("--model", help="model directory (default: the embedded demo model)")
     e.add_argument("--data", help="named set (wikitext2, ptb, c4, tinystories, alpaca, shakespeare, demo) or a file/dir")
     e.add_argument("--seq-len", type=_positive, default=512, help="window length (default 512)")
     e.add_argument("--max-windows", type=_positive, default=None, help="cap the number of windows (default: all)")
     e.add_argument("--batch-size", type=_positive, default=4)
+    e.add_argument("--tasks", default=None, help="lm-eval zero-shot tasks, e.g. boolq,piqa,hellaswag (the 'eval' extra); "
+                   "tinystories_cloze is a local one. Perplexity then runs only if --data is given")
+    e.add_argument("--tasks-dir", default=None, help="folder of your own lm-eval task YAMLs (e.g. over local files)")
+    e.add_argument("--limit", type=float, default=None, help="lm-eval: items per task (int) or fraction (<1)")
+    e.add_argument("--num-fewshot", type=int, default=None, help="lm-eval: few-shot examples (default 0)")
     e.add_argument("--json", action="store_true", help="print exactly one JSON object on stdout")
     common(e)
     e.set_defaults(fn=cmd_eval)
