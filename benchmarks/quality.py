@@ -8,8 +8,12 @@ in benchmarks/results/.
     python benchmarks/quality.py --model ../shared/data/models/stories260K/hf \
         --calib tinystories --eval tinystories,wikitext2 --ratios 0.1,0.2 --layers 0 --name stories260K
 
-Method specs: comp (OBS importance, identical inputs), comp-diag (the default reading), comp-pruned-inputs,
-comp-oneshot, comp-nomask, shortgpt, magnitude, slimgpt, wanda-sp.
+Method specs: comp (the defaults: diagonal importance, identical inputs, iterative layer
+order, mask tuning), the COMP ablations comp-obs, comp-pruned-inputs, comp-oneshot,
+comp-nomask (each flips one default; they go to a second table), and slimgpt, shortgpt,
+wanda-sp, flap, taylor, magnitude. `--seq-len 128,max` evaluates both protocols (max = the
+model's max_position_embeddings); `--max-tokens` gives every protocol the same token budget.
+`--gguf` adds the exported GGUF's perplexity (llama.cpp), `--tasks` lm-eval zero-shot scores.
 """
 from __future__ import annotations
 
@@ -21,17 +25,30 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks._common import markdown_table, pin_threads, write_results  # noqa: E402
 
 SPECS = {
-    "comp": ("comp", {"importance": "obs"}),
-    "comp-diag": ("comp", {"importance": "diag"}),
+    "comp": ("comp", {}),
+    "comp-obs": ("comp", {"importance": "obs"}),
     "comp-pruned-inputs": ("comp", {"identical_inputs": False}),
     "comp-oneshot": ("comp", {"iterative_layers": False}),
     "comp-nomask": ("comp", {"mask_tuning": False}),
-    "shortgpt": ("shortgpt", {}),
-    "magnitude": ("magnitude", {}),
     "slimgpt": ("slimgpt", {}),
+    "shortgpt": ("shortgpt", {}),
     "wanda-sp": ("wanda-sp", {}),
+    "flap": ("flap", {}),
     "taylor": ("taylor", {}),
+    "magnitude": ("magnitude", {}),
 }
+ABLATIONS = ("comp", "comp-obs", "comp-pruned-inputs", "comp-oneshot", "comp-nomask")
+
+
+def ablation_switches(spec: str) -> dict[str, str]:
+    """The four COMP switches of an ablation row, as the table prints them."""
+    extra = SPECS[spec][1]
+    return {
+        "identical_inputs": "on" if extra.get("identical_inputs", True) else "off",
+        "importance": extra.get("importance", "diag"),
+        "layer_order": "iterative" if extra.get("iterative_layers", True) else "one-shot",
+        "mask_tuning": "on" if extra.get("mask_tuning", True) else "off",
+    }
 
 
 def main() -> None:
@@ -39,12 +56,15 @@ def main() -> None:
     ap.add_argument("--model", required=True)
     ap.add_argument("--calib", required=True)
     ap.add_argument("--eval", required=True, help="comma-separated named sets or files")
-    ap.add_argument("--methods", default="comp,comp-diag,comp-pruned-inputs,shortgpt,magnitude")
+    ap.add_argument("--methods", default=",".join(SPECS))
     ap.add_argument("--ratios", default="0.2,0.3,0.5")
     ap.add_argument("--layers", default="auto", help="COMP's layer stage: N or auto")
-    ap.add_argument("--seq-len", default="128", help="evaluation window(s), comma-separated: e.g. 128,512")
+    ap.add_argument("--seq-len", default="128,max", help="evaluation window(s), comma-separated; max = the model's context")
     ap.add_argument("--gguf", action="store_true", help="also export each model to GGUF f32 (verified) and measure PPL through llama.cpp")
     ap.add_argument("--max-windows", type=int, default=None)
+    ap.add_argument("--max-tokens", type=int, default=None, help="cap each protocol at this many tokens (windows = N // seq_len)")
+    ap.add_argument("--tasks", default=None, help="lm-eval tasks to add as columns, e.g. tinystories_cloze (the eval extra)")
+    ap.add_argument("--task-limit", type=float, default=None, help="lm-eval items per task")
     ap.add_argument("--nsamples", type=int, default=32)
     ap.add_argument("--calib-seq-len", type=int, default=128)
     ap.add_argument("--threads", type=int, default=2)
@@ -62,15 +82,30 @@ def main() -> None:
     from edgeprune.methods import PruneRequest
     from edgeprune.surgery import apply_plan
 
+    from edgeprune.checkpoint import load_config
+
     tok = tokenizer_for(a.model)
-    seq_lens = [int(x) for x in str(a.seq_len).split(",")]
-    evals = {f"{e}@{L}": data.evaluation_set(tok, e, L, a.max_windows) for L in seq_lens for e in a.eval.split(",")}
+    ctx = int(load_config(a.model).max_position_embeddings)
+    seq_lens = [ctx if x == "max" else int(x) for x in str(a.seq_len).split(",")]
+
+    def n_windows(L: int) -> int | None:
+        caps = [c for c in (a.max_windows, a.max_tokens // L if a.max_tokens else None) if c]
+        return min(caps) if caps else None
+
+    evals = {f"{e}@{L}": data.evaluation_set(tok, e, L, n_windows(L)) for L in seq_lens for e in a.eval.split(",")}
+    tasks = a.tasks.split(",") if a.tasks else []
     first_eval = next(iter(evals))
     windows = calibration(a.model, a.calib, a.nsamples, a.calib_seq_len, 0)
     layers = a.layers if a.layers == "auto" else int(a.layers)
 
     def ppl(model) -> dict:
-        return {e: perplexity(model, w, batch_size=8, progress=False)["perplexity"] for e, w in evals.items()}
+        out = {f"ppl:{e}": perplexity(model, w, batch_size=8, progress=False)["perplexity"] for e, w in evals.items()}
+        if tasks:
+            from edgeprune.zeroshot import run_tasks
+
+            zs = run_tasks(model, tok, tasks, limit=a.task_limit)
+            out.update({f"task:{t}": m.get("acc") for t, m in zs["tasks"].items()})
+        return out
 
     import tempfile
 
@@ -86,7 +121,7 @@ def main() -> None:
         return runtime_perplexity(Path(res["path"]), evals[first_eval])
 
     dense = ppl(load(a.model))
-    rows = [{"method": "dense", "ratio": 0.0, **{f"ppl:{e}": v for e, v in dense.items()}}]
+    rows = [{"method": "dense", "ratio": 0.0, **dense}]
     if a.gguf:
         rows[0]["gguf_ppl"] = gguf_ppl(Path(a.model))
     for ratio in [float(r) for r in a.ratios.split(",")]:
@@ -108,30 +143,44 @@ def main() -> None:
                 "achieved": rep["ratio_achieved"], "params_kept": rep["params_pruned_nonembedding"],
                 "layers_removed": len(plan.removed_layers), "prune_s": rep["wall_seconds"],
                 "peak_mib": rep["peak_memory"]["above_baseline_bytes"] / 2**20,
-                **{f"ppl:{e}": v for e, v in p.items()},
-                **{f"ratio:{e}": p[e] / dense[e] for e in p},
+                **p,
+                **{f"ratio:{e}": p[f"ppl:{e}"] / dense[f"ppl:{e}"] for e in evals},
+                **(ablation_switches(spec) if spec in ABLATIONS else {}),
             })
             if a.gguf:
                 d = save(model, work / "pruned", tokenizer_from=a.model, plan=plan, force=True)
                 row["gguf_ppl"] = gguf_ppl(d)
             rows.append(row)
-            print(f"{spec} {ratio}: " + ", ".join(f"{e} {v:.3f}" for e, v in p.items()), file=sys.stderr)
-    cols = [("method", "method"), ("ratio", "ratio"), ("achieved", "achieved")]
+            print(f"{spec} {ratio}: " + ", ".join(f"{e} {v:.3f}" for e, v in p.items() if v is not None), file=sys.stderr)
+    ppl_cols = []
     for e in evals:
         name, L = e.rsplit("@", 1)
-        cols += [(f"ppl:{e}", f"PPL {Path(name).name} @{L}"), (f"ratio:{e}", "x dense")]
+        ppl_cols += [(f"ppl:{e}", f"PPL {Path(name).name} @{L}"), (f"ratio:{e}", "x dense")]
     if a.gguf:
-        cols += [("gguf_ppl", f"PPL via llama.cpp (GGUF f32, {first_eval})")]
-    cols += [("params_kept", "non-emb params kept"), ("layers_removed", "layers removed"), ("prune_s", "prune s"),
-             ("peak_mib", "peak MiB above baseline"), ("note", "note")]
+        ppl_cols += [("gguf_ppl", f"GGUF PPL (llama.cpp f32, {first_eval})")]
+    ppl_cols += [(f"task:{t}", f"{t} acc") for t in tasks]
+    cols = [("method", "method"), ("ratio", "ratio"), ("achieved", "achieved"), *ppl_cols,
+            ("params_kept", "non-emb params kept"), ("layers_removed", "layers removed"), ("prune_s", "prune s"),
+            ("peak_mib", "peak MiB above baseline"), ("note", "note")]
+    windows_text = ", ".join(f"{L}: {next(w for e, w in evals.items() if e.endswith(f'@{L}')).shape[0]} windows"
+                             for L in seq_lens)
     header = (f"Model `{a.model}`; calibration {a.calib} ({a.nsamples} x {a.calib_seq_len} tokens, seed 0); "
-              f"evaluation: non-overlapping windows of {a.seq_len} tokens (each protocol a column)"
-              + (f", first {a.max_windows} windows" if a.max_windows else ", every window")
-              + f" of the eval portion; COMP --layers {a.layers}; {a.threads} CPU threads.\n\n")
-    table = header + markdown_table(rows, cols)
+              f"evaluation: non-overlapping windows of the eval portion, protocols seq_len {windows_text} "
+              f"(each protocol its own columns); COMP --layers {a.layers}; {a.threads} CPU threads"
+              + (f"; zero-shot: lm-eval {', '.join(tasks)}, 0-shot, acc" + (f", {a.task_limit:g} items" if a.task_limit else "") if tasks else "")
+              + ".\n\n")
+    main_rows = [r for r in rows if r["method"] not in ABLATIONS[1:]]
+    table = header + markdown_table(main_rows, cols)
+    abl_rows = [r for r in rows if r["method"] in ABLATIONS]
+    if len({r["method"] for r in abl_rows}) > 1:
+        abl_cols = [("method", "variant"), ("ratio", "ratio"), ("identical_inputs", "identical inputs"),
+                    ("importance", "importance"), ("layer_order", "layer order"), ("mask_tuning", "mask tuning"),
+                    *ppl_cols, ("prune_s", "prune s")]
+        table += "\n\nCOMP ablation (each variant flips one default of `comp`):\n\n" + markdown_table(
+            sorted(abl_rows, key=lambda r: (r["ratio"], ABLATIONS.index(r["method"]))), abl_cols)
     print(table)
     name = a.name or Path(a.model).name
-    write_results(f"quality-{name}-seq{a.seq_len.replace(',', '-')}", {"args": vars(a), "rows": rows}, table)
+    write_results(f"quality-{name}-seq{'-'.join(map(str, seq_lens))}", {"args": vars(a), "rows": rows}, table)
 
 
 if __name__ == "__main__":

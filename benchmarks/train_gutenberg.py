@@ -1,11 +1,16 @@
-"""Re-create the benchmark's larger model: a Llama trained on ../shared/data/corpus/gutenberg.
+"""Re-create the benchmarks' trained models on ../shared/data/corpus/gutenberg.
 
-The weights are not in git; this script makes them. Shape: hidden 384, 8 layers, 6 heads /
-2 KV heads (head_dim 64), FFN 1024, byte-level BPE vocab 4096 (~15.7M parameters, 12.6M
-non-embedding). On the GPU machine (bf16 autocast) the default 6000 steps x 64 x 256 tokens
-take a few minutes; on a 2-core CPU use --steps 1500 --batch 16 for about 30 minutes.
+The weights are not in git; this script makes them. `--arch llama` (default): hidden 384,
+8 layers, 6 heads / 2 KV heads (head_dim 64), FFN 1024, byte-level BPE vocab 4096 (~15.7M
+parameters, 12.6M non-embedding). On the GPU machine (bf16 autocast) the default 6000 steps
+x 64 x 256 tokens take a few minutes; on a 2-core CPU use --steps 1500 --batch 16 for about
+30 minutes. `--arch qwen2 --small`: a Qwen2-style GQA model (q/k/v biases), hidden 128,
+4 layers, 8 heads / 2 KV heads, FFN 352, vocab 2048, trainable on the CPU in ~15 minutes.
+The context written to the config (max_position_embeddings) is the trained one, --seq.
 
     python benchmarks/train_gutenberg.py --corpus ../shared/data/corpus/gutenberg --out benchmarks/work/gutenberg-llama
+    python benchmarks/train_gutenberg.py --arch qwen2 --small --steps 2500 --batch 16 --seq 256 --max-bytes 8000000 \
+        --lr 3e-3 --device cpu --out benchmarks/work/gutenberg-qwen2
 """
 from __future__ import annotations
 
@@ -31,7 +36,7 @@ def corpus_text(root: Path, max_bytes: int) -> str:
 
 
 def main() -> None:
-    from transformers import LlamaConfig
+    from transformers import LlamaConfig, Qwen2Config
 
     from edgeprune.checkpoint import save
     from edgeprune.demo import train_bpe, train_llama
@@ -46,20 +51,25 @@ def main() -> None:
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--out", default="benchmarks/work/gutenberg-llama")
     ap.add_argument("--shard-mb", type=int, default=14)
+    ap.add_argument("--arch", choices=("llama", "qwen2"), default="llama")
+    ap.add_argument("--small", action="store_true", help="the small shape (CPU-trainable)")
     a = ap.parse_args()
     t0 = time.time()
     text = corpus_text(Path(a.corpus), a.max_bytes)
-    tok = train_bpe(text, 4096)
+    tok = train_bpe(text, 2048 if a.small else 4096)
     ids = torch.tensor(tok(text, add_special_tokens=False)["input_ids"], dtype=torch.long)
     print(f"[train] {len(text):,} chars -> {ids.numel():,} tokens in {time.time() - t0:.0f}s", file=sys.stderr)
-    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=384, intermediate_size=1024, num_hidden_layers=8,
-                      num_attention_heads=6, num_key_value_heads=2, head_dim=64, max_position_embeddings=1024,
-                      rms_norm_eps=1e-5, tie_word_embeddings=False, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id)
-    cfg._name_or_path = "edgeprune-gutenberg-llama"
+    shape = (dict(hidden_size=128, intermediate_size=352, num_hidden_layers=4, num_attention_heads=8, head_dim=16)
+             if a.small else dict(hidden_size=384, intermediate_size=1024, num_hidden_layers=8, num_attention_heads=6, head_dim=64))
+    cfg_cls = LlamaConfig if a.arch == "llama" else Qwen2Config
+    cfg = cfg_cls(vocab_size=len(tok), num_key_value_heads=2, max_position_embeddings=a.seq, rms_norm_eps=1e-5,
+                  tie_word_embeddings=False, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, **shape)
+    cfg._name_or_path = f"edgeprune-gutenberg-{a.arch}"
     model = train_llama(cfg, ids, a.steps, a.batch, a.seq, a.lr, a.device)
     tmp_tok = Path(a.out + ".tok")
     tok.save_pretrained(tmp_tok)
-    save(model.to("cpu", torch.bfloat16), a.out, tokenizer_from=tmp_tok, force=True, max_shard_size=f"{a.shard_mb}MB")
+    dtype = torch.bfloat16 if a.device.startswith("cuda") else torch.float32  # bf16-trained on the GPU
+    save(model.to("cpu", dtype), a.out, tokenizer_from=tmp_tok, force=True, max_shard_size=f"{a.shard_mb}MB")
     print(f"[train] done in {time.time() - t0:.0f}s -> {a.out}", file=sys.stderr)
 
 

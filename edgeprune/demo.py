@@ -65,12 +65,12 @@ def train_bpe(text: str, vocab: int = VOCAB):
 
 def train_llama(cfg, ids, steps: int, batch: int, seq: int, lr: float, device: str = "cpu",
                 progress: bool = True, seed: int = 0):
-    """Seeded AdamW + one-cycle training of a LlamaForCausalLM on a token stream."""
+    """Seeded AdamW + one-cycle training of a causal LM (any config Auto* knows) on a token stream."""
     import torch
-    from transformers import LlamaForCausalLM
+    from transformers import AutoModelForCausalLM
 
     torch.manual_seed(seed)
-    model = LlamaForCausalLM(cfg).to(device)
+    model = AutoModelForCausalLM.from_config(cfg).to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.1)
     g = torch.Generator().manual_seed(seed)
