@@ -37,7 +37,7 @@ def qwen2_model() -> Path:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--ratio", type=float, default=0.2)
-    ap.add_argument("--methods", default="comp,slimgpt,shortgpt,wanda-sp,taylor,magnitude")
+    ap.add_argument("--methods", default="comp,slimgpt,shortgpt,wanda-sp,flap,taylor,magnitude")
     ap.add_argument("--threads", type=int, default=2)
     a = ap.parse_args()
     pin_threads(a.threads)

@@ -110,3 +110,6 @@ def test_flap_bias_compensation(stories, tmp_path):
     ids = w[:1, :32]
     assert torch.equal(r(ids).logits, m(ids).logits)
     assert any(ad.module(layer, "down").bias is not None for layer in ad.layers(r))
+    aligned, rep8 = make_plan(stories, "flap", PruneRequest(ratio=0.3, align=8, progress=False), w)
+    assert all(len(lp.ffn_keep) % 8 == 0 for lp in aligned.layers.values() if lp.ffn_keep is not None)
+    assert abs(rep8["ratio_achieved"] - 0.3) <= 0.02

@@ -25,7 +25,7 @@ import torch
 from ..errors import PlanError
 from ..plan import Plan
 from ..streaming import LayerSource, run_collecting
-from .base import PruneRequest, aligned_keep, bar, check_ratio, dense_params, group_layer_plan
+from .base import PruneRequest, bar, check_ratio, dense_params, group_layer_plan
 
 
 @dataclass
@@ -52,25 +52,40 @@ def standardise(x: torch.Tensor) -> torch.Tensor:
     return (x - x.mean()) / x.std().clamp_min(1e-12)
 
 
+def _channel_blocks(scores: torch.Tensor, align: int) -> list[list[int]]:
+    """FFN channels in removal order, grouped so that every prefix leaves a kept width that is
+    a multiple of `align` (the first block takes the remainder). align 1: one channel each."""
+    order = torch.argsort(scores, stable=True).tolist()
+    f = len(order)
+    if align <= 1 or f < 2 * align:  # too narrow to align (aligned_keep says the same)
+        return [[j] for j in order]
+    first = f % align or align
+    blocks = [order[:first]] + [order[k:k + align] for k in range(first, f, align)]
+    return blocks[:-1]  # keep at least one aligned block
+
+
 def _select(source: LayerSource, stats: dict[int, _LayerStats], req: PruneRequest, ratio: float
             ) -> tuple[dict[int, set[int]], dict[int, set[int]]]:
     """Global greedy on standardised scores: lowest first, until the removed parameters
-    (net of the biases compensation adds) reach `ratio` of the non-embedding parameters."""
+    (net of the biases compensation adds) reach `ratio` of the non-embedding parameters.
+    With --align, FFN channels go in blocks that keep each width a multiple of it."""
     ad = source.adapter
     shapes = ad.layer_shapes()
     d = ad.hidden_size
-    units: list[tuple[float, int, str, int]] = []
+    units: list[tuple[float, int, str, list[int]]] = []
     for i, st in stats.items():
-        units += [(float(z), i, "g", j) for j, z in enumerate(standardise(st.group_scores))]
-        units += [(float(z), i, "c", j) for j, z in enumerate(standardise(st.channel_scores))]
-    units.sort()
+        units += [(float(z), i, "g", [j]) for j, z in enumerate(standardise(st.group_scores))]
+        zc = standardise(st.channel_scores)
+        units += [(float(zc[b].mean()), i, "c", b) for b in _channel_blocks(st.channel_scores, req.align)]
+    units.sort(key=lambda u: (u[0], u[1], u[2], u[3][0]))
     target = ratio * dense_params(ad)
     drop_g: dict[int, set[int]] = {i: set() for i in stats}
     drop_c: dict[int, set[int]] = {i: set() for i in stats}
     removed_in_layer = {i: 0.0 for i in stats}
     native = set(ad.native_bias_roles())
+    blocked: set[int] = set()  # layers whose FFN removal stopped
     removed = 0.0
-    for _, i, kind, j in units:
+    for _, i, kind, idx in units:
         if removed >= target:
             break
         s = shapes[i]
@@ -80,15 +95,18 @@ def _select(source: LayerSource, stats: dict[int, _LayerStats], req: PruneReques
             cost = ad.head_group_param_count(s.num_heads // s.num_kv_heads)
             first, role = not drop_g[i], "o"
         else:
-            if len(drop_c[i]) + 1 >= s.intermediate_size:
+            if i in blocked or len(drop_c[i]) + len(idx) >= s.intermediate_size:
+                blocked.add(i)  # a skipped block would leave a gap in the layer's removal order
                 continue
-            cost = ad.ffn_channel_param_count()
+            cost = ad.ffn_channel_param_count() * len(idx)
             first, role = not drop_c[i], "down"
         if first and role not in native:
             cost -= d  # the compensation bias this module gains
         if removed_in_layer[i] + cost > req.max_layer_ratio * ad.layer_param_count(s):
+            if kind == "c":
+                blocked.add(i)
             continue
-        (drop_g if kind == "g" else drop_c)[i].add(j)
+        (drop_g if kind == "g" else drop_c)[i].update(idx)
         removed_in_layer[i] += cost
         removed += cost
     if removed < target - 0.005 * dense_params(ad):
@@ -97,13 +115,6 @@ def _select(source: LayerSource, stats: dict[int, _LayerStats], req: PruneReques
             f"and at most {req.max_layer_ratio} of its parameters removed, at most {removed / dense_params(ad):.3f} "
             "can go; lower --ratio or change --protect"
         )
-    if req.align > 1:  # round kept FFN widths, dropping / restoring by score
-        for i, st in stats.items():
-            f = shapes[i].intermediate_size
-            keep, _ = aligned_keep(f, f - len(drop_c[i]), req.align)
-            if drop_c[i] or keep != f:
-                order = torch.argsort(st.channel_scores, stable=True).tolist()
-                drop_c[i] = set(order[: f - keep])
     return drop_g, drop_c
 
 
