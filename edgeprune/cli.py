@@ -81,9 +81,9 @@ def cmd_eval(a) -> int:
     model_dir = _model_arg(a.model)
     tasks = a.tasks.split(",") if a.tasks is not None else None
     if tasks is not None:
-        from .zeroshot import _require_lm_eval
+        from .zeroshot import require_lm_eval
 
-        _require_lm_eval()  # fail before loading anything
+        require_lm_eval()  # fail before loading anything
     model = load(model_dir, device=a.device)
     tok = tokenizer_for(model_dir)
     res: dict = {"model": str(model_dir)}

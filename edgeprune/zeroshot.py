@@ -46,7 +46,7 @@ metadata:
 """
 
 
-def _require_lm_eval():
+def require_lm_eval():
     try:
         import lm_eval  # noqa: F401
         from lm_eval.models.huggingface import HFLM  # noqa: F401  (needs accelerate)
@@ -104,7 +104,7 @@ def run_tasks(model, tokenizer, tasks: list[str], *, tasks_dir: str | Path | Non
               num_fewshot: int | None = None, batch_size: int = 8, device: str = "cpu", data_dir=None,
               seed: int = 0) -> dict[str, Any]:
     """Run lm-eval `tasks` on an already-loaded model; returns scores and the protocol."""
-    lm_eval = _require_lm_eval()
+    lm_eval = require_lm_eval()
     from lm_eval.models.huggingface import HFLM
     from lm_eval.tasks import TaskManager
 

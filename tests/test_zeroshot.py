@@ -11,23 +11,18 @@ from .test_cli import run
 
 pytest.importorskip("lm_eval", reason="the 'eval' extra (lm-eval) is not installed")
 
+# Written the way a user would: the minimal YAML, Jinja templates, the file as the only split.
 TASK_YAML = """task: local_story_ending
 dataset_path: json
 dataset_kwargs:
-  data_files:
-    test: {data}
-test_split: test
+  data_files: {data}
+test_split: train
 output_type: multiple_choice
-doc_to_text: context
-doc_to_choice: choices
+doc_to_text: "{{{{context}}}}"
+doc_to_choice: "{{{{choices}}}}"
 doc_to_target: label
-target_delimiter: " "
 metric_list:
   - metric: acc
-    aggregation: mean
-    higher_is_better: true
-metadata:
-  version: 1.0
 """
 
 
@@ -88,8 +83,8 @@ def test_missing_extra_is_named(stories, monkeypatch):
     import sys
 
     from edgeprune.errors import MissingExtraError
-    from edgeprune.zeroshot import _require_lm_eval
+    from edgeprune.zeroshot import require_lm_eval
 
     monkeypatch.setitem(sys.modules, "lm_eval", None)
     with pytest.raises(MissingExtraError, match=r"edgeprune\[eval\]"):
-        _require_lm_eval()
+        require_lm_eval()
