@@ -149,7 +149,11 @@ def main() -> None:
             })
             if a.gguf:
                 d = save(model, work / "pruned", tokenizer_from=a.model, plan=plan, force=True)
-                row["gguf_ppl"] = gguf_ppl(d)
+                try:
+                    row["gguf_ppl"] = gguf_ppl(d)
+                except EdgePruneError as e:  # e.g. per-layer Qwen2 widths: no GGUF route
+                    row["gguf_ppl"] = "no GGUF"
+                    row["note"] = str(e).split(";")[0][:100]
             rows.append(row)
             print(f"{spec} {ratio}: " + ", ".join(f"{e} {v:.3f}" for e, v in p.items() if v is not None), file=sys.stderr)
     ppl_cols = []
