@@ -2,7 +2,7 @@
 
 Runs on stories260K (Llama, GQA, tied embeddings) and on a Qwen2-style GQA model with q/k/v
 biases (random weights, built here). Perplexity is measured through each artifact's runtime;
-a refused export records its reason (e.g. non-uniform Qwen2 has no GGUF route).
+a refused export records its reason.
 
     python benchmarks/methods_e2e.py --ratio 0.2
 """

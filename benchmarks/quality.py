@@ -128,12 +128,12 @@ def main() -> None:
         for spec in a.methods.split(","):
             method, extra = SPECS[spec]
             req = PruneRequest(ratio=ratio, layers=layers if method == "comp" else None, progress=False, **extra)
-            row = {"method": spec, "ratio": ratio}
+            row = {"method": spec, "ratio": ratio, **(ablation_switches(spec) if spec in ABLATIONS else {})}
             try:
                 torch.manual_seed(0)
                 plan, rep = make_plan(a.model, method, req, windows)
             except EdgePruneError as e:
-                row["note"] = str(e)[:90]
+                row["note"] = str(e).split(";")[0]
                 rows.append(row)
                 print(f"{spec} {ratio}: {e}", file=sys.stderr)
                 continue
@@ -145,7 +145,6 @@ def main() -> None:
                 "peak_mib": rep["peak_memory"]["above_baseline_bytes"] / 2**20,
                 **p,
                 **{f"ratio:{e}": p[f"ppl:{e}"] / dense[f"ppl:{e}"] for e in evals},
-                **(ablation_switches(spec) if spec in ABLATIONS else {}),
             })
             if a.gguf:
                 d = save(model, work / "pruned", tokenizer_from=a.model, plan=plan, force=True)
@@ -161,7 +160,7 @@ def main() -> None:
         name, L = e.rsplit("@", 1)
         ppl_cols += [(f"ppl:{e}", f"PPL {Path(name).name} @{L}"), (f"ratio:{e}", "x dense")]
     if a.gguf:
-        ppl_cols += [("gguf_ppl", f"GGUF PPL (llama.cpp f32, {first_eval})")]
+        ppl_cols += [("gguf_ppl", f"GGUF PPL (llama.cpp f32, {Path(first_eval).name})")]
     ppl_cols += [(f"task:{t}", f"{t} acc") for t in tasks]
     cols = [("method", "method"), ("ratio", "ratio"), ("achieved", "achieved"), *ppl_cols,
             ("params_kept", "non-emb params kept"), ("layers_removed", "layers removed"), ("prune_s", "prune s"),
@@ -179,7 +178,7 @@ def main() -> None:
     if len({r["method"] for r in abl_rows}) > 1:
         abl_cols = [("method", "variant"), ("ratio", "ratio"), ("identical_inputs", "identical inputs"),
                     ("importance", "importance"), ("layer_order", "layer order"), ("mask_tuning", "mask tuning"),
-                    *ppl_cols, ("prune_s", "prune s")]
+                    *ppl_cols, ("prune_s", "prune s"), ("note", "note")]
         table += "\n\nCOMP ablation (each variant flips one default of `comp`):\n\n" + markdown_table(
             sorted(abl_rows, key=lambda r: (r["ratio"], ABLATIONS.index(r["method"]))), abl_cols)
     print(table)

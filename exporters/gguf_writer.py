@@ -3,9 +3,12 @@
 Uniform shapes use the family's own architecture (`llama`, `qwen2`, `qwen3`). Per-layer
 widths use `deci` (Nemotron-NAS layout, Llama tensor names), the only llama.cpp
 architecture that builds each block with its own `feed_forward_length`, `head_count` and
-`head_count_kv`; it has no biases and no q/k norms, so non-uniform Qwen2/Qwen3 are refused
-with the reason. Llama-style rotary weights get the HF -> GGML Q/K permutation per layer
-with that layer's own head counts; Qwen (NeoX rotary) needs none.
+`head_count_kv`. `llama` and `deci` read optional q/k/v/o and ffn_down biases (so Qwen2 and
+FLAP's compensation biases fit; checked against llama-cpp-python in the tests) but no q/k
+norms, so non-uniform Qwen3 is refused with the reason. The adapter picks the architecture
+(`DecoderAdapter.gguf_architecture`). Llama-style rotary weights, and the q/k biases with
+them, get the HF -> GGML permutation per layer with that layer's own head counts; Qwen
+architectures (NeoX rotary) need none.
 """
 from __future__ import annotations
 
@@ -125,14 +128,10 @@ OUTPUT_BIAS_ARCHS = ("llama", "deci")
 
 
 def gguf_arch(model) -> tuple[str, bool]:
+    """(llama.cpp architecture, uniform?) for the model's layer shapes; the adapter decides."""
     ad = get_adapter(model.config)
     shapes = [ad.shape_of(layer) for layer in ad.layers(model)]
-    uniform = len(set(shapes)) == 1
-    if uniform:
-        return ad.uniform_gguf_arch, True
-    if ad.nonuniform_gguf_reason:
-        raise ExportError(ad.nonuniform_gguf_reason)
-    return "deci", False
+    return ad.gguf_architecture(shapes), len(set(shapes)) == 1
 
 
 def write_gguf(model, model_dir: Path, path: Path, dtype: str = "f32") -> dict:
@@ -189,11 +188,10 @@ def write_gguf(model, model_dir: Path, path: Path, dtype: str = "f32") -> dict:
         put(f"blk.{i}.attn_k.weight", hf_to_ggml_rotary(k, s.num_kv_heads) if permute else k)
         put(f"blk.{i}.attn_v.weight", m("v").weight)
         put(f"blk.{i}.attn_output.weight", m("o").weight)
-        for role, name in (("q", "attn_q"), ("k", "attn_k"), ("v", "attn_v")):
-            if m(role).bias is not None:
-                if permute:
-                    raise ExportError(f"{arch} GGUF cannot carry a {role}_proj bias; export ONNX")
-                put(f"blk.{i}.{name}.bias", m(role).bias)
+        for role, name, heads in (("q", "attn_q", s.num_heads), ("k", "attn_k", s.num_kv_heads), ("v", "attn_v", 0)):
+            b = m(role).bias
+            if b is not None:
+                put(f"blk.{i}.{name}.bias", hf_to_ggml_rotary(b, heads) if permute and heads else b)
         for role, name in (("o", "attn_output"), ("down", "ffn_down")):
             if m(role).bias is not None:
                 if arch not in OUTPUT_BIAS_ARCHS:

@@ -88,7 +88,10 @@ def test_dense_gguf_matches_upstream_converter(stories, tmp_path):
     assert np.abs(ours - ref).max() < 1e-3
 
 
-def test_qwen2_onnx_and_gguf_refusal(tiny_models, tmp_path):
+def test_qwen2_onnx_and_gguf(tiny_models, tmp_path):
+    """Pruned Qwen2 keeps its q/k/v biases in ONNX and in GGUF: per-layer widths go to deci,
+    uniformly fewer heads to llama (llama.cpp's qwen2 needs n_head * head_dim = n_embd); the
+    q/k biases are permuted with their rows for llama's rotary layout."""
     m = edgeprune.load(tiny_models["qwen2"])
     plan = Plan("t", "qwen2", 4)
     plan.layers[0] = LayerPlan(kv_keep=[1, 3], ffn_keep=list(range(50)))
@@ -97,9 +100,23 @@ def test_qwen2_onnx_and_gguf_refusal(tiny_models, tmp_path):
     assert m.model.layers[0].self_attn.k_proj.bias.shape == (2 * 8,)
     d = edgeprune.save(m, tmp_path / "q", tokenizer_from=tiny_models["qwen2"])
     assert export(d, "onnx", tmp_path / "onnx")["verify"]["passed"]
-    with pytest.raises(ExportError, match="deci"):
-        export(d, "gguf", tmp_path / "q.gguf")
-    assert not (tmp_path / "q.gguf").exists()
+    res = export(d, "gguf", tmp_path / "q.gguf")
+    assert res["architecture"] == "deci" and res["verify"]["passed"]
+    m = edgeprune.load(tiny_models["qwen2"])
+    plan = Plan("t", "qwen2", 4, layers={i: LayerPlan(kv_keep=[0, 2, 3]) for i in range(4)})
+    d = edgeprune.save(edgeprune.apply_plan(m, plan), tmp_path / "u", tokenizer_from=tiny_models["qwen2"])
+    res = export(d, "gguf", tmp_path / "u.gguf")
+    assert res["architecture"] == "llama" and res["verify"]["passed"]
+    assert export(tiny_models["qwen2"], "gguf", tmp_path / "dense.gguf")["architecture"] == "qwen2"
+
+
+def test_nonuniform_qwen3_gguf_refused(tiny_models, tmp_path):
+    m = edgeprune.load(tiny_models["qwen3"])
+    plan = Plan("t", "qwen3", 4, layers={1: LayerPlan(ffn_keep=list(range(40)))})
+    d = edgeprune.save(edgeprune.apply_plan(m, plan), tmp_path / "q3", tokenizer_from=tiny_models["qwen3"])
+    with pytest.raises(ExportError, match="q_norm"):
+        export(d, "gguf", tmp_path / "q3.gguf")
+    assert not (tmp_path / "q3.gguf").exists()
 
 
 def test_uniform_qwen3_gguf(tiny_models, tmp_path):

@@ -72,7 +72,7 @@ class DecoderAdapter:
     # Extra per-layer modules that depend on head_dim only (Qwen3's q_norm/k_norm).
     head_norm_paths: ClassVar[tuple[str, ...]] = ()
     # What llama.cpp's GGUF can express: uniform shapes go to `uniform_gguf_arch`;
-    # per-layer shapes need `deci`, which has no biases and no q/k norms.
+    # per-layer shapes need `deci` (biases yes, q/k norms no).
     uniform_gguf_arch: ClassVar[str | None] = "llama"
     nonuniform_gguf_reason: ClassVar[str | None] = None
 
@@ -108,6 +108,16 @@ class DecoderAdapter:
 
     def has_attention_bias(self) -> bool:
         return bool(getattr(self.config, "attention_bias", False))
+
+    def gguf_architecture(self, shapes: list[LayerShape]) -> str:
+        """The llama.cpp architecture that can hold a model with these layer shapes."""
+        if len(set(shapes)) == 1:
+            return self.uniform_gguf_arch or "llama"
+        if self.nonuniform_gguf_reason:
+            from ..errors import ExportError
+
+            raise ExportError(self.nonuniform_gguf_reason)
+        return "deci"
 
     def native_bias_roles(self) -> tuple[str, ...]:
         """Roles whose Linear carries a bias in the family's own layout (config flags)."""

@@ -8,11 +8,16 @@ class Qwen2Adapter(DecoderAdapter):
     family = "qwen2"
     model_types = ("qwen2",)
     uniform_gguf_arch = "qwen2"
-    nonuniform_gguf_reason = (
-        "llama.cpp's 'deci' architecture (the only one that reads per-layer widths) has no "
-        "q/k/v biases, so a Qwen2 model with per-layer widths has no GGUF route; export ONNX, "
-        "or prune with uniform widths"
-    )
+
+    def gguf_architecture(self, shapes):
+        # llama.cpp's qwen2 sizes attn_q as n_embd x n_embd and has no o/ffn_down bias; a model
+        # whose head count or biases changed goes to `llama` (biases, rotary permuted) instead,
+        # per-layer widths to `deci`. Both carry Qwen2's q/k/v biases.
+        arch = super().gguf_architecture(shapes)
+        s = shapes[0]
+        if arch == "qwen2" and (s.num_heads * self.head_dim != self.hidden_size or s.added_bias):
+            return "llama"
+        return arch
 
     def has_attention_bias(self) -> bool:
         return True  # Qwen2 always carries q/k/v biases (o_proj has none)
