@@ -59,6 +59,7 @@ def main() -> None:
     ap.add_argument("--methods", default=",".join(SPECS))
     ap.add_argument("--ratios", default="0.2,0.3,0.5")
     ap.add_argument("--layers", default="auto", help="COMP's layer stage: N or auto")
+    ap.add_argument("--comp-protect", default=None, help="COMP's protected layers, e.g. 0,-1 (default: COMP's 0,1,-1)")
     ap.add_argument("--seq-len", default="128,max", help="evaluation window(s), comma-separated; max = the model's context")
     ap.add_argument("--gguf", action="store_true", help="also export each model to GGUF f32 (verified) and measure PPL through llama.cpp")
     ap.add_argument("--max-windows", type=int, default=None)
@@ -127,6 +128,8 @@ def main() -> None:
     for ratio in [float(r) for r in a.ratios.split(",")]:
         for spec in a.methods.split(","):
             method, extra = SPECS[spec]
+            if method == "comp" and a.comp_protect is not None:
+                extra = {**extra, "protect": tuple(int(x) for x in a.comp_protect.split(","))}
             req = PruneRequest(ratio=ratio, layers=layers if method == "comp" else None, progress=False, **extra)
             row = {"method": spec, "ratio": ratio, **(ablation_switches(spec) if spec in ABLATIONS else {})}
             try:
@@ -169,7 +172,8 @@ def main() -> None:
                              for L in seq_lens)
     header = (f"Model `{a.model}`; calibration {a.calib} ({a.nsamples} x {a.calib_seq_len} tokens, seed 0); "
               f"evaluation: non-overlapping windows of the eval portion, protocols seq_len {windows_text} "
-              f"(each protocol its own columns); COMP --layers {a.layers}; {a.threads} CPU threads"
+              f"(each protocol its own columns); COMP --layers {a.layers}"
+              + (f", COMP --protect {a.comp_protect}" if a.comp_protect is not None else "") + f"; {a.threads} CPU threads"
               + (f"; zero-shot: lm-eval {', '.join(tasks)}, 0-shot, acc" + (f", {a.task_limit:g} items" if a.task_limit else "") if tasks else "")
               + ".\n\n")
     main_rows = [r for r in rows if r["method"] not in ABLATIONS[1:]]

@@ -84,6 +84,7 @@ def _select(source: LayerSource, stats: dict[int, _LayerStats], req: PruneReques
     removed_in_layer = {i: 0.0 for i in stats}
     native = set(ad.native_bias_roles())
     blocked: set[int] = set()  # layers whose FFN removal stopped
+    slack = ad.ffn_channel_param_count() * max(1, req.align)  # overshoot accepted at the end
     removed = 0.0
     for _, i, kind, idx in units:
         if removed >= target:
@@ -106,6 +107,8 @@ def _select(source: LayerSource, stats: dict[int, _LayerStats], req: PruneReques
             if kind == "c":
                 blocked.add(i)
             continue
+        if kind == "g" and removed + cost > target + slack:
+            continue  # a whole KV group would overshoot the ratio: let channels finish it
         (drop_g if kind == "g" else drop_c)[i].update(idx)
         removed_in_layer[i] += cost
         removed += cost
