@@ -1,8 +1,9 @@
 """Every method end to end: prune -> physical surgery -> export GGUF and ONNX -> verify.
 
 Runs on stories260K (Llama, GQA, tied embeddings) and on a Qwen2-style GQA model with q/k/v
-biases (random weights, built here). Perplexity is measured through each artifact's runtime;
-a refused export records its reason.
+biases: the one trained by `train_gutenberg.py --arch qwen2 --small` when it is in
+benchmarks/work, else random weights built here (shapes and verification only). Perplexity is
+measured through each artifact's runtime; a refused export records its reason.
 
     python benchmarks/methods_e2e.py --ratio 0.2
 """
@@ -17,6 +18,10 @@ from benchmarks._common import markdown_table, pin_threads, write_results  # noq
 
 WORK = Path(__file__).resolve().parent / "work" / "e2e"
 STORIES = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "models" / "stories260K" / "hf"
+
+
+TRAINED_QWEN2 = WORK.parent / "gutenberg-qwen2"
+GUTENBERG = STORIES.parents[2] / "corpus" / "gutenberg"
 
 
 def qwen2_model() -> Path:
@@ -54,9 +59,13 @@ def main() -> None:
 
     WORK.mkdir(parents=True, exist_ok=True)
     rows = []
-    for mname, model in (("stories260K", STORIES), ("qwen2-gqa (random)", qwen2_model())):
-        calib = calibration(model, "tinystories", 32, 128, 0)
-        ev = data.evaluation_set(tokenizer_for(model), "tinystories", 256, 8)
+    if (TRAINED_QWEN2 / "edgeprune.json").is_file():
+        qwen = ("qwen2-gqa (gutenberg-trained)", TRAINED_QWEN2, str(GUTENBERG / "pg834.txt"), str(GUTENBERG / "829-0.txt"))
+    else:
+        qwen = ("qwen2-gqa (random)", qwen2_model(), "tinystories", "tinystories")
+    for mname, model, calib_src, eval_src in (("stories260K", STORIES, "tinystories", "tinystories"), qwen):
+        calib = calibration(model, calib_src, 32, 128, 0)
+        ev = data.evaluation_set(tokenizer_for(model), eval_src, 256, 8)
         for method in a.methods.split(","):
             layers = "auto" if method == "comp" else None
             req = PruneRequest(ratio=a.ratio, layers=layers, progress=False, protect=(0, -1))
@@ -86,8 +95,9 @@ def main() -> None:
     cols = [("model", "model"), ("method", "method"), ("achieved", "ratio achieved"), ("gguf_arch", "GGUF arch"),
             ("gguf_verified", "GGUF verified"), ("gguf_max_diff", "GGUF max |Δlogit|"), ("gguf_ppl", "PPL via llama.cpp"),
             ("onnx_verified", "ONNX verified"), ("onnx_max_diff", "ONNX max |Δlogit|"), ("onnx_ppl", "PPL via ORT"), ("note", "note")]
-    table = (f"Ratio {a.ratio}, calibration tinystories 32 x 128, f32 artifacts, perplexity through each runtime on 8 windows "
-             "of 256 tokens of the tinystories eval portion (random weights for the Qwen2 model: shapes and verification only).\n\n"
+    table = (f"Ratio {a.ratio}, f32 artifacts, calibration 32 x 128 tokens, perplexity through each runtime on 8 windows of "
+             f"256 tokens. stories260K: tinystories calibration and eval portions; {qwen[0]}: calibration {Path(qwen[2]).name}, "
+             f"evaluation {Path(qwen[3]).name}.\n\n"
              + markdown_table(rows, cols))
     print(table)
     write_results("methods_e2e", {"args": vars(a), "rows": rows}, table)
