@@ -236,6 +236,28 @@ def run_collecting(source: LayerSource, layer: nn.Module, acts: Activations, rol
     return out, cols
 
 
+def stream_dense(source: LayerSource, calib: torch.Tensor, roles: tuple[str, ...], batch_size: int = 8,
+                 offload: bool = False) -> Iterator[tuple[int, nn.Module, dict[str, GramCollector]]]:
+    """Every layer in order, with the input Grams of `roles` collected on the DENSE model's
+    inputs (the methods that score all layers on one unpruned pass: Wanda-sp, FLAP).
+    One layer and two activation sets are alive at a time."""
+    acts = source.embed_all(calib, batch_size, offload)
+    source.release_embedding()
+    cur = acts
+    try:
+        for i in range(source.num_layers):
+            layer = source.layer(i)
+            out, cols = run_collecting(source, layer, cur, roles)
+            yield i, layer, cols
+            if cur is not acts:
+                cur.close()
+            cur = out
+    finally:
+        if cur is not acts:
+            cur.close()
+        acts.close()
+
+
 def open_source(model: str | Path | nn.Module, device="cpu", dtype=torch.float32) -> LayerSource:
     if isinstance(model, nn.Module):
         return ModuleSource(model, device, dtype)

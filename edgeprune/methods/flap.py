@@ -24,7 +24,7 @@ import torch
 
 from ..errors import PlanError
 from ..plan import Plan
-from ..streaming import LayerSource, run_collecting
+from ..streaming import LayerSource, stream_dense
 from .base import PruneRequest, bar, check_ratio, dense_params, group_layer_plan
 
 
@@ -131,25 +131,16 @@ def plan_flap(source: LayerSource, calib: torch.Tensor, req: PruneRequest) -> Pl
     plan = Plan(method="flap", model_type=ad.family, num_layers=L, ratio_requested=ratio,
                 options={"align": req.align, "structure": "AL-AM", "protect": sorted(protected),
                          "max_layer_ratio": req.max_layer_ratio})
-    acts = source.embed_all(calib, req.batch_size, req.offload)
-    source.release_embedding()
     stats: dict[int, _LayerStats] = {}
-    cur = acts
-    for i in bar(range(L), "flap (fluctuation)", req):
-        layer = source.layer(i)
+    for i, layer, cols in bar(stream_dense(source, calib, ("o", "down"), req.batch_size, req.offload),
+                              "flap (fluctuation)", req, total=L):
+        if i in protected:
+            continue
         s = ad.shape_of(layer)
-        out, cols = run_collecting(source, layer, cur, ("o", "down"))
-        if i not in protected:
-            co, cd = cols["o"], cols["down"]
-            so = fluctuation_scores(ad.module(layer, "o").weight.detach().cpu(), co.sq_norm.cpu(), co.mean.cpu(), co.count)
-            sd = fluctuation_scores(ad.module(layer, "down").weight.detach().cpu(), cd.sq_norm.cpu(), cd.mean.cpu(), cd.count)
-            stats[i] = _LayerStats(so.view(s.num_kv_heads, -1).sum(1), sd, co.mean.cpu(), cd.mean.cpu())
-        del cols
-        if cur is not acts:
-            cur.close()
-        cur = out  # dense inputs for the next layer
-    cur.close()
-    acts.close()
+        co, cd = cols["o"], cols["down"]
+        so = fluctuation_scores(ad.module(layer, "o").weight.detach().cpu(), co.sq_norm.cpu(), co.mean.cpu(), co.count)
+        sd = fluctuation_scores(ad.module(layer, "down").weight.detach().cpu(), cd.sq_norm.cpu(), cd.mean.cpu(), cd.count)
+        stats[i] = _LayerStats(so.view(s.num_kv_heads, -1).sum(1), sd, co.mean.cpu(), cd.mean.cpu())
 
     drop_g, drop_c = _select(source, stats, req, ratio)
     shapes = ad.layer_shapes()

@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 
 from ..plan import Plan
-from ..streaming import LayerSource, run_collecting
+from ..streaming import LayerSource, stream_dense
 from .base import PruneRequest, bar, check_ratio, scored_layer_plan, uniform_split
 
 
@@ -22,21 +22,11 @@ def plan_wanda_sp(source: LayerSource, calib: torch.Tensor, req: PruneRequest) -
     ratio = check_ratio(req.ratio)
     L = source.num_layers
     plan = Plan(method="wanda-sp", model_type=ad.family, num_layers=L, ratio_requested=ratio, options={"align": req.align})
-    acts = source.embed_all(calib, req.batch_size, req.offload)
-    source.release_embedding()
-    cur = acts
-    for i in bar(range(L), "wanda-sp", req):
-        layer = source.layer(i)
+    for i, layer, cols in bar(stream_dense(source, calib, ("o", "down"), req.batch_size, req.offload), "wanda-sp", req, total=L):
         s = ad.shape_of(layer)
-        out, cols = run_collecting(source, layer, cur, ("o", "down"))
         col_o, col_f = cols["o"], cols["down"]
         g, c = uniform_split(ad, s, ratio * ad.layer_param_count(s), req.align)
         so = wanda_scores(ad.module(layer, "o").weight.detach(), col_o.sq_norm.cpu()).view(s.num_kv_heads, -1).sum(1)
         sf = wanda_scores(ad.module(layer, "down").weight.detach(), col_f.sq_norm.cpu())
         plan.layers[i] = scored_layer_plan(s, so, sf, g, c, {"target_ratio": ratio})
-        if cur is not acts:
-            cur.close()
-        cur = out  # dense inputs for the next layer
-    cur.close()
-    acts.close()
     return plan
