@@ -18,9 +18,6 @@ from typing import Any
 
 from .errors import DataError, MissingExtraError
 
-# The zero-shot suites of the papers (lm-eval task names).
-PAPER_TASKS = ("boolq", "piqa", "hellaswag", "winogrande", "arc_easy", "arc_challenge", "openbookqa")
-COMP_EXTRA_TASKS = ("logiqa", "mmlu", "sciq")
 LOCAL_TASKS = ("tinystories_cloze",)
 
 _CLOZE_YAML = """task: {name}
