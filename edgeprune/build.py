@@ -225,7 +225,7 @@ def build(model: str | None = None, target: str = "cpu-x86", ratio: float | None
             base.mkdir(exist_ok=True)
             path = base / (f"model-{f['dtype']}.gguf" if f["format"] == "gguf" else f"onnx-{f['dtype']}")
             log(f"export {which} {key} -> {path.relative_to(out_dir)}")
-            exports[k] = export(edgeprune.load(src), f["format"], path, dtype=f["dtype"], force=True, model_dir=src)
+            exports[k] = export(src, f["format"], path, dtype=f["dtype"], force=True)
             save_state()
 
     # 3. profile

@@ -16,7 +16,9 @@ import inspect
 import json
 import os
 import shutil
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 import torch
 from torch import nn
@@ -72,45 +74,37 @@ def _write_manifest(directory: Path, extra: dict) -> None:
     (directory / MANIFEST).write_text(json.dumps({"format": "edgeprune-checkpoint", "version": 1, "files": files, **extra}, indent=1))
 
 
-def save(
-    model: nn.Module,
-    directory: str | Path,
-    *,
-    tokenizer_from: str | Path | None = None,
-    plan: Plan | None = None,
-    force: bool = False,
-    max_shard_size: str | None = None,
-) -> Path:
-    """Write `model` (dense or pruned) as a Hugging Face directory, atomically."""
+def finish_config(cfg: dict, family: str, nonuniform: bool, directory: Path) -> dict:
+    """Per-layer widths: our own model_type, with the modeling code shipped beside it."""
+    if nonuniform:
+        cls_cfg, cls_model = pruned_modeling.CLASSES[family]
+        cfg["model_type"] = f"edgeprune_{family}"
+        cfg["architectures"] = [cls_model.__name__]
+        cfg["auto_map"] = {
+            "AutoConfig": f"modeling_edgeprune.{cls_cfg.__name__}",
+            "AutoModelForCausalLM": f"modeling_edgeprune.{cls_model.__name__}",
+        }
+        shutil.copy2(inspect.getfile(pruned_modeling), directory / "modeling_edgeprune.py")
+    (directory / "config.json").write_text(json.dumps(cfg, indent=2))
+    return cfg
+
+
+@contextmanager
+def staged_dir(directory: str | Path, force: bool = False) -> Iterator[Path]:
+    """A hidden sibling directory that becomes `directory` only if the block succeeds.
+
+    Into an existing edgeprune work directory (an interrupted run, or --force) the files
+    are moved one by one, so that the work files beside them are kept until the caller
+    removes them; the incomplete marker goes last.
+    """
     out = Path(directory).absolute()
     check_output_dir(out, force=force, resume=True)
     tmp = out.parent / f".{out.name}.partial-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     try:
         tmp.mkdir()
-        adapter = get_adapter(model.config)
-        kw = {"max_shard_size": max_shard_size} if max_shard_size else {}
-        model.save_pretrained(tmp, safe_serialization=True, **kw)
-        cfg_path = tmp / "config.json"
-        cfg = json.loads(cfg_path.read_text())
-        nonuniform = bool(getattr(model.config, "edgeprune_layers", None))
-        if nonuniform:
-            family = adapter.family
-            cls_cfg, cls_model = pruned_modeling.CLASSES[family]
-            cfg["model_type"] = f"edgeprune_{family}"
-            cfg["architectures"] = [cls_model.__name__]
-            cfg["auto_map"] = {
-                "AutoConfig": f"modeling_edgeprune.{cls_cfg.__name__}",
-                "AutoModelForCausalLM": f"modeling_edgeprune.{cls_model.__name__}",
-            }
-            shutil.copy2(inspect.getfile(pruned_modeling), tmp / "modeling_edgeprune.py")
-        cfg_path.write_text(json.dumps(cfg, indent=2))
-        copy_tokenizer(tokenizer_from, tmp)
-        if plan is not None:
-            plan.save(tmp)
-        _write_manifest(tmp, {"nonuniform": nonuniform, "family": adapter.family})
+        yield tmp
         if out.exists():
-            # `out` is our own work-in-progress directory (or --force): keep its work files.
             for p in tmp.iterdir():
                 target = out / p.name
                 if target.is_dir():
@@ -123,6 +117,39 @@ def save(
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def finish_dir(tmp: Path, cfg: dict, family: str, nonuniform: bool, tokenizer_from, plan: Plan | None) -> None:
+    """Config, tokenizer, plan and manifest (last): what every saved checkpoint carries."""
+    finish_config(cfg, family, nonuniform, tmp)
+    copy_tokenizer(tokenizer_from, tmp)
+    if tokenizer_from is not None and (Path(tokenizer_from) / "generation_config.json").is_file() \
+            and not (tmp / "generation_config.json").exists():
+        shutil.copy2(Path(tokenizer_from) / "generation_config.json", tmp / "generation_config.json")
+    if plan is not None:
+        plan.save(tmp)
+    _write_manifest(tmp, {"nonuniform": nonuniform, "family": family})
+
+
+def save(
+    model: nn.Module,
+    directory: str | Path,
+    *,
+    tokenizer_from: str | Path | None = None,
+    plan: Plan | None = None,
+    force: bool = False,
+    max_shard_size: str | None = None,
+) -> Path:
+    """Write an in-memory `model` (dense or pruned) as a Hugging Face directory, atomically.
+    Checkpoints on disk are pruned without loading them whole: `writeout.save_pruned`."""
+    out = Path(directory).absolute()
+    with staged_dir(out, force) as tmp:
+        adapter = get_adapter(model.config)
+        kw = {"max_shard_size": max_shard_size} if max_shard_size else {}
+        model.save_pretrained(tmp, safe_serialization=True, **kw)
+        cfg = json.loads((tmp / "config.json").read_text())
+        nonuniform = bool(getattr(model.config, "edgeprune_layers", None))
+        finish_dir(tmp, cfg, adapter.family, nonuniform, tokenizer_from, plan)
     return out
 
 

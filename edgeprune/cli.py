@@ -117,9 +117,9 @@ def _print_prune_report(rep: dict) -> None:
     print(f"{rep['method']}: removed {rep['ratio_achieved']:.4f} of non-embedding parameters "
           f"({d:,} -> {p:,}; requested {rep['ratio_requested']}); total parameters "
           f"{rep['params_dense_total']:,} -> {rep['params_pruned_total']:,}; layers removed {rep['layers_removed']}; "
-          f"peak memory {rep['peak_memory']['peak_bytes'] / 2**20:.1f} MiB "
-          f"({rep['peak_memory']['above_baseline_bytes'] / 2**20:.1f} MiB above baseline); "
-          f"{rep['wall_seconds']:.1f} s")
+          f"peak memory {rep['peak_memory']['peak_bytes'] / 2**20:.1f} MiB (whole process; "
+          + ", ".join(f"{k} {v['peak_bytes'] / 2**20:.0f}" for k, v in rep['peak_memory']['stages'].items())
+          + f" MiB per stage); {rep['wall_seconds']:.1f} s")
 
 
 def _request_kwargs(a) -> dict:
@@ -135,7 +135,6 @@ def _request_kwargs(a) -> dict:
 def cmd_prune(a) -> int:
     _setup_torch(a.threads)
     from .errors import PlanError
-    from .models import count_parameters, get_adapter
     from .pipeline import prune
 
     if a.ratio is None and a.layers is None:
@@ -145,14 +144,11 @@ def cmd_prune(a) -> int:
     model_dir = _model_arg(a.model)
     res = prune(model_dir, a.method, ratio=a.ratio, layers=a.layers, calib=_data_default(model_dir, a.calib),
                 n_samples=a.nsamples, seq_len=a.seq_len, seed=a.seed, device=a.device, data_dir=a.data_dir,
-                out=a.out, force=a.force, resume=a.resume, **_request_kwargs(a))
-    from .checkpoint import load_config
-
-    ad = get_adapter(load_config(model_dir))
+                out=a.out, force=a.force, resume=a.resume, dtype=a.dtype, **_request_kwargs(a))
     rep = res.report
-    emb = ad.embedding_params()
+    emb = rep["params_embedding"]
     rep["params_dense_total"] = rep["params_dense_nonembedding"] + emb
-    rep["params_pruned_total"] = count_parameters(res.model, ad)["total"]
+    rep["params_pruned_total"] = rep["params_pruned_nonembedding"] + emb
     if a.json:
         print(json.dumps(rep))
     else:
@@ -252,6 +248,8 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--solver", choices=("cholesky", "lsmr"), default="cholesky", help="mask solver (lsmr: CuPy on CUDA)")
     pr.add_argument("--offload", action="store_true", help="keep calibration activations on disk")
     pr.add_argument("--batch-size", type=_positive, default=8)
+    pr.add_argument("--dtype", choices=("bf16", "f16", "f32"), default=None,
+                    help="dtype of the saved checkpoint (default: the input's, e.g. bf16 stays bf16)")
     pr.add_argument("--out", required=True, help="output directory")
     pr.add_argument("--force", action="store_true", help="overwrite a finished result in --out")
     pr.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")

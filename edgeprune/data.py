@@ -24,6 +24,15 @@ Split = Literal["calib", "eval"]
 TEXT_FIELDS = ("text", "content", "story", "output")
 
 
+def tokenizer_for(model_dir) -> object:
+    """The model directory's own tokenizer, without a length cap (we window long texts)."""
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(model_dir))
+    tok.model_max_length = 1 << 30
+    return tok
+
+
 def default_data_dir() -> Path | None:
     env = os.environ.get("EDGEPRUNE_DATA")
     if env:

@@ -36,7 +36,22 @@ def _hwm_bytes() -> int | None:
     return None
 
 
+_SEEN_PEAK = 0  # the largest high-water mark read before any reset: the process's real peak
+
+
+def _fold_hwm() -> None:
+    global _SEEN_PEAK
+    _SEEN_PEAK = max(_SEEN_PEAK, _hwm_bytes() or 0, rss_bytes())
+
+
+def process_peak_bytes() -> int:
+    """The process's peak RSS since it started, across every stage (resets included)."""
+    _fold_hwm()
+    return _SEEN_PEAK
+
+
 def _reset_hwm() -> bool:
+    _fold_hwm()  # never lose the peak of what ran before this stage
     try:
         with open("/proc/self/clear_refs", "w") as f:
             f.write("5")
@@ -81,10 +96,13 @@ class PeakMemory:
             return
         if self._hwm:
             self.peak_bytes = max(_hwm_bytes() or 0, rss_bytes())
+            _fold_hwm()
         else:
             self._stop.set()
             self._thread.join()
             self.peak_bytes = max(self._sampled, rss_bytes())
+            global _SEEN_PEAK
+            _SEEN_PEAK = max(_SEEN_PEAK, self.peak_bytes)
 
     @property
     def above_baseline_bytes(self) -> int:
@@ -93,3 +111,13 @@ class PeakMemory:
     def as_dict(self) -> dict:
         return {"kind": self.kind, "peak_bytes": self.peak_bytes, "baseline_bytes": self.baseline_bytes,
                 "above_baseline_bytes": self.above_baseline_bytes, "pid": os.getpid()}
+
+
+def stage_report(stages: dict[str, "PeakMemory"], device: str | torch.device = "cpu") -> dict:
+    """One memory figure for a command: the process's real peak over every stage, and each
+    stage's own peak (plan, apply_save, export, verify...)."""
+    first = next(iter(stages.values()))
+    peak = process_peak_bytes() if first.kind == "rss" else max(m.peak_bytes for m in stages.values())
+    return {"kind": first.kind, "peak_bytes": peak, "baseline_bytes": first.baseline_bytes,
+            "above_baseline_bytes": max(0, peak - first.baseline_bytes), "pid": os.getpid(),
+            "stages": {name: m.as_dict() for name, m in stages.items()}}

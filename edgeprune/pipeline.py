@@ -16,15 +16,19 @@ from pathlib import Path
 import torch
 
 from . import data as data_mod
-from .checkpoint import INCOMPLETE, check_output_dir, load, save
+from .data import tokenizer_for
+from .checkpoint import INCOMPLETE, check_output_dir, load
 from .errors import PlanError
-from .memory import PeakMemory
+from .memory import PeakMemory, stage_report
 from .methods import NEEDS_CALIBRATION, PruneRequest, get_method
 from .methods.base import achieved_ratio, check_ratio, dense_params
 from .models import expected_nonembedding
 from .plan import LayerPlan, Plan
 from .streaming import open_source
 from .surgery import apply_plan
+from .tensorfiles import DiskTensors
+from .weights import parse_dtype
+from .writeout import save_pruned
 
 # Below this many calibration tokens COMP's statistics get noisy (the paper used 10 x 128).
 MIN_CALIB_TOKENS = 1024
@@ -69,14 +73,6 @@ class PruneResult:
     report: dict = field(default_factory=dict)
 
 
-def tokenizer_for(model_dir) -> object:
-    from transformers import AutoTokenizer
-
-    tok = AutoTokenizer.from_pretrained(str(model_dir))
-    tok.model_max_length = 1 << 30  # we window long texts ourselves
-    return tok
-
-
 def calibration(model_dir, source: str, n_samples: int, seq_len: int, seed: int, data_dir=None, work: Path | None = None):
     """Seeded calibration windows (cached in the work dir for resume)."""
     cache = work / "calib.pt" if work else None
@@ -112,8 +108,9 @@ def make_plan(model, method: str, req: PruneRequest, calib: torch.Tensor | None,
         "ratio_achieved": ratio,
         "params_dense_nonembedding": dense,
         "params_pruned_nonembedding": expected_nonembedding(adapter, plan.result_shapes(adapter)),
+        "params_embedding": adapter.embedding_params(),
         "layers_removed": plan.removed_layers,
-        "peak_memory": mem.as_dict(),
+        "peak_memory": stage_report({"plan": mem}, device),
         "wall_seconds": wall,
         "calibration_tokens": int(calib.numel()) if calib is not None else 0,
     }
@@ -139,9 +136,16 @@ def prune(
     out: str | Path | None = None,
     force: bool = False,
     resume: bool = False,
+    dtype: str | None = None,
     **request,
 ) -> PruneResult:
-    """Prune a checkpoint directory; with `out`, save the physically pruned model there."""
+    """Prune a checkpoint directory; with `out`, stream the physically pruned model there.
+
+    With `out`, nothing is loaded whole: planning and the apply+save are layer-streamed and
+    the checkpoint keeps the source dtype (or `dtype`: bf16, f16, f32). Without `out` the
+    pruned model is returned in memory (float32), for the Python API on small models.
+    """
+    out_dtype = parse_dtype(dtype) if dtype else None
     req = PruneRequest(ratio=ratio, layers=layers, seed=seed, **request)
     work = None
     out_path = Path(out).absolute() if out else None
@@ -154,14 +158,40 @@ def prune(
         work = out_path / ".work"
         work.mkdir(exist_ok=True)
         req.state = ResumeState(work / "layers")
+        shutil.rmtree(work / "tensors", ignore_errors=True)  # re-fitted tensors of this run only
+        req.tensors = DiskTensors(work / "tensors")
     windows = None
     if NEEDS_CALIBRATION.get(method, True):
         windows = calibration(model_dir, calib, n_samples, seq_len, seed, data_dir, work)
     torch.manual_seed(seed)
     plan, report = make_plan(model_dir, method, req, windows, device)
     plan.options.update({"calib": str(calib), "n_samples": n_samples, "seq_len": seq_len, "seed": seed})
-    model = apply_plan(load(model_dir, device=device), plan)
-    if out_path is not None:
-        save(model, out_path, tokenizer_from=model_dir, plan=plan, force=True)
-        shutil.rmtree(work, ignore_errors=True)
+    stages = {"plan": _last_stage(report)}
+    t0 = time.perf_counter()
+    with PeakMemory(device) as mem:
+        if out_path is not None:
+            saved = save_pruned(model_dir, plan, out_path, dtype=out_dtype, force=True, progress=req.progress)
+            report["checkpoint"] = saved
+            shutil.rmtree(work, ignore_errors=True)
+            model = None
+        else:
+            model = apply_plan(load(model_dir, device=device), plan)
+    stages["apply_save"] = mem
+    report["peak_memory"] = stage_report(stages, device)
+    report["apply_save_seconds"] = time.perf_counter() - t0
     return PruneResult(plan, model, report)
+
+
+class _StageFigures:
+    """A finished stage's figures, re-used in a later stage_report."""
+
+    def __init__(self, d: dict):
+        self.kind, self.peak_bytes, self.baseline_bytes = d["kind"], d["peak_bytes"], d["baseline_bytes"]
+        self._d = d
+
+    def as_dict(self) -> dict:
+        return self._d
+
+
+def _last_stage(report: dict) -> _StageFigures:
+    return _StageFigures(report["peak_memory"]["stages"]["plan"])

@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from collections.abc import MutableMapping
 from typing import Any
 
 import torch
@@ -48,7 +49,8 @@ class Plan:
     ratio_requested: float | None = None
     options: dict[str, Any] = field(default_factory=dict)
     stats: dict[str, Any] = field(default_factory=dict)
-    tensors: dict[str, torch.Tensor] = field(default_factory=dict, repr=False)
+    # A dict, or a disk-backed mapping (tensorfiles.DiskTensors / FileTensors) at real size.
+    tensors: MutableMapping[str, torch.Tensor] = field(default_factory=dict, repr=False)
 
     # ---- derived geometry -----------------------------------------------------------
     def kept_layers(self) -> list[int]:
@@ -142,7 +144,7 @@ class Plan:
         }
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any], tensors: dict[str, torch.Tensor] | None = None) -> "Plan":
+    def from_dict(cls, d: dict[str, Any], tensors=None) -> "Plan":
         if d.get("format") != "edgeprune-plan":
             raise PlanError("not an edgeprune plan (missing format: edgeprune-plan)")
         return cls(
@@ -158,16 +160,16 @@ class Plan:
         )
 
     def save(self, directory: str | Path) -> None:
-        from safetensors.torch import save_file
+        from .tensorfiles import write_tensors
 
         directory = Path(directory)
         (directory / PLAN_JSON).write_text(json.dumps(self.to_dict(), indent=1))
-        if self.tensors:
-            save_file({k: v.contiguous() for k, v in self.tensors.items()}, str(directory / PLAN_TENSORS))
+        if self.tensors:  # streamed: the tensors may live on disk (DiskTensors), never all in RAM
+            write_tensors(directory / PLAN_TENSORS, self.tensors)
 
     @classmethod
     def load(cls, path: str | Path) -> "Plan":
-        from safetensors.torch import load_file
+        from .tensorfiles import FileTensors
 
         path = Path(path)
         json_path = path / PLAN_JSON if path.is_dir() else path
@@ -175,7 +177,7 @@ class Plan:
             raise PlanError(f"no plan at {path}; expected {PLAN_JSON} (written by edgeprune prune)")
         d = json.loads(json_path.read_text())
         tensor_path = json_path.parent / PLAN_TENSORS
-        tensors = load_file(str(tensor_path)) if d.get("tensors") and tensor_path.is_file() else {}
+        tensors = FileTensors(tensor_path) if d.get("tensors") and tensor_path.is_file() else {}
         return cls.from_dict(d, tensors)
 
 

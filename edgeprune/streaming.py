@@ -8,18 +8,16 @@ which is all COMP, SlimGPT, Wanda-sp and FLAP need from activations.
 """
 from __future__ import annotations
 
-import json
 import shutil
 import tempfile
 from pathlib import Path
 from typing import Iterator
 
 import torch
-from safetensors import safe_open
 from torch import nn
 
 from .checkpoint import load_config
-from .errors import DataError
+from .errors import DataError, ModelError
 from .models import DecoderAdapter, LayerShape, get_adapter
 from .models.pruned_modeling import resize_layer
 
@@ -59,12 +57,17 @@ class Activations:
 
 
 class GramCollector:
-    """Accumulates X^T X, sum(X) and the token count of a Linear's input (float64)."""
+    """Accumulates X^T X, sum(X) and the token count of a Linear's input (float64).
 
-    def __init__(self, module: nn.Linear, device: torch.device | None = None):
+    With `full=False` only the diagonal of X^T X is kept (what Wanda-sp and FLAP read):
+    at 8B width the full Gram of `down_proj`'s input is 14336^2 float64 = 1.6 GB.
+    """
+
+    def __init__(self, module: nn.Linear, device: torch.device | None = None, full: bool = True):
         n = module.in_features
         dev = device or module.weight.device
-        self.gram = torch.zeros(n, n, dtype=torch.float64, device=dev)
+        self.full = full
+        self.gram = torch.zeros((n, n) if full else (n,), dtype=torch.float64, device=dev)
         self.sum = torch.zeros(n, dtype=torch.float64, device=dev)
         self.count = 0
         self._h = module.register_forward_pre_hook(self._hook)
@@ -73,7 +76,10 @@ class GramCollector:
         x = args[0].detach().reshape(-1, args[0].shape[-1]).to(self.gram.device, torch.float64)
         if not torch.isfinite(x).all():
             raise DataError("NaN or Inf in calibration activations; check the model weights and the calibration text")
-        self.gram.addmm_(x.T, x)
+        if self.full:
+            self.gram.addmm_(x.T, x)
+        else:
+            self.gram += (x * x).sum(0)
         self.sum += x.sum(0)
         self.count += x.shape[0]
 
@@ -87,7 +93,7 @@ class GramCollector:
     @property
     def sq_norm(self) -> torch.Tensor:
         """||X[j, :]||^2 per input channel."""
-        return torch.diagonal(self.gram).clone()
+        return torch.diagonal(self.gram).clone() if self.full else self.gram.clone()
 
 
 def _trim_heap() -> None:
@@ -143,52 +149,49 @@ class LayerSource:
         return acts
 
     @torch.no_grad()
-    def run(self, layer: nn.Module, acts: Activations) -> Activations:
-        """Forward every batch through one decoder layer."""
+    def run(self, layer: nn.Module, acts: Activations, check_finite: bool = True) -> Activations:
+        """Forward every batch through one decoder layer (verification passes check_finite=False
+        and judges the logits itself)."""
         out = acts.empty_like()
         for x in acts:
             x = x.to(self.device)
             y = layer(x, attention_mask=None, position_embeddings=self.position_embeddings(x))
             y = y[0] if isinstance(y, tuple) else y
-            if not torch.isfinite(y).all():
+            if check_finite and not torch.isfinite(y).all():
                 raise DataError("NaN or Inf in calibration activations; check the model weights and the calibration text")
             out.append(y)
         return out
 
 
 class CheckpointSource(LayerSource):
-    """Streams layers from a local checkpoint's safetensors; holds one layer at a time."""
+    """Streams layers from a local checkpoint (any layout `WeightStore` reads); holds one
+    layer at a time. Tensors are cast to the compute dtype as they are read."""
 
     def __init__(self, model_dir: str | Path, device="cpu", dtype=torch.float32):
+        from .checkpoint import read_config_dict
+        from .weights import WeightStore
+
         self.model_dir = Path(model_dir)
         super().__init__(load_config(model_dir), device, dtype)
-        self._files: dict[str, Path] = {}
-        index = self.model_dir / "model.safetensors.index.json"
-        if index.is_file():
-            for key, fname in json.loads(index.read_text())["weight_map"].items():
-                self._files[key] = self.model_dir / fname
-        else:
-            single = self.model_dir / "model.safetensors"
-            if not single.is_file():
-                from .errors import ModelError
-
-                raise ModelError(f"{self.model_dir} has no safetensors weights; re-save it with save_pretrained(safe_serialization=True)")
-            with safe_open(str(single), "pt") as f:
-                for key in f.keys():
-                    self._files[key] = single
+        self.store = WeightStore(model_dir, read_config_dict(model_dir), self.adapter.embed_key, self.adapter.lm_head_key)
         self._embed: torch.Tensor | None = None
 
     def tensor(self, key: str) -> torch.Tensor:
-        with safe_open(str(self._files[key]), "pt", device="cpu") as f:
-            return f.get_tensor(key)
+        return self.store[key]
 
     def embed(self, ids: torch.Tensor) -> torch.Tensor:
-        if self._embed is None:
-            self._embed = self.tensor(self.adapter.embed_key).to(self.device, self.dtype)
-        return nn.functional.embedding(ids.to(self.device), self._embed)
+        if self._embed is None:  # kept in the stored dtype; rows are cast after the lookup
+            self._embed = self.tensor(self.adapter.embed_key).to(self.device)
+        return nn.functional.embedding(ids.to(self.device), self._embed).to(self.dtype)
 
     def release_embedding(self) -> None:
         self._embed = None
+
+    def final_norm_weight(self) -> torch.Tensor:
+        return self.tensor(self.adapter.final_norm_key)
+
+    def lm_head_weight(self) -> torch.Tensor:
+        return self.tensor(self.adapter.lm_head_key)
 
     def layer(self, i: int) -> nn.Module:
         _trim_heap()  # hand the previous layer's freed pages back before reading the next one
@@ -200,11 +203,14 @@ class CheckpointSource(LayerSource):
             with torch.device("meta"):
                 resize_layer(layer, per_layer[i], self.adapter.head_dim)
         prefix = self.adapter.layer_prefix(i)
-        state = {k[len(prefix):]: self.tensor(k) for k in self._files if k.startswith(prefix)}
+        want = set(layer.state_dict())
+        have = {k[len(prefix):] for k in self.store.keys() if k.startswith(prefix)}
+        if want - have:
+            raise ModelError(f"{self.model_dir}: layer {i} lacks {sorted(want - have)[0]} in the checkpoint; "
+                             "the weights do not match config.json (re-download the model)")
+        state = {k: self.tensor(prefix + k).to(self.device, self.dtype) for k in have}
         layer.load_state_dict(state, strict=True, assign=True)
-        layer = layer.to(self.device, self.dtype).eval()
-        # Non-persistent buffers created on meta (none in these families today) would need init here.
-        return layer
+        return layer.to(self.device, self.dtype).eval()
 
 
 class ModuleSource(LayerSource):
@@ -218,16 +224,23 @@ class ModuleSource(LayerSource):
     def embed(self, ids: torch.Tensor) -> torch.Tensor:
         return self.model.get_input_embeddings()(ids.to(self.device)).to(self.dtype)
 
+    def final_norm_weight(self) -> torch.Tensor:
+        return self.model.get_submodule(self.adapter.final_norm_key.rpartition(".")[0]).weight.detach()
+
+    def lm_head_weight(self) -> torch.Tensor:
+        return self.model.get_output_embeddings().weight.detach()
+
     def layer(self, i: int) -> nn.Module:
         import copy
 
         return copy.deepcopy(self.adapter.layers(self.model)[i]).to(self.device, self.dtype).eval()
 
 
-def run_collecting(source: LayerSource, layer: nn.Module, acts: Activations, roles: tuple[str, ...]
-                   ) -> tuple[Activations, dict[str, GramCollector]]:
-    """Forward `acts` through `layer` while accumulating the input Gram of each role's linear."""
-    cols = {r: GramCollector(source.adapter.module(layer, r)) for r in roles}
+def run_collecting(source: LayerSource, layer: nn.Module, acts: Activations, roles: tuple[str, ...],
+                   full: bool = True) -> tuple[Activations, dict[str, GramCollector]]:
+    """Forward `acts` through `layer` while accumulating the input Gram of each role's linear
+    (only its diagonal with full=False)."""
+    cols = {r: GramCollector(source.adapter.module(layer, r), full=full) for r in roles}
     try:
         out = source.run(layer, acts)
     finally:
@@ -247,7 +260,7 @@ def stream_dense(source: LayerSource, calib: torch.Tensor, roles: tuple[str, ...
     try:
         for i in range(source.num_layers):
             layer = source.layer(i)
-            out, cols = run_collecting(source, layer, cur, roles)
+            out, cols = run_collecting(source, layer, cur, roles, full=False)
             yield i, layer, cols
             if cur is not acts:
                 cur.close()

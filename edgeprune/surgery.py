@@ -81,9 +81,8 @@ def slice_layer(adapter: DecoderAdapter, layer: nn.Module, orig_index: int, plan
     return new_shape
 
 
-def update_config(model: nn.Module, adapter: DecoderAdapter, shapes: list[LayerShape]) -> None:
-    """Write the new geometry into the config so that forward, cache and reload agree."""
-    cfg = model.config
+def update_config(cfg, adapter: DecoderAdapter, shapes: list[LayerShape]) -> None:
+    """Write the new geometry into a transformers config so that forward, cache and reload agree."""
     cfg.head_dim = adapter.head_dim  # keep head_dim even if head counts change
     cfg.num_hidden_layers = len(shapes)
     if getattr(cfg, "layer_types", None) is not None:
@@ -121,6 +120,6 @@ def apply_plan(model: nn.Module, plan: Plan) -> nn.Module:
         adapter.set_layer_index(layer, new_index)
     parent, _, name = adapter.layers_key.rpartition(".")
     setattr(model.get_submodule(parent), name, new_layers)
-    update_config(model, adapter, new_shapes)
+    update_config(model.config, adapter, new_shapes)
     model.eval()
     return model

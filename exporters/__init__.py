@@ -25,7 +25,7 @@ __all__ = ["DTYPES", "export"]
 
 def _tokenizer(model_dir: Path):
     """The model's tokenizer, or None (verification then uses fixed random token ids)."""
-    from edgeprune.pipeline import tokenizer_for
+    from edgeprune.data import tokenizer_for
 
     try:
         return tokenizer_for(model_dir)
@@ -33,69 +33,90 @@ def _tokenizer(model_dir: Path):
         return None
 
 
-def export(model, fmt: str, out: str | Path, *, dtype: str = "f32", verify: bool = True, force: bool = False,
-           model_dir: str | Path | None = None) -> dict:
-    """Export a model directory (or a loaded model plus `model_dir` for its tokenizer)."""
-    import edgeprune
-
-    from .gguf_writer import write_gguf
-    from .onnx import check_graph, write_onnx
-    from .verify import verify_artifact
-
-    check_dtype(fmt, dtype)
+def _require(fmt: str, verify: bool) -> None:
     if fmt == "onnx":
-        require("onnx", "onnx", "ONNX export")
-        require("onnxruntime", "onnx", "ONNX export")
-        require("onnxscript", "onnx", "ONNX export")
+        for mod in ("onnx", "onnxruntime", "onnxscript"):
+            require(mod, "onnx", "ONNX export")
     else:
         require("gguf", "gguf", "GGUF export")
         if verify:
             require("llama_cpp", "gguf", "GGUF verification (llama-cpp-python)")
+
+
+def export(model, fmt: str, out: str | Path, *, dtype: str = "f32", verify: bool = True, force: bool = False,  # long: stages
+           model_dir: str | Path | None = None, progress: bool = False) -> dict:
+    """Export a model directory (streamed: never loaded whole for GGUF or verification), or
+    a loaded model plus `model_dir` for its tokenizer. Memory is measured per stage."""
+    from edgeprune.memory import PeakMemory, stage_report
+
+    from .gguf_writer import gguf_arch, write_gguf
+    from .onnx import check_graph, write_onnx
+    from .source import WeightsView
+    from .verify import verify_artifact
+
+    check_dtype(fmt, dtype)
+    _require(fmt, verify)
     out = Path(out).absolute()
     check_out_path(out, force)
-    if isinstance(model, (str, Path)):
-        model_dir = Path(model)
-        model = edgeprune.load(model_dir)
-    model_dir = Path(model_dir) if model_dir else None
+    streamed = isinstance(model, (str, Path))
+    model_dir = Path(model if streamed else model_dir) if (streamed or model_dir) else None
+    view = WeightsView.from_dir(model_dir) if streamed else WeightsView.from_model(model, model_dir)
+    reference = model_dir if streamed else model
     tok = _tokenizer(model_dir) if model_dir else None
+    if fmt == "gguf":
+        gguf_arch(view)  # refuse inexpressible shapes before writing anything
     t0 = time.perf_counter()
     meta: dict = {}
     report: dict | None = None
-    if fmt == "gguf":
-        from .gguf_writer import gguf_arch
-
-        gguf_arch(model)  # refuse inexpressible shapes before writing anything
-        with staged(out, force) as tmp:
-            meta = write_gguf(model, model_dir or Path("."), tmp, dtype)
-            if verify:
-                report = verify_artifact(model, tmp, dtype, tok)
-                report.update({"format": "gguf", **{k: meta[k] for k in ("architecture", "fallbacks")}})
-                _fail_if(report, out)
-        artifact, report_path, size = out, out.with_name(out.name + ".verify.json"), out.stat().st_size
-    else:
-        with staged(out, force) as tmp:
-            path = write_onnx(model, tmp, dtype)
-            check_graph(path, model)
-            if verify:
-                report = verify_artifact(model, path, dtype, tok)
-                report["format"] = "onnx"
-                _fail_if(report, out)
+    stages: dict = {}
+    with staged(out, force) as tmp:
+        with PeakMemory() as mem:
+            if fmt == "gguf":
+                meta = write_gguf(view, tmp, dtype, progress)
+                path = tmp
+            else:
+                path = write_onnx(_onnx_model(model, dtype) if streamed else model, tmp, dtype)
+                check_graph(path, view)
+        stages["export"] = mem
+        if verify:
+            with PeakMemory() as mem:
+                report = verify_artifact(reference, path, dtype, tok, progress=progress)
+            stages["verify"] = mem
+            report.update({"format": fmt, **{k: meta[k] for k in ("architecture", "fallbacks") if k in meta}})
+            _fail_if(report, out)
+            if fmt == "onnx":
                 (tmp / "model.onnx.verify.json").write_text(json.dumps(report, indent=1))
-        artifact = out / "model.onnx"
-        report_path = out / "model.onnx.verify.json"
+    if fmt == "gguf":
+        artifact, report_path, size = out, out.with_name(out.name + ".verify.json"), out.stat().st_size
+        if report is not None:
+            tmp_r = report_path.with_name("." + report_path.name + ".tmp")
+            tmp_r.write_text(json.dumps(report, indent=1))
+            os.replace(tmp_r, report_path)
+    else:
+        artifact, report_path = out / "model.onnx", out / "model.onnx.verify.json"
         size = sum(p.stat().st_size for p in out.iterdir() if p.is_file() and not p.name.endswith(".json"))
-    if fmt == "gguf" and report is not None:
-        tmp_r = report_path.with_name("." + report_path.name + ".tmp")
-        tmp_r.write_text(json.dumps(report, indent=1))
-        os.replace(tmp_r, report_path)
     if not verify:
         print(f"edgeprune: WARNING: {artifact} was exported WITHOUT verification", file=sys.stderr)
     return {"format": fmt, "dtype": dtype, "path": str(artifact), "bytes": size, "seconds": time.perf_counter() - t0,
             "verify": report or {"passed": None, "skipped": True}, "verify_report": str(report_path) if report else None,
+            "peak_memory": stage_report(stages),
             **({k: meta[k] for k in ("architecture", "fallbacks", "tensor_types") if k in meta})}
 
 
+def _onnx_model(model_dir, dtype: str):
+    """The model loaded directly in the export dtype (f16 from a bf16 checkpoint: no float32
+    copy of the whole model)."""
+    import torch
+
+    import edgeprune
+
+    return edgeprune.load(model_dir, dtype={"f32": torch.float32, "f16": torch.float16}[dtype])
+
+
 def _fail_if(report: dict, out: Path) -> None:
+    if not report.get("all_finite", True):
+        raise ExportError(f"verification of {out.name} failed: NaN or Inf in the logits or perplexity "
+                          "(check the model's weights for NaN); the artifact was deleted")
     if not report["passed"]:
         raise ExportError(
             f"verification of {out.name} failed ({report['dtype']}: max abs logit diff {report['max_abs_logit_diff']:.3g}, "

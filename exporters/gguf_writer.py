@@ -13,19 +13,22 @@ architectures (NeoX rotary) need none.
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 from edgeprune.errors import ExportError
-from edgeprune.models import get_adapter
 
 from .common import require
+from .source import WeightsView
 
 BLOCK = {"q8_0": 32, "q4_0": 32, "q4_k": 256}
 FILE_TYPE = {"f32": 0, "f16": 1, "q4_0": 2, "q8_0": 7, "bf16": 32, "q4_k": 15}
 PERMUTED_ARCHS = ("llama", "deci")
+GGML_NAME = {"f32": "F32", "f16": "F16", "bf16": "BF16", "q8_0": "Q8_0", "q4_0": "Q4_0"}
 
 
 def hf_to_ggml_rotary(w: torch.Tensor, n_head: int) -> torch.Tensor:
@@ -33,23 +36,42 @@ def hf_to_ggml_rotary(w: torch.Tensor, n_head: int) -> torch.Tensor:
     return w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
 
 
-def _tensor_type(name: str, arr: np.ndarray, dtype: str, fallbacks: list[dict]):
-    """(data, raw GGML type) for one tensor; falls back when rows don't fit the block."""
-    gguf = require("gguf", "gguf", "GGUF export")
-    Q = gguf.GGMLQuantizationType
-    if arr.ndim == 1 or dtype == "f32":
-        return arr.astype(np.float32), Q.F32
+def _choose_type(name: str, shape: tuple[int, ...], dtype: str, fallbacks: list[dict]) -> str:
+    """The GGML type one tensor gets, decided from its shape alone (before any data is read):
+    1-D tensors stay f32; rows that do not fit the block fall back, recorded."""
+    if len(shape) == 1 or dtype == "f32":
+        return "f32"
     want = dtype
-    if want in BLOCK and arr.shape[-1] % BLOCK[want]:
+    if want in BLOCK and shape[-1] % BLOCK[want]:
         chain = {"q4_k": ["q4_0", "f16"], "q8_0": ["f16"], "q4_0": ["f16"]}[want]
-        new = next(t for t in chain if t not in BLOCK or arr.shape[-1] % BLOCK[t] == 0)
-        fallbacks.append({"tensor": name, "wanted": want, "used": new, "row": int(arr.shape[-1]),
-                          "why": f"row length {arr.shape[-1]} is not a multiple of {BLOCK[want]}"})
+        new = next(t for t in chain if t not in BLOCK or shape[-1] % BLOCK[t] == 0)
+        fallbacks.append({"tensor": name, "wanted": want, "used": new, "row": int(shape[-1]),
+                          "why": f"row length {shape[-1]} is not a multiple of {BLOCK[want]}"})
         want = new
-    if want == "f16":
-        return arr.astype(np.float16), Q.F16
-    qtype = {"bf16": Q.BF16, "q8_0": Q.Q8_0, "q4_0": Q.Q4_0}[want]
-    return gguf.quants.quantize(arr.astype(np.float32), qtype), qtype
+    return want
+
+
+def _info(gguf, shape: tuple[int, ...], kind: str):
+    """(shape as given to add_tensor_info, numpy dtype, nbytes, raw GGML type)."""
+    Q = gguf.GGMLQuantizationType
+    n = int(np.prod(shape))
+    if kind == "f32":
+        return shape, np.dtype(np.float32), 4 * n, Q.F32
+    if kind == "f16":
+        return shape, np.dtype(np.float16), 2 * n, Q.F16
+    qt = {"bf16": Q.BF16, "q8_0": Q.Q8_0, "q4_0": Q.Q4_0}[kind]
+    byte_shape = tuple(gguf.quants.quant_shape_to_byte_shape(shape, qt))
+    return byte_shape, np.dtype(np.uint8), int(np.prod(byte_shape)), qt
+
+
+def _encode(gguf, t: torch.Tensor, kind: str) -> np.ndarray:
+    arr = t.detach().float().cpu().numpy()
+    if kind == "f32":
+        return arr
+    if kind == "f16":
+        return arr.astype(np.float16)
+    Q = gguf.GGMLQuantizationType
+    return gguf.quants.quantize(arr, {"bf16": Q.BF16, "q8_0": Q.Q8_0, "q4_0": Q.Q4_0}[kind])
 
 
 def _add_tokenizer(w, model_dir: Path, config) -> dict:
@@ -127,27 +149,13 @@ def _add_tokenizer(w, model_dir: Path, config) -> dict:
 OUTPUT_BIAS_ARCHS = ("llama", "deci")
 
 
-def gguf_arch(model) -> tuple[str, bool]:
+def gguf_arch(view: WeightsView) -> tuple[str, bool]:
     """(llama.cpp architecture, uniform?) for the model's layer shapes; the adapter decides."""
-    ad = get_adapter(model.config)
-    shapes = [ad.shape_of(layer) for layer in ad.layers(model)]
-    return ad.gguf_architecture(shapes), len(set(shapes)) == 1
+    return view.adapter.gguf_architecture(view.shapes), len(set(view.shapes)) == 1
 
 
-def write_gguf(model, model_dir: Path, path: Path, dtype: str = "f32") -> dict:
-    """Write `model` to `path`; returns metadata (arch, tensor types, fallbacks)."""
-    gguf = require("gguf", "gguf", "GGUF export")
-    if dtype == "q4_k":
-        return _write_q4_k(model, model_dir, path)
-    ad = get_adapter(model.config)
-    cfg = model.config
-    if getattr(cfg, "rope_scaling", None) and (cfg.rope_scaling or {}).get("rope_type", "default") not in ("default", None):
-        raise ExportError(f"rope scaling '{cfg.rope_scaling.get('rope_type')}' is not written by edgeprune's GGUF exporter yet; export ONNX")
-    arch, uniform = gguf_arch(model)
-    layers = ad.layers(model)
-    shapes = [ad.shape_of(layer) for layer in layers]
-    hd = ad.head_dim
-    w = gguf.GGUFWriter(str(path), arch)
+def _write_metadata(w, view: WeightsView, arch: str, uniform: bool, dtype: str) -> dict:
+    cfg, ad, shapes = view.config, view.adapter, view.shapes
     w.add_name(str(getattr(cfg, "_name_or_path", "") or "edgeprune-model").split("/")[-1])
     w.add_file_type(FILE_TYPE[dtype])
     w.add_context_length(int(cfg.max_position_embeddings))
@@ -161,55 +169,74 @@ def write_gguf(model, model_dir: Path, path: Path, dtype: str = "f32") -> dict:
         w.add_feed_forward_length([s.intermediate_size for s in shapes])
         w.add_head_count([s.num_heads for s in shapes])
         w.add_head_count_kv([s.num_kv_heads for s in shapes])
-    w.add_key_length(hd)
-    w.add_value_length(hd)
-    w.add_rope_dimension_count(hd)
+    w.add_key_length(ad.head_dim)
+    w.add_value_length(ad.head_dim)
+    w.add_rope_dimension_count(ad.head_dim)
     w.add_rope_freq_base(float(getattr(cfg, "rope_theta", None) or (getattr(cfg, "rope_parameters", None) or {}).get("rope_theta", 10000.0)))
     w.add_layer_norm_rms_eps(float(cfg.rms_norm_eps))
     w.add_vocab_size(ad.vocab_size)
-    info = _add_tokenizer(w, model_dir, cfg)
+    return _add_tokenizer(w, view.model_dir or Path("."), cfg)
 
-    fallbacks: list[dict] = []
-    types: dict[str, str] = {}
 
-    def put(name: str, t: torch.Tensor) -> None:
-        data, qt = _tensor_type(name, t.detach().float().cpu().numpy(), dtype, fallbacks)
-        w.add_tensor(name, data, raw_dtype=qt)
-        types[name] = qt.name
-
-    sd = model.state_dict()
-    put("token_embd.weight", sd[ad.embed_key])
+def tensor_list(view: WeightsView, arch: str) -> list[tuple[str, str, int]]:
+    """(GGUF name, HF key, rotary heads to permute or 0) in file order."""
+    ad = view.adapter
     permute = arch in PERMUTED_ARCHS
-    for i, (layer, s) in enumerate(zip(layers, shapes)):
-        m = lambda role: ad.module(layer, role)  # noqa: E731
-        put(f"blk.{i}.attn_norm.weight", m("attn_norm").weight)
-        q, k = m("q").weight, m("k").weight
-        put(f"blk.{i}.attn_q.weight", hf_to_ggml_rotary(q, s.num_heads) if permute else q)
-        put(f"blk.{i}.attn_k.weight", hf_to_ggml_rotary(k, s.num_kv_heads) if permute else k)
-        put(f"blk.{i}.attn_v.weight", m("v").weight)
-        put(f"blk.{i}.attn_output.weight", m("o").weight)
+    out = [("token_embd.weight", ad.embed_key, 0)]
+    for i, s in enumerate(view.shapes):
+        k = lambda role, p="weight": ad.layer_key(i, role, p)  # noqa: E731
+        out += [(f"blk.{i}.attn_norm.weight", k("attn_norm"), 0),
+                (f"blk.{i}.attn_q.weight", k("q"), s.num_heads if permute else 0),
+                (f"blk.{i}.attn_k.weight", k("k"), s.num_kv_heads if permute else 0),
+                (f"blk.{i}.attn_v.weight", k("v"), 0), (f"blk.{i}.attn_output.weight", k("o"), 0)]
         for role, name, heads in (("q", "attn_q", s.num_heads), ("k", "attn_k", s.num_kv_heads), ("v", "attn_v", 0)):
-            b = m(role).bias
-            if b is not None:
-                put(f"blk.{i}.{name}.bias", hf_to_ggml_rotary(b, heads) if permute and heads else b)
+            if view.has(k(role, "bias")):
+                out.append((f"blk.{i}.{name}.bias", k(role, "bias"), heads if permute else 0))
         for role, name in (("o", "attn_output"), ("down", "ffn_down")):
-            if m(role).bias is not None:
+            if view.has(k(role, "bias")):
                 if arch not in OUTPUT_BIAS_ARCHS:
                     raise ExportError(f"llama.cpp's {arch} architecture has no {role}_proj bias; export ONNX")
-                put(f"blk.{i}.{name}.bias", m(role).bias)
+                out.append((f"blk.{i}.{name}.bias", k(role, "bias"), 0))
         for path, name in zip(ad.head_norm_paths, ("attn_q_norm", "attn_k_norm")):
-            put(f"blk.{i}.{name}.weight", layer.get_submodule(path).weight)
-        put(f"blk.{i}.ffn_norm.weight", m("ffn_norm").weight)
-        put(f"blk.{i}.ffn_gate.weight", m("gate").weight)
-        put(f"blk.{i}.ffn_up.weight", m("up").weight)
-        put(f"blk.{i}.ffn_down.weight", m("down").weight)
-    put("output_norm.weight", sd[ad.final_norm_key])
-    if not getattr(cfg, "tie_word_embeddings", False):
-        put("output.weight", sd[ad.lm_head_key])
+            out.append((f"blk.{i}.{name}.weight", f"{ad.layer_prefix(i)}{path}.weight", 0))
+        out += [(f"blk.{i}.ffn_norm.weight", k("ffn_norm"), 0), (f"blk.{i}.ffn_gate.weight", k("gate"), 0),
+                (f"blk.{i}.ffn_up.weight", k("up"), 0), (f"blk.{i}.ffn_down.weight", k("down"), 0)]
+    out.append(("output_norm.weight", ad.final_norm_key, 0))
+    if not getattr(view.config, "tie_word_embeddings", False):
+        out.append(("output.weight", ad.lm_head_key, 0))
+    return out
+
+
+def write_gguf(view: WeightsView, path: Path, dtype: str = "f32", progress: bool = False) -> dict:  # long: two passes
+    """Write the model to `path`, streamed: tensor infos from shapes first, then each tensor
+    read, converted or quantised and written alone, as llama.cpp's converter does with lazy
+    tensors. Returns metadata (arch, tensor types, fallbacks)."""
+    gguf = require("gguf", "gguf", "GGUF export")
+    if dtype == "q4_k":
+        return _write_q4_k(view, path, progress)
+    cfg = view.config
+    if getattr(cfg, "rope_scaling", None) and (cfg.rope_scaling or {}).get("rope_type", "default") not in ("default", None):
+        raise ExportError(f"rope scaling '{cfg.rope_scaling.get('rope_type')}' is not written by edgeprune's GGUF exporter yet; export ONNX")
+    arch, uniform = gguf_arch(view)
+    tensors = tensor_list(view, arch)
+    fallbacks: list[dict] = []
+    kinds = {name: _choose_type(name, view.shape(key), dtype, fallbacks) for name, key, _ in tensors}
+    w = gguf.GGUFWriter(str(path), arch)
+    info = _write_metadata(w, view, arch, uniform, dtype)
+    for name, key, _ in tensors:
+        shape, npdt, nbytes, qt = _info(gguf, view.shape(key), kinds[name])
+        w.add_tensor_info(name, shape, npdt, nbytes, raw_dtype=qt)
     w.write_header_to_file()
     w.write_kv_data_to_file()
-    w.write_tensors_to_file()
+    w.write_ti_data_to_file()
+    for name, key, heads in tqdm(tensors, desc=f"gguf {dtype}", unit="tensor", file=sys.stderr, disable=not progress, leave=False):
+        t = view.get(key)
+        if heads:
+            t = hf_to_ggml_rotary(t, heads)
+        w.write_tensor_data(_encode(gguf, t, kinds[name]))
+        del t
     w.close()
+    types = {n: GGML_NAME[k] for n, k in kinds.items()}
     return {"architecture": arch, "uniform": uniform, "fallbacks": fallbacks, "tensor_types": _summary(types), **info}
 
 
@@ -220,17 +247,21 @@ def _summary(types: dict[str, str]) -> dict[str, int]:
     return out
 
 
-def _write_q4_k(model, model_dir: Path, path: Path) -> dict:
-    """q4_k through llama.cpp's own quantizer (it falls back per tensor itself)."""
+def _write_q4_k(view: WeightsView, path: Path, progress: bool = False) -> dict:
+    """q4_k through llama.cpp's own quantizer (it falls back per tensor itself), from an
+    intermediate GGUF in the checkpoint's own precision (bf16 stays bf16, f32 stays f32)."""
     import ctypes
 
     lc = require("llama_cpp", "gguf", "q4_k quantization (llama.cpp's quantizer)")
-    tmp = path.with_name(path.name + ".f32")
-    meta = write_gguf(model, model_dir, tmp, "f32")
-    params = lc.llama_model_quantize_default_params()
-    params.ftype = FILE_TYPE["q4_k"]  # LLAMA_FTYPE_MOSTLY_Q4_K_M
-    rc = lc.llama_model_quantize(str(tmp).encode(), str(path).encode(), ctypes.byref(params))
-    tmp.unlink(missing_ok=True)
+    tmp = path.with_name(path.name + ".src")
+    src = {torch.bfloat16: "bf16", torch.float16: "f16"}.get(view.dtype, "f32")
+    try:
+        meta = write_gguf(view, tmp, src, progress)
+        params = lc.llama_model_quantize_default_params()
+        params.ftype = FILE_TYPE["q4_k"]  # LLAMA_FTYPE_MOSTLY_Q4_K_M
+        rc = lc.llama_model_quantize(str(tmp).encode(), str(path).encode(), ctypes.byref(params))
+    finally:
+        tmp.unlink(missing_ok=True)
     if rc != 0:
         raise ExportError(f"llama.cpp's quantizer failed (code {rc}) for q4_k")
     meta["fallbacks"] = [{"note": "q4_k_m via llama.cpp's quantizer, which picks fallback types per tensor itself"}]

@@ -87,19 +87,22 @@ def write_onnx(model: nn.Module, out_dir: Path, dtype: str = "f32") -> Path:
     return path
 
 
-def check_graph(path: Path, model) -> None:
-    """The checks optimum's exporter does after export, against per-layer head counts."""
+def check_graph(path: Path, view) -> None:
+    """The checks optimum's exporter does after export, against per-layer head counts
+    (`view`: an `exporters.source.WeightsView`)."""
     ort = require("onnxruntime", "onnx", "ONNX verification")
     from edgeprune.errors import ExportError
 
-    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    heads = kv_heads(model)
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL  # names only: no optimised copy
+    sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+    heads = [s.num_kv_heads for s in view.shapes]
     ins, outs = io_names(len(heads))
     got_in = [i.name for i in sess.get_inputs()]
     got_out = [o.name for o in sess.get_outputs()]
     if got_in != ins or got_out != outs:
         raise ExportError(f"ONNX graph names differ from the contract: inputs {got_in[:4]}..., outputs {got_out[:3]}...")
-    hd = get_adapter(model.config).head_dim
+    hd = view.adapter.head_dim
     for i, h in enumerate(heads):
         shape = sess.get_inputs()[3 + 2 * i].shape
         if shape[1] != h or shape[3] != hd:

@@ -39,7 +39,12 @@ class PruneRequest:
     progress: bool = True
     seed: int = 0
     state: Any = None  # resumable per-layer state (prune.ResumeState)
+    tensors: Any = None  # where re-fitted tensors go: a disk-backed mapping at real size
     extra: dict[str, Any] = field(default_factory=dict)
+
+    def tensor_store(self):
+        """The mapping a method's plan keeps its re-fitted tensors in (RAM unless given)."""
+        return self.tensors if self.tensors is not None else {}
 
     def protected(self, num_layers: int) -> set[int]:
         return {p % num_layers for p in self.protect if -num_layers <= p < num_layers}

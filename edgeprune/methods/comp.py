@@ -167,7 +167,7 @@ def plan_comp(source: LayerSource, calib: torch.Tensor, req: PruneRequest) -> Pl
         )
     ratios = layer_ratios({i: imp[i] for i in prunable}, prunable, max(budget, 0.0), req.max_layer_ratio)
 
-    plan = Plan(method="comp", model_type=ad.family, num_layers=L, removed_layers=sorted(removed), ratio_requested=ratio)
+    plan = Plan(method="comp", tensors=req.tensor_store(), model_type=ad.family, num_layers=L, removed_layers=sorted(removed), ratio_requested=ratio)
     state = req.state
     cur = acts
     for i in bar(range(L), "comp neuron stage", req):

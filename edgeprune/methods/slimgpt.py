@@ -84,7 +84,7 @@ def plan_slimgpt(source: LayerSource, calib: torch.Tensor, req: PruneRequest) ->
     L = source.num_layers
     params = {i: ad.layer_param_count(s) for i, s in enumerate(source.shapes)}
     ratios = ipr_ratios(L, params, ratio * dense_params(ad), req.extra.get("ipr", "log"), req.max_layer_ratio)
-    plan = Plan(method="slimgpt", model_type=ad.family, num_layers=L, ratio_requested=ratio,
+    plan = Plan(method="slimgpt", tensors=req.tensor_store(), model_type=ad.family, num_layers=L, ratio_requested=ratio,
                 options={"ipr": req.extra.get("ipr", "log"), "damp": req.damp, "align": req.align})
     acts = source.embed_all(calib, req.batch_size, req.offload)
     source.release_embedding()

@@ -1,0 +1,182 @@
+"""Read a checkpoint's tensors lazily, the way transformers reads them.
+
+Real hub checkpoints come as one `model.safetensors`, as shards with
+`model.safetensors.index.json`, or as `pytorch_model.bin` (sharded or not). Tied
+embeddings are stored once, under either `model.embed_tokens.weight` or `lm_head.weight`.
+`WeightStore` hides all of that: `store[key]` reads one tensor (memory-mapped, nothing else
+is loaded), and the tied name resolves to the stored one. An index that disagrees with
+its shards, a missing shard, a truncated file or a missing tensor is a one-line
+`ModelError` naming the file and the fix, raised when the store opens, before any work.
+"""
+from __future__ import annotations
+
+import json
+from collections import Counter
+from pathlib import Path
+
+import torch
+
+from .errors import ModelError
+
+SAFE_INDEX = "model.safetensors.index.json"
+SAFE_SINGLE = "model.safetensors"
+BIN_INDEX = "pytorch_model.bin.index.json"
+BIN_SINGLE = "pytorch_model.bin"
+# The config's dtype names (`torch_dtype`, newer `dtype`) and `--dtype` names -> torch.
+DTYPE_NAMES: dict[str, torch.dtype] = {
+    "bfloat16": torch.bfloat16, "bf16": torch.bfloat16, "float16": torch.float16, "f16": torch.float16,
+    "fp16": torch.float16, "half": torch.float16, "float32": torch.float32, "f32": torch.float32,
+    "fp32": torch.float32, "float": torch.float32,
+}
+CONFIG_DTYPE_NAME = {torch.bfloat16: "bfloat16", torch.float16: "float16", torch.float32: "float32"}
+
+
+def parse_dtype(name: str) -> torch.dtype:
+    try:
+        return DTYPE_NAMES[str(name).lower()]
+    except KeyError:
+        raise ModelError(f"unknown dtype '{name}'; choose bf16, f16 or f32") from None
+
+
+class WeightStore:
+    """Lazy, validated access to every tensor of a local checkpoint directory."""
+
+    def __init__(self, model_dir: str | Path, config: dict, embed_key: str, lm_head_key: str):
+        self.dir = Path(model_dir)
+        self._where: dict[str, Path] = {}
+        self._handles: dict[Path, object] = {}
+        self._bin: dict[Path, dict] = {}
+        self.kind = self._discover()
+        self.alias: dict[str, str] = {}
+        tied = bool(config.get("tie_word_embeddings", False))
+        if tied:  # stored once under either name: transformers accepts both
+            for a, b in ((embed_key, lm_head_key), (lm_head_key, embed_key)):
+                if a not in self._where and b in self._where:
+                    self.alias[a] = b
+        if embed_key not in self._where and embed_key not in self.alias:
+            raise ModelError(f"{self.dir}: the checkpoint has no '{embed_key}' (nor a tied lm_head); it does not match its config")
+        self.config_dtype = _config_dtype(config)
+
+    # ---- discovery --------------------------------------------------------------------
+    def _discover(self) -> str:
+        d = self.dir
+        if (d / SAFE_INDEX).is_file():
+            self._from_index(d / SAFE_INDEX, self._safetensors_keys)
+            return "safetensors-sharded"
+        if (d / SAFE_SINGLE).is_file():
+            for k in self._safetensors_keys(d / SAFE_SINGLE):
+                self._where[k] = d / SAFE_SINGLE
+            return "safetensors"
+        if (d / BIN_INDEX).is_file():
+            self._from_index(d / BIN_INDEX, self._bin_keys)
+            return "bin-sharded"
+        if (d / BIN_SINGLE).is_file():
+            for k in self._bin_keys(d / BIN_SINGLE):
+                self._where[k] = d / BIN_SINGLE
+            return "bin"
+        raise ModelError(f"{d} has no weights (model.safetensors, its index, or pytorch_model.bin); "
+                         "download the whole model directory")
+
+    def _from_index(self, index: Path, keys_of) -> None:
+        try:
+            weight_map = json.loads(index.read_text())["weight_map"]
+        except (json.JSONDecodeError, KeyError, TypeError):
+            raise ModelError(f"{index} is not a valid index (no weight_map); re-download the model") from None
+        by_file: dict[str, set[str]] = {}
+        for key, fname in weight_map.items():
+            by_file.setdefault(fname, set()).add(key)
+        for fname, want in sorted(by_file.items()):
+            path = self.dir / fname
+            if not path.is_file():
+                raise ModelError(f"{index.name} names shard {fname}, which is missing from {self.dir}; re-download the model")
+            have = set(keys_of(path))
+            missing = sorted(want - have)
+            if missing:
+                raise ModelError(f"shard {fname} lacks {missing[0]} (and {len(missing) - 1} more) that {index.name} "
+                                 "places there; the shards disagree with their index, re-download the model")
+            extra = sorted(have - set(weight_map))
+            if extra:
+                raise ModelError(f"shard {fname} holds {extra[0]}, which {index.name} does not list; "
+                                 "the shards disagree with their index, re-download the model")
+            for k in want:
+                self._where[k] = path
+
+    def _safetensors_keys(self, path: Path) -> list[str]:
+        from safetensors import safe_open
+
+        try:
+            h = safe_open(str(path), "pt", device="cpu")
+            keys = list(h.keys())
+        except Exception as e:  # safetensors raises its own error type for bad headers / sizes
+            raise ModelError(f"{path} is not a readable safetensors file ({str(e).splitlines()[0][:120]}); "
+                             "it is probably truncated: re-download or re-save it") from None
+        self._handles[path] = h
+        return keys
+
+    def _bin_keys(self, path: Path) -> list[str]:
+        try:
+            sd = torch.load(str(path), map_location="cpu", mmap=True, weights_only=True)
+        except Exception as e:
+            raise ModelError(f"{path} could not be read as a PyTorch checkpoint ({type(e).__name__}); "
+                             "re-download it, or convert it to safetensors") from None
+        if not isinstance(sd, dict):
+            raise ModelError(f"{path} does not hold a state dict; convert the model with save_pretrained")
+        self._bin[path] = sd
+        return list(sd)
+
+    # ---- access -----------------------------------------------------------------------
+    def keys(self) -> list[str]:
+        return sorted(self._where)
+
+    def __contains__(self, key: str) -> bool:
+        return key in self._where or key in self.alias
+
+    def file_of(self, key: str) -> Path:
+        return self._where[self.alias.get(key, key)]
+
+    def __getitem__(self, key: str) -> torch.Tensor:
+        k = self.alias.get(key, key)
+        if k not in self._where:
+            raise ModelError(f"{self.dir}: tensor {key} is missing from the checkpoint; it does not match its config")
+        path = self._where[k]
+        try:
+            if path in self._bin:
+                return self._bin[path][k]
+            return self._handles[path].get_tensor(k)
+        except Exception as e:
+            raise ModelError(f"{path}: tensor {k} could not be read ({str(e).splitlines()[0][:100]}); "
+                             "the file is probably truncated, re-download it") from None
+
+    def shape(self, key: str) -> tuple[int, ...]:
+        k = self.alias.get(key, key)
+        path = self._where[k]
+        if path in self._bin:
+            return tuple(self._bin[path][k].shape)
+        return tuple(self._handles[path].get_slice(k).get_shape())
+
+    def stored_dtype(self) -> torch.dtype:
+        """The most common floating dtype among the stored tensors (the checkpoint's own)."""
+        counts: Counter = Counter()
+        for k, path in list(self._where.items())[:64]:
+            if path in self._bin:
+                dt = self._bin[path][k].dtype
+            else:
+                dt = _ST_TO_TORCH.get(self._handles[path].get_slice(k).get_dtype(), torch.float32)
+            if dt.is_floating_point:
+                counts[dt] += 1
+        return counts.most_common(1)[0][0] if counts else torch.float32
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The dtype a pruned copy keeps: the config's declared one, else the stored one."""
+        return self.config_dtype or self.stored_dtype()
+
+
+_ST_TO_TORCH = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16, "F64": torch.float64}
+
+
+def _config_dtype(config: dict) -> torch.dtype | None:
+    name = config.get("dtype") or config.get("torch_dtype")
+    if isinstance(name, str):
+        return DTYPE_NAMES.get(name.lower().replace("torch.", ""))
+    return None
