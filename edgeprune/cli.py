@@ -169,7 +169,8 @@ def cmd_export(a) -> int:
     _setup_torch(a.threads)
     from exporters import export
 
-    res = export(a.model, a.format, a.out, dtype=a.dtype, verify=not a.no_verify, force=a.force)
+    res = export(a.model, a.format, a.out, dtype=a.dtype, verify=not a.no_verify, force=a.force,
+                 progress=not a.quiet)
     if a.no_verify:
         print("edgeprune: WARNING: --no-verify: the artifact was NOT checked against PyTorch", file=sys.stderr)
     print(json.dumps(res) if a.json else f"wrote {res['path']} ({res['bytes']:,} bytes); verify: {res.get('verify', {}).get('passed', 'skipped')}")
@@ -264,7 +265,8 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--dtype", default="f32", help="f32 (default), f16, bf16, q8_0, q4_0, q4_k")
     ex.add_argument("--out", required=True, help="GGUF: the .gguf file; ONNX: a directory")
     ex.add_argument("--no-verify", action="store_true", help="skip verification (loudly)")
-    ex.add_argument("--force", action="store_true")
+    ex.add_argument("--force", action="store_true", help="overwrite an existing artifact at --out")
+    ex.add_argument("--quiet", action="store_true", help="no progress bars (per tensor, per layer)")
     ex.add_argument("--json", action="store_true")
     common(ex, data=False)
     ex.set_defaults(fn=cmd_export)

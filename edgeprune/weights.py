@@ -44,7 +44,7 @@ class WeightStore:
     def __init__(self, model_dir: str | Path, config: dict, embed_key: str, lm_head_key: str):
         self.dir = Path(model_dir)
         self._where: dict[str, Path] = {}
-        self._handles: dict[Path, object] = {}
+        self._meta: dict[str, tuple[tuple[int, ...], str]] = {}  # safetensors: shape, dtype name
         self._bin: dict[Path, dict] = {}
         self.kind = self._discover()
         self.alias: dict[str, str] = {}
@@ -105,12 +105,14 @@ class WeightStore:
         from safetensors import safe_open
 
         try:
-            h = safe_open(str(path), "pt", device="cpu")
-            keys = list(h.keys())
+            with safe_open(str(path), "pt", device="cpu") as h:
+                keys = list(h.keys())
+                for k in keys:
+                    sl = h.get_slice(k)
+                    self._meta[k] = (tuple(sl.get_shape()), sl.get_dtype())
         except Exception as e:  # safetensors raises its own error type for bad headers / sizes
             raise ModelError(f"{path} is not a readable safetensors file ({str(e).splitlines()[0][:120]}); "
                              "it is probably truncated: re-download or re-save it") from None
-        self._handles[path] = h
         return keys
 
     def _bin_keys(self, path: Path) -> list[str]:
@@ -139,10 +141,15 @@ class WeightStore:
         if k not in self._where:
             raise ModelError(f"{self.dir}: tensor {key} is missing from the checkpoint; it does not match its config")
         path = self._where[k]
+        from safetensors import safe_open
+
         try:
             if path in self._bin:
                 return self._bin[path][k]
-            return self._handles[path].get_tensor(k)
+            # Opened per read and closed at once: a mapping kept open would keep every page
+            # read so far resident, and the process would grow by the checkpoint's size.
+            with safe_open(str(path), "pt", device="cpu") as h:
+                return h.get_tensor(k)
         except Exception as e:
             raise ModelError(f"{path}: tensor {k} could not be read ({str(e).splitlines()[0][:100]}); "
                              "the file is probably truncated, re-download it") from None
@@ -152,7 +159,7 @@ class WeightStore:
         path = self._where[k]
         if path in self._bin:
             return tuple(self._bin[path][k].shape)
-        return tuple(self._handles[path].get_slice(k).get_shape())
+        return self._meta[k][0]
 
     def stored_dtype(self) -> torch.dtype:
         """The most common floating dtype among the stored tensors (the checkpoint's own)."""
@@ -161,7 +168,7 @@ class WeightStore:
             if path in self._bin:
                 dt = self._bin[path][k].dtype
             else:
-                dt = _ST_TO_TORCH.get(self._handles[path].get_slice(k).get_dtype(), torch.float32)
+                dt = _ST_TO_TORCH.get(self._meta[k][1], torch.float32)
             if dt.is_floating_point:
                 counts[dt] += 1
         return counts.most_common(1)[0][0] if counts else torch.float32

@@ -10,6 +10,7 @@ the two against each other.
 """
 from __future__ import annotations
 
+import errno
 import sys
 from pathlib import Path
 
@@ -21,7 +22,7 @@ from .models import expected_nonembedding
 from .plan import Plan
 from .streaming import CheckpointSource
 from .surgery import slice_layer, update_config
-from .tensorfiles import DEFAULT_SHARD_BYTES, ShardWriter, check_free_space
+from .tensorfiles import DEFAULT_SHARD_BYTES, ShardWriter, check_free_space, disk_full_error
 from .weights import CONFIG_DTYPE_NAME
 
 
@@ -79,6 +80,11 @@ def save_pruned(
             for name, t in _tensors(source, plan, dtype, progress):
                 writer.add(name, t)
             files = writer.close()
+        except OSError as e:
+            writer.abort()
+            if e.errno == errno.ENOSPC:
+                raise disk_full_error(tmp, need) from None
+            raise
         except BaseException:
             writer.abort()
             raise

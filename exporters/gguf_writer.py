@@ -154,6 +154,37 @@ def gguf_arch(view: WeightsView) -> tuple[str, bool]:
     return view.adapter.gguf_architecture(view.shapes), len(set(view.shapes)) == 1
 
 
+def rope_type(cfg) -> str:
+    """'default', 'llama3', ... from transformers' rope_parameters (v5) or rope_scaling (v4)."""
+    p = getattr(cfg, "rope_parameters", None) or getattr(cfg, "rope_scaling", None) or {}
+    return str(p.get("rope_type") or p.get("type") or "default")
+
+
+def llama3_rope_factors(view: WeightsView) -> np.ndarray:
+    """Llama-3.1's frequency-dependent rope scaling as the per-frequency divisors llama.cpp
+    reads from `rope_freqs.weight`: high frequencies unscaled, low ones divided by `factor`,
+    a smooth blend between (the published llama3 rule)."""
+    import math
+
+    cfg = view.config
+    p = getattr(cfg, "rope_parameters", None) or getattr(cfg, "rope_scaling", None)
+    hd = view.adapter.head_dim
+    theta = float(p.get("rope_theta") or getattr(cfg, "rope_theta", 10000.0))
+    factor, lo, hi = float(p["factor"]), float(p.get("low_freq_factor", 1.0)), float(p.get("high_freq_factor", 4.0))
+    old = float(p.get("original_max_position_embeddings", 8192))
+    out = []
+    for k in range(0, hd, 2):
+        wavelen = 2 * math.pi * theta ** (k / hd)
+        if wavelen < old / hi:
+            out.append(1.0)
+        elif wavelen > old / lo:
+            out.append(factor)
+        else:
+            smooth = (old / wavelen - lo) / (hi - lo)
+            out.append(1.0 / ((1 - smooth) / factor + smooth))
+    return np.array(out, dtype=np.float32)
+
+
 def _write_metadata(w, view: WeightsView, arch: str, uniform: bool, dtype: str) -> dict:
     cfg, ad, shapes = view.config, view.adapter, view.shapes
     w.add_name(str(getattr(cfg, "_name_or_path", "") or "edgeprune-model").split("/")[-1])
@@ -214,21 +245,27 @@ def write_gguf(view: WeightsView, path: Path, dtype: str = "f32", progress: bool
     gguf = require("gguf", "gguf", "GGUF export")
     if dtype == "q4_k":
         return _write_q4_k(view, path, progress)
-    cfg = view.config
-    if getattr(cfg, "rope_scaling", None) and (cfg.rope_scaling or {}).get("rope_type", "default") not in ("default", None):
-        raise ExportError(f"rope scaling '{cfg.rope_scaling.get('rope_type')}' is not written by edgeprune's GGUF exporter yet; export ONNX")
+    rope = rope_type(view.config)
+    if rope not in ("default", "llama3"):
+        raise ExportError(f"rope scaling '{rope}' is not written by edgeprune's GGUF exporter yet; export ONNX")
     arch, uniform = gguf_arch(view)
     tensors = tensor_list(view, arch)
+    extra = {"rope_freqs.weight": llama3_rope_factors(view)} if rope == "llama3" else {}
     fallbacks: list[dict] = []
     kinds = {name: _choose_type(name, view.shape(key), dtype, fallbacks) for name, key, _ in tensors}
+    kinds.update({name: "f32" for name in extra})
     w = gguf.GGUFWriter(str(path), arch)
     info = _write_metadata(w, view, arch, uniform, dtype)
+    for name, arr in extra.items():
+        w.add_tensor_info(name, arr.shape, arr.dtype, arr.nbytes, raw_dtype=gguf.GGMLQuantizationType.F32)
     for name, key, _ in tensors:
         shape, npdt, nbytes, qt = _info(gguf, view.shape(key), kinds[name])
         w.add_tensor_info(name, shape, npdt, nbytes, raw_dtype=qt)
     w.write_header_to_file()
     w.write_kv_data_to_file()
     w.write_ti_data_to_file()
+    for arr in extra.values():
+        w.write_tensor_data(arr)
     for name, key, heads in tqdm(tensors, desc=f"gguf {dtype}", unit="tensor", file=sys.stderr, disable=not progress, leave=False):
         t = view.get(key)
         if heads:

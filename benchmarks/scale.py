@@ -1,0 +1,140 @@
+"""Memory and time at real widths, extrapolated to the real depth.
+
+Random-weight bf16 checkpoints with the real shapes of Llama-3.2-1B, Qwen2.5-7B and
+Llama-3.1-8B (edgeprune.synthetic: sharded safetensors with an index, as hubs ship them)
+are built at two small depths. Each command runs in a fresh process, as a user runs it:
+`edgeprune prune` for each method, then `edgeprune export --format gguf` (verified) of the
+first method's output. Per stage, the peak the command reports (whole process, plan /
+apply_save / export / verify) is read from its --json; the whole command's peak RSS is also
+measured from outside (the children's ru_maxrss of a bare wrapper interpreter). The
+per-layer slope between the two depths extrapolates each figure to the full depth.
+
+    python benchmarks/scale.py --shapes llama-3.2-1b,qwen2.5-7b,llama-3.1-8b --depths 2,4
+    python benchmarks/scale.py --shapes llama-3.1-8b --methods comp --protect none   # COMP's plan stage
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks._common import markdown_table, write_results  # noqa: E402
+
+GiB = 2**30
+_MEASURE = ("import resource, subprocess, sys; r = subprocess.run(sys.argv[1:], capture_output=True, text=True); "
+            "sys.stderr.write(r.stderr[-2000:]); print(r.stdout.strip().splitlines()[-1] if r.stdout.strip() else '{}'); "
+            "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss); sys.exit(r.returncode)")
+
+
+def run(cmd: list[str]) -> tuple[dict, int, float]:
+    """(the command's --json, its peak RSS from outside in bytes, wall seconds)."""
+    t0 = time.perf_counter()
+    r = subprocess.run([sys.executable, "-c", _MEASURE, *cmd], capture_output=True, text=True)
+    wall = time.perf_counter() - t0
+    if r.returncode != 0:
+        raise SystemExit(f"failed: {' '.join(cmd)}\n{r.stderr[-1500:]}")
+    line, kb = r.stdout.strip().splitlines()[-2:]
+    return json.loads(line), int(kb) * 1024, wall
+
+
+def ensure_model(root: Path, shape: str, depth: int) -> Path:
+    from edgeprune.synthetic import config_for, write_checkpoint
+
+    d = root / f"{shape}-L{depth}"
+    if not (d / "config.json").is_file():
+        write_checkpoint(d, config_for(shape, depth), max_shard_bytes=2 * 10**9)
+    return d
+
+
+def measure(a, shape: str, depth: int, calib: Path) -> list[dict]:
+    ep = [sys.executable, "-m", "edgeprune.cli"]
+    model = ensure_model(Path(a.work), shape, depth)
+    rows = []
+    for k, method in enumerate(a.methods.split(",")):
+        out = Path(a.work) / f"{shape}-L{depth}-{method}"
+        cmd = [*ep, "prune", "--model", str(model), "--method", method, "--ratio", str(a.ratio), "--calib", str(calib),
+               "--nsamples", str(a.nsamples), "--seq-len", str(a.seq_len), "--out", str(out), "--force", "--json",
+               "--quiet", "--threads", str(a.threads)]
+        if a.protect:
+            cmd += ["--protect", "" if a.protect == "none" else a.protect]
+        rep, outside, wall = run(cmd)
+        pm = rep["peak_memory"]
+        for stage, m in pm["stages"].items():
+            rows.append(dict(shape=shape, depth=depth, command=f"prune {method}", stage=stage, peak=m["peak_bytes"]))
+        rows.append(dict(shape=shape, depth=depth, command=f"prune {method}", stage="whole (reported)", peak=pm["peak_bytes"],
+                         outside=outside, wall=wall))
+        if k == 0 and a.export:
+            fmt, dtype = a.export.split(":")
+            art = Path(a.work) / f"{shape}-L{depth}-{method}.{'gguf' if fmt == 'gguf' else 'onnx'}"
+            rep, outside, wall = run([*ep, "export", str(out), "--format", fmt, "--dtype", dtype, "--out", str(art),
+                                      "--force", "--json", "--threads", str(a.threads)])
+            assert rep["verify"]["passed"], rep["verify"]
+            for stage, m in rep["peak_memory"]["stages"].items():
+                rows.append(dict(shape=shape, depth=depth, command=f"export {a.export}", stage=stage, peak=m["peak_bytes"]))
+            rows.append(dict(shape=shape, depth=depth, command=f"export {a.export}", stage="whole (reported)",
+                             peak=rep["peak_memory"]["peak_bytes"], outside=outside, wall=wall, artifact_bytes=rep["bytes"]))
+    return rows
+
+
+def extrapolate(rows: list[dict], d1: int, d2: int) -> list[dict]:
+    from edgeprune.synthetic import FULL_DEPTH
+
+    table = []
+    keys = sorted({(r["shape"], r["command"], r["stage"]) for r in rows}, key=lambda k: (k[0], k[1], k[2] != "plan"))
+    for shape, command, stage in keys:
+        at = {r["depth"]: r for r in rows if (r["shape"], r["command"], r["stage"]) == (shape, command, stage)}
+        if d1 not in at or d2 not in at:
+            continue
+        L = FULL_DEPTH[shape]
+        row = dict(shape=shape, command=command, stage=stage, d1=at[d1]["peak"] / GiB, d2=at[d2]["peak"] / GiB)
+        slope = (at[d2]["peak"] - at[d1]["peak"]) / (d2 - d1)
+        row.update(per_layer=slope / GiB, full_depth=L, extrapolated=(at[d2]["peak"] + slope * (L - d2)) / GiB)
+        if "outside" in at[d2]:
+            so = (at[d2]["outside"] - at[d1]["outside"]) / (d2 - d1)
+            row.update(outside_d2=at[d2]["outside"] / GiB, outside_extrapolated=(at[d2]["outside"] + so * (L - d2)) / GiB,
+                       wall_d2=at[d2]["wall"], wall_extrapolated=at[d2]["wall"] + (at[d2]["wall"] - at[d1]["wall"]) / (d2 - d1) * (L - d2))
+        table.append(row)
+    return table
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--shapes", default="llama-3.2-1b,qwen2.5-7b,llama-3.1-8b")
+    p.add_argument("--depths", default="2,4")
+    p.add_argument("--methods", default="wanda-sp")
+    p.add_argument("--export", default="gguf:q8_0", help="format:dtype of the verified export, '' for none")
+    p.add_argument("--ratio", type=float, default=0.2)
+    p.add_argument("--protect", default=None, help="COMP's --protect ('none' for no protected layer)")
+    p.add_argument("--nsamples", type=int, default=32)
+    p.add_argument("--seq-len", type=int, default=128)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--work", default="/tmp/edgeprune-scale")
+    p.add_argument("--name", default="scale")
+    a = p.parse_args()
+    from edgeprune.demo import demo_text
+
+    Path(a.work).mkdir(parents=True, exist_ok=True)
+    calib = Path(a.work) / "calib.txt"
+    calib.write_text(demo_text("calib", limit=400_000))
+    d1, d2 = (int(x) for x in a.depths.split(","))
+    rows = []
+    for shape in a.shapes.split(","):
+        for depth in (d1, d2):
+            rows += measure(a, shape, depth, calib)
+            print(f"measured {shape} at {depth} layers", file=sys.stderr)
+    table = extrapolate(rows, d1, d2)
+    cols = [("shape", "width of"), ("command", "command"), ("stage", "stage"), ("d1", f"peak GiB @{d1}L"),
+            ("d2", f"peak GiB @{d2}L"), ("per_layer", "GiB/layer"), ("full_depth", "layers"),
+            ("extrapolated", "extrapolated GiB"), ("outside_extrapolated", "outside, extrapolated GiB"),
+            ("wall_extrapolated", "wall s, extrapolated")]
+    md = markdown_table(table, cols)
+    print(md)
+    write_results(a.name, {"command": " ".join(sys.argv), "args": vars(a), "rows": rows, "table": table}, md)
+
+
+if __name__ == "__main__":
+    main()
