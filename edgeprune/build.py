@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import shutil
 import sys
 import time
@@ -306,6 +307,7 @@ def build(model: str | None = None, target: str = "cpu-x86", ratio: float | None
             "wall_seconds": rep["wall_seconds"], "layers_removed": rep["layers_removed"],
             "calibration_tokens": rep["calibration_tokens"],
         },
+        "memory": _memory_figures(rep, exports),
         "checkpoint": {"path": "model", "base_model": str(getattr(cfg, "_name_or_path", "") or model_dir), "format": "huggingface"},
         "artifacts": artifacts,
         "device_estimate": {"target": tgt.name, "bandwidth_gb_s": tgt.bandwidth / 1e9, "peak_tflops": tgt.peak_flops / 1e12,
@@ -320,10 +322,16 @@ def build(model: str | None = None, target: str = "cpu-x86", ratio: float | None
     }
     plots += plot_latency_and_ppl(out_dir, profile)
     profile["plots"] = plots
+    bad = _non_finite(profile)
+    if bad:  # a profile never holds NaN/Inf (invalid JSON, and a lie); the build fails below
+        profile["non_finite_fields"] = bad
     tmp = out_dir / ".profile.json.tmp"
-    tmp.write_text(json.dumps(profile, indent=1))
+    tmp.write_text(json.dumps(_finite(profile), indent=1, allow_nan=False))
     tmp.replace(out_dir / "profile.json")
     write_report(out_dir, profile)
+    if bad:
+        raise BuildError(f"non-finite values in the profile ({', '.join(bad[:3])}); the model produces NaN/Inf, "
+                         "check its weights; the build is left incomplete")
     if not all(a["verify"].get("passed") for a in artifacts):
         raise BuildError("an artifact failed verification; the build is left incomplete (see its .verify.json)")
     state["complete"] = True
@@ -334,8 +342,45 @@ def build(model: str | None = None, target: str = "cpu-x86", ratio: float | None
         lines.append(f"  {a['format']:4} {a['dtype']:5} {a['bytes']:>12,} B  PPL {a['perplexity']['dense']:.3f} -> {a['perplexity']['pruned']:.3f}  "
                      f"decode {a['latency']['dense']['decode_ms_per_token_min']:.3f} -> {a['latency']['pruned']['decode_ms_per_token_min']:.3f} ms/tok  "
                      f"speedup {a['speedup']['decode_measured']:.2f}x (ideal {a['speedup']['decode_ideal']:.2f}x){'' if a['speedup']['passed'] else '  WARNING: below 0.9 x ideal'}")
+    mem = profile["memory"]
+    lines.append(f"  peak memory {mem['peak_bytes'] / 2**20:.0f} MiB over every stage (" + ", ".join(
+        f"{k} {v / 2**20:.0f}" for k, v in mem["stages_peak_bytes"].items()) + " MiB)")
     lines.append(f"  profile: {out_dir / 'profile.json'}  report: {out_dir / 'report.md'}")
     return {"summary": "\n".join(lines), "profile": profile}
+
+
+def _non_finite(x, path: str = "") -> list[str]:
+    if isinstance(x, float) and not math.isfinite(x):
+        return [path or "."]
+    if isinstance(x, dict):
+        return [p for k, v in x.items() for p in _non_finite(v, f"{path}.{k}" if path else str(k))]
+    if isinstance(x, list):
+        return [p for i, v in enumerate(x) for p in _non_finite(v, f"{path}[{i}]")]
+    return []
+
+
+def _finite(x):
+    """NaN/Inf -> None, recursively (the fields are listed in `non_finite_fields`)."""
+    if isinstance(x, float):
+        return x if math.isfinite(x) else None
+    if isinstance(x, dict):
+        return {k: _finite(v) for k, v in x.items()}
+    if isinstance(x, list):
+        return [_finite(v) for v in x]
+    return x
+
+
+def _memory_figures(rep: dict, exports: dict) -> dict:
+    """The process's real peak RSS over every stage of the build, and each stage's own."""
+    from .memory import process_peak_bytes
+
+    stages = {k: v["peak_bytes"] for k, v in rep["peak_memory"].get("stages", {}).items()}
+    for key, e in exports.items():
+        for stage, m in (e.get("peak_memory") or {}).get("stages", {}).items():
+            stages[f"{stage} {key}"] = m["peak_bytes"]
+    return {"kind": rep["peak_memory"]["kind"], "peak_bytes": max([process_peak_bytes(), *stages.values()]),
+            "stages_peak_bytes": stages,
+            "note": "whole-process RSS high-water mark; stages run in this process (a resumed build only sees its own run)"}
 
 
 def _license(model_dir: Path, cfg) -> str | None:

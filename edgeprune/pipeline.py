@@ -27,7 +27,7 @@ from .plan import LayerPlan, Plan
 from .streaming import open_source
 from .surgery import apply_plan
 from .tensorfiles import DiskTensors
-from .weights import parse_dtype
+from .weights import open_store, parse_dtype
 from .writeout import save_pruned
 
 # Below this many calibration tokens COMP's statistics get noisy (the paper used 10 x 128).
@@ -147,6 +147,8 @@ def prune(
     """
     out_dtype = parse_dtype(dtype) if dtype else None
     req = PruneRequest(ratio=ratio, layers=layers, seed=seed, **request)
+    if not isinstance(model_dir, torch.nn.Module):
+        open_store(model_dir).check_finite(progress=req.progress)  # a NaN weight: refused before any work
     work = None
     out_path = Path(out).absolute() if out else None
     if out_path is not None:

@@ -168,12 +168,11 @@ class CheckpointSource(LayerSource):
     layer at a time. Tensors are cast to the compute dtype as they are read."""
 
     def __init__(self, model_dir: str | Path, device="cpu", dtype=torch.float32):
-        from .checkpoint import read_config_dict
-        from .weights import WeightStore
+        from .weights import open_store
 
         self.model_dir = Path(model_dir)
         super().__init__(load_config(model_dir), device, dtype)
-        self.store = WeightStore(model_dir, read_config_dict(model_dir), self.adapter.embed_key, self.adapter.lm_head_key)
+        self.store = open_store(model_dir, self.config)
         self._embed: torch.Tensor | None = None
 
     def tensor(self, key: str) -> torch.Tensor:

@@ -143,16 +143,29 @@ class WeightStore:
         path = self._where[k]
         from safetensors import safe_open
 
+        if path in self._bin:
+            _check_finite(self._bin[path][k], k, path)
+            return self._bin[path][k]
         try:
-            if path in self._bin:
-                return self._bin[path][k]
             # Opened per read and closed at once: a mapping kept open would keep every page
             # read so far resident, and the process would grow by the checkpoint's size.
             with safe_open(str(path), "pt", device="cpu") as h:
-                return h.get_tensor(k)
+                t = h.get_tensor(k)
         except Exception as e:
             raise ModelError(f"{path}: tensor {k} could not be read ({str(e).splitlines()[0][:100]}); "
                              "the file is probably truncated, re-download it") from None
+        _check_finite(t, k, path)
+        return t
+
+    def check_finite(self, progress: bool = False) -> None:
+        """Read every tensor once (one at a time) and refuse NaN/Inf, naming the tensor:
+        run before any work, so that a corrupt checkpoint never yields an artifact."""
+        import sys
+
+        from tqdm.auto import tqdm
+
+        for k in tqdm(self.keys(), desc="checking weights", unit="tensor", file=sys.stderr, disable=not progress, leave=False):
+            self[k]
 
     def shape(self, key: str) -> tuple[int, ...]:
         k = self.alias.get(key, key)
@@ -177,6 +190,21 @@ class WeightStore:
     def dtype(self) -> torch.dtype:
         """The dtype a pruned copy keeps: the config's declared one, else the stored one."""
         return self.config_dtype or self.stored_dtype()
+
+
+def open_store(model_dir: str | Path, config=None) -> WeightStore:
+    """The store of a local checkpoint directory (its config validated first)."""
+    from .checkpoint import load_config, read_config_dict
+    from .models import get_adapter
+
+    ad = get_adapter(config if config is not None else load_config(model_dir))
+    return WeightStore(model_dir, read_config_dict(model_dir), ad.embed_key, ad.lm_head_key)
+
+
+def _check_finite(t: torch.Tensor, key: str, path: Path) -> None:
+    if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+        raise ModelError(f"{path.name}: tensor {key} holds NaN or Inf; the checkpoint is corrupt "
+                         "(re-download it, or fix the training run that wrote it)")
 
 
 _ST_TO_TORCH = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16, "F64": torch.float64}

@@ -26,13 +26,12 @@ class WeightsView:
 
     @classmethod
     def from_dir(cls, model_dir: str | Path) -> "WeightsView":
-        from edgeprune.checkpoint import load_config, read_config_dict
-        from edgeprune.weights import WeightStore
+        from edgeprune.checkpoint import load_config
+        from edgeprune.weights import open_store
 
         model_dir = Path(model_dir)
         cfg = load_config(model_dir)
-        ad = get_adapter(cfg)
-        store = WeightStore(model_dir, read_config_dict(model_dir), ad.embed_key, ad.lm_head_key)
+        store = open_store(model_dir, cfg)
         keys = set(store.keys()) | set(store.alias)
         return cls(cfg, store.__getitem__, keys, store.shape, model_dir, store.dtype)
 

@@ -204,7 +204,7 @@ def test_streamed_onnx_f16_from_bf16_verifies(hub, tmp_path, calib_file):
 def test_nan_weight_never_verifies(hub, tmp_path):
     pytest.importorskip("llama_cpp")
     from exporters import export
-    from edgeprune.errors import ExportError
+    from edgeprune.errors import EdgePruneError
 
     d = write_checkpoint(tmp_path / "nan", config_for({**SMALL, "tie_word_embeddings": False}, 2, torch.float32))
     sd = load_file(str(d / "model.safetensors"))
@@ -212,9 +212,10 @@ def test_nan_weight_never_verifies(hub, tmp_path):
     from safetensors.torch import save_file
 
     save_file(sd, str(d / "model.safetensors"), metadata={"format": "pt"})
-    with pytest.raises(ExportError, match="NaN"):
+    with pytest.raises(EdgePruneError, match="up_proj.weight holds NaN"):
         export(d, "gguf", tmp_path / "nan.gguf", dtype="f32")
     assert not (tmp_path / "nan.gguf").exists()
+    assert [p.name for p in tmp_path.iterdir()] == ["nan"]
 
 
 # A bare interpreter runs the command and reports its children's peak RSS: measured from
