@@ -30,6 +30,30 @@ from .plan import Plan
 
 MANIFEST = "edgeprune.json"
 INCOMPLETE = ".edgeprune-incomplete"
+OWNER = ".edgeprune"  # marks every other directory edgeprune writes (ONNX folders)
+# Any of these in a directory means edgeprune wrote it, so --force may replace it.
+OWNED_MARKERS = (MANIFEST, INCOMPLETE, OWNER, "build_state.json")
+
+
+def remove_orphans(parent: Path, prefix: str) -> None:
+    """Partial outputs (ours, by name) of a process that no longer runs (a SIGKILL): removed,
+    so that they neither pile up nor confuse the next run."""
+    for p in parent.glob(prefix + "*"):
+        pid = p.name[len(prefix):].split(".")[0]
+        if pid.isdigit() and int(pid) != os.getpid() and not Path(f"/proc/{pid}").exists():
+            shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
+
+
+def written_by_edgeprune(directory: Path) -> bool:
+    return any((directory / m).exists() for m in OWNED_MARKERS)
+
+
+def refuse_foreign(out: Path) -> None:
+    """A non-empty directory edgeprune did not write is never replaced, --force or not."""
+    if out.is_dir() and any(out.iterdir()) and not written_by_edgeprune(out):
+        example = sorted(p.name for p in out.iterdir())[0]
+        raise OutputError(f"{out} holds files edgeprune did not write (e.g. {example}); choose a new or empty --out "
+                          "(nothing there was touched)")
 TOKENIZER_FILES = (
     "tokenizer.model", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
     "added_tokens.json", "vocab.json", "merges.txt", "chat_template.jinja", "chat_template.json",
@@ -50,6 +74,7 @@ def check_output_dir(out: Path, force: bool, resume: bool = False) -> None:
         return
     if not out.is_dir():
         raise OutputError(f"--out {out} exists and is a file; choose a directory path")
+    refuse_foreign(out)
     if (out / INCOMPLETE).exists():
         if resume or force:
             return
@@ -100,6 +125,7 @@ def staged_dir(directory: str | Path, force: bool = False) -> Iterator[Path]:
     out = Path(directory).absolute()
     check_output_dir(out, force=force, resume=True)
     tmp = out.parent / f".{out.name}.partial-{os.getpid()}"
+    remove_orphans(out.parent, f".{out.name}.partial-")
     shutil.rmtree(tmp, ignore_errors=True)
     try:
         tmp.mkdir()

@@ -28,6 +28,10 @@ def tokenizer_for(model_dir) -> object:
     """The model directory's own tokenizer, without a length cap (we window long texts)."""
     from transformers import AutoTokenizer
 
+    names = ("tokenizer.json", "tokenizer.model", "vocab.json", "tokenizer_config.json")
+    if Path(model_dir).is_dir() and not any((Path(model_dir) / n).is_file() for n in names):
+        raise DataError(f"{model_dir} has no tokenizer (tokenizer.json / tokenizer.model); copy the base model's "
+                        "tokenizer files into it")
     tok = AutoTokenizer.from_pretrained(str(model_dir))
     tok.model_max_length = 1 << 30
     return tok
@@ -78,7 +82,19 @@ def read_text_file(path: Path) -> str:
             return "\n\n".join(record_text(r) for r in _records(path))
         except json.JSONDecodeError as e:
             raise DataError(f"{path} is not valid JSON ({e.msg} at line {e.lineno}); fix the file or pass a .txt") from None
-    return _read(path)
+    text = _read(path)
+    _refuse_binary(path, text)
+    return text
+
+
+def _refuse_binary(path: Path, text: str) -> None:
+    """An executable or archive read as UTF-8 is mostly NUL and replacement characters:
+    calibrating on it would silently give a meaningless plan."""
+    head = text[:65536]
+    bad = head.count("\x00") + head.count("\ufffd")
+    if head and bad / len(head) > 0.01:
+        raise DataError(f"{path} looks like a binary file ({bad} NUL/undecodable characters in its first "
+                        f"{len(head)}); pass a text file (.txt, .json, .jsonl)")
 
 
 def read_path(path: Path) -> str:

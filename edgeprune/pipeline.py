@@ -18,7 +18,7 @@ import torch
 from . import data as data_mod
 from .data import tokenizer_for
 from .checkpoint import INCOMPLETE, check_output_dir, load
-from .errors import PlanError
+from .errors import EdgePruneError, PlanError
 from .memory import PeakMemory, stage_report
 from .methods import NEEDS_CALIBRATION, PruneRequest, get_method
 from .methods.base import achieved_ratio, check_ratio, dense_params
@@ -78,9 +78,7 @@ def calibration(model_dir, source: str, n_samples: int, seq_len: int, seed: int,
     cache = work / "calib.pt" if work else None
     if cache and cache.is_file():
         return torch.load(cache)
-    tok = tokenizer_for(model_dir)
-    text = data_mod.load_text(source, "calib", data_dir)
-    windows = data_mod.calibration_windows(data_mod.tokenize(tok, text), n_samples, seq_len, seed)
+    windows = data_mod.calibration_set(tokenizer_for(model_dir), source, n_samples, seq_len, seed, data_dir)
     if cache:
         torch.save(windows, cache)
     return windows
@@ -147,26 +145,35 @@ def prune(
     """
     out_dtype = parse_dtype(dtype) if dtype else None
     req = PruneRequest(ratio=ratio, layers=layers, seed=seed, **request)
-    if not isinstance(model_dir, torch.nn.Module):
-        open_store(model_dir).check_finite(progress=req.progress)  # a NaN weight: refused before any work
-    work = None
+    get_method(method)
     out_path = Path(out).absolute() if out else None
     if out_path is not None:
         check_output_dir(out_path, force=force, resume=resume)
-        if force and out_path.exists() and not (resume and (out_path / INCOMPLETE).exists()):
-            shutil.rmtree(out_path)
-        out_path.mkdir(exist_ok=True)
-        (out_path / INCOMPLETE).write_text("edgeprune prune in progress\n")
-        work = out_path / ".work"
-        work.mkdir(exist_ok=True)
-        req.state = ResumeState(work / "layers")
-        shutil.rmtree(work / "tensors", ignore_errors=True)  # re-fitted tensors of this run only
-        req.tensors = DiskTensors(work / "tensors")
+    if not isinstance(model_dir, torch.nn.Module):  # missing tensors, NaN weights: refused before any work
+        from .streaming import CheckpointSource
+
+        src = CheckpointSource(model_dir)
+        src.check_complete()
+        src.store.check_finite(progress=req.progress)
+        del src
+    args = {"model": str(Path(model_dir).absolute()) if isinstance(model_dir, (str, Path)) else "in-memory", "method": method, "ratio": ratio, "layers": layers,
+            "calib": str(calib), "n_samples": n_samples, "seq_len": seq_len, "seed": seed, "dtype": dtype,
+            "request": {k: (list(v) if isinstance(v, tuple) else v) for k, v in sorted(request.items()) if k != "progress"}}
+    resuming = bool(out_path and resume and (out_path / INCOMPLETE).exists() and (out_path / ".work").is_dir())
     windows = None
-    if NEEDS_CALIBRATION.get(method, True):
+    if NEEDS_CALIBRATION.get(method, True) and not resuming:  # bad text fails before --out exists
+        windows = calibration(model_dir, calib, n_samples, seq_len, seed, data_dir)
+    work = _prepare_out(out_path, force, resuming, args, req)
+    if windows is None and NEEDS_CALIBRATION.get(method, True):
         windows = calibration(model_dir, calib, n_samples, seq_len, seed, data_dir, work)
+    elif work is not None and windows is not None:
+        torch.save(windows, work / "calib.pt")
     torch.manual_seed(seed)
-    plan, report = make_plan(model_dir, method, req, windows, device)
+    try:
+        plan, report = make_plan(model_dir, method, req, windows, device)
+    except EdgePruneError:
+        _forget_if_fresh(out_path, resuming, work)
+        raise
     plan.options.update({"calib": str(calib), "n_samples": n_samples, "seq_len": seq_len, "seed": seed})
     stages = {"plan": _last_stage(report)}
     t0 = time.perf_counter()
@@ -182,6 +189,40 @@ def prune(
     report["peak_memory"] = stage_report(stages, device)
     report["apply_save_seconds"] = time.perf_counter() - t0
     return PruneResult(plan, model, report)
+
+
+def _forget_if_fresh(out_path: Path | None, resuming: bool, work: Path | None) -> None:
+    """A refusal before any layer finished leaves nothing behind: the next plain run must
+    not trip on a half-made --out."""
+    if out_path is None or resuming or work is None:
+        return
+    if not any((work / "layers").glob("layer*.json")):
+        shutil.rmtree(out_path, ignore_errors=True)
+
+
+def _prepare_out(out_path: Path | None, force: bool, resuming: bool, args: dict, req: PruneRequest) -> Path | None:
+    """Create --out (after every check passed) with its work directory; on --resume, refuse
+    when the arguments differ from the interrupted run's, naming the difference."""
+    if out_path is None:
+        return None
+    work = out_path / ".work"
+    if resuming:
+        old = json.loads((work / "args.json").read_text()) if (work / "args.json").is_file() else None
+        if old != args:
+            shown = "its arguments were not recorded" if old is None else ", ".join(
+                f"{k}: was {old.get(k)!r}, now {args[k]!r}" for k in args if old.get(k) != args[k])
+            raise PlanError(f"{out_path} holds an interrupted run with other arguments ({shown}); "
+                            "repeat them to resume, or pass --force to start over")
+    elif force and out_path.exists():
+        shutil.rmtree(out_path)  # check_output_dir has made sure edgeprune wrote it
+    out_path.mkdir(exist_ok=True)
+    (out_path / INCOMPLETE).write_text("edgeprune prune in progress\n")
+    work.mkdir(exist_ok=True)
+    (work / "args.json").write_text(json.dumps(args, indent=1))
+    req.state = ResumeState(work / "layers")
+    shutil.rmtree(work / "tensors", ignore_errors=True)  # re-fitted tensors of this run only
+    req.tensors = DiskTensors(work / "tensors")
+    return work
 
 
 class _StageFigures:

@@ -192,21 +192,37 @@ class CheckpointSource(LayerSource):
     def lm_head_weight(self) -> torch.Tensor:
         return self.tensor(self.adapter.lm_head_key)
 
-    def layer(self, i: int) -> nn.Module:
-        _trim_heap()  # hand the previous layer's freed pages back before reading the next one
-        cls = self.adapter.decoder_layer_class()
+    def check_complete(self) -> None:
+        """Every tensor the config implies is in the checkpoint (shapes checked on meta
+        layers, nothing read): a missing tensor is refused before any work."""
+        ad = self.adapter
+        for key in (ad.embed_key, ad.final_norm_key) + (() if getattr(self.config, "tie_word_embeddings", False) else (ad.lm_head_key,)):
+            if key not in self.store:
+                raise ModelError(f"{self.model_dir}: the checkpoint lacks {key}; the weights do not match config.json")
+        for i in range(self.num_layers):
+            self._meta_layer(i, check=True)
+
+    def _meta_layer(self, i: int, check: bool = False) -> nn.Module:
         with torch.device("meta"):
-            layer = cls(self.config, i)
-        per_layer = getattr(self.config, "edgeprune_layers", None)
-        if per_layer:
-            with torch.device("meta"):
+            layer = self.adapter.decoder_layer_class()(self.config, i)
+            per_layer = getattr(self.config, "edgeprune_layers", None)
+            if per_layer:
                 resize_layer(layer, per_layer[i], self.adapter.head_dim)
         prefix = self.adapter.layer_prefix(i)
-        want = set(layer.state_dict())
+        for k, v in layer.state_dict().items():
+            if prefix + k not in self.store:
+                raise ModelError(f"{self.model_dir}: layer {i} lacks {prefix + k} in the checkpoint; "
+                                 "the weights do not match config.json (re-download the model)")
+            if check and tuple(self.store.shape(prefix + k)) != tuple(v.shape):
+                raise ModelError(f"{self.model_dir}: {prefix + k} has shape {tuple(self.store.shape(prefix + k))}, "
+                                 f"config.json implies {tuple(v.shape)}; the weights do not match their config")
+        return layer
+
+    def layer(self, i: int) -> nn.Module:
+        _trim_heap()  # hand the previous layer's freed pages back before reading the next one
+        layer = self._meta_layer(i)
+        prefix = self.adapter.layer_prefix(i)
         have = {k[len(prefix):] for k in self.store.keys() if k.startswith(prefix)}
-        if want - have:
-            raise ModelError(f"{self.model_dir}: layer {i} lacks {sorted(want - have)[0]} in the checkpoint; "
-                             "the weights do not match config.json (re-download the model)")
         state = {k: self.tensor(prefix + k).to(self.device, self.dtype) for k in have}
         layer.load_state_dict(state, strict=True, assign=True)
         return layer.to(self.device, self.dtype).eval()

@@ -106,10 +106,39 @@ def load_target_file(path: Path) -> Target:
             raise TargetError(f"{path}: each artifacts.formats entry needs exactly the keys format and dtype, got {f!r}")
         if f["format"] not in ("gguf", "onnx"):
             raise TargetError(f"{path}: artifacts.formats format must be gguf or onnx, got {f['format']!r}")
+        _check_dtype(path, f)
     r = data["pruning"]["ratio"]
-    if isinstance(r, str) and r != "auto" or isinstance(r, float) and not 0 < r < 1:
+    if isinstance(r, bool) or isinstance(r, str) and r != "auto" or isinstance(r, (int, float)) and not 0 < r < 1:
         raise TargetError(f"{path}: pruning.ratio must be a number in (0, 1) or \"auto\", got {r!r}")
+    for key, lo in POSITIVE.items():
+        section, name = key.split(".")
+        v = data[section][name]
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not v > lo or v != v:
+            raise TargetError(f"{path}: {key} must be a number > {lo}, got {v!r}")
+    _check_method(path, data["pruning"]["method"])
     return Target(data["name"], path, data)
+
+
+# Numbers a target must give as strictly positive (a bandwidth of 0 would divide by zero
+# only after the whole build; a negative one gives negative latencies).
+POSITIVE = {"hardware.bandwidth_gb_s": 0, "hardware.peak_tflops": 0, "memory.budget_bytes": 0, "pruning.align": 0,
+            "latency.context": 0, "latency.new_tokens": 0}
+
+
+def _check_dtype(path: Path, f: dict) -> None:
+    from exporters.common import DTYPES, ONNX_DTYPES
+
+    allowed = ONNX_DTYPES if f["format"] == "onnx" else DTYPES
+    if f["dtype"] not in allowed:
+        raise TargetError(f"{path}: artifacts.formats dtype {f['dtype']!r} is not a {f['format']} dtype; "
+                          f"choose one of: {', '.join(allowed)}")
+
+
+def _check_method(path: Path, method: str) -> None:
+    from .methods import METHODS
+
+    if method not in METHODS:
+        raise TargetError(f"{path}: pruning.method {method!r} is unknown; choose one of: {', '.join(METHODS)}")
 
 
 def _builtin() -> list[Path]:

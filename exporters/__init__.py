@@ -16,7 +16,7 @@ import sys
 import time
 from pathlib import Path
 
-from edgeprune.errors import ExportError
+from edgeprune.errors import ExportError, OutputError
 
 from .common import DTYPES, check_dtype, check_out_path, require, staged
 
@@ -57,6 +57,8 @@ def export(model, fmt: str, out: str | Path, *, dtype: str = "f32", verify: bool
     check_dtype(fmt, dtype)
     _require(fmt, verify)
     out = Path(out).absolute()
+    if fmt == "gguf" and out.suffix != ".gguf":
+        raise OutputError(f"--out {out.name} for GGUF must be a file name ending in .gguf, e.g. {out.name}.gguf")
     check_out_path(out, force)
     streamed = isinstance(model, (str, Path))
     model_dir = Path(model if streamed else model_dir) if (streamed or model_dir) else None

@@ -35,6 +35,16 @@ def check_out_path(out: Path, force: bool) -> None:
         raise OutputError(f"output directory {parent} does not exist; create it first")
     if not os.access(parent, os.W_OK):
         raise OutputError(f"output directory {parent} is not writable; choose another --out")
+    if out.is_dir():
+        from edgeprune.checkpoint import refuse_foreign
+
+        refuse_foreign(out)
+    elif out.is_file() and out.suffix == ".gguf" and out.stat().st_size >= 4:
+        with open(out, "rb") as f:
+            if f.read(4) != b"GGUF":
+                raise OutputError(f"{out} exists and is not a GGUF file; edgeprune will not overwrite it, choose another --out")
+    elif out.exists() and out.suffix != ".gguf" and not out.is_dir():
+        raise OutputError(f"{out} exists and is not an edgeprune artifact; choose another --out")
     if out.exists() and not force:
         raise OutputError(f"{out} already exists; pass --force to overwrite it")
 
@@ -44,6 +54,9 @@ def staged(out: Path, force: bool):
     """Yield a temporary path beside `out`; renamed into place only if the block succeeds."""
     check_out_path(out, force)
     tmp = out.parent / f".{out.stem}.partial-{os.getpid()}{out.suffix}"
+    from edgeprune.checkpoint import remove_orphans
+
+    remove_orphans(out.parent, f".{out.stem}.partial-")
     _remove(tmp)
     try:
         yield tmp
@@ -60,3 +73,4 @@ def _remove(p: Path) -> None:
         shutil.rmtree(p, ignore_errors=True)
     elif p.exists():
         p.unlink()
+

@@ -1,0 +1,191 @@
+"""Bad inputs and faults, one table: case -> expected message -> nothing left on disk.
+
+Every case must end with exit status 2, exactly one line on stderr starting
+`edgeprune: error:` (no traceback), no artifact, and every file that was there before
+still there, unchanged.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from edgeprune.cli import main
+from edgeprune.synthetic import config_for, write_checkpoint
+
+SHAPE = dict(model_type="llama", hidden_size=64, intermediate_size=160, num_attention_heads=4, num_key_value_heads=2,
+             head_dim=16, vocab_size=1100, tie_word_embeddings=True, rope_theta=10000.0, rms_norm_eps=1e-5,
+             max_position_embeddings=256)
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("bad")
+    good = write_checkpoint(root / "good", config_for(SHAPE, 2, torch.float32))
+    (root / "calib.txt").write_text(("def f(x):\n    return x + 1\n\n" * 400))
+    return root
+
+
+def _copy(src: Path, dst: Path) -> Path:
+    import shutil
+
+    shutil.copytree(src, dst)
+    return dst
+
+
+def _nan_model(root: Path, tmp: Path) -> Path:
+    d = _copy(root / "good", tmp / "nan")
+    sd = load_file(str(d / "model.safetensors"))
+    sd["model.layers.1.mlp.down_proj.weight"][3, 3] = float("inf")
+    save_file(sd, str(d / "model.safetensors"), metadata={"format": "pt"})
+    return d
+
+
+def _no_tokenizer(root: Path, tmp: Path) -> Path:
+    d = _copy(root / "good", tmp / "notok")
+    for p in d.glob("tokenizer*"):
+        p.unlink()
+    return d
+
+
+def _missing_tensor(root: Path, tmp: Path) -> Path:
+    d = _copy(root / "good", tmp / "missing")
+    sd = load_file(str(d / "model.safetensors"))
+    del sd["model.layers.0.self_attn.v_proj.weight"]
+    save_file(sd, str(d / "model.safetensors"), metadata={"format": "pt"})
+    return d
+
+
+def _config_only(root: Path, tmp: Path) -> Path:
+    d = tmp / "cfgonly"
+    d.mkdir()
+    (d / "config.json").write_text((root / "good" / "config.json").read_text())
+    return d
+
+
+def _truncated(root: Path, tmp: Path) -> Path:
+    d = _copy(root / "good", tmp / "trunc")
+    f = d / "model.safetensors"
+    f.write_bytes(f.read_bytes()[:5000])
+    return d
+
+
+def _user_dir(tmp: Path) -> Path:
+    d = tmp / "mine"
+    (d / "photos").mkdir(parents=True)
+    (d / "notes.txt").write_text("my notes")
+    (d / "photos" / "a.jpg").write_bytes(b"\xff\xd8")
+    return d
+
+
+def _target(tmp: Path, **edits) -> Path:
+    from edgeprune.targets import load_target
+
+    text = load_target("cpu-x86").path.read_text()
+    for old, new in edits.items():
+        text = text.replace(old, new)
+    p = tmp / "t.toml"
+    p.write_text(text)
+    return p
+
+
+def _binary(tmp: Path) -> Path:
+    import sys
+
+    p = tmp / "python.bin"
+    p.write_bytes(Path(sys.executable).resolve().read_bytes()[:300_000])
+    return p
+
+
+PRUNE = ["prune", "--method", "wanda-sp", "--ratio", "0.2", "--nsamples", "4", "--seq-len", "32", "--quiet"]
+
+# (case, argv builder(root, tmp) -> list, expected text in the one line)
+CASES = [
+    ("missing model path", lambda r, t: [*PRUNE, "--model", str(t / "nope"), "--calib", str(r / "calib.txt"), "--out", str(t / "o")],
+     "does not exist"),
+    ("dir with only config.json", lambda r, t: [*PRUNE, "--model", str(_config_only(r, t)), "--calib", str(r / "calib.txt"),
+                                                "--out", str(t / "o")], "has no weights"),
+    ("truncated safetensors", lambda r, t: [*PRUNE, "--model", str(_truncated(r, t)), "--calib", str(r / "calib.txt"),
+                                            "--out", str(t / "o")], "truncated"),
+    ("checkpoint missing a tensor", lambda r, t: [*PRUNE, "--model", str(_missing_tensor(r, t)), "--calib", str(r / "calib.txt"),
+                                                  "--out", str(t / "o")], "v_proj.weight"),
+    ("non-finite weight", lambda r, t: [*PRUNE, "--model", str(_nan_model(r, t)), "--calib", str(r / "calib.txt"),
+                                        "--out", str(t / "o")], "down_proj.weight holds NaN or Inf"),
+    ("model without tokenizer", lambda r, t: [*PRUNE, "--model", str(_no_tokenizer(r, t)), "--calib", str(r / "calib.txt"),
+                                              "--out", str(t / "o")], "has no tokenizer"),
+    ("binary calibration file", lambda r, t: [*PRUNE, "--model", str(r / "good"), "--calib", str(_binary(t)),
+                                              "--out", str(t / "o")], "binary file"),
+    ("--force over a user's directory", lambda r, t: [*PRUNE, "--model", str(r / "good"), "--calib", str(r / "calib.txt"),
+                                                      "--out", str(_user_dir(t)), "--force"], "did not write"),
+    ("onnx --force over a user's directory", lambda r, t: ["export", str(r / "good"), "--format", "onnx",
+                                                           "--out", str(_user_dir(t)), "--force"], "did not write"),
+    ("gguf --out without .gguf", lambda r, t: ["export", str(r / "good"), "--format", "gguf", "--out", str(t / "model.bin")],
+     "ending in .gguf"),
+    ("gguf --force over a non-GGUF file", lambda r, t: ["export", str(r / "good"), "--format", "gguf", "--force",
+                                                        "--out", str(_fake_gguf(t))], "not a GGUF file"),
+    ("unknown export dtype", lambda r, t: ["export", str(r / "good"), "--format", "gguf", "--dtype", "q3_x",
+                                           "--out", str(t / "m.gguf")], "unknown gguf dtype"),
+    ("target: negative bandwidth", lambda r, t: ["build", "--model", str(r / "good"), "--out", str(t / "b"),
+                                                 "--target", str(_target(t, **{"bandwidth_gb_s = 51.2": "bandwidth_gb_s = -5"}))],
+     "hardware.bandwidth_gb_s must be a number > 0"),
+    ("target: zero bandwidth", lambda r, t: ["build", "--model", str(r / "good"), "--out", str(t / "b"),
+                                             "--target", str(_target(t, **{"bandwidth_gb_s = 51.2": "bandwidth_gb_s = 0"}))],
+     "hardware.bandwidth_gb_s must be a number > 0"),
+    ("target: integer ratio", lambda r, t: ["build", "--model", str(r / "good"), "--out", str(t / "b"),
+                                            "--target", str(_target(t, **{"ratio = 0.2": "ratio = 1"}))], "pruning.ratio"),
+    ("target: dtype typo", lambda r, t: ["build", "--model", str(r / "good"), "--out", str(t / "b"),
+                                         "--target", str(_target(t, **{'dtype = "q8_0"': 'dtype = "q8"'}))],
+     "is not a gguf dtype"),
+    ("target: unknown method", lambda r, t: ["build", "--model", str(r / "good"), "--out", str(t / "b"),
+                                             "--target", str(_target(t, **{'method = "comp"': 'method = "compp"'}))],
+     "pruning.method"),
+]
+
+
+def _fake_gguf(tmp: Path) -> Path:
+    p = tmp / "thesis.gguf"
+    p.write_text("my thesis, misnamed")
+    return p
+
+
+def _snapshot(d: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(d)): p.read_bytes() for p in sorted(d.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.parametrize("case,argv,expected", CASES, ids=[c[0] for c in CASES])
+def test_bad_input(case, argv, expected, base, tmp_path, capsys):
+    args = argv(base, tmp_path)
+    before = _snapshot(tmp_path)
+    rc = main(args)
+    err = capsys.readouterr().err.strip().splitlines()
+    errors = [line for line in err if line.startswith("edgeprune: error:")]
+    assert rc == 2, err
+    assert len(errors) == 1 and expected in errors[0], err
+    assert not any("Traceback" in line for line in err)
+    assert _snapshot(tmp_path) == before, "files were created, changed or deleted"
+    assert not any(".partial" in p.name for p in tmp_path.rglob("*"))
+
+
+def test_resume_with_other_arguments_is_refused(base, tmp_path, capsys, monkeypatch):
+    """An interrupted prune keeps its work; --resume with another ratio names the difference."""
+    import edgeprune.pipeline as pl
+
+    def interrupt(*a, **k):
+        raise KeyboardInterrupt
+
+    out = tmp_path / "o"
+    argv = [*PRUNE, "--model", str(base / "good"), "--calib", str(base / "calib.txt"), "--out", str(out)]
+    monkeypatch.setattr(pl, "save_pruned", interrupt)
+    assert main(argv) == 130
+    monkeypatch.undo()
+    assert (out / ".edgeprune-incomplete").exists()
+    capsys.readouterr()
+    assert main([*argv[:4], "0.3", *argv[5:], "--resume"]) == 2
+    err = capsys.readouterr().err
+    assert "ratio: was 0.2, now 0.3" in err
+    assert main([*argv, "--resume"]) == 0  # same arguments: resumes and finishes
+    assert json.loads((out / "edgeprune.json").read_text())["format"] == "edgeprune-checkpoint"
+    assert not (out / ".work").exists()
