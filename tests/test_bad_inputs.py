@@ -189,3 +189,47 @@ def test_resume_with_other_arguments_is_refused(base, tmp_path, capsys, monkeypa
     assert main([*argv, "--resume"]) == 0  # same arguments: resumes and finishes
     assert json.loads((out / "edgeprune.json").read_text())["format"] == "edgeprune-checkpoint"
     assert not (out / ".work").exists()
+
+
+def test_cli_fuzz(base, tmp_path, capsys):
+    """Seeded random mixes of valid and invalid flags: each run ends in exit 0 with a
+    verified artifact (or a saved checkpoint), or exit 2 with one line and no traceback."""
+    import random
+
+    rng = random.Random(1234)
+    user = _user_dir(tmp_path / "u")
+    pools = {
+        "method": ["wanda-sp", "magnitude", "slimgpt", "nope", "flap"],
+        "ratio": ["0.2", "0.35", "1.5", "abc", "-0.1", "0"],
+        "dtype": [None, "bf16", "f32", "f8"],
+        "calib": [str(base / "calib.txt"), str(_binary(tmp_path)), str(tmp_path / "absent.txt")],
+        "fmt": [("gguf", "q8_0"), ("gguf", "f32"), ("gguf", "q2"), ("onnx", "f32"), ("onnx", "q8_0")],
+    }
+    for k in range(12):
+        out = user if rng.random() < 0.15 else tmp_path / f"o{k}"
+        argv = [*PRUNE[:1], "--method", rng.choice(pools["method"]), "--ratio", rng.choice(pools["ratio"]),
+                "--calib", rng.choice(pools["calib"]), "--model", str(base / "good"), "--out", str(out),
+                "--nsamples", "4", "--seq-len", "32", "--quiet"]
+        dtype = rng.choice(pools["dtype"])
+        argv += ["--dtype", dtype] if dtype else []
+        try:
+            rc = main(argv)
+        except SystemExit as e:  # argparse's own refusals: exit 2, usage + one error line
+            rc = e.code
+        err = capsys.readouterr().err
+        assert rc in (0, 2), (argv, err)
+        assert "Traceback" not in err
+        if rc == 2:
+            assert sum(line.startswith(("edgeprune: error:", "edgeprune prune: error:")) for line in err.splitlines()) == 1, err
+            assert user.joinpath("notes.txt").read_text() == "my notes"
+            continue
+        fmt, edt = rng.choice(pools["fmt"])
+        art = tmp_path / (f"a{k}.gguf" if fmt == "gguf" else f"a{k}")
+        rc = main(["export", str(out), "--format", fmt, "--dtype", edt, "--out", str(art), "--quiet"])
+        err = capsys.readouterr().err
+        assert rc in (0, 2) and "Traceback" not in err, err
+        if rc == 0:
+            report = art.with_name(art.name + ".verify.json") if fmt == "gguf" else art / "model.onnx.verify.json"
+            assert json.loads(report.read_text())["passed"] is True
+        else:
+            assert not art.exists()
