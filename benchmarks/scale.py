@@ -91,11 +91,15 @@ def extrapolate(rows: list[dict], d1: int, d2: int) -> list[dict]:
             continue
         L = FULL_DEPTH[shape]
         row = dict(shape=shape, command=command, stage=stage, d1=at[d1]["peak"] / GiB, d2=at[d2]["peak"] / GiB)
-        slope = (at[d2]["peak"] - at[d1]["peak"]) / (d2 - d1)
-        row.update(per_layer=slope / GiB, full_depth=L, extrapolated=(at[d2]["peak"] + slope * (L - d2)) / GiB)
+        # A peak cannot fall with depth: a negative slope is noise (a transient at the smaller
+        # depth), so it counts as flat.
+        slope = max(0.0, (at[d2]["peak"] - at[d1]["peak"]) / (d2 - d1))
+        top = max(at[d1]["peak"], at[d2]["peak"])
+        row.update(per_layer=slope / GiB, full_depth=L, extrapolated=(top + slope * (L - d2)) / GiB)
         if "outside" in at[d2]:
-            so = (at[d2]["outside"] - at[d1]["outside"]) / (d2 - d1)
-            row.update(outside_d2=at[d2]["outside"] / GiB, outside_extrapolated=(at[d2]["outside"] + so * (L - d2)) / GiB,
+            so = max(0.0, (at[d2]["outside"] - at[d1]["outside"]) / (d2 - d1))
+            row.update(outside_d2=at[d2]["outside"] / GiB,
+                       outside_extrapolated=(max(at[d1]["outside"], at[d2]["outside"]) + so * (L - d2)) / GiB,
                        wall_d2=at[d2]["wall"], wall_extrapolated=at[d2]["wall"] + (at[d2]["wall"] - at[d1]["wall"]) / (d2 - d1) * (L - d2))
         table.append(row)
     return table

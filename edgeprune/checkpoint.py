@@ -245,15 +245,49 @@ def load(
     path_s = str(path)
     if _is_hub_id(path_s):
         return AutoModelForCausalLM.from_pretrained(path_s, dtype=dtype).to(device).eval()
+    return _load_local(Path(path), dtype).to(device).eval()
+
+
+def _load_local(path: Path, dtype: torch.dtype) -> nn.Module:
+    """Build the model empty, then copy the checkpoint in one tensor at a time.
+
+    transformers' loader keeps the safetensors files mapped after loading (and after the
+    model is gone): every page read stays in the process's RSS. Here each tensor is read,
+    cast and copied, so the model costs its own size in the requested dtype and is freed
+    with it. Buffers that are not in checkpoints (the rotary tables) are built anew.
+    """
+    from transformers import AutoModelForCausalLM
+
+    from .weights import open_store
+
     config = load_config(path)
-    try:
-        model, info = AutoModelForCausalLM.from_pretrained(
-            path_s, config=config, dtype=dtype, output_loading_info=True, attn_implementation="sdpa"
-        )
-    except OSError as e:
-        raise ModelError(f"could not read weights in {path}: {str(e).splitlines()[0]}") from None
-    problems = {k: v for k, v in info.items() if v and k in ("missing_keys", "unexpected_keys", "mismatched_keys")}
-    if problems:
-        first = next(iter(problems.items()))
-        raise ModelError(f"{path}: {first[0].replace('_', ' ')} while loading, e.g. {list(first[1])[:3]}; the checkpoint does not match its config")
-    return model.to(device).eval()
+    config._attn_implementation = "sdpa"
+    store = open_store(path, config)
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config, dtype=dtype)
+    model.to_empty(device="cpu")
+    adapter = get_adapter(config)
+    state = model.state_dict()
+    tied = bool(getattr(config, "tie_word_embeddings", False))
+    extra = sorted(set(store.keys()) - set(state))
+    if extra:
+        raise ModelError(f"{path}: unexpected tensor {extra[0]} (and {len(extra) - 1} more) in the checkpoint; "
+                         "it does not match its config")
+    with torch.no_grad():
+        for key, param in state.items():
+            if tied and key == adapter.lm_head_key:
+                continue
+            shape = store.shape(key)
+            if tuple(shape) != tuple(param.shape):
+                raise ModelError(f"{path}: {key} has shape {tuple(shape)}, the config implies {tuple(param.shape)}; "
+                                 "the checkpoint does not match its config")
+            store.read_into(key, param)
+    parent, _, name = adapter.rotary_key.rpartition(".")
+    setattr(model.get_submodule(parent), name, type(model.get_submodule(adapter.rotary_key))(config=config))
+    if tied:
+        model.tie_weights()
+    if (path / "generation_config.json").is_file():
+        from transformers import GenerationConfig
+
+        model.generation_config = GenerationConfig.from_pretrained(str(path))
+    return model

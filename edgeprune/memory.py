@@ -44,6 +44,12 @@ def _fold_hwm() -> None:
     _SEEN_PEAK = max(_SEEN_PEAK, _hwm_bytes() or 0, rss_bytes())
 
 
+def note_peak(nbytes: int) -> None:
+    """Fold in a peak measured elsewhere (a child process that ran while this one waited)."""
+    global _SEEN_PEAK
+    _SEEN_PEAK = max(_SEEN_PEAK, int(nbytes))
+
+
 def process_peak_bytes() -> int:
     """The process's peak RSS since it started, across every stage (resets included)."""
     _fold_hwm()

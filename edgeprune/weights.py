@@ -44,7 +44,7 @@ class WeightStore:
     def __init__(self, model_dir: str | Path, config: dict, embed_key: str, lm_head_key: str):
         self.dir = Path(model_dir)
         self._where: dict[str, Path] = {}
-        self._meta: dict[str, tuple[tuple[int, ...], str]] = {}  # safetensors: shape, dtype name
+        self._meta: dict[str, tuple] = {}  # safetensors: shape, dtype name, byte start, byte end
         self._bin: dict[Path, dict] = {}
         self.kind = self._discover()
         self.alias: dict[str, str] = {}
@@ -102,18 +102,25 @@ class WeightStore:
                 self._where[k] = path
 
     def _safetensors_keys(self, path: Path) -> list[str]:
-        from safetensors import safe_open
-
+        """Parse the header (the format's own layout: u64 length, JSON); check the file holds
+        every byte the header promises."""
+        bad = f"{path} is not a readable safetensors file"
         try:
-            with safe_open(str(path), "pt", device="cpu") as h:
-                keys = list(h.keys())
-                for k in keys:
-                    sl = h.get_slice(k)
-                    self._meta[k] = (tuple(sl.get_shape()), sl.get_dtype())
-        except Exception as e:  # safetensors raises its own error type for bad headers / sizes
-            raise ModelError(f"{path} is not a readable safetensors file ({str(e).splitlines()[0][:120]}); "
-                             "it is probably truncated: re-download or re-save it") from None
-        return keys
+            with open(path, "rb") as f:
+                n = int.from_bytes(f.read(8), "little")
+                if not 2 <= n <= 100_000_000:
+                    raise ModelError(f"{bad} (header length {n}); re-download or re-save it")
+                header = json.loads(f.read(n))
+        except (json.JSONDecodeError, UnicodeDecodeError, OSError) as e:
+            raise ModelError(f"{bad} ({type(e).__name__}); it is probably truncated: re-download or re-save it") from None
+        header.pop("__metadata__", None)
+        size = path.stat().st_size
+        end = max((v["data_offsets"][1] for v in header.values()), default=0)
+        if 8 + n + end > size:
+            raise ModelError(f"{path} is truncated ({size} bytes, its header needs {8 + n + end}); re-download it")
+        for k, v in header.items():
+            self._meta[k] = (tuple(v["shape"]), v["dtype"], 8 + n + v["data_offsets"][0], 8 + n + v["data_offsets"][1])
+        return list(header)
 
     def _bin_keys(self, path: Path) -> list[str]:
         try:
@@ -141,19 +148,35 @@ class WeightStore:
         if k not in self._where:
             raise ModelError(f"{self.dir}: tensor {key} is missing from the checkpoint; it does not match its config")
         path = self._where[k]
-        from safetensors import safe_open
-
         if path in self._bin:
             _check_finite(self._bin[path][k], k, path)
             return self._bin[path][k]
-        try:
-            # Opened per read and closed at once: a mapping kept open would keep every page
-            # read so far resident, and the process would grow by the checkpoint's size.
-            with safe_open(str(path), "pt", device="cpu") as h:
-                t = h.get_tensor(k)
-        except Exception as e:
-            raise ModelError(f"{path}: tensor {k} could not be read ({str(e).splitlines()[0][:100]}); "
-                             "the file is probably truncated, re-download it") from None
+        shape, dt, start, end = self._meta[k]
+        if dt not in _ST_TO_TORCH:
+            raise ModelError(f"{path}: tensor {k} has dtype {dt}, which edgeprune does not read")
+        return self._read(k, path, torch.empty(shape, dtype=_ST_TO_TORCH[dt]))
+
+    def read_into(self, key: str, dest: torch.Tensor) -> None:
+        """Copy tensor `key` into `dest` (same shape); straight from the file when the dtype
+        matches, so a model is filled without a second copy of its largest tensor."""
+        k = self.alias.get(key, key)
+        path = self._where.get(k)
+        meta = self._meta.get(k)
+        if path is not None and meta is not None and _ST_TO_TORCH.get(meta[1]) == dest.dtype \
+                and tuple(meta[0]) == tuple(dest.shape) and dest.is_contiguous() and dest.device.type == "cpu":
+            self._read(k, path, dest)
+        else:
+            dest.copy_(self[key])
+
+    def _read(self, k: str, path: Path, t: torch.Tensor) -> torch.Tensor:
+        _, _, start, end = self._meta[k]
+        # Plain reads into the tensor, not a memory map: a mapping keeps every page it touched
+        # in the process's RSS (twice the tensor while it is copied, the whole file if kept).
+        with open(path, "rb") as f:
+            f.seek(start)
+            got = f.readinto(memoryview(t.detach().view(-1).view(torch.uint8).numpy()) if t.numel() else bytearray())
+        if got != end - start:
+            raise ModelError(f"{path}: tensor {k} is cut short ({got} of {end - start} bytes); re-download the file")
         _check_finite(t, k, path)
         return t
 
@@ -201,13 +224,21 @@ def open_store(model_dir: str | Path, config=None) -> WeightStore:
     return WeightStore(model_dir, read_config_dict(model_dir), ad.embed_key, ad.lm_head_key)
 
 
+def all_finite(t: torch.Tensor, block: int = 1 << 24) -> bool:
+    """torch.isfinite on a whole tensor makes an abs() copy of it: checked in 16M-element
+    blocks, so that checking a 1 GB embedding costs megabytes, not gigabytes."""
+    flat = t.reshape(-1)
+    return all(bool(torch.isfinite(flat[s : s + block]).all()) for s in range(0, flat.numel(), block))
+
+
 def _check_finite(t: torch.Tensor, key: str, path: Path) -> None:
-    if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+    if t.is_floating_point() and not all_finite(t):
         raise ModelError(f"{path.name}: tensor {key} holds NaN or Inf; the checkpoint is corrupt "
                          "(re-download it, or fix the training run that wrote it)")
 
 
-_ST_TO_TORCH = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16, "F64": torch.float64}
+_ST_TO_TORCH = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16, "F64": torch.float64,
+                "I64": torch.int64, "I32": torch.int32, "I8": torch.int8, "U8": torch.uint8, "BOOL": torch.bool}
 
 
 def _config_dtype(config: dict) -> torch.dtype | None:

@@ -47,10 +47,10 @@ def export(model, fmt: str, out: str | Path, *, dtype: str = "f32", verify: bool
            model_dir: str | Path | None = None, progress: bool = False) -> dict:
     """Export a model directory (streamed: never loaded whole for GGUF or verification), or
     a loaded model plus `model_dir` for its tokenizer. Memory is measured per stage."""
-    from edgeprune.memory import PeakMemory, stage_report
+    from edgeprune.memory import PeakMemory, note_peak, stage_report
 
     from .gguf_writer import gguf_arch, write_gguf
-    from .onnx import check_graph, write_onnx
+    from .onnx import check_graph, write_onnx, write_onnx_isolated
     from .source import WeightsView
     from .verify import verify_artifact
 
@@ -76,9 +76,15 @@ def export(model, fmt: str, out: str | Path, *, dtype: str = "f32", verify: bool
             if fmt == "gguf":
                 meta = write_gguf(view, tmp, dtype, progress)
                 path = tmp
-            else:
-                path = write_onnx(_onnx_model(model, dtype) if streamed else model, tmp, dtype)
+            elif streamed:
+                path, child_peak = write_onnx_isolated(model_dir, tmp, dtype)
                 check_graph(path, view)
+            else:
+                path = write_onnx(model, tmp, dtype)
+                check_graph(path, view)
+        if fmt == "onnx" and streamed:  # both processes were resident together
+            mem.peak_bytes = max(mem.peak_bytes, mem.baseline_bytes + child_peak)
+            note_peak(mem.peak_bytes)
         stages["export"] = mem
         if verify:
             with PeakMemory() as mem:
@@ -103,16 +109,6 @@ def export(model, fmt: str, out: str | Path, *, dtype: str = "f32", verify: bool
             "verify": report or {"passed": None, "skipped": True}, "verify_report": str(report_path) if report else None,
             "peak_memory": stage_report(stages),
             **({k: meta[k] for k in ("architecture", "fallbacks", "tensor_types") if k in meta})}
-
-
-def _onnx_model(model_dir, dtype: str):
-    """The model loaded directly in the export dtype (f16 from a bf16 checkpoint: no float32
-    copy of the whole model)."""
-    import torch
-
-    import edgeprune
-
-    return edgeprune.load(model_dir, dtype={"f32": torch.float32, "f16": torch.float16}[dtype])
 
 
 def _fail_if(report: dict, out: Path) -> None:

@@ -19,6 +19,10 @@ from edgeprune.models import get_adapter
 from .common import require
 
 EXTERNAL_DATA_THRESHOLD = 2 * 1024**3  # protobuf's 2 GB limit
+# onnxscript's graph optimizer (constant folding) holds a second copy of the weights: 2.1x the
+# artifact at 2.5 GB against 1.04x without (benchmarks/scale.py). ONNX Runtime applies its
+# own graph optimisations when it loads the model, so large models skip it.
+OPTIMIZE_BELOW_BYTES = 1024**3
 
 
 class PastKeyValueWrapper(nn.Module):
@@ -80,11 +84,12 @@ def write_onnx(model: nn.Module, out_dir: Path, dtype: str = "f32") -> Path:
 
     (out_dir / OWNER).write_text("written by edgeprune export; --force may replace this folder\n")
     path = out_dir / "model.onnx"
+    nbytes = sum(p.numel() * p.element_size() for p in model.parameters())
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         prog = torch.onnx.export(PastKeyValueWrapper(model), (ids, mask, pos, past), dynamo=True,
-                                 dynamic_shapes=dyn, input_names=ins, output_names=outs, verbose=False)
-    nbytes = sum(p.numel() * p.element_size() for p in model.parameters())
+                                 dynamic_shapes=dyn, input_names=ins, output_names=outs, verbose=False,
+                                 optimize=nbytes < OPTIMIZE_BELOW_BYTES)
     prog.save(str(path), external_data=nbytes > EXTERNAL_DATA_THRESHOLD)
     onnx.checker.check_model(str(path) if nbytes > EXTERNAL_DATA_THRESHOLD else onnx.load(str(path)))
     return path
@@ -110,3 +115,53 @@ def check_graph(path: Path, view) -> None:
         shape = sess.get_inputs()[3 + 2 * i].shape
         if shape[1] != h or shape[3] != hd:
             raise ExportError(f"past_key_values.{i}.key has shape {shape}, expected [batch, {h}, past, {hd}]")
+
+
+def _child(model_dir: str, out_dir: str, dtype: str, conn) -> None:
+    """Runs in a fresh process: load in the export dtype, export, report the peak."""
+    try:
+        import torch
+
+        import edgeprune
+        from edgeprune.memory import process_peak_bytes
+
+        model = edgeprune.load(model_dir, dtype={"f32": torch.float32, "f16": torch.float16}[dtype])
+        write_onnx(model, Path(out_dir), dtype)
+        conn.send(("ok", process_peak_bytes()))
+    except BaseException as e:  # noqa: BLE001 - everything is reported to the parent as one line
+        from edgeprune.errors import EdgePruneError
+
+        kind = "user" if isinstance(e, EdgePruneError) else "bug"
+        conn.send((kind, f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:300]))
+    finally:
+        conn.close()
+
+
+def write_onnx_isolated(model_dir: Path, out_dir: Path, dtype: str) -> tuple[Path, int]:
+    """Export a checkpoint directory in a child process; returns (model.onnx, child's peak RSS).
+
+    torch.onnx's exported graph keeps references to every weight after the export returns
+    (a whole model's worth of RSS for the rest of the command); a child process gives all
+    of it back before verification loads the artifact in ONNX Runtime.
+    """
+    import multiprocessing as mp
+
+    from edgeprune.errors import EdgePruneError, ExportError
+
+    ctx = mp.get_context("spawn")
+    parent, child = ctx.Pipe(duplex=False)
+    proc = ctx.Process(target=_child, args=(str(model_dir), str(out_dir), dtype, child), daemon=True)
+    proc.start()
+    child.close()
+    try:
+        kind, value = parent.recv()
+    except EOFError:
+        proc.join()
+        raise ExportError(f"the ONNX exporter process died (exit code {proc.exitcode}; out of memory?); "
+                          "free memory or export on a larger machine") from None
+    proc.join()
+    if kind == "user":
+        raise EdgePruneError(value.split(": ", 1)[-1])
+    if kind == "bug":
+        raise ExportError(f"torch.onnx.export failed ({value}); please report it with the command")
+    return out_dir / "model.onnx", int(value)

@@ -21,13 +21,16 @@ _NP = {"tensor(float)": np.float32, "tensor(float16)": np.float16}
 class OnnxSession:
     """ONNX Runtime session over edgeprune's decoder-with-past contract."""
 
-    def __init__(self, path: str | Path, threads: int | None = None):
+    def __init__(self, path: str | Path, threads: int | None = None, low_memory: bool = False):
         ort = require("onnxruntime", "onnx", "running ONNX artifacts")
         path = Path(path)
         if path.is_dir():
             path = path / "model.onnx"
         so = ort.SessionOptions()
         so.log_severity_level = 3
+        if low_memory:  # verification: no pre-packed second copy of every weight, no arena
+            so.add_session_config_entry("session.disable_prepacking", "1")
+            so.enable_cpu_mem_arena = False
         if threads:
             so.intra_op_num_threads = threads
             so.inter_op_num_threads = 1
@@ -89,7 +92,8 @@ def _llama_cpp():
 class GGUFSession:
     """llama.cpp (llama-cpp-python) with an f32 KV cache and flash attention off, for exactness."""
 
-    def __init__(self, path: str | Path, n_ctx: int = 512, threads: int | None = None, exact: bool = True):
+    def __init__(self, path: str | Path, n_ctx: int = 512, threads: int | None = None, exact: bool = True,
+                 low_memory: bool = False):
         lc = _llama_cpp()
         path = Path(path)
         with open(path, "rb") as f:
@@ -123,7 +127,7 @@ def open_artifact(path: str | Path, **kw):
     if not path.exists():
         raise ExportError(f"artifact {path} does not exist")
     if path.is_dir() or path.suffix == ".onnx":
-        return OnnxSession(path, threads=kw.get("threads"))
+        return OnnxSession(path, threads=kw.get("threads"), low_memory=kw.get("low_memory", False))
     if path.suffix == ".gguf":
         return GGUFSession(path, **kw)
     raise ExportError(f"{path} is neither an ONNX model (.onnx or a directory holding model.onnx) nor a .gguf file")

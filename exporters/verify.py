@@ -61,7 +61,13 @@ def _greedy_check(ref: np.ndarray, start: int, got: list[int], tol: float = F32_
 
 def _runtime_side(path, n_ctx: int, prompts: list[list[int]], ppl_ids: list[int]) -> dict:
     """Everything the runtime computes, before any PyTorch memory is taken."""
-    sess = open_artifact(path, n_ctx=n_ctx) if str(path).endswith(".gguf") else open_artifact(path)
+    import gc
+
+    from edgeprune.streaming import _trim_heap
+
+    gc.collect()  # the exported module and program hold reference cycles
+    _trim_heap()  # the export's freed pages go back before the runtime maps the artifact
+    sess = open_artifact(path, n_ctx=n_ctx) if str(path).endswith(".gguf") else open_artifact(path, low_memory=True)
     try:
         return {"logits": [sess.logits(ids) for ids in prompts],
                 "gen": [sess.generate(ids[:GEN_PROMPT], GEN_NEW) for ids in prompts],

@@ -131,16 +131,23 @@ def test_impossible_ratio_names_the_possible_one(stories):
         _comp(stories, ratio=0.6, layers=0)
 
 
-def test_nan_activations_are_refused(tiny_models, tmp_path):
+def test_nan_weights_and_activations_are_refused(tiny_models, tmp_path):
+    """A NaN weight in a checkpoint is named before any work; in an in-memory model (no
+    checkpoint to scan) the calibration activations catch it."""
     import edgeprune
-    from edgeprune.errors import DataError
+    from edgeprune.errors import DataError, ModelError
+    from edgeprune.methods import PruneRequest
+    from edgeprune.pipeline import make_plan
 
     m = edgeprune.load(tiny_models["llama"])
     with torch.no_grad():
         m.model.layers[1].mlp.up_proj.weight[0, 0] = float("nan")
     d = edgeprune.save(m, tmp_path / "nan", tokenizer_from=tiny_models["llama"])
-    with pytest.raises(DataError, match="NaN"):
+    with pytest.raises(ModelError, match="model.layers.1.mlp.up_proj.weight holds NaN"):
         _comp(d, ratio=0.1, layers=0, protect=(0,))
+    calib = torch.randint(0, 500, (4, 32))
+    with pytest.raises(DataError, match="NaN"):
+        make_plan(m, "comp", PruneRequest(ratio=0.1, layers=0, protect=(0,), progress=False), calib)
 
 
 def test_cpu_lsmr_needs_cuda(stories):

@@ -260,3 +260,20 @@ def test_llama3_rope_scaling_reaches_gguf(tmp_path, calib_file):
     _prune(d, tmp_path / "p", "slimgpt", calib_file, ratio=0.3)
     res = export(tmp_path / "p", "gguf", tmp_path / "p.gguf", dtype="f32")
     assert res["verify"]["passed"] and res["architecture"] == "deci"
+
+
+@pytest.mark.slow
+def test_onnx_over_2gb_uses_external_data_within_memory(tmp_path):
+    """A 2.5 GB float32 model: the ONNX export goes to external data (protobuf's 2 GB limit),
+    verifies, and its reported peak stays within 1.5x the artifact plus 1 GiB."""
+    pytest.importorskip("onnxruntime")
+    from exporters import export
+
+    shape = {**SMALL, "hidden_size": 2048, "intermediate_size": 5632, "num_attention_heads": 16, "num_key_value_heads": 4,
+             "head_dim": 128, "vocab_size": 131072, "tie_word_embeddings": False}
+    d = write_checkpoint(tmp_path / "big", config_for(shape, 2, torch.float32), max_shard_bytes=10**9)
+    res = export(d, "onnx", tmp_path / "onnx", dtype="f32")
+    assert res["verify"]["passed"]
+    assert (tmp_path / "onnx" / "model.onnx.data").stat().st_size > 2 * 1024**3
+    assert (tmp_path / "onnx" / "model.onnx").stat().st_size < 10 * 2**20
+    assert res["peak_memory"]["peak_bytes"] <= 1.5 * res["bytes"] + 2**30

@@ -69,6 +69,7 @@ class DecoderAdapter:
     embed_key: ClassVar[str] = "model.embed_tokens.weight"
     final_norm_key: ClassVar[str] = "model.norm.weight"
     lm_head_key: ClassVar[str] = "lm_head.weight"
+    rotary_key: ClassVar[str] = "model.rotary_emb"  # built anew on load (its tables are not stored)
     # Extra per-layer modules that depend on head_dim only (Qwen3's q_norm/k_norm).
     head_norm_paths: ClassVar[tuple[str, ...]] = ()
     # What llama.cpp's GGUF can express: uniform shapes go to `uniform_gguf_arch`;
