@@ -27,6 +27,10 @@ def bench(path: str, context: int | None = None, new_tokens: int | None = None, 
         prof_path = p / "profile.json"
         profile = json.loads(prof_path.read_text())
         ctx = context or int(profile["target"]["latency"]["context"])
+        missing = [a["path"] for a in profile["artifacts"] if not (p / a["path"]).exists()]
+        if missing:
+            raise EdgePruneError(f"{p}: artifact {missing[0]} listed in profile.json is missing (deleted?); re-run the "
+                                 "build with --force, or bench a remaining artifact by its path")
         from .errors import MissingExtraError
 
         entries, skipped = [], []

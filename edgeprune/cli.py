@@ -46,10 +46,19 @@ def _positive(s: str) -> int:
     return n
 
 
-def _setup_torch(threads: int | None) -> None:
+def _setup_torch(threads: int | None, device: str = "cpu") -> None:
     import torch
 
     torch.set_num_threads(threads or min(os.cpu_count() or 1, 8))
+    if str(device).startswith("cuda") and not torch.cuda.is_available():
+        from .errors import EdgePruneError
+
+        why = "this torch build has no CUDA" if torch.version.cuda is None else "no CUDA device is visible"
+        raise EdgePruneError(f"--device {device}: {why}; use --device cpu, or install a CUDA build of torch on a GPU machine")
+    if str(device) not in ("cpu",) and not str(device).startswith("cuda"):
+        from .errors import EdgePruneError
+
+        raise EdgePruneError(f"--device {device} is not supported; use cpu or cuda")
 
 
 def _model_arg(model: str | None) -> str:
@@ -72,7 +81,7 @@ def _data_default(model: str, given: str | None) -> str:
 # ---- commands ---------------------------------------------------------------------
 def cmd_eval(a) -> int:
     """Perplexity (unless only --tasks is asked for) and lm-eval zero-shot tasks."""
-    _setup_torch(a.threads)
+    _setup_torch(a.threads, getattr(a, 'device', 'cpu'))
     from . import data
     from .checkpoint import load
     from .evaluate import perplexity
@@ -85,6 +94,11 @@ def cmd_eval(a) -> int:
 
         require_lm_eval()  # fail before loading anything
     model = load(model_dir, device=a.device)
+    ctx = int(getattr(model.config, "max_position_embeddings", 0) or 0)
+    if ctx and a.seq_len > ctx:
+        warnings.warn(f"--seq-len {a.seq_len} is beyond the model's context ({ctx} tokens, max_position_embeddings); "
+                      "perplexity past it measures extrapolation, not the model. Use --seq-len <= "
+                      f"{ctx}", stacklevel=1)
     tok = tokenizer_for(model_dir)
     res: dict = {"model": str(model_dir)}
     lines = []
@@ -133,7 +147,7 @@ def _request_kwargs(a) -> dict:
 
 
 def cmd_prune(a) -> int:
-    _setup_torch(a.threads)
+    _setup_torch(a.threads, getattr(a, 'device', 'cpu'))
     from .errors import PlanError
     from .pipeline import prune
 
@@ -166,7 +180,7 @@ def cmd_inspect(a) -> int:
 
 
 def cmd_export(a) -> int:
-    _setup_torch(a.threads)
+    _setup_torch(a.threads, getattr(a, 'device', 'cpu'))
     from exporters import export
 
     res = export(a.model, a.format, a.out, dtype=a.dtype, verify=not a.no_verify, force=a.force,
@@ -178,7 +192,7 @@ def cmd_export(a) -> int:
 
 
 def cmd_build(a) -> int:
-    _setup_torch(a.threads)
+    _setup_torch(a.threads, getattr(a, 'device', 'cpu'))
     from .build import build
 
     res = build(model=a.model, target=a.target, ratio=a.ratio, method=a.method, calib=a.calib, out=a.out,
@@ -206,7 +220,10 @@ def cmd_targets(a) -> int:
 
 # ---- parser -----------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="edgeprune", description="Prune, export, verify and profile LLMs for edge devices.")
+    p = argparse.ArgumentParser(
+        prog="edgeprune", description="Prune, export, verify and profile LLMs for edge devices.",
+        epilog="environment: EDGEPRUNE_CACHE (where the demo model is cached, default ~/.cache/edgeprune); "
+               "EDGEPRUNE_DATA (folder of named datasets, default ../shared/data when present)")
     p.add_argument("--version", action="version", version="edgeprune 0.1.0")
     sub = p.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
 
@@ -239,7 +256,7 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--calib", help="calibration set: named set or file (default wikitext2; demo for the demo model)")
     pr.add_argument("--nsamples", type=_positive, default=32, help="calibration windows (default 32)")
     pr.add_argument("--seq-len", type=_positive, default=128, help="calibration window length (default 128)")
-    pr.add_argument("--seed", type=int, default=0)
+    pr.add_argument("--seed", type=int, default=0, help="seed of the calibration windows (default 0)")
     pr.add_argument("--align", type=_positive, default=1, help="round kept FFN widths to a multiple (default 1: none)")
     pr.add_argument("--importance", choices=("obs", "diag"), default="diag", help="COMP neuron importance reading (default diag: see README)")
     pr.add_argument("--pruned-inputs", action="store_true", help="COMP: prune each layer on the pruned model's inputs (ablation)")
@@ -273,25 +290,27 @@ def build_parser() -> argparse.ArgumentParser:
 
     b = sub.add_parser("build", help="prune, export, verify and profile for a device target")
     b.add_argument("--model", help="model directory (default: the embedded demo model)")
-    b.add_argument("--target", default="cpu-x86", help="target name or TOML path (see `edgeprune targets`)")
+    b.add_argument("--target", default="cpu-x86", help="target name or TOML path (default cpu-x86; see `edgeprune targets`)")
     b.add_argument("--ratio", type=_ratio, default=None, help="override the target's default ratio")
-    b.add_argument("--method", default=None, help="override the target's default method")
-    b.add_argument("--calib", default=None)
-    b.add_argument("--nsamples", type=_positive, default=32)
-    b.add_argument("--seq-len", type=_positive, default=128)
-    b.add_argument("--seed", type=int, default=0)
+    b.add_argument("--method", default=None, help="override the target's method: comp, slimgpt, shortgpt, wanda-sp, flap, "
+                   "taylor, magnitude")
+    b.add_argument("--calib", default=None, help="calibration (and evaluation) set: named set or file "
+                   "(default wikitext2; demo for the demo model)")
+    b.add_argument("--nsamples", type=_positive, default=32, help="calibration windows (default 32)")
+    b.add_argument("--seq-len", type=_positive, default=128, help="calibration window length (default 128)")
+    b.add_argument("--seed", type=int, default=0, help="seed of the calibration windows (default 0)")
     b.add_argument("--out", default="build", help="build directory (default build/)")
-    b.add_argument("--force", action="store_true")
-    b.add_argument("--resume", action="store_true")
+    b.add_argument("--force", action="store_true", help="replace a finished build in --out (only one edgeprune wrote)")
+    b.add_argument("--resume", action="store_true", help="continue an interrupted build with the same arguments")
     common(b)
     b.set_defaults(fn=cmd_build)
 
     be = sub.add_parser("bench", help="measure latency of an artifact or build dir with its runtime (no torch)")
     be.add_argument("path")
     be.add_argument("--context", type=_positive, default=None, help="prompt tokens (default: the target's, else 128)")
-    be.add_argument("--new-tokens", type=_positive, default=32)
-    be.add_argument("--reps", type=_positive, default=5)
-    be.add_argument("--threads", type=_positive, default=None)
+    be.add_argument("--new-tokens", type=_positive, default=32, help="decoded tokens per repetition (default 32)")
+    be.add_argument("--reps", type=_positive, default=5, help="repetitions (default 5)")
+    be.add_argument("--threads", type=_positive, default=None, help="runtime threads (default: all cores)")
     be.add_argument("--json", action="store_true")
     be.set_defaults(fn=cmd_bench)
 

@@ -139,6 +139,8 @@ CASES = [
     ("target: dtype typo", lambda r, t: ["build", "--model", str(r / "good"), "--out", str(t / "b"),
                                          "--target", str(_target(t, **{'dtype = "q8_0"': 'dtype = "q8"'}))],
      "is not a gguf dtype"),
+    ("--device cuda without CUDA", lambda r, t: [*PRUNE, "--model", str(r / "good"), "--calib", str(r / "calib.txt"),
+                                                 "--out", str(t / "o"), "--device", "cuda"], "--device cuda"),
     ("target: unknown method", lambda r, t: ["build", "--model", str(r / "good"), "--out", str(t / "b"),
                                              "--target", str(_target(t, **{'method = "comp"': 'method = "compp"'}))],
      "pruning.method"),
