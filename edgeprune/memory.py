@@ -1,8 +1,8 @@
 """Peak-memory measurement: RSS high-water mark on CPU, `max_memory_allocated` on CUDA.
 
-On Linux the kernel keeps the RSS high-water mark (VmHWM); writing 5 to
-/proc/self/clear_refs resets it, so the peak of one stage can be read exactly. Where that
-is not allowed, a sampling thread polls RSS every 5 ms instead.
+On Linux the kernel keeps the RSS high-water mark (VmHWM): the whole command's peak is read
+from it exactly. Per-stage peaks are exact for the stage that set the record, sampled every
+5 ms for the others (the mark is never reset, so outside tools still see the true peak).
 """
 from __future__ import annotations
 
@@ -36,38 +36,28 @@ def _hwm_bytes() -> int | None:
     return None
 
 
-_SEEN_PEAK = 0  # the largest high-water mark read before any reset: the process's real peak
-
-
-def _fold_hwm() -> None:
-    global _SEEN_PEAK
-    _SEEN_PEAK = max(_SEEN_PEAK, _hwm_bytes() or 0, rss_bytes())
+_CHILD_PEAK = 0  # peaks of helper processes that ran while this one waited (ONNX export)
 
 
 def note_peak(nbytes: int) -> None:
     """Fold in a peak measured elsewhere (a child process that ran while this one waited)."""
-    global _SEEN_PEAK
-    _SEEN_PEAK = max(_SEEN_PEAK, int(nbytes))
+    global _CHILD_PEAK
+    _CHILD_PEAK = max(_CHILD_PEAK, int(nbytes))
 
 
 def process_peak_bytes() -> int:
-    """The process's peak RSS since it started, across every stage (resets included)."""
-    _fold_hwm()
-    return _SEEN_PEAK
-
-
-def _reset_hwm() -> bool:
-    _fold_hwm()  # never lose the peak of what ran before this stage
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        return True
-    except OSError:
-        return False
+    """The process's peak RSS since it started (the kernel's VmHWM, never reset), or a
+    helper process's when that was higher."""
+    return max(_hwm_bytes() or 0, rss_bytes(), _CHILD_PEAK)
 
 
 class PeakMemory:
-    """Context manager: `.peak_bytes` (absolute), `.baseline_bytes` and `.above_baseline_bytes`."""
+    """Context manager: `.peak_bytes` (absolute), `.baseline_bytes` and `.above_baseline_bytes`.
+
+    The kernel's high-water mark is never reset (that would also hide the peak from
+    /usr/bin/time and every other outside measurement). A stage that raises the process's
+    high-water mark gets it exactly; any other stage's peak is sampled every 5 ms.
+    """
 
     def __init__(self, device: str | torch.device = "cpu"):
         self.device = torch.device(device)
@@ -82,12 +72,11 @@ class PeakMemory:
             self.baseline_bytes = torch.cuda.memory_allocated(self.device)
             return self
         self.baseline_bytes = rss_bytes()
-        self._hwm = _reset_hwm() and _hwm_bytes() is not None
+        self._hwm0 = _hwm_bytes()
         self._stop = threading.Event()
         self._sampled = self.baseline_bytes
-        if not self._hwm:
-            self._thread = threading.Thread(target=self._sample, daemon=True)
-            self._thread.start()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
         return self
 
     def _sample(self) -> None:
@@ -100,15 +89,12 @@ class PeakMemory:
             torch.cuda.synchronize(self.device)
             self.peak_bytes = torch.cuda.max_memory_allocated(self.device)
             return
-        if self._hwm:
-            self.peak_bytes = max(_hwm_bytes() or 0, rss_bytes())
-            _fold_hwm()
-        else:
-            self._stop.set()
-            self._thread.join()
-            self.peak_bytes = max(self._sampled, rss_bytes())
-            global _SEEN_PEAK
-            _SEEN_PEAK = max(_SEEN_PEAK, self.peak_bytes)
+        self._stop.set()
+        self._thread.join()
+        hwm1 = _hwm_bytes()
+        self.peak_bytes = max(self._sampled, rss_bytes())
+        if hwm1 is not None and self._hwm0 is not None and hwm1 > self._hwm0:
+            self.peak_bytes = max(self.peak_bytes, hwm1)  # this stage set the process's record
 
     @property
     def above_baseline_bytes(self) -> int:

@@ -64,8 +64,29 @@ def _info(gguf, shape: tuple[int, ...], kind: str):
     return byte_shape, np.dtype(np.uint8), int(np.prod(byte_shape)), qt
 
 
+ROW_BLOCK_ELEMENTS = 1 << 24  # converted/quantised at a time: a 1 GB embedding costs megabytes of scratch
+
+
 def _encode(gguf, t: torch.Tensor, kind: str) -> np.ndarray:
-    arr = t.detach().float().cpu().numpy()
+    """The tensor's GGUF bytes (or float array), converted in row blocks into one output
+    array: never a float32 copy of a whole bf16 embedding next to its quantised form."""
+    t = t.detach()
+    if t.ndim < 2:
+        return _encode_block(gguf, t, kind)
+    rows = t.shape[0]
+    step = max(1, ROW_BLOCK_ELEMENTS // max(1, t[0].numel()))
+    first = _encode_block(gguf, t[:step], kind)
+    if step >= rows:
+        return first
+    out = np.empty((rows, *first.shape[1:]), dtype=first.dtype)
+    out[:step] = first
+    for s in range(step, rows, step):
+        out[s : s + step] = _encode_block(gguf, t[s : s + step], kind)
+    return out
+
+
+def _encode_block(gguf, t: torch.Tensor, kind: str) -> np.ndarray:
+    arr = t.float().cpu().numpy()
     if kind == "f32":
         return arr
     if kind == "f16":

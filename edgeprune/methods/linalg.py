@@ -10,10 +10,13 @@ from __future__ import annotations
 import torch
 
 
-def mask_system(weight: torch.Tensor, gram: torch.Tensor) -> torch.Tensor:
-    """A = (W^T W) ⊙ (X X^T), float64."""
+def mask_system(weight: torch.Tensor, gram: torch.Tensor, block: int = 1024) -> torch.Tensor:
+    """A = (W^T W) ⊙ (X X^T), float64, written over `gram` (which the caller hands over):
+    W^T W is formed in row blocks, so no second n x n matrix ever exists."""
     w = weight.to(gram.device, torch.float64)
-    return (w.T @ w).mul_(gram)  # in place: one n×n temporary less
+    for s in range(0, gram.shape[0], block):
+        gram[s : s + block].mul_(w[:, s : s + block].T @ w)
+    return gram
 
 
 def damping(A: torch.Tensor, damp: float) -> float:
@@ -46,10 +49,33 @@ def damped_block(A: torch.Tensor, keep: torch.Tensor, lam: float) -> torch.Tenso
 def fit_mask(A: torch.Tensor, keep: torch.Tensor, lam: float, solver: str = "cholesky") -> torch.Tensor:
     """Least-squares mask on the kept set: (A_KK + λI) m = b_K + λ·1."""
     b = A.sum(1)[keep] + lam
-    AKK = damped_block(A, keep, lam)
     if solver == "lsmr":
-        return lsmr_solve(AKK, b)
-    return torch.cholesky_solve(b.unsqueeze(1), _chol(AKK)).squeeze(1)
+        return lsmr_solve(damped_block(A, keep, lam), b)
+    if A.device.type != "cpu":
+        return torch.cholesky_solve(b.unsqueeze(1), _chol(damped_block(A, keep, lam))).squeeze(1)
+    scale = float(torch.diagonal(A).mean().abs().clamp_min(1e-12))
+    added = 0.0
+    for attempt in range(6):  # the same escalating jitter as _chol, on a rebuilt block each time
+        x = solve_spd_inplace(damped_block(A, keep, lam + added), b)
+        if x is not None:
+            return x
+        added += scale * 1e-6 * 100**attempt
+    raise torch.linalg.LinAlgError("mask system not positive definite even with jitter")
+
+
+def solve_spd_inplace(M: torch.Tensor, b: torch.Tensor) -> torch.Tensor | None:
+    """Solve M x = b for a symmetric positive definite CPU matrix, factorising M in its own
+    memory (LAPACK potrf through SciPy, overwrite_a): one n x n matrix alive instead of two,
+    1.6 GB less at 8B width (FFN 14336). Returns None if M is not positive definite (M is
+    then spoiled: the caller rebuilds it)."""
+    from scipy.linalg import LinAlgError, cho_factor, cho_solve
+
+    a = M.numpy().T  # the symmetric matrix as a Fortran-ordered view: LAPACK works in place
+    try:
+        c = cho_factor(a, lower=True, overwrite_a=True, check_finite=False)
+    except LinAlgError:
+        return None
+    return torch.from_numpy(cho_solve(c, b.numpy(), check_finite=False)).to(M.dtype)
 
 
 def lsmr_solve(M: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
