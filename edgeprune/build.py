@@ -213,7 +213,6 @@ def build(model: str | None = None, target: str = "cpu-x86", ratio: float | None
     ad_p = get_adapter(load_config(pruned_dir))
 
     # 2. export + verify (pruned artifacts and dense references in the same formats)
-    import edgeprune
     from exporters import export
 
     exports = state["done"].setdefault("export", {})

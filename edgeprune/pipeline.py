@@ -27,7 +27,7 @@ from .plan import LayerPlan, Plan
 from .streaming import open_source
 from .surgery import apply_plan
 from .tensorfiles import DiskTensors
-from .weights import open_store, parse_dtype
+from .weights import parse_dtype
 from .writeout import save_pruned
 
 # Below this many calibration tokens COMP's statistics get noisy (the paper used 10 x 128).
@@ -119,7 +119,7 @@ def make_plan(model, method: str, req: PruneRequest, calib: torch.Tensor | None,
     return plan, report
 
 
-def prune(
+def prune(  # long: one keyword argument per CLI option
     model_dir: str | Path,
     method: str = "comp",
     *,
@@ -149,13 +149,7 @@ def prune(
     out_path = Path(out).absolute() if out else None
     if out_path is not None:
         check_output_dir(out_path, force=force, resume=resume)
-    if not isinstance(model_dir, torch.nn.Module):  # missing tensors, NaN weights: refused before any work
-        from .streaming import CheckpointSource
-
-        src = CheckpointSource(model_dir)
-        src.check_complete()
-        src.store.check_finite(progress=req.progress)
-        del src
+    _check_weights(model_dir, req.progress)
     args = {"model": str(Path(model_dir).absolute()) if isinstance(model_dir, (str, Path)) else "in-memory", "method": method, "ratio": ratio, "layers": layers,
             "calib": str(calib), "n_samples": n_samples, "seq_len": seq_len, "seed": seed, "dtype": dtype,
             "request": {k: (list(v) if isinstance(v, tuple) else v) for k, v in sorted(request.items()) if k != "progress"}}
@@ -189,6 +183,17 @@ def prune(
     report["peak_memory"] = stage_report(stages, device)
     report["apply_save_seconds"] = time.perf_counter() - t0
     return PruneResult(plan, model, report)
+
+
+def _check_weights(model_dir, progress: bool) -> None:
+    """Missing tensors and NaN/Inf weights are refused before any work, naming the tensor."""
+    if isinstance(model_dir, torch.nn.Module):
+        return
+    from .streaming import CheckpointSource
+
+    src = CheckpointSource(model_dir)
+    src.check_complete()
+    src.store.check_finite(progress=progress)
 
 
 def _forget_if_fresh(out_path: Path | None, resuming: bool, work: Path | None) -> None:
