@@ -160,7 +160,7 @@ def build(model: str | None = None, target: str = "cpu-x86", ratio: float | None
           command: str = "") -> dict:
     from . import data as data_mod
     from .demo import ensure_demo_model
-    from .pipeline import prune, tokenizer_for
+    from .pipeline import preflight, prune, tokenizer_for
 
     tgt = load_target(target)
     out_dir = Path(out).absolute()
@@ -185,8 +185,10 @@ def build(model: str | None = None, target: str = "cpu-x86", ratio: float | None
             raise BuildError(f"{out_dir} was started with different arguments {old['args']}; use the same ones with --resume, or --force")
         state = old
         log(f"resuming; finished stages: {', '.join(state['done']) or 'none'}")
-    elif out_dir.exists() and force:
-        shutil.rmtree(out_dir)
+    else:  # refusals come before the build directory exists
+        preflight(model_dir, method, calib, nsamples, seq_len, seed, data_dir)
+        if out_dir.exists() and force:
+            shutil.rmtree(out_dir)  # check_output_dir made sure edgeprune wrote it
     out_dir.mkdir(exist_ok=True)
     (out_dir / INCOMPLETE).write_text("edgeprune build in progress\n")
 
@@ -202,7 +204,7 @@ def build(model: str | None = None, target: str = "cpu-x86", ratio: float | None
         layers = "auto" if method == "comp" else None
         res = prune(model_dir, method, ratio=the_ratio, layers=layers, calib=calib, n_samples=nsamples, seq_len=seq_len,
                     seed=seed, device=device, data_dir=data_dir, out=out_dir / "model", resume=True, force=True,
-                    align=tgt.align)
+                    align=tgt.align, checked=True)
         rep = dict(res.report)
         rep["stage_seconds"] = time.perf_counter() - t0
         state["done"]["prune"] = rep

@@ -135,6 +135,7 @@ def prune(  # long: one keyword argument per CLI option
     force: bool = False,
     resume: bool = False,
     dtype: str | None = None,
+    checked: bool = False,
     **request,
 ) -> PruneResult:
     """Prune a checkpoint directory; with `out`, stream the physically pruned model there.
@@ -149,7 +150,8 @@ def prune(  # long: one keyword argument per CLI option
     out_path = Path(out).absolute() if out else None
     if out_path is not None:
         check_output_dir(out_path, force=force, resume=resume)
-    _check_weights(model_dir, req.progress)
+    if not checked:  # `build` runs preflight() itself before creating its directory
+        _check_weights(model_dir, req.progress)
     args = {"model": str(Path(model_dir).absolute()) if isinstance(model_dir, (str, Path)) else "in-memory", "method": method, "ratio": ratio, "layers": layers,
             "calib": str(calib), "n_samples": n_samples, "seq_len": seq_len, "seed": seed, "dtype": dtype,
             "request": {k: (list(v) if isinstance(v, tuple) else v) for k, v in sorted(request.items()) if k != "progress"}}
@@ -183,6 +185,16 @@ def prune(  # long: one keyword argument per CLI option
     report["peak_memory"] = stage_report(stages, device)
     report["apply_save_seconds"] = time.perf_counter() - t0
     return PruneResult(plan, model, report)
+
+
+def preflight(model_dir, method: str, calib: str, n_samples: int, seq_len: int, seed: int, data_dir=None,
+              progress: bool = True) -> None:
+    """Everything a prune can refuse cheaply, before a caller creates any directory: the
+    method, missing or non-finite weights, the tokenizer and the calibration text."""
+    get_method(method)
+    _check_weights(model_dir, progress)
+    if NEEDS_CALIBRATION.get(method, True):
+        calibration(model_dir, calib, n_samples, seq_len, seed, data_dir)
 
 
 def _check_weights(model_dir, progress: bool) -> None:
