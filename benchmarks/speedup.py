@@ -72,6 +72,7 @@ def main() -> None:
     from edgeprune.methods import PruneRequest
     from edgeprune.models import get_adapter
     from edgeprune.pipeline import make_plan
+    from edgeprune.speedup import check as speedup_check
     from edgeprune.surgery import apply_plan
     from exporters import export
 
@@ -111,21 +112,20 @@ def main() -> None:
             ideal = b_dense / linear_weight_bytes(p, fmt, dtype, ad_p)
             ld, lp = lat["dense"], lat[name]
             pl = plans[name]
+            sp = speedup_check(ld["decode_ms_per_token_runs"], lp["decode_ms_per_token_runs"], ideal)
             rows.append({
                 "runtime": "llama.cpp" if fmt == "gguf" else "onnxruntime", "dtype": dtype, "ratio": name,
                 "layers_removed": len(pl.removed_layers),
-                "decode_dense_min": ld["decode_ms_per_token_min"], "decode_pruned_min": lp["decode_ms_per_token_min"],
-                "speedup_min": ld["decode_ms_per_token_min"] / lp["decode_ms_per_token_min"],
-                "speedup_median": ld["decode_ms_per_token_median"] / lp["decode_ms_per_token_median"],
-                "ideal": ideal,
-                "vs_ideal": (ld["decode_ms_per_token_min"] / lp["decode_ms_per_token_min"]) / ideal,
+                "decode_dense_med": ld["decode_ms_per_token_median"], "decode_pruned_med": lp["decode_ms_per_token_median"],
+                "speedup": sp["decode_measured"], "interval": "[{:.2f}, {:.2f}]".format(*sp["decode_interval"]),
+                "ideal": ideal, "vs_ideal": sp["decode_measured"] / ideal, "status": sp["status"], "reps": sp["repetitions"],
                 "prefill_speedup": lp["prefill_tokens_per_s_max"] / ld["prefill_tokens_per_s_max"],
             })
         print(f"measured {fmt} {dtype} in {time.perf_counter() - t0:.0f}s", file=sys.stderr)
     cols = [("runtime", "runtime"), ("dtype", "dtype"), ("ratio", "ratio"), ("layers_removed", "layers removed"),
-            ("decode_dense_min", "decode ms/tok dense (min)"), ("decode_pruned_min", "pruned (min)"),
-            ("speedup_min", "speedup (min)"), ("speedup_median", "speedup (median)"), ("ideal", "ideal"),
-            ("vs_ideal", "measured/ideal"), ("prefill_speedup", "prefill speedup")]
+            ("decode_dense_med", "decode ms/tok dense (median)"), ("decode_pruned_med", "pruned (median)"),
+            ("speedup", "speedup (median of paired ratios)"), ("interval", "95% interval"), ("ideal", "ideal"),
+            ("vs_ideal", "measured/ideal"), ("status", "check"), ("reps", "reps"), ("prefill_speedup", "prefill speedup")]
     n = sum(p.numel() for p in edgeprune.load(dense).parameters())
     header = (f"Random-weight Llama shape: hidden {a.hidden}, {a.layers} layers, FFN {a.ffn}, {a.heads} heads / {a.kv} KV, "
               f"vocab {a.vocab}, tied ({n / 1e6:.1f}M params); COMP plans (FFN aligned to 32). Batch 1, context {a.context}, "

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from .errors import EdgePruneError
 from .latency import DEFAULT_CONTEXT, DEFAULT_NEW_TOKENS, DEFAULT_REPS, host_info, measure
+from .speedup import check
 
 
 def bench(path: str, context: int | None = None, new_tokens: int | None = None, reps: int | None = None,
@@ -34,17 +35,24 @@ def bench(path: str, context: int | None = None, new_tokens: int | None = None, 
         from .errors import MissingExtraError
 
         entries, skipped = [], []
+        host = host_info()
+        same_host = host == profile["provenance"].get("host")
         for a in profile["artifacts"]:
-            try:
-                lat = measure({"pruned": p / a["path"]}, ctx, new_tokens, reps, threads)["pruned"]
+            pair = {"dense": p / a["reference_dense"]["path"], "pruned": p / a["path"]}
+            try:  # dense and pruned interleaved, as in the build: the check needs both sides
+                lat = measure(pair, ctx, new_tokens, reps, threads)
             except MissingExtraError as e:  # a device may carry only one of the runtimes
                 skipped.append({"format": a["format"], "dtype": a["dtype"], "path": a["path"], "skipped": str(e)})
                 print(f"edgeprune: note: skipping {a['path']}: {e}", file=sys.stderr)
                 continue
-            entries.append({"format": a["format"], "dtype": a["dtype"], "path": a["path"], "latency": lat})
+            ideal = a["speedup"]["decode_ideal"]
+            sp = check(lat["dense"]["decode_ms_per_token_runs"], lat["pruned"]["decode_ms_per_token_runs"], ideal)
+            entries.append({"format": a["format"], "dtype": a["dtype"], "path": a["path"], "latency": lat["pruned"],
+                            "latency_dense": lat["dense"], "speedup": sp})
         if not entries:
             raise EdgePruneError("no artifact of this build could be run here: " + "; ".join(s["skipped"] for s in skipped))
-        record = {"time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "host": host_info(), "artifacts": entries, "skipped": skipped}
+        record = {"time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "host": host, "same_host_as_build": same_host,
+                  "artifacts": entries, "skipped": skipped}
         profile.setdefault("measured_on_device", []).append(record)
         tmp = p / ".profile.json.tmp"
         tmp.write_text(json.dumps(profile, indent=1))
@@ -52,8 +60,14 @@ def bench(path: str, context: int | None = None, new_tokens: int | None = None, 
         from .report import write_report
 
         write_report(p, profile)
-        text = "\n".join(f"{e['format']} {e['dtype']}: decode {e['latency']['decode_ms_per_token_min']:.3f} ms/token (min), "
-                         f"prefill {e['latency']['prefill_tokens_per_s_max']:.0f} tokens/s; appended to {prof_path}" for e in entries)
+        where = f"Measured on {host['cpu']} ({host['cores']} cores)" + (
+            " - the same host that ran the build, not a separate device" if same_host else "")
+        text = where + "\n" + "\n".join(
+            f"{e['format']} {e['dtype']}: decode {e['latency_dense']['decode_ms_per_token_median']:.3f} -> "
+            f"{e['latency']['decode_ms_per_token_median']:.3f} ms/token (median), speedup {e['speedup']['decode_measured']:.2f}x "
+            "[{:.2f}, {:.2f}] vs ideal {:.2f}x: {}".format(*e["speedup"]["decode_interval"], e["speedup"]["decode_ideal"],
+                                                          e["speedup"]["status"].upper())
+            for e in entries) + f"\nappended to {prof_path}"
         return {"build": str(p), "measured_on_device": record, "text": text}
     if p.is_dir() and not (p / "model.onnx").is_file():
         raise EdgePruneError(f"{p} is neither a build directory (no profile.json) nor an ONNX export (no model.onnx)")

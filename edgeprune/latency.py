@@ -65,23 +65,48 @@ def _summary(runs: list[tuple[float, float]], context: int) -> dict:
         "decode_ms_per_token_median": statistics.median(decode),
         "prefill_tokens_per_s_max": max(prefill),
         "prefill_tokens_per_s_median": statistics.median(prefill),
+        "decode_ms_per_token_runs": decode,  # per repetition, in order: paired across artifacts
         "runs": len(runs),
     }
 
 
+def _stable(runs: dict[str, list]) -> bool:
+    """Two artifacts: is the paired speedup's interval already narrow enough?"""
+    from .speedup import MAX_REL_WIDTH, interval, paired_ratios
+
+    if len(runs) != 2:
+        return True
+    a, b = ([d for _, d in v] for v in runs.values())
+    med, lo, hi = interval(paired_ratios(a, b))
+    return hi - lo <= MAX_REL_WIDTH * med / 2
+
+
 def measure(paths: dict[str, Path], context: int = DEFAULT_CONTEXT, new_tokens: int = DEFAULT_NEW_TOKENS,
-            reps: int = DEFAULT_REPS, threads: int | None = None, vocab: int | None = None) -> dict[str, dict]:
-    """Latency of several artifacts (e.g. dense and pruned), repetitions interleaved."""
+            reps: int = DEFAULT_REPS, threads: int | None = None, vocab: int | None = None,
+            max_reps: int | None = None) -> dict[str, dict]:
+    """Latency of several artifacts (e.g. dense and pruned), repetitions interleaved.
+
+    Threads default to the cores no other process is using now (`speedup.free_cores`).
+    With two artifacts, repetitions continue past `reps` (up to `max_reps`, default 3 x reps)
+    until the paired speedup's interval is narrow, so a noisy machine gets more samples.
+    """
+    from .speedup import free_cores
+
+    threads = threads or free_cores()
     sessions = {k: _session(Path(p), context, new_tokens, threads) for k, p in paths.items()}
     rng = np.random.default_rng(0)
     ids = rng.integers(3, vocab or 256, size=context)
     for s in sessions.values():  # warm-up
         _one_run(s, ids[: min(16, context)], 2)
     runs: dict[str, list] = {k: [] for k in sessions}
-    for _ in range(reps):
+    limit = max_reps or 3 * reps
+    while True:
         for k, s in sessions.items():
             runs[k].append(_one_run(s, ids, new_tokens))
-    protocol = {"context": context, "new_tokens": new_tokens, "reps": reps, "threads": threads or os.cpu_count(),
+        done = len(next(iter(runs.values())))
+        if done >= limit or (done >= reps and _stable(runs)):
+            break
+    protocol = {"context": context, "new_tokens": new_tokens, "reps": done, "threads": threads,
                 "interleaved": True, "batch": 1}
     return {k: {**_summary(v, context), "protocol": protocol} for k, v in runs.items()}
 

@@ -72,7 +72,12 @@ def test_build_stories_complete_profile(stories, tmp_path):
         assert set(a["perplexity"]) >= {"dense", "pruned", "protocol"}
         for which in ("dense", "pruned"):
             assert {"decode_ms_per_token_min", "decode_ms_per_token_median", "prefill_tokens_per_s_max"} <= set(a["latency"][which])
-        assert set(a["speedup"]) >= {"decode_measured", "decode_ideal", "passed"}
+        assert set(a["speedup"]) >= {"decode_measured", "decode_ideal", "passed", "status", "decode_interval"}
+        assert a["speedup"]["status"] in ("pass", "miss", "inconclusive")
+        lo, hi = a["speedup"]["decode_interval"]
+        assert lo <= a["speedup"]["decode_measured"] <= hi
+        if a["speedup"]["status"] == "pass":  # never an implausible pass
+            assert 0.9 * a["speedup"]["decode_ideal"] <= lo and hi <= 1.5 * a["speedup"]["decode_ideal"] * 1.3
     prov = prof["provenance"]
     assert prov["seed"] == 0 and len(prov["calibration"]["sha256"]) == 64 and prov["min_runtime_versions"]
     assert (out / "report.md").read_text().startswith("# edgeprune build report")
@@ -96,7 +101,10 @@ def test_build_stories_complete_profile(stories, tmp_path):
     cli("bench", out, "--reps", "1", "--new-tokens", "4", env=env)
     prof2 = json.loads((out / "profile.json").read_text())
     assert len(prof2["measured_on_device"]) == 1
-    assert "Measured on device" in (out / "report.md").read_text()
+    m = prof2["measured_on_device"][0]
+    assert m["same_host_as_build"] is True  # bench ran where the build ran, and says so
+    assert all("latency_dense" in a and a["speedup"]["status"] in ("pass", "miss", "inconclusive") for a in m["artifacts"])
+    assert "the build host, not a separate device" in (out / "report.md").read_text()
 
 
 def test_bench_bad_artifacts(tmp_path):

@@ -1,0 +1,83 @@
+"""The speedup check: pass, miss or inconclusive, from paired, interleaved repetitions.
+
+One minimum over five runs on a shared machine once passed a 47x "speedup". Here every
+repetition times dense and pruned back to back (so both see the same background load),
+the speedup is the median of the per-repetition ratios, and a seeded bootstrap of that
+median gives a 95% interval. The verdict:
+  - inconclusive: the measurement is implausible (above 1.5x the ideal, or below 1/ideal),
+    the interval is wider than `MAX_REL_WIDTH` of the estimate, or it straddles the
+    threshold;
+  - pass: the whole interval is at or above `PASS_FRACTION` x ideal;
+  - miss: the whole interval is below it.
+No torch: it also runs in `edgeprune bench` on the device.
+"""
+from __future__ import annotations
+
+import os
+import statistics
+import time
+
+import numpy as np
+
+PASS_FRACTION = 0.9
+IMPLAUSIBLE_ABOVE = 1.5  # x ideal: a pruned model cannot be much faster than its bytes allow
+MAX_REL_WIDTH = 0.25
+BOOTSTRAP = 2000
+
+
+def paired_ratios(dense_ms: list[float], pruned_ms: list[float]) -> list[float]:
+    return [d / p for d, p in zip(dense_ms, pruned_ms) if p > 0]
+
+
+def interval(ratios: list[float], seed: int = 0, level: float = 0.95) -> tuple[float, float, float]:
+    """(median, low, high) of the paired ratios; the interval is a percentile bootstrap."""
+    r = np.asarray(ratios, dtype=float)
+    rng = np.random.default_rng(seed)
+    meds = np.median(rng.choice(r, size=(BOOTSTRAP, r.size), replace=True), axis=1)
+    a = (1 - level) / 2
+    return float(np.median(r)), float(np.quantile(meds, a)), float(np.quantile(meds, 1 - a))
+
+
+def verdict(measured: float, lo: float, hi: float, ideal: float) -> tuple[str, str]:
+    """(status, reason) for a measured speedup with its interval against the ideal."""
+    threshold = PASS_FRACTION * ideal
+    if measured > IMPLAUSIBLE_ABOVE * ideal or measured < 1 / ideal:
+        return "inconclusive", (f"implausible: {measured:.2f}x against an ideal of {ideal:.2f}x "
+                                f"(plausible range {1 / ideal:.2f}x to {IMPLAUSIBLE_ABOVE * ideal:.2f}x); the machine was busy")
+    if (hi - lo) > MAX_REL_WIDTH * measured:
+        return "inconclusive", f"too noisy: 95% interval [{lo:.2f}, {hi:.2f}]x is wider than {MAX_REL_WIDTH:.0%} of {measured:.2f}x"
+    if lo >= threshold:
+        return "pass", f"interval [{lo:.2f}, {hi:.2f}]x at or above {PASS_FRACTION} x ideal = {threshold:.2f}x"
+    if hi < threshold:
+        return "miss", f"interval [{lo:.2f}, {hi:.2f}]x below {PASS_FRACTION} x ideal = {threshold:.2f}x"
+    return "inconclusive", f"interval [{lo:.2f}, {hi:.2f}]x straddles {PASS_FRACTION} x ideal = {threshold:.2f}x"
+
+
+def check(dense_ms: list[float], pruned_ms: list[float], ideal: float) -> dict:
+    """The profile's `speedup` fields from per-repetition decode ms/token of both sides."""
+    ratios = paired_ratios(dense_ms, pruned_ms)
+    med, lo, hi = interval(ratios)
+    status, reason = verdict(med, lo, hi, ideal)
+    return {"status": status, "reason": reason, "decode_measured": med, "decode_interval": [lo, hi],
+            "decode_ideal": ideal, "passed": status == "pass", "threshold": PASS_FRACTION,
+            "method": "median of paired dense/pruned ratios over interleaved repetitions; 95% bootstrap interval",
+            "repetitions": len(ratios),
+            "spread": {"dense_ms": [min(dense_ms), statistics.median(dense_ms), max(dense_ms)],
+                       "pruned_ms": [min(pruned_ms), statistics.median(pruned_ms), max(pruned_ms)]}}
+
+
+def free_cores(samples: int = 5) -> int:
+    """Cores not taken by other runnable processes right now (Linux /proc/loadavg's
+    running-task count, the busiest of a few samples): the runtime gets that many threads,
+    since llama.cpp's spinning threads collapse when a core is taken."""
+    cores = os.cpu_count() or 1
+    busy = 0
+    for _ in range(samples):
+        try:
+            with open("/proc/loadavg") as f:
+                running = int(f.read().split()[3].split("/")[0])
+        except (OSError, ValueError, IndexError):
+            return cores
+        busy = max(busy, running - 1)  # this process is one of them
+        time.sleep(0.05)
+    return max(1, cores - busy)

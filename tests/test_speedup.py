@@ -1,0 +1,33 @@
+"""The speedup check's verdicts (pure arithmetic on per-repetition timings; no clock)."""
+from __future__ import annotations
+
+from edgeprune.speedup import check, interval, verdict
+
+
+def test_a_47x_speedup_against_an_ideal_of_1_23_is_inconclusive():
+    dense = [439.0, 12.0, 11.5, 12.2, 11.9]   # one repetition hit by a busy core
+    pruned = [9.3, 295.0, 9.4, 290.0, 9.2]
+    res = check(dense, pruned, ideal=1.23)
+    assert res["status"] == "inconclusive" and not res["passed"]
+
+
+def test_clean_timings_pass_and_miss():
+    dense = [10.0, 10.1, 9.9, 10.05, 10.0, 9.95, 10.1, 10.0]
+    good = [d / 1.25 for d in dense]
+    slow = [d / 1.02 for d in dense]
+    assert check(dense, good, ideal=1.3)["status"] == "pass"
+    assert check(dense, slow, ideal=1.3)["status"] == "miss"
+
+
+def test_implausible_and_straddling_are_inconclusive():
+    assert verdict(2.5, 2.4, 2.6, ideal=1.3)[0] == "inconclusive"      # > 1.5 x ideal
+    assert verdict(0.5, 0.45, 0.55, ideal=1.3)[0] == "inconclusive"    # < 1 / ideal
+    assert verdict(1.17, 1.10, 1.25, ideal=1.3)[0] == "inconclusive"   # straddles 0.9 x 1.3 = 1.17
+    assert verdict(1.2, 0.8, 1.6, ideal=1.3)[0] == "inconclusive"      # too wide
+
+
+def test_interval_contains_the_median_and_is_seeded():
+    r = [1.1, 1.2, 1.15, 1.3, 1.18, 1.22]
+    med, lo, hi = interval(r)
+    assert lo <= med <= hi
+    assert interval(r) == (med, lo, hi)
