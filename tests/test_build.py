@@ -77,7 +77,8 @@ def test_build_stories_complete_profile(stories, tmp_path):
         lo, hi = a["speedup"]["decode_interval"]
         assert lo <= a["speedup"]["decode_measured"] <= hi
         if a["speedup"]["status"] == "pass":  # never an implausible pass
-            assert 0.9 * a["speedup"]["decode_ideal"] <= lo and hi <= 1.5 * a["speedup"]["decode_ideal"] * 1.3
+            assert 0.9 * a["speedup"]["decode_ideal"] <= lo
+            assert a["speedup"]["decode_measured"] <= 1.5 * a["speedup"]["decode_ideal"]
     prov = prof["provenance"]
     assert prov["seed"] == 0 and len(prov["calibration"]["sha256"]) == 64 and prov["min_runtime_versions"]
     assert (out / "report.md").read_text().startswith("# edgeprune build report")
