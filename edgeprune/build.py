@@ -168,7 +168,14 @@ def build(model: str | None = None, target: str = "cpu-x86", ratio: float | None
     model_dir = Path(ensure_demo_model()) if demo else Path(model)
     cfg = load_config(model_dir)
     ad = get_adapter(cfg)
+    defaulted = calib is None
     calib = calib or ("demo" if demo else "wikitext2")
+    if defaulted and not demo:
+        import warnings
+
+        warnings.warn(f"no --calib given: calibrating on {calib}'s calibration portion and evaluating on its evaluation "
+                      "portion (general English text). If your model's domain differs (code, stories, chat), pass --calib "
+                      "with in-domain text", stacklevel=2)
     from .data import warn_if_overlap
 
     warn_if_overlap(calib, calib)  # build evaluates on the calibration source's eval portion
@@ -197,6 +204,8 @@ def build(model: str | None = None, target: str = "cpu-x86", ratio: float | None
         tmp.replace(state_path)
 
     log(f"target {tgt.name}; method {method}; ratio {the_ratio} ({why})")
+    log(f"calibration data: {calib} (calibration portion); evaluation data: {calib} (held-out evaluation portion)"
+        + (" [default]" if defaulted else ""))
     # 1. prune (resumable per layer)
     if "prune" not in state["done"]:
         t0 = time.perf_counter()
@@ -316,7 +325,9 @@ def build(model: str | None = None, target: str = "cpu-x86", ratio: float | None
                             "artifacts": estimates},
         "provenance": {
             "versions": _versions(), "command": command, "seed": seed, "calibration": {"data": calib, "sha256": _sha256(calib_text),
-                                                                                     "n_samples": nsamples, "seq_len": seq_len},
+                                                                                     "n_samples": nsamples, "seq_len": seq_len,
+                                                                                     "portion": "calib", "defaulted": defaulted},
+            "evaluation": {"data": calib, "portion": "eval (disjoint from the calibration portion)"},
             "base_model": {"name": "edgeprune embedded demo model (trained on the Python stdlib source)" if demo else str(model_dir),
                            "license": _license(model_dir, cfg)},
             "min_runtime_versions": min_versions, "host": host_info(), "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),

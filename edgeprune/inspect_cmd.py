@@ -63,7 +63,8 @@ def _f(x) -> str:
 
 
 def plot_plan(plan: Plan, path: str) -> None:
-    """PNG: layer importance (bars) and kept FFN width fraction per layer."""
+    """PNG: layer importance, and the kept fraction per layer with removed layers drawn as
+    red hatched outlines and protected layers marked, so nothing hides in a pale bar."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -71,19 +72,23 @@ def plot_plan(plan: Plan, path: str) -> None:
 
     rows = _plan_rows(plan)
     idx = [r["layer"] for r in rows]
-    imp = [r["importance"] or 0 for r in rows]
-    fig, ax = plt.subplots(1, 2, figsize=(10, 3.5))
-    ax[0].bar(idx, imp, color=["lightgray" if r["removed"] else "tab:blue" for r in rows])
-    ax[0].set_title("layer importance 1 - cos (gray: removed)")
+    protected = set((plan.options or {}).get("protect") or [])
+    fig, ax = plt.subplots(1, 2, figsize=(11, 3.8))
+    ax[0].bar(idx, [r["importance"] or 0 for r in rows], color=["tab:red" if r["removed"] else "tab:blue" for r in rows])
+    ax[0].set_title("layer importance (1 - cos); red: removed")
     ax[0].set_xlabel("layer")
-    kept = []
-    for r in rows:
-        k = r["kept"]
-        kept.append(0 if r["removed"] else (1 - (r["achieved_ratio"] or 0)) if k else 1)
-    ax[1].bar(idx, kept, color="tab:green")
-    ax[1].set_ylim(0, 1.05)
-    ax[1].set_title("kept fraction of layer parameters")
+    kept = [0 if r["removed"] else (1 - (r["achieved_ratio"] or 0)) if r["kept"] else 1 for r in rows]
+    ax[1].bar(idx, [1] * len(idx), color="none", edgecolor="lightgray", label="dense (1.0)")
+    ax[1].bar(idx, kept, color="tab:green", label="kept")
+    gone = [r["layer"] for r in rows if r["removed"]]
+    if gone:
+        ax[1].bar(gone, [1] * len(gone), color="none", edgecolor="tab:red", hatch="//", label="removed layer")
+    for i in sorted(protected):
+        ax[1].annotate("P", (i, 1.02), ha="center", color="tab:purple", fontsize=8)
+    ax[1].set_ylim(0, 1.12)
+    ax[1].set_title(f"kept fraction of each layer ({plan.method}; P: protected)")
     ax[1].set_xlabel("layer")
+    ax[1].legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=80)
+    fig.savefig(path, dpi=90)
     plt.close(fig)

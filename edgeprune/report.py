@@ -10,6 +10,26 @@ from pathlib import Path
 SCHEMA_VERSION = 1
 
 
+def _verdict(profile: dict) -> str:
+    """The one paragraph a newcomer reads first: speed, quality, memory fit."""
+    host = profile["provenance"]["host"]["cpu"]
+    parts = []
+    for a in profile["artifacts"]:
+        sp, pp = a["speedup"], a["perplexity"]
+        iv = sp.get("decode_interval") or [sp["decode_measured"]] * 2
+        parts.append(f"{a['format']} {a['dtype']}: decode {sp['decode_measured']:.2f}x faster (95% interval "
+                     f"{iv[0]:.2f}-{iv[1]:.2f}x, ideal {sp['decode_ideal']:.2f}x: {sp.get('status', 'n/a')}), perplexity "
+                     f"{_fmt(pp.get('dense'), '.2f')} -> {_fmt(pp.get('pruned'), '.2f')} "
+                     f"(x{_fmt(pp.get('ratio'), '.3f')})")
+    tgt = profile["target"]
+    budget = tgt.get("memory", {}).get("budget_bytes")
+    biggest = max((a["bytes"] for a in profile["artifacts"]), default=0)
+    fit = (f"the largest artifact ({biggest / 1e9:.3g} GB) {'fits' if budget and biggest <= budget else 'does NOT fit'} "
+           f"{tgt['name']}'s {budget / 1e9:.3g} GB budget" if budget else "")
+    return (f"**Verdict.** Measured on {host} (the build host; run `edgeprune bench` on the device itself): "
+            + "; ".join(parts) + (f". Memory: {fit} (KV cache not included)." if fit else "."))
+
+
 def _status(sp: dict) -> str:
     st = sp.get("status") or ("pass" if sp.get("passed") else "miss")
     return {"pass": "pass", "miss": "**MISS**", "inconclusive": "inconclusive"}.get(st, st)
@@ -25,9 +45,13 @@ def _fmt(x, spec=".3g") -> str:
 
 
 def write_report(build_dir: Path, profile: dict) -> Path:
-    lines = [f"# edgeprune build report: {profile['target']['name']}", ""]
+    lines = [f"# edgeprune build report: {profile['target']['name']}", "", _verdict(profile), ""]
     pr = profile["prune"]
+    cal = profile["provenance"].get("calibration", {})
     lines += [
+        f"- calibration data: {cal.get('data')} ({cal.get('n_samples')} x {cal.get('seq_len')} tokens, calibration portion"
+        f"{', the default: pass --calib for in-domain text' if cal.get('defaulted') else ''}); evaluation data: "
+        f"{(profile['provenance'].get('evaluation') or {}).get('data', cal.get('data'))} (held-out evaluation portion)",
         f"- model: `{profile['checkpoint'].get('base_model')}` -> `{profile['checkpoint']['path']}`",
         f"- method **{pr['method']}**, ratio requested {pr['ratio_requested']} ({pr.get('ratio_reason', '')}), "
         f"achieved {pr['ratio_achieved']:.4f} of non-embedding parameters",
@@ -100,19 +124,36 @@ def plot_latency_and_ppl(build_dir: Path, profile: dict) -> list[str]:
     if not arts:
         return []
     labels = [f"{a['format']} {a['dtype']}" for a in arts]
-    x = range(len(arts))
-    fig, ax = plt.subplots(1, 2, figsize=(10, 3.5))
-    ax[0].bar([i - 0.2 for i in x], [a["latency"]["dense"]["decode_ms_per_token_min"] for a in arts], 0.4, label="dense")
-    ax[0].bar([i + 0.2 for i in x], [a["latency"]["pruned"]["decode_ms_per_token_min"] for a in arts], 0.4, label="pruned")
-    ax[0].set_xticks(list(x), labels)
-    ax[0].set_ylabel("decode ms/token (min)")
-    ax[0].legend()
-    ax[1].bar([i - 0.2 for i in x], [a["perplexity"]["dense"] or 0 for a in arts], 0.4, label="dense")
-    ax[1].bar([i + 0.2 for i in x], [a["perplexity"]["pruned"] or 0 for a in arts], 0.4, label="pruned")
-    ax[1].set_xticks(list(x), labels)
+    x = list(range(len(arts)))
+    fig, ax = plt.subplots(1, 2, figsize=(11, 4))
+    for off, which, color in ((-0.2, "dense", "tab:gray"), (0.2, "pruned", "tab:green")):
+        med = [a["latency"][which]["decode_ms_per_token_median"] for a in arts]
+        runs = [a["latency"][which].get("decode_ms_per_token_runs") or [m] for a, m in zip(arts, med)]
+        err = [[m - min(r) for m, r in zip(med, runs)], [max(r) - m for m, r in zip(med, runs)]]
+        ax[0].bar([i + off for i in x], med, 0.4, yerr=err, capsize=3, color=color, label=f"{which} (median, min-max)")
+    ideal = [a["latency"]["dense"]["decode_ms_per_token_median"] / a["speedup"]["decode_ideal"] for a in arts]
+    ax[0].scatter([i + 0.2 for i in x], ideal, marker="_", s=400, color="black", zorder=3, label="ideal pruned")
+    for i, a in enumerate(arts):
+        ax[0].annotate(a["speedup"].get("status", ""), (i, max(a["latency"]["dense"]["decode_ms_per_token_median"], 1e-9)),
+                       ha="center", va="bottom", fontsize=8)
+    ax[0].set_yscale("log")
+    ax[0].set_xticks(x, labels)
+    ax[0].set_ylabel("decode ms/token (log scale)")
+    host = profile["provenance"]["host"]["cpu"]
+    ax[0].set_title(f"decode latency on {host[:40]}\n(target {profile['target']['name']})", fontsize=9)
+    ax[0].legend(fontsize=7, loc="upper left", bbox_to_anchor=(0, -0.15), ncol=3)
+    ax[1].bar([i - 0.2 for i in x], [a["perplexity"]["dense"] or 0 for a in arts], 0.4, color="tab:gray", label="dense")
+    ax[1].bar([i + 0.2 for i in x], [a["perplexity"]["pruned"] or 0 for a in arts], 0.4, color="tab:green", label="pruned")
+    for i, a in enumerate(arts):
+        r = a["perplexity"].get("ratio")
+        if r:
+            ax[1].annotate(f"x{r:.2f}", (i + 0.2, a["perplexity"]["pruned"]), ha="center", va="bottom", fontsize=8)
+    ax[1].set_xticks(x, labels)
     ax[1].set_ylabel("perplexity (through the runtime)")
-    ax[1].legend()
+    ratio = profile["prune"].get("ratio_achieved")
+    ax[1].set_title(f"perplexity, dense vs pruned ({profile['prune']['method']}, ratio {ratio:.2f})", fontsize=9)
+    ax[1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(0, -0.15), ncol=2)
     fig.tight_layout()
-    fig.savefig(build_dir / "latency_ppl.png", dpi=80)
+    fig.savefig(build_dir / "latency_ppl.png", dpi=90)
     plt.close(fig)
     return ["latency_ppl.png"]
