@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import sys
 import warnings
 
@@ -49,7 +48,11 @@ def _positive(s: str) -> int:
 def _setup_torch(threads: int | None, device: str = "cpu") -> None:
     import torch
 
-    torch.set_num_threads(threads or min(os.cpu_count() or 1, 8))
+    if not threads:  # cores other processes are not using now: oversubscribed threads spin-wait
+        from .speedup import free_cores
+
+        threads = min(free_cores(), 8)
+    torch.set_num_threads(threads)
     if str(device).startswith("cuda") and not torch.cuda.is_available():
         from .errors import EdgePruneError
 
@@ -229,7 +232,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     def common(sp, data=True):
         sp.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
-        sp.add_argument("--threads", type=_positive, default=None, help="torch threads (default: cores, max 8)")
+        sp.add_argument("--threads", type=_positive, default=None, help="torch threads (default: the cores no other process is busy on, max 8)")
         if data:
             sp.add_argument("--data-dir", default=None, help="folder with named datasets (default $EDGEPRUNE_DATA or ../shared/data)")
 
