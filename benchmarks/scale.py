@@ -100,7 +100,9 @@ def extrapolate(rows: list[dict], d1: int, d2: int) -> list[dict]:
             so = max(0.0, (at[d2]["outside"] - at[d1]["outside"]) / (d2 - d1))
             row.update(outside_d2=at[d2]["outside"] / GiB,
                        outside_extrapolated=(max(at[d1]["outside"], at[d2]["outside"]) + so * (L - d2)) / GiB,
-                       wall_d2=at[d2]["wall"], wall_extrapolated=at[d2]["wall"] + (at[d2]["wall"] - at[d1]["wall"]) / (d2 - d1) * (L - d2))
+                       wall_d2=at[d2]["wall"],
+                       wall_extrapolated=max(at[d1]["wall"], at[d2]["wall"])
+                       + max(0.0, (at[d2]["wall"] - at[d1]["wall"]) / (d2 - d1)) * (L - d2))
         table.append(row)
     return table
 
@@ -118,7 +120,13 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--work", default="/tmp/edgeprune-scale")
     p.add_argument("--name", default="scale")
+    p.add_argument("--table-from", default=None, help="re-make the table from a results JSON (no measuring)")
     a = p.parse_args()
+    if a.table_from:
+        saved = json.loads(Path(a.table_from).read_text())
+        d1, d2 = (int(x) for x in saved["args"]["depths"].split(","))
+        _emit(a.name, saved["command"], saved["args"], saved["rows"], d1, d2)
+        return
     from edgeprune.demo import demo_text
 
     Path(a.work).mkdir(parents=True, exist_ok=True)
@@ -130,6 +138,10 @@ def main() -> None:
         for depth in (d1, d2):
             rows += measure(a, shape, depth, calib)
             print(f"measured {shape} at {depth} layers", file=sys.stderr)
+    _emit(a.name, " ".join(sys.argv), vars(a), rows, d1, d2)
+
+
+def _emit(name: str, command: str, args: dict, rows: list[dict], d1: int, d2: int) -> None:
     table = extrapolate(rows, d1, d2)
     cols = [("shape", "width of"), ("command", "command"), ("stage", "stage"), ("d1", f"peak GiB @{d1}L"),
             ("d2", f"peak GiB @{d2}L"), ("per_layer", "GiB/layer"), ("full_depth", "layers"),
@@ -137,7 +149,7 @@ def main() -> None:
             ("wall_extrapolated", "wall s, extrapolated")]
     md = markdown_table(table, cols)
     print(md)
-    write_results(a.name, {"command": " ".join(sys.argv), "args": vars(a), "rows": rows, "table": table}, md)
+    write_results(name, {"command": command, "args": args, "rows": rows, "table": table}, md)
 
 
 if __name__ == "__main__":
