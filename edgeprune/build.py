@@ -21,7 +21,6 @@ from .report import SCHEMA_VERSION, plot_latency_and_ppl, write_report
 from .targets import Target, load_target
 
 AUTO_LADDER = [0.1, 0.15, 0.2, 0.25, 0.3, 0.35, 0.4, 0.45, 0.5, 0.55, 0.6, 0.65, 0.7]
-BYTES_PER_PARAM = {"f32": 4.0, "f16": 2.0, "bf16": 2.0, "q8_0": 34 / 32, "q4_0": 18 / 32, "q4_k": 4.5 / 8}
 PPL_SEQ_LEN = 256
 PPL_MAX_WINDOWS = 8
 LATENCY_REPS = 5
@@ -55,7 +54,7 @@ def choose_ratio(target: Target, ad, requested: float | None) -> tuple[float, st
     if target.ratio != "auto":
         return float(target.ratio), f"the {target.name} target's default"
     non_emb, emb = _sizes(ad)
-    bpp = max(BYTES_PER_PARAM[f["dtype"]] for f in target.formats)
+    bpp = max(bytes_per_weight(f["dtype"]) for f in target.formats)
     kv = kv_cache_bytes(ad, target.context)
 
     def need(r: float) -> float:
@@ -90,13 +89,19 @@ def linear_weight_bytes(artifact: Path, fmt: str, dtype: str, ad_pruned) -> int:
     non_emb, _ = _sizes(ad_pruned)
     norms = sum(2 * ad_pruned.hidden_size for _ in ad_pruned.layer_shapes()) + ad_pruned.hidden_size
     lm_head = ad_pruned.vocab_size * ad_pruned.hidden_size
-    return int((non_emb - norms + lm_head) * BYTES_PER_PARAM[dtype])
+    return int((non_emb - norms + lm_head) * bytes_per_weight(dtype))
+
+
+def bytes_per_weight(dtype: str) -> float:
+    from exporters.dtypes import get
+
+    return get(dtype).bytes_per_weight
 
 
 def device_estimate(target: Target, fmt: str, dtype: str, bytes_dense: int, bytes_pruned: int, ad_dense, ad_pruned) -> dict:
     ctx = target.context
     kv_d, kv_p = kv_cache_bytes(ad_dense, ctx), kv_cache_bytes(ad_pruned, ctx)
-    bpp = BYTES_PER_PARAM[dtype]
+    bpp = bytes_per_weight(dtype)
     flops_d, flops_p = 2 * bytes_dense / bpp, 2 * bytes_pruned / bpp
     return {
         "format": fmt, "dtype": dtype, "label": "ESTIMATE from spec bandwidth/compute, not measured",

@@ -260,7 +260,8 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--nsamples", type=_positive, default=32, help="calibration windows (default 32)")
     pr.add_argument("--seq-len", type=_positive, default=128, help="calibration window length (default 128)")
     pr.add_argument("--seed", type=int, default=0, help="seed of the calibration windows (default 0)")
-    pr.add_argument("--align", type=_positive, default=1, help="round kept FFN widths to a multiple (default 1: none)")
+    pr.add_argument("--align", type=_positive, default=1, help="round kept FFN widths, and attention widths (whole KV groups) where the dense width "
+                    "allows, to a multiple: 256 for k-quants, 32 for q8_0 (default 1: none)")
     pr.add_argument("--importance", choices=("obs", "diag"), default="diag", help="COMP neuron importance reading (default diag: see README)")
     pr.add_argument("--pruned-inputs", action="store_true", help="COMP: prune each layer on the pruned model's inputs (ablation)")
     pr.add_argument("--one-shot-layers", action="store_true", help="COMP: score layers once instead of iteratively (ablation)")
@@ -282,7 +283,7 @@ def build_parser() -> argparse.ArgumentParser:
     ex = sub.add_parser("export", help="export to ONNX or GGUF, then verify in the runtime")
     ex.add_argument("model", help="model directory (dense or pruned)")
     ex.add_argument("--format", required=True, help="onnx or gguf")
-    ex.add_argument("--dtype", default="f32", help="f32 (default), f16, bf16, q8_0, q4_0, q4_k")
+    ex.add_argument("--dtype", default="f32", help="f32 (default), f16, bf16, q8_0, q4_0, q4_k_m (alias q4_k), q5_k_m, q6_k")
     ex.add_argument("--out", required=True, help="GGUF: the .gguf file; ONNX: a directory")
     ex.add_argument("--no-verify", action="store_true", help="skip verification (loudly)")
     ex.add_argument("--force", action="store_true", help="overwrite an existing artifact at --out")

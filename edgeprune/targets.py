@@ -126,12 +126,11 @@ POSITIVE = {"hardware.bandwidth_gb_s": 0, "hardware.peak_tflops": 0, "memory.bud
 
 
 def _check_dtype(path: Path, f: dict) -> None:
-    from exporters.common import DTYPES, ONNX_DTYPES
+    from exporters.dtypes import allowed
 
-    allowed = ONNX_DTYPES if f["format"] == "onnx" else DTYPES
-    if f["dtype"] not in allowed:
+    if f["dtype"] not in allowed(f["format"]):
         raise TargetError(f"{path}: artifacts.formats dtype {f['dtype']!r} is not a {f['format']} dtype; "
-                          f"choose one of: {', '.join(allowed)}")
+                          f"choose one of: {', '.join(allowed(f['format']))}")
 
 
 def _check_method(path: Path, method: str) -> None:

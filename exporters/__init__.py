@@ -54,7 +54,7 @@ def export(model, fmt: str, out: str | Path, *, dtype: str = "f32", verify: bool
     from .source import WeightsView
     from .verify import verify_artifact
 
-    check_dtype(fmt, dtype)
+    dtype = check_dtype(fmt, dtype)
     _require(fmt, verify)
     out = Path(out).absolute()
     if fmt == "gguf" and out.suffix != ".gguf":
@@ -90,7 +90,7 @@ def export(model, fmt: str, out: str | Path, *, dtype: str = "f32", verify: bool
             with PeakMemory() as mem:
                 report = verify_artifact(reference, path, dtype, tok, progress=progress)
             stages["verify"] = mem
-            report.update({"format": fmt, **{k: meta[k] for k in ("architecture", "fallbacks") if k in meta}})
+            report.update({"format": fmt, **{k: meta[k] for k in ("architecture", "fallbacks", "bits_per_weight") if k in meta}})
             _fail_if(report, out)
             if fmt == "onnx":
                 (tmp / "model.onnx.verify.json").write_text(json.dumps(report, indent=1))
@@ -108,7 +108,7 @@ def export(model, fmt: str, out: str | Path, *, dtype: str = "f32", verify: bool
     return {"format": fmt, "dtype": dtype, "path": str(artifact), "bytes": size, "seconds": time.perf_counter() - t0,
             "verify": report or {"passed": None, "skipped": True}, "verify_report": str(report_path) if report else None,
             "peak_memory": stage_report(stages),
-            **({k: meta[k] for k in ("architecture", "fallbacks", "tensor_types") if k in meta})}
+            **({k: meta[k] for k in ("architecture", "fallbacks", "tensor_types", "bits_per_weight") if k in meta})}
 
 
 def _fail_if(report: dict, out: Path) -> None:

@@ -8,16 +8,16 @@ from pathlib import Path
 
 from edgeprune.errors import ExportError, MissingExtraError, OutputError
 
-DTYPES = ("f32", "f16", "bf16", "q8_0", "q4_0", "q4_k")
-ONNX_DTYPES = ("f32", "f16")
+from .dtypes import DTYPES, ONNX_DTYPES, allowed, canonical  # noqa: F401  (re-exported)
 
 
-def check_dtype(fmt: str, dtype: str) -> None:
+def check_dtype(fmt: str, dtype: str) -> str:
+    """The canonical dtype name (q4_k -> q4_k_m), or a one-line error."""
     if fmt not in ("onnx", "gguf"):
         raise ExportError(f"unknown format '{fmt}'; choose onnx or gguf")
-    allowed = ONNX_DTYPES if fmt == "onnx" else DTYPES
-    if dtype not in allowed:
-        raise ExportError(f"unknown {fmt} dtype '{dtype}'; choose one of: {', '.join(allowed)}")
+    if dtype not in allowed(fmt):
+        raise ExportError(f"unknown {fmt} dtype '{dtype}'; choose one of: {', '.join(allowed(fmt))}")
+    return canonical(dtype)
 
 
 def require(module: str, extra: str, purpose: str):

@@ -22,11 +22,10 @@ from tqdm.auto import tqdm
 from edgeprune.errors import ExportError
 
 from .common import require
+from .dtypes import get as dtype_facts
 from .gguf_tokenizer import add_tokenizer
 from .source import WeightsView
 
-BLOCK = {"q8_0": 32, "q4_0": 32, "q4_k": 256}
-FILE_TYPE = {"f32": 0, "f16": 1, "q4_0": 2, "q8_0": 7, "bf16": 32, "q4_k": 15}
 PERMUTED_ARCHS = ("llama", "deci")
 GGML_NAME = {"f32": "F32", "f16": "F16", "bf16": "BF16", "q8_0": "Q8_0", "q4_0": "Q4_0"}
 
@@ -42,11 +41,11 @@ def _choose_type(name: str, shape: tuple[int, ...], dtype: str, fallbacks: list[
     if len(shape) == 1 or dtype == "f32":
         return "f32"
     want = dtype
-    if want in BLOCK and shape[-1] % BLOCK[want]:
-        chain = {"q4_k": ["q4_0", "f16"], "q8_0": ["f16"], "q4_0": ["f16"]}[want]
-        new = next(t for t in chain if t not in BLOCK or shape[-1] % BLOCK[t] == 0)
+    block = dtype_facts(want).block
+    if shape[-1] % block:
+        new = next(t for t in dtype_facts(want).fallback if shape[-1] % dtype_facts(t).block == 0)
         fallbacks.append({"tensor": name, "wanted": want, "used": new, "row": int(shape[-1]),
-                          "why": f"row length {shape[-1]} is not a multiple of {BLOCK[want]}"})
+                          "why": f"row length {shape[-1]} is not a multiple of {block}"})
         want = new
     return want
 
@@ -139,7 +138,7 @@ def llama3_rope_factors(view: WeightsView) -> np.ndarray:
 def _write_metadata(w, view: WeightsView, arch: str, uniform: bool, dtype: str) -> dict:
     cfg, ad, shapes = view.config, view.adapter, view.shapes
     w.add_name(str(getattr(cfg, "_name_or_path", "") or "edgeprune-model").split("/")[-1])
-    w.add_file_type(FILE_TYPE[dtype])
+    w.add_file_type(dtype_facts(dtype).llama_ftype)
     w.add_context_length(int(cfg.max_position_embeddings))
     w.add_embedding_length(ad.hidden_size)
     w.add_block_count(len(shapes))
@@ -194,8 +193,8 @@ def write_gguf(view: WeightsView, path: Path, dtype: str = "f32", progress: bool
     read, converted or quantised and written alone, as llama.cpp's converter does with lazy
     tensors. Returns metadata (arch, tensor types, fallbacks)."""
     gguf = require("gguf", "gguf", "GGUF export")
-    if dtype == "q4_k":
-        return _write_q4_k(view, path, progress)
+    if dtype_facts(dtype).llama_quantizer:
+        return _write_llama_quantized(view, path, dtype, progress)
     rope = rope_type(view.config)
     if rope not in ("default", "llama3"):
         raise ExportError(f"rope scaling '{rope}' is not written by edgeprune's GGUF exporter yet; export ONNX")
@@ -235,23 +234,44 @@ def _summary(types: dict[str, str]) -> dict[str, int]:
     return out
 
 
-def _write_q4_k(view: WeightsView, path: Path, progress: bool = False) -> dict:
-    """q4_k through llama.cpp's own quantizer (it falls back per tensor itself), from an
-    intermediate GGUF in the checkpoint's own precision (bf16 stays bf16, f32 stays f32)."""
+def _write_llama_quantized(view: WeightsView, path: Path, dtype: str, progress: bool = False) -> dict:
+    """k-quants through llama.cpp's own quantizer (its per-tensor mix, e.g. Q4_K_M), from an
+    intermediate GGUF in the checkpoint's own precision (bf16 stays bf16, f32 stays f32).
+    The result is read back: real bits per weight, and every 2-D weight whose type is not of
+    the mix's family (llama.cpp falls back silently when a row is not a multiple of 256)."""
     import ctypes
 
-    lc = require("llama_cpp", "gguf", "q4_k quantization (llama.cpp's quantizer)")
+    lc = require("llama_cpp", "gguf", f"{dtype} quantization (llama.cpp's quantizer)")
+    facts = dtype_facts(dtype)
     tmp = path.with_name(path.name + ".src")
     src = {torch.bfloat16: "bf16", torch.float16: "f16"}.get(view.dtype, "f32")
     try:
         meta = write_gguf(view, tmp, src, progress)
         params = lc.llama_model_quantize_default_params()
-        params.ftype = FILE_TYPE["q4_k"]  # LLAMA_FTYPE_MOSTLY_Q4_K_M
+        params.ftype = facts.llama_ftype
         rc = lc.llama_model_quantize(str(tmp).encode(), str(path).encode(), ctypes.byref(params))
     finally:
         tmp.unlink(missing_ok=True)
     if rc != 0:
-        raise ExportError(f"llama.cpp's quantizer failed (code {rc}) for q4_k")
-    meta["fallbacks"] = [{"note": "q4_k_m via llama.cpp's quantizer, which picks fallback types per tensor itself"}]
-    meta["tensor_types"] = {}
+        raise ExportError(f"llama.cpp's quantizer failed (code {rc}) for {dtype}")
+    meta.update(quantized_summary(path, facts.family))
     return meta
+
+
+def quantized_summary(path: Path, family: tuple[str, ...]) -> dict:
+    """Tensor types, bits per weight of the 2-D weights, and the fallbacks, read from the file."""
+    gguf = require("gguf", "gguf", "reading GGUF files")
+    reader = gguf.GGUFReader(str(path))
+    types: dict[str, int] = {}
+    fallbacks, bits, n = [], 0, 0
+    for t in reader.tensors:
+        name, kind = t.name, t.tensor_type.name
+        types[kind] = types.get(kind, 0) + 1
+        if len(t.shape) < 2 or not name.endswith(".weight"):
+            continue
+        bits += 8 * int(t.n_bytes)
+        n += int(t.n_elements)
+        if name not in ("token_embd.weight", "output.weight") and kind not in family:
+            fallbacks.append({"tensor": name, "used": kind, "row": int(t.shape[0]),
+                              "why": f"llama.cpp chose {kind}, outside {'/'.join(family)} (row length not a multiple of 256?)"})
+    return {"tensor_types": types, "fallbacks": fallbacks, "bits_per_weight": bits / max(n, 1)}

@@ -8,7 +8,8 @@ tokens, and perplexity on a small text through both. Tolerances:
   - every dtype: all logits and both perplexities finite (a NaN never passes).
 The PyTorch side is streamed layer by layer (`edgeprune.reference`): the model is never
 loaded whole, and the runtime has released its artifact before PyTorch starts.
-  - f16/bf16: perplexity within 1% of PyTorch's; q8_0: 3%; q4_0/q4_k: 15%.
+  - otherwise perplexity within the dtype's tolerance (exporters/dtypes.py: f16/bf16 1%,
+    q8_0 3%, q6_k 6%, q5_k_m 10%, q4_0/q4_k_m 15%).
 """
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ from edgeprune.evaluate import nll_of_logits
 from .runtimes import open_artifact
 
 F32_MAX_ABS = 1e-3
-PPL_TOLERANCE = {"f16": 0.01, "bf16": 0.01, "q8_0": 0.03, "q4_0": 0.15, "q4_k": 0.15}
+from .dtypes import get as dtype_facts
 PROMPTS = [
     "Once upon a time, there was a little girl named Lily. She loved to play outside in the sun.",
     "The quick brown fox jumps over the lazy dog, and then it runs into the forest to find food.",
@@ -132,7 +133,7 @@ def verify_artifact(model, path, dtype: str, tokenizer=None, n_ctx: int = 512, p
         report["tolerance"] = {"max_abs_logit_diff": F32_MAX_ABS, "greedy_tokens_match": True}
         report["passed"] = bool(finite and max_abs <= F32_MAX_ABS and greedy_match)
     else:
-        tol = PPL_TOLERANCE[dtype]
+        tol = dtype_facts(dtype).ppl_tolerance
         report["tolerance"] = {"perplexity_relative_delta": tol}
         report["passed"] = bool(finite and delta <= tol)
     if not finite:

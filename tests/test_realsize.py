@@ -277,3 +277,30 @@ def test_onnx_over_2gb_uses_external_data_within_memory(tmp_path):
     assert (tmp_path / "onnx" / "model.onnx.data").stat().st_size > 2 * 1024**3
     assert (tmp_path / "onnx" / "model.onnx").stat().st_size < 10 * 2**20
     assert res["peak_memory"]["peak_bytes"] <= 1.5 * res["bytes"] + 2**30
+
+
+@pytest.mark.parametrize("dtype", ["q4_k_m", "q5_k_m", "q6_k"])
+def test_k_quants_with_align_256_have_no_fallback(tmp_path, calib_file, dtype):
+    """hidden 512, FFN 1536, 8/4 heads; wanda-sp 20% with --align 256: every 2-D weight but the
+    embedding and the output is of the k-quant family, and the real bits per weight are reported."""
+    pytest.importorskip("llama_cpp")
+    from exporters import export
+
+    shape = {**SMALL, "hidden_size": 512, "intermediate_size": 1536, "num_attention_heads": 8, "num_key_value_heads": 4,
+             "head_dim": 64, "tie_word_embeddings": False}
+    d = write_checkpoint(tmp_path / "dense", config_for(shape, 2, torch.bfloat16))
+    _prune(d, tmp_path / "p", "wanda-sp", calib_file, align=256)
+    res = export(tmp_path / "p", "gguf", tmp_path / "p.gguf", dtype=dtype)
+    assert res["verify"]["passed"]
+    assert res["fallbacks"] == [], res["fallbacks"]
+    assert 4 < res["bits_per_weight"] < 8.5
+
+
+def test_q4_k_alias_and_unaligned_fallbacks_are_reported(hub, tmp_path, calib_file):
+    pytest.importorskip("llama_cpp")
+    from exporters import export
+
+    _prune(hub["untied_sharded"], tmp_path / "p", "wanda-sp", calib_file)  # widths not multiples of 256
+    res = export(tmp_path / "p", "gguf", tmp_path / "p.gguf", dtype="q4_k")
+    assert res["dtype"] == "q4_k_m" and res["verify"]["passed"]
+    assert res["fallbacks"] and all(f["used"] not in ("Q4_K", "Q5_K", "Q6_K") for f in res["fallbacks"])

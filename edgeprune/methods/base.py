@@ -170,6 +170,16 @@ def aligned_keep(full: int, keep: int, align: int) -> tuple[int, str | None]:
     return min(k, full), None
 
 
+def aligned_groups(shape: LayerShape, g: int, group_width: int, align: int) -> int:
+    """The number of KV groups to remove nearest to `g` that leaves the attention width
+    (kept query heads x head_dim) a multiple of `align` (k-quants need rows of 256), when
+    the dense width allows one; otherwise `g` unchanged."""
+    if align <= 1:
+        return g
+    ok = [k for k in range(shape.num_kv_heads) if ((shape.num_kv_heads - k) * group_width) % align == 0]
+    return min(ok, key=lambda k: (abs(k - g), k)) if ok else g
+
+
 def uniform_split(adapter: DecoderAdapter, shape: LayerShape, target: float, align: int) -> tuple[int, int]:
     """(KV groups, FFN channels) to remove for `target` params: attention at the same
     fraction as the layer, rounded to whole groups (keeping one), FFN taking the rest."""
@@ -179,6 +189,7 @@ def uniform_split(adapter: DecoderAdapter, shape: LayerShape, target: float, ali
     layer = adapter.layer_param_count(shape)
     frac = target / layer
     g = min(shape.num_kv_heads - 1, int(round(frac * shape.num_kv_heads)))
+    g = aligned_groups(shape, g, n_rep * adapter.head_dim, align)
     rest = target - g * per_group
     c = int(round(rest / per_ch))
     c = max(0, min(shape.intermediate_size - 1, c))

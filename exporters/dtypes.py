@@ -1,0 +1,47 @@
+"""Every fact about an export dtype, in one table: which formats carry it, bytes per weight,
+the row-length block it needs, what it falls back to, the verification tolerance and the
+llama.cpp file type. Exporters, verification, targets and the build's estimates all read it.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class DType:
+    name: str
+    formats: tuple[str, ...]
+    bytes_per_weight: float  # average over a model's linear weights (k-quant mixes included)
+    ppl_tolerance: float | None  # relative perplexity delta allowed; None: f32, judged on logits
+    block: int = 1  # quantised rows must be a multiple of this
+    fallback: tuple[str, ...] = ()  # what a row that does not fit becomes, in order (our own writer)
+    llama_ftype: int = 0  # llama.cpp's LLAMA_FTYPE_* (the GGUF's general.file_type)
+    llama_quantizer: bool = False  # quantised by llama.cpp itself (its own per-tensor mix)
+    family: tuple[str, ...] = ()  # GGML types that count as "no fallback" for a llama.cpp mix
+
+
+TABLE: dict[str, DType] = {d.name: d for d in (
+    DType("f32", ("gguf", "onnx"), 4.0, None, llama_ftype=0),
+    DType("f16", ("gguf", "onnx"), 2.0, 0.01, llama_ftype=1),
+    DType("bf16", ("gguf",), 2.0, 0.01, llama_ftype=32),
+    DType("q8_0", ("gguf",), 34 / 32, 0.03, 32, ("f16",), 7),
+    DType("q4_0", ("gguf",), 18 / 32, 0.15, 32, ("f16",), 2),
+    DType("q6_k", ("gguf",), 210 / 256, 0.06, 256, (), 18, True, ("Q6_K",)),
+    DType("q5_k_m", ("gguf",), 5.7 / 8, 0.10, 256, (), 17, True, ("Q5_K", "Q6_K")),
+    DType("q4_k_m", ("gguf",), 4.9 / 8, 0.15, 256, (), 15, True, ("Q4_K", "Q5_K", "Q6_K")),
+)}
+ALIASES = {"q4_k": "q4_k_m"}  # the name edgeprune used before the mix was spelled out
+DTYPES = tuple(TABLE) + tuple(ALIASES)
+ONNX_DTYPES = tuple(n for n, d in TABLE.items() if "onnx" in d.formats)
+
+
+def canonical(name: str) -> str:
+    return ALIASES.get(name, name)
+
+
+def get(name: str) -> DType:
+    return TABLE[canonical(name)]
+
+
+def allowed(fmt: str) -> tuple[str, ...]:
+    return tuple(n for n in DTYPES if fmt in get(n).formats)
