@@ -92,6 +92,21 @@ def linear_weight_bytes(artifact: Path, fmt: str, dtype: str, ad_pruned) -> int:
     return int((non_emb - norms + lm_head) * bytes_per_weight(dtype))
 
 
+def _warn_alignment(tgt: Target, ad) -> None:
+    """A quantised format whose block the target's alignment does not respect falls back to a
+    bigger type (llama.cpp does so silently for k-quants): say so before the work."""
+    from exporters.dtypes import get
+
+    for f in tgt.formats:
+        block = get(f["dtype"]).block
+        if f["format"] == "gguf" and block > 1 and tgt.align % block:
+            log(f"WARNING: target align {tgt.align} is not a multiple of {f['dtype']}'s block {block}: pruned widths "
+                f"may fall back to a bigger type (listed in the verify report); set align = {block} in the target")
+        elif f["format"] == "gguf" and block > 1 and ad.hidden_size % block:
+            log(f"note: hidden size {ad.hidden_size} is not a multiple of {f['dtype']}'s block {block}: some tensors "
+                "will fall back whatever the pruning does (listed in the verify report)")
+
+
 def bytes_per_weight(dtype: str) -> float:
     from exporters.dtypes import get
 
@@ -209,6 +224,7 @@ def build(model: str | None = None, target: str = "cpu-x86", ratio: float | None
         tmp.replace(state_path)
 
     log(f"target {tgt.name}; method {method}; ratio {the_ratio} ({why})")
+    _warn_alignment(tgt, ad)
     log(f"calibration data: {calib} (calibration portion); evaluation data: {calib} (held-out evaluation portion)"
         + (" [default]" if defaulted else ""))
     # 1. prune (resumable per layer)
