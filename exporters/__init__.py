@@ -10,6 +10,7 @@ A failed verification deletes the artifact and raises.
 """
 from __future__ import annotations
 
+import errno
 import json
 import os
 import sys
@@ -47,12 +48,10 @@ def export(model, fmt: str, out: str | Path, *, dtype: str = "f32", verify: bool
            model_dir: str | Path | None = None, progress: bool = False) -> dict:
     """Export a model directory (streamed: never loaded whole for GGUF or verification), or
     a loaded model plus `model_dir` for its tokenizer. Memory is measured per stage."""
-    from edgeprune.memory import PeakMemory, note_peak, stage_report
+    from edgeprune.memory import stage_report
 
-    from .gguf_writer import gguf_arch, write_gguf
-    from .onnx import check_graph, write_onnx, write_onnx_isolated
+    from .gguf_writer import gguf_arch
     from .source import WeightsView
-    from .verify import verify_artifact
 
     dtype = check_dtype(fmt, dtype)
     _require(fmt, verify)
@@ -68,32 +67,17 @@ def export(model, fmt: str, out: str | Path, *, dtype: str = "f32", verify: bool
     if fmt == "gguf":
         gguf_arch(view)  # refuse inexpressible shapes before writing anything
     t0 = time.perf_counter()
-    meta: dict = {}
-    report: dict | None = None
     stages: dict = {}
-    with staged(out, force) as tmp:
-        with PeakMemory() as mem:
-            if fmt == "gguf":
-                meta = write_gguf(view, tmp, dtype, progress)
-                path = tmp
-            elif streamed:
-                path, child_peak = write_onnx_isolated(model_dir, tmp, dtype)
-                check_graph(path, view)
-            else:
-                path = write_onnx(model, tmp, dtype)
-                check_graph(path, view)
-        if fmt == "onnx" and streamed:  # both processes were resident together
-            mem.peak_bytes = max(mem.peak_bytes, mem.baseline_bytes + child_peak)
-            note_peak(mem.peak_bytes)
-        stages["export"] = mem
-        if verify:
-            with PeakMemory() as mem:
-                report = verify_artifact(reference, path, dtype, tok, progress=progress)
-            stages["verify"] = mem
-            report.update({"format": fmt, **{k: meta[k] for k in ("architecture", "fallbacks", "bits_per_weight") if k in meta}})
-            _fail_if(report, out)
-            if fmt == "onnx":
-                (tmp / "model.onnx.verify.json").write_text(json.dumps(report, indent=1))
+    try:
+        meta, report = _write_and_verify(fmt, dtype, out, force, view, model if not streamed else None, model_dir,
+                                         reference, tok, verify, progress, stages)
+    except OSError as e:
+        if e.errno == errno.ENOSPC:  # staged() has already removed the partial artifact
+            from edgeprune.tensorfiles import free_bytes
+
+            raise OutputError(f"disk full while writing {out.name} ({free_bytes(out.parent) / 1e9:.2f} GB free); "
+                              "free space or choose another --out") from None
+        raise
     if fmt == "gguf":
         artifact, report_path, size = out, out.with_name(out.name + ".verify.json"), out.stat().st_size
         if report is not None:
@@ -109,6 +93,41 @@ def export(model, fmt: str, out: str | Path, *, dtype: str = "f32", verify: bool
             "verify": report or {"passed": None, "skipped": True}, "verify_report": str(report_path) if report else None,
             "peak_memory": stage_report(stages),
             **({k: meta[k] for k in ("architecture", "fallbacks", "tensor_types", "bits_per_weight") if k in meta})}
+
+
+def _write_and_verify(fmt, dtype, out, force, view, model, model_dir, reference, tok, verify, progress, stages):
+    """Write to a staged path, verify there, rename only on success; memory per stage."""
+    from edgeprune.memory import PeakMemory, note_peak
+
+    from .gguf_writer import write_gguf
+    from .onnx import check_graph, write_onnx, write_onnx_isolated
+    from .verify import verify_artifact
+
+    meta: dict = {}
+    report = None
+    with staged(out, force) as tmp:
+        with PeakMemory() as mem:
+            if fmt == "gguf":
+                meta = write_gguf(view, tmp, dtype, progress)
+                path = tmp
+            elif model is None:
+                path, child_peak = write_onnx_isolated(model_dir, tmp, dtype)
+                mem.peak_bytes = max(mem.peak_bytes, mem.baseline_bytes + child_peak)  # both were resident
+                note_peak(mem.peak_bytes)
+                check_graph(path, view)
+            else:
+                path = write_onnx(model, tmp, dtype)
+                check_graph(path, view)
+        stages["export"] = mem
+        if verify:
+            with PeakMemory() as mem:
+                report = verify_artifact(reference, path, dtype, tok, progress=progress)
+            stages["verify"] = mem
+            report.update({"format": fmt, **{k: meta[k] for k in ("architecture", "fallbacks", "bits_per_weight") if k in meta}})
+            _fail_if(report, out)
+            if fmt == "onnx":
+                (tmp / "model.onnx.verify.json").write_text(json.dumps(report, indent=1))
+    return meta, report
 
 
 def _fail_if(report: dict, out: Path) -> None:

@@ -132,8 +132,12 @@ def test_bad_export_requests(pruned_stories, tmp_path):
     with pytest.raises(OutputError, match="does not exist"):
         export(pruned_stories, "gguf", tmp_path / "nope" / "x.gguf")
     (tmp_path / "x.gguf").write_bytes(b"junk")
+    with pytest.raises(OutputError, match="not a GGUF file; edgeprune will not overwrite it"):
+        export(pruned_stories, "gguf", tmp_path / "x.gguf", force=True)  # never someone else's file
+    assert (tmp_path / "x.gguf").read_bytes() == b"junk"
+    (tmp_path / "y.gguf").write_bytes(b"GGUF\x03\x00\x00\x00")
     with pytest.raises(OutputError, match="--force"):
-        export(pruned_stories, "gguf", tmp_path / "x.gguf")
+        export(pruned_stories, "gguf", tmp_path / "y.gguf")
     with pytest.raises(ExportError, match="not a GGUF"):
         GGUFSession(tmp_path / "x.gguf")
     assert list(tmp_path.glob(".*partial*")) == []

@@ -304,3 +304,17 @@ def test_q4_k_alias_and_unaligned_fallbacks_are_reported(hub, tmp_path, calib_fi
     res = export(tmp_path / "p", "gguf", tmp_path / "p.gguf", dtype="q4_k")
     assert res["dtype"] == "q4_k_m" and res["verify"]["passed"]
     assert res["fallbacks"] and all(f["used"] not in ("Q4_K", "Q5_K", "Q6_K") for f in res["fallbacks"])
+
+
+def test_gguf_disk_full_is_one_line_and_leaves_nothing(hub, tmp_path, monkeypatch):
+    pytest.importorskip("gguf")
+    import exporters.gguf_writer as gw
+    from exporters import export
+
+    def full(*a, **k):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(gw, "_encode", full)
+    with pytest.raises(OutputError, match="disk full while writing m.gguf"):
+        export(hub["tied_embed"], "gguf", tmp_path / "m.gguf", dtype="q8_0")
+    assert list(tmp_path.iterdir()) == []
