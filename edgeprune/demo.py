@@ -4,8 +4,8 @@ Text every Python machine has: the standard library's own source. Modules are sp
 position in the sorted file list into three disjoint portions: training (8 of every 10
 files), calibration (the 9th) and evaluation (the 10th). A byte-level BPE tokenizer
 (1024 tokens) and a 6-layer GQA Llama (hidden 192, FFN 512, 6 heads / 2 KV heads, ~2.6M
-parameters) are trained with a fixed seed for a fixed number of steps (about two minutes
-on 2 CPU cores) and cached in `$EDGEPRUNE_CACHE` (default `~/.cache/edgeprune`).
+parameters) are trained with a fixed seed for a fixed number of steps (about three and a half
+minutes on one free core) and cached in `$EDGEPRUNE_CACHE` (default `~/.cache/edgeprune`).
 """
 from __future__ import annotations
 
