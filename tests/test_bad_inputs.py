@@ -24,7 +24,7 @@ SHAPE = dict(model_type="llama", hidden_size=64, intermediate_size=160, num_atte
 @pytest.fixture(scope="module")
 def base(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("bad")
-    good = write_checkpoint(root / "good", config_for(SHAPE, 2, torch.float32))
+    write_checkpoint(root / "good", config_for(SHAPE, 2, torch.float32))
     (root / "calib.txt").write_text(("def f(x):\n    return x + 1\n\n" * 400))
     return root
 
