@@ -54,6 +54,11 @@ def bench(path: str, context: int | None = None, new_tokens: int | None = None, 
         record = {"time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "host": host, "same_host_as_build": same_host,
                   "artifacts": entries, "skipped": skipped}
         profile.setdefault("measured_on_device", []).append(record)
+        from .report import plot_bench
+
+        plot = plot_bench(p, record, profile["target"]["name"])
+        if plot and plot not in profile.get("plots", []):
+            profile.setdefault("plots", []).append(plot)
         tmp = p / ".profile.json.tmp"
         tmp.write_text(json.dumps(profile, indent=1))
         tmp.replace(prof_path)

@@ -157,3 +157,39 @@ def plot_latency_and_ppl(build_dir: Path, profile: dict) -> list[str]:
     fig.savefig(build_dir / "latency_ppl.png", dpi=90)
     plt.close(fig)
     return ["latency_ppl.png"]
+
+
+def plot_bench(build_dir: Path, record: dict, target: str) -> str | None:
+    """`bench`'s own plot: dense vs pruned decode as measured on this host (log axis, spread,
+    ideal, verdict), so a device run is drawn, not only written down."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    arts = record["artifacts"]
+    x = list(range(len(arts)))
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    for off, key, label, color in ((-0.2, "latency_dense", "dense", "tab:gray"), (0.2, "latency", "pruned", "tab:green")):
+        med = [a[key]["decode_ms_per_token_median"] for a in arts]
+        runs = [a[key].get("decode_ms_per_token_runs") or [m] for a, m in zip(arts, med)]
+        err = [[m - min(r) for m, r in zip(med, runs)], [max(r) - m for m, r in zip(med, runs)]]
+        ax.bar([i + off for i in x], med, 0.4, yerr=err, capsize=3, color=color, label=f"{label} (median, min-max)")
+    ideal = [a["latency_dense"]["decode_ms_per_token_median"] / a["speedup"]["decode_ideal"] for a in arts]
+    ax.scatter([i + 0.2 for i in x], ideal, marker="_", s=400, color="black", zorder=3, label="ideal pruned")
+    for i, a in enumerate(arts):
+        ax.annotate(a["speedup"]["status"], (i, a["latency_dense"]["decode_ms_per_token_median"]), ha="center",
+                    va="bottom", fontsize=8)
+    ax.set_yscale("log")
+    ax.set_xticks(x, [f"{a['format']} {a['dtype']}" for a in arts])
+    ax.set_ylabel("decode ms/token (log scale)")
+    same = " (the build host)" if record.get("same_host_as_build") else ""
+    ax.set_title(f"edgeprune bench on {record['host']['cpu'][:40]}{same}\ntarget {target}, {record['time']}", fontsize=9)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(0, -0.12), ncol=3)
+    fig.tight_layout()
+    name = "bench_latency.png"
+    fig.savefig(build_dir / name, dpi=90)
+    plt.close(fig)
+    return name

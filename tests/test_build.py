@@ -106,6 +106,7 @@ def test_build_stories_complete_profile(stories, tmp_path):
     assert m["same_host_as_build"] is True  # bench ran where the build ran, and says so
     assert all("latency_dense" in a and a["speedup"]["status"] in ("pass", "miss", "inconclusive") for a in m["artifacts"])
     assert "the build host, not a separate device" in (out / "report.md").read_text()
+    assert (out / "bench_latency.png").is_file() and "bench_latency.png" in prof2["plots"]
 
 
 def test_bench_bad_artifacts(tmp_path):
