@@ -105,11 +105,13 @@ class PeakMemory:
                 "above_baseline_bytes": self.above_baseline_bytes, "pid": os.getpid()}
 
 
-def stage_report(stages: dict[str, "PeakMemory"], device: str | torch.device = "cpu") -> dict:
+def stage_report(stages: dict[str, "PeakMemory | dict"], device: str | torch.device = "cpu") -> dict:
     """One memory figure for a command: the process's real peak over every stage, and each
-    stage's own peak (plan, apply_save, export, verify...)."""
-    first = next(iter(stages.values()))
-    peak = process_peak_bytes() if first.kind == "rss" else max(m.peak_bytes for m in stages.values())
-    return {"kind": first.kind, "peak_bytes": peak, "baseline_bytes": first.baseline_bytes,
-            "above_baseline_bytes": max(0, peak - first.baseline_bytes), "pid": os.getpid(),
-            "stages": {name: m.as_dict() for name, m in stages.items()}}
+    stage's own peak (plan, apply_save, export, verify...). A stage may be given as a finished
+    `PeakMemory` or as its `as_dict()` from an earlier report."""
+    figures = {name: m if isinstance(m, dict) else m.as_dict() for name, m in stages.items()}
+    first = next(iter(figures.values()))
+    peaks = [f["peak_bytes"] for f in figures.values()]
+    peak = max(process_peak_bytes(), *peaks) if first["kind"] == "rss" else max(peaks)
+    return {"kind": first["kind"], "peak_bytes": peak, "baseline_bytes": first["baseline_bytes"],
+            "above_baseline_bytes": max(0, peak - first["baseline_bytes"]), "pid": os.getpid(), "stages": figures}

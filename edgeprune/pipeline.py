@@ -171,7 +171,7 @@ def prune(  # long: one keyword argument per CLI option
         _forget_if_fresh(out_path, resuming, work)
         raise
     plan.options.update({"calib": str(calib), "n_samples": n_samples, "seq_len": seq_len, "seed": seed})
-    stages = {"plan": _last_stage(report)}
+    stages = {"plan": report["peak_memory"]["stages"]["plan"]}
     t0 = time.perf_counter()
     with PeakMemory(device) as mem:
         if out_path is not None:
@@ -240,18 +240,3 @@ def _prepare_out(out_path: Path | None, force: bool, resuming: bool, args: dict,
     shutil.rmtree(work / "tensors", ignore_errors=True)  # re-fitted tensors of this run only
     req.tensors = DiskTensors(work / "tensors")
     return work
-
-
-class _StageFigures:
-    """A finished stage's figures, re-used in a later stage_report."""
-
-    def __init__(self, d: dict):
-        self.kind, self.peak_bytes, self.baseline_bytes = d["kind"], d["peak_bytes"], d["baseline_bytes"]
-        self._d = d
-
-    def as_dict(self) -> dict:
-        return self._d
-
-
-def _last_stage(report: dict) -> _StageFigures:
-    return _StageFigures(report["peak_memory"]["stages"]["plan"])

@@ -59,21 +59,16 @@ class WeightStore:
 
     # ---- discovery --------------------------------------------------------------------
     def _discover(self) -> str:
+        """The first layout present, in transformers' order of preference."""
         d = self.dir
-        if (d / SAFE_INDEX).is_file():
-            self._from_index(d / SAFE_INDEX, self._safetensors_keys)
-            return "safetensors-sharded"
-        if (d / SAFE_SINGLE).is_file():
-            for k in self._safetensors_keys(d / SAFE_SINGLE):
-                self._where[k] = d / SAFE_SINGLE
-            return "safetensors"
-        if (d / BIN_INDEX).is_file():
-            self._from_index(d / BIN_INDEX, self._bin_keys)
-            return "bin-sharded"
-        if (d / BIN_SINGLE).is_file():
-            for k in self._bin_keys(d / BIN_SINGLE):
-                self._where[k] = d / BIN_SINGLE
-            return "bin"
+        for kind, index, single, keys_of in (("safetensors", SAFE_INDEX, SAFE_SINGLE, self._safetensors_keys),
+                                             ("bin", BIN_INDEX, BIN_SINGLE, self._bin_keys)):
+            if (d / index).is_file():
+                self._from_index(d / index, keys_of)
+                return f"{kind}-sharded"
+            if (d / single).is_file():
+                self._where.update((k, d / single) for k in keys_of(d / single))
+                return kind
         raise ModelError(f"{d} has no weights (model.safetensors, its index, or pytorch_model.bin); "
                          "download the whole model directory")
 
