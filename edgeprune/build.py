@@ -169,7 +169,15 @@ def _onnx_min_ort(path: Path) -> str:
     m = onnx.load(str(path), load_external_data=False)
     opset = max(o.version for o in m.opset_import if o.domain in ("", "ai.onnx"))
     table = {17: "1.13", 18: "1.14", 19: "1.16", 20: "1.17", 21: "1.20", 22: "1.20", 23: "1.22"}
-    return f"onnxruntime >= {table.get(opset, '1.22')} (graph opset {opset})"
+    need = f"onnxruntime >= {table.get(opset, '1.22')} (graph opset {opset})"
+    if any(n.op_type == "MatMulNBits" for n in m.graph.node):
+        import onnxruntime
+
+        need += (f"; int4 needs the com.microsoft MatMulNBits kernel on your execution provider "
+                 f"(tested with onnxruntime {onnxruntime.__version__})")
+    if (path.parent / "genai_config.json").is_file():
+        need += "; as an ORT GenAI folder: onnxruntime-genai >= 0.18.0 (per-layer KV-head counts)"
+    return need
 
 
 # ---- the pipeline ---------------------------------------------------------------------

@@ -27,13 +27,34 @@ def _session(path: Path, context: int, new_tokens: int, threads: int | None):
     if str(path).endswith(".gguf"):
         # realistic settings: default f16 KV cache and attention path
         return GGUFSession(path, n_ctx=context + new_tokens + 8, threads=threads, exact=False)
+    from exporters.genai import CONFIG, GenAISession, available
+
+    folder = path if path.is_dir() else path.parent
+    if (folder / CONFIG).is_file() and available():
+        return GenAISession(folder, threads=threads)  # the generator loop an ORT GenAI user runs
     return OnnxSession(path, threads=threads)
+
+
+def runtime_name(sess) -> str:
+    """What ran the timing loop, for the profile."""
+    kind = type(sess).__name__
+    if kind == "GenAISession":
+        return f"onnxruntime-genai {sess.og.__version__} (og.Generator loop)"
+    if kind == "GGUFSession":
+        import llama_cpp
+
+        return f"llama.cpp (llama-cpp-python {llama_cpp.__version__})"
+    import onnxruntime
+
+    return f"onnxruntime {onnxruntime.__version__} (InferenceSession, past KV fed back)"
 
 
 def _one_run(sess, ids: np.ndarray, new_tokens: int) -> tuple[float, float]:
     """(prefill seconds, decode seconds per token) for one repetition."""
     from exporters.runtimes import GGUFSession
 
+    if hasattr(sess, "timed_run"):
+        return sess.timed_run(ids, new_tokens)
     if isinstance(sess, GGUFSession):
         llm = sess.llm
         llm.reset()
@@ -108,7 +129,8 @@ def measure(paths: dict[str, Path], context: int = DEFAULT_CONTEXT, new_tokens: 
             break
     protocol = {"context": context, "new_tokens": new_tokens, "reps": done, "threads": threads,
                 "interleaved": True, "batch": 1}
-    return {k: {**_summary(v, context), "protocol": protocol} for k, v in runs.items()}
+    return {k: {**_summary(v, context), "protocol": {**protocol, "runtime": runtime_name(sessions[k])}}
+            for k, v in runs.items()}
 
 
 def host_info() -> dict:

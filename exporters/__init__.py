@@ -92,7 +92,8 @@ def export(model, fmt: str, out: str | Path, *, dtype: str = "f32", verify: bool
     return {"format": fmt, "dtype": dtype, "path": str(artifact), "bytes": size, "seconds": time.perf_counter() - t0,
             "verify": report or {"passed": None, "skipped": True}, "verify_report": str(report_path) if report else None,
             "peak_memory": stage_report(stages),
-            **({k: meta[k] for k in ("architecture", "fallbacks", "tensor_types", "bits_per_weight") if k in meta})}
+            **({k: meta[k] for k in ("architecture", "fallbacks", "tensor_types", "bits_per_weight", "int4", "genai_files")
+                if k in meta})}
 
 
 def _write_and_verify(fmt, dtype, out, force, view, model, model_dir, reference, tok, verify, progress, stages):
@@ -100,7 +101,6 @@ def _write_and_verify(fmt, dtype, out, force, view, model, model_dir, reference,
     from edgeprune.memory import PeakMemory, note_peak
 
     from .gguf_writer import write_gguf
-    from .onnx import check_graph, write_onnx, write_onnx_isolated
     from .verify import verify_artifact
 
     meta: dict = {}
@@ -110,27 +110,48 @@ def _write_and_verify(fmt, dtype, out, force, view, model, model_dir, reference,
             if fmt == "gguf":
                 meta = write_gguf(view, tmp, dtype, progress)
                 path = tmp
-            elif model is None:
-                path, child_peak = write_onnx_isolated(model_dir, tmp, dtype)
-                mem.peak_bytes = max(mem.peak_bytes, mem.baseline_bytes + child_peak)  # both were resident
-                note_peak(mem.peak_bytes)
-                check_graph(path, view)
             else:
-                path = write_onnx(model, tmp, dtype)
-                check_graph(path, view)
+                path = _write_onnx_package(tmp, dtype, view, model, model_dir, tok, mem, meta)
         stages["export"] = mem
         if verify:
             with PeakMemory() as mem:
                 report = verify_artifact(reference, path, dtype, tok, progress=progress)
             stages["verify"] = mem
-            report.update({"format": fmt, **{k: meta[k] for k in ("architecture", "fallbacks", "bits_per_weight") if k in meta}})
+            report.update({"format": fmt, **{k: meta[k] for k in ("architecture", "fallbacks", "bits_per_weight", "int4") if k in meta}})
             _fail_if(report, out)
             if fmt == "onnx":
                 (tmp / "model.onnx.verify.json").write_text(json.dumps(report, indent=1))
     return meta, report
 
 
+def _write_onnx_package(tmp: Path, dtype: str, view, model, model_dir, tok, mem, meta: dict) -> Path:
+    """model.onnx (int4: exported in f32, then quantised), its graph checked, plus the
+    onnxruntime-genai files (genai_config.json, tokenizer) in the same folder."""
+    from edgeprune.memory import note_peak
+
+    from .genai import write_package
+    from .onnx import EXTERNAL_DATA_THRESHOLD, check_graph, write_onnx, write_onnx_isolated
+
+    base = "f32" if dtype == "int4" else dtype
+    if model is None:
+        path, child_peak = write_onnx_isolated(model_dir, tmp, base)
+        mem.peak_bytes = max(mem.peak_bytes, mem.baseline_bytes + child_peak)  # both were resident
+        note_peak(mem.peak_bytes)
+    else:
+        path = write_onnx(model, tmp, base)
+    if dtype == "int4":
+        from .onnx_int4 import quantize_int4
+
+        f32_bytes = sum(f.stat().st_size for f in tmp.iterdir() if f.is_file())
+        meta["int4"] = quantize_int4(path, int(view.adapter.vocab_size), external=f32_bytes / 6 > EXTERNAL_DATA_THRESHOLD)
+    check_graph(path, view)
+    meta["genai_files"] = write_package(tmp, view, tok)
+    return path
+
+
 def _fail_if(report: dict, out: Path) -> None:
+    from .dtypes import failure_hint
+
     if not report.get("all_finite", True):
         raise ExportError(f"verification of {out.name} failed: NaN or Inf in the logits or perplexity "
                           "(check the model's weights for NaN); the artifact was deleted")
@@ -139,4 +160,5 @@ def _fail_if(report: dict, out: Path) -> None:
             f"verification of {out.name} failed ({report['dtype']}: max abs logit diff {report['max_abs_logit_diff']:.3g}, "
             f"top-1 {report['top1_agreement']:.3f}, greedy match {report['greedy_tokens_match']}, PPL delta "
             f"{report['perplexity']['relative_delta']:.3%}); the artifact was deleted"
+            + (f"; {failure_hint(report['dtype'])}" if failure_hint(report["dtype"]) else "")
         )

@@ -24,6 +24,8 @@ TABLE: dict[str, DType] = {d.name: d for d in (
     DType("f32", ("gguf", "onnx"), 4.0, None, llama_ftype=0),
     DType("f16", ("gguf", "onnx"), 2.0, 0.01, llama_ftype=1),
     DType("bf16", ("gguf",), 2.0, 0.01, llama_ftype=32),
+    # weight-only MatMulNBits, symmetric: 4 bits + one f32 scale per block of 32..128
+    DType("int4", ("onnx",), 0.56, 0.15),
     DType("q8_0", ("gguf",), 34 / 32, 0.03, 32, ("f16",), 7),
     DType("q4_0", ("gguf",), 18 / 32, 0.15, 32, ("f16",), 2),
     DType("q6_k", ("gguf",), 210 / 256, 0.06, 256, (), 18, True, ("Q6_K",)),
@@ -45,3 +47,11 @@ def get(name: str) -> DType:
 
 def allowed(fmt: str) -> tuple[str, ...]:
     return tuple(n for n in DTYPES if fmt in get(n).formats)
+
+
+def failure_hint(name: str) -> str:
+    """What to try when an artifact of this dtype fails its perplexity bound."""
+    if get(name).bytes_per_weight < 0.75:
+        return ("4-bit weights can lose too much on a model this small or narrow: choose a wider dtype "
+                "(q8_0 or f16) with --dtype or in the target")
+    return ""

@@ -94,8 +94,11 @@ def verify_artifact(model, path, dtype: str, tokenizer=None, n_ctx: int = 512, p
     prompts = [_ids(tokenizer, text, vocab)[:64] for text in PROMPTS]
     ppl_ids = _ids(tokenizer, PPL_TEXT, vocab)[:n_ctx]
     rt = _runtime_side(path, n_ctx, prompts, ppl_ids)
+    og_gen, og_skip = _genai_side(path, prompts)
     seqs = prompts + [ids[:GEN_PROMPT] + g for ids, g in zip(prompts, rt["gen"])] + [ppl_ids]
+    seqs += [ids[:GEN_PROMPT] + g for ids, g in zip(prompts, og_gen or [])]
     ref = reference_logits(model, seqs, progress=progress)
+    ref, ref_og = ref[: 2 * len(prompts) + 1], ref[2 * len(prompts) + 1:]
     ref_prompts, ref_gen, ref_ppl = ref[: len(prompts)], ref[len(prompts) : 2 * len(prompts)], ref[-1]
     finite = _finite(*ref, *rt["logits"], rt["ppl"])
     max_abs, agree, total = 0.0, 0, 0
@@ -136,9 +139,50 @@ def verify_artifact(model, path, dtype: str, tokenizer=None, n_ctx: int = 512, p
         tol = dtype_facts(dtype).ppl_tolerance
         report["tolerance"] = {"perplexity_relative_delta": tol}
         report["passed"] = bool(finite and delta <= tol)
+    if og_skip:
+        report["genai"] = {"skipped": og_skip}
+    if og_gen is not None:
+        # GenAI runs the same graph in its own loop; a quantised graph may legitimately pick
+        # any token whose PyTorch logit is within twice the artifact's measured logit error
+        tol = F32_MAX_ABS if dtype == "f32" else max(F32_MAX_ABS, 2 * (max_abs if math.isfinite(max_abs) else 0.0))
+        checks = [_greedy_check(r, GEN_PROMPT, g, tol) for r, g in zip(ref_og, og_gen)]
+        report["genai"] = _genai_report(og_gen, [c for c, _ in checks], all(ok for _, ok in checks), tol)
+        report["passed"] = bool(report["passed"] and report["genai"]["greedy_tokens_match"])
     if not finite:
         report["failure"] = "NaN or Inf in the logits or perplexity"
     return report
+
+
+def _genai_side(path, prompts: list[list[int]]) -> tuple[list[list[int]] | None, str | None]:
+    """Greedy tokens through onnxruntime-genai's generator when the folder is a GenAI package
+    and the runtime is installed; else (None, why it was skipped) (GGUF: (None, None))."""
+    from pathlib import Path
+
+    from .genai import CONFIG, WHY_MIN_VERSION, GenAISession, available
+
+    folder = Path(path) if Path(path).is_dir() else Path(path).parent
+    if not (folder / CONFIG).is_file():
+        return None, None
+    if available() is None:
+        try:
+            import onnxruntime_genai as og
+        except ImportError:
+            return None, "onnxruntime-genai is not installed (pip install 'edgeprune[genai]')"
+        return None, f"onnxruntime-genai {og.__version__} is too old: {WHY_MIN_VERSION}"
+    sess = GenAISession(folder)
+    try:
+        return [sess.generate(ids[:GEN_PROMPT], GEN_NEW) for ids in prompts], None
+    finally:
+        del sess
+
+
+def _genai_report(tokens: list[list[int]], chosen: list[list[int]], ok: bool, tol: float) -> dict:
+    import onnxruntime_genai as og
+
+    return {"runtime": f"onnxruntime-genai {og.__version__}", "greedy_tokens_match": ok,
+            "greedy_tokens_identical": tokens == chosen,
+            "greedy_tokens": {"pytorch": chosen, "genai": tokens,
+                              "rule": f"PyTorch's argmax on prompt + GenAI's tokens (ties within {tol:.3g} accepted)"}}
 
 
 def _config(model_dir):

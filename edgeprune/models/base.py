@@ -76,6 +76,8 @@ class DecoderAdapter:
     # per-layer shapes need `deci` (biases yes, q/k norms no).
     uniform_gguf_arch: ClassVar[str | None] = "llama"
     nonuniform_gguf_reason: ClassVar[str | None] = None
+    # onnxruntime-genai's model "type" in genai_config.json
+    genai_type: ClassVar[str] = "llama"
 
     def __init__(self, config):
         self.config = config

@@ -13,4 +13,5 @@ class LlamaAdapter(DecoderAdapter):
 class MistralAdapter(LlamaAdapter):
     family = "mistral"
     model_types = ("mistral",)
+    genai_type = "mistral"
     modeling = ("transformers.models.mistral.modeling_mistral", "Mistral")

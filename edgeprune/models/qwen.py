@@ -8,6 +8,7 @@ class Qwen2Adapter(DecoderAdapter):
     family = "qwen2"
     model_types = ("qwen2",)
     uniform_gguf_arch = "qwen2"
+    genai_type = "qwen2"
 
     def gguf_architecture(self, shapes):
         # llama.cpp's qwen2 sizes attn_q as n_embd x n_embd and has no o/ffn_down bias; a model
@@ -38,6 +39,7 @@ class Qwen3Adapter(DecoderAdapter):
     model_types = ("qwen3",)
     head_norm_paths = ("self_attn.q_norm", "self_attn.k_norm")
     uniform_gguf_arch = "qwen3"
+    genai_type = "qwen3"
     nonuniform_gguf_reason = (
         "llama.cpp has no architecture that reads per-layer widths and applies Qwen3's "
         "q_norm/k_norm ('deci' lacks them), so a non-uniform Qwen3 has no GGUF route today; "
