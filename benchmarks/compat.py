@@ -52,7 +52,7 @@ def make_models(root: Path) -> dict[str, Path]:
             continue
         plan = Plan("compat", family, 2, layers={i: LayerPlan(**kw) for i, kw in layers.items()})
         model = edgeprune.apply_plan(edgeprune.load(dense[family]), plan)
-        out[name] = edgeprune.save(model, root / name.split()[0].lower() + "-" + family + f"-{len(out)}",
+        out[name] = edgeprune.save(model, root / f"{name.split()[0].lower()}-{family}-{len(out)}",
                                    tokenizer_from=dense[family], plan=plan)
     return out
 
