@@ -45,15 +45,21 @@ def _require(fmt: str, verify: bool) -> None:
 
 
 def export(model, fmt: str, out: str | Path, *, dtype: str = "f32", verify: bool = True, force: bool = False,  # long: stages
-           model_dir: str | Path | None = None, progress: bool = False) -> dict:
+           model_dir: str | Path | None = None, progress: bool = False, imatrix: dict | None = None) -> dict:
     """Export a model directory (streamed: never loaded whole for GGUF or verification), or
-    a loaded model plus `model_dir` for its tokenizer. Memory is measured per stage."""
+    a loaded model plus `model_dir` for its tokenizer. Memory is measured per stage.
+    `imatrix`: {GGUF tensor name: mean x^2 per input column} for llama.cpp's k-quants
+    (`edgeprune.imatrix.from_calibration` builds it from a calibration set)."""
     from edgeprune.memory import stage_report
 
+    from .dtypes import get as dtype_facts
     from .gguf_writer import gguf_arch
     from .source import WeightsView
 
     dtype = check_dtype(fmt, dtype)
+    if imatrix is not None and not (fmt == "gguf" and dtype_facts(dtype).llama_quantizer):
+        raise ExportError(f"an importance matrix is used by llama.cpp's k-quants only, not {fmt} {dtype}; "
+                          "drop --imatrix or export gguf q4_k_m, q5_k_m or q6_k")
     _require(fmt, verify)
     out = Path(out).absolute()
     if fmt == "gguf" and out.suffix != ".gguf":
@@ -70,7 +76,7 @@ def export(model, fmt: str, out: str | Path, *, dtype: str = "f32", verify: bool
     stages: dict = {}
     try:
         meta, report = _write_and_verify(fmt, dtype, out, force, view, model if not streamed else None, model_dir,
-                                         reference, tok, verify, progress, stages)
+                                         reference, tok, verify, progress, stages, imatrix)
     except OSError as e:
         if e.errno == errno.ENOSPC:  # staged() has already removed the partial artifact
             from edgeprune.tensorfiles import free_bytes
@@ -92,11 +98,12 @@ def export(model, fmt: str, out: str | Path, *, dtype: str = "f32", verify: bool
     return {"format": fmt, "dtype": dtype, "path": str(artifact), "bytes": size, "seconds": time.perf_counter() - t0,
             "verify": report or {"passed": None, "skipped": True}, "verify_report": str(report_path) if report else None,
             "peak_memory": stage_report(stages),
-            **({k: meta[k] for k in ("architecture", "fallbacks", "tensor_types", "bits_per_weight", "int4", "genai_files")
+            **({k: meta[k] for k in ("architecture", "fallbacks", "tensor_types", "bits_per_weight", "int4", "genai_files", "imatrix_tensors")
                 if k in meta})}
 
 
-def _write_and_verify(fmt, dtype, out, force, view, model, model_dir, reference, tok, verify, progress, stages):
+def _write_and_verify(fmt, dtype, out, force, view, model, model_dir, reference, tok, verify, progress, stages,
+                      imatrix=None):
     """Write to a staged path, verify there, rename only on success; memory per stage."""
     from edgeprune.memory import PeakMemory, note_peak
 
@@ -108,7 +115,7 @@ def _write_and_verify(fmt, dtype, out, force, view, model, model_dir, reference,
     with staged(out, force) as tmp:
         with PeakMemory() as mem:
             if fmt == "gguf":
-                meta = write_gguf(view, tmp, dtype, progress)
+                meta = write_gguf(view, tmp, dtype, progress, imatrix)
                 path = tmp
             else:
                 path = _write_onnx_package(tmp, dtype, view, model, model_dir, tok, mem, meta)
@@ -117,7 +124,7 @@ def _write_and_verify(fmt, dtype, out, force, view, model, model_dir, reference,
             with PeakMemory() as mem:
                 report = verify_artifact(reference, path, dtype, tok, progress=progress)
             stages["verify"] = mem
-            report.update({"format": fmt, **{k: meta[k] for k in ("architecture", "fallbacks", "bits_per_weight", "int4") if k in meta}})
+            report.update({"format": fmt, **{k: meta[k] for k in ("architecture", "fallbacks", "bits_per_weight", "int4", "imatrix_tensors") if k in meta}})
             _fail_if(report, out)
             if fmt == "onnx":
                 (tmp / "model.onnx.verify.json").write_text(json.dumps(report, indent=1))

@@ -188,13 +188,18 @@ def tensor_list(view: WeightsView, arch: str) -> list[tuple[str, str, int]]:
     return out
 
 
-def write_gguf(view: WeightsView, path: Path, dtype: str = "f32", progress: bool = False) -> dict:  # long: two passes
+def write_gguf(view: WeightsView, path: Path, dtype: str = "f32", progress: bool = False,  # long: two passes
+               imatrix: dict | None = None) -> dict:
     """Write the model to `path`, streamed: tensor infos from shapes first, then each tensor
     read, converted or quantised and written alone, as llama.cpp's converter does with lazy
-    tensors. Returns metadata (arch, tensor types, fallbacks)."""
+    tensors. Returns metadata (arch, tensor types, fallbacks). `imatrix` ({GGUF name: mean
+    x^2 per column}, edgeprune.imatrix) goes to llama.cpp's quantizer (k-quants only)."""
     gguf = require("gguf", "gguf", "GGUF export")
     if dtype_facts(dtype).llama_quantizer:
-        return _write_llama_quantized(view, path, dtype, progress)
+        return _write_llama_quantized(view, path, dtype, progress, imatrix)
+    if imatrix is not None:
+        raise ExportError(f"an importance matrix is used by llama.cpp's k-quants only, not {dtype}; "
+                          "drop --imatrix or choose q4_k_m, q5_k_m or q6_k")
     rope = rope_type(view.config)
     if rope not in ("default", "llama3"):
         raise ExportError(f"rope scaling '{rope}' is not written by edgeprune's GGUF exporter yet; export ONNX")
@@ -234,7 +239,22 @@ def _summary(types: dict[str, str]) -> dict[str, int]:
     return out
 
 
-def _write_llama_quantized(view: WeightsView, path: Path, dtype: str, progress: bool = False) -> dict:
+def _imatrix_array(lc, imatrix: dict):
+    """A NULL-terminated `llama_model_imatrix_data[]` over `imatrix` (kept alive by the caller)."""
+    import ctypes
+
+    keep = {name.encode(): np.ascontiguousarray(v, dtype=np.float32) for name, v in imatrix.items()}
+    arr = (lc.llama_model_imatrix_data * (len(keep) + 1))()
+    for j, (name, v) in enumerate(keep.items()):
+        arr[j].name = name
+        arr[j].data = v.ctypes.data_as(ctypes.POINTER(ctypes.c_float))
+        arr[j].size = v.size
+    arr[len(keep)].name = None
+    return arr, keep
+
+
+def _write_llama_quantized(view: WeightsView, path: Path, dtype: str, progress: bool = False,
+                           imatrix: dict | None = None) -> dict:
     """k-quants through llama.cpp's own quantizer (its per-tensor mix, e.g. Q4_K_M), from an
     intermediate GGUF in the checkpoint's own precision (bf16 stays bf16, f32 stays f32).
     The result is read back: real bits per weight, and every 2-D weight whose type is not of
@@ -249,12 +269,16 @@ def _write_llama_quantized(view: WeightsView, path: Path, dtype: str, progress: 
         meta = write_gguf(view, tmp, src, progress)
         params = lc.llama_model_quantize_default_params()
         params.ftype = facts.llama_ftype
+        if imatrix:
+            arr, _alive = _imatrix_array(lc, imatrix)
+            params.imatrix = ctypes.cast(arr, ctypes.POINTER(lc.llama_model_imatrix_data))
         rc = lc.llama_model_quantize(str(tmp).encode(), str(path).encode(), ctypes.byref(params))
     finally:
         tmp.unlink(missing_ok=True)
     if rc != 0:
         raise ExportError(f"llama.cpp's quantizer failed (code {rc}) for {dtype}")
     meta.update(quantized_summary(path, facts.family))
+    meta["imatrix_tensors"] = len(imatrix) if imatrix else 0
     return meta
 
 
