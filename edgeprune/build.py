@@ -113,20 +113,27 @@ def bytes_per_weight(dtype: str) -> float:
     return get(dtype).bytes_per_weight
 
 
-def device_estimate(target: Target, fmt: str, dtype: str, bytes_dense: int, bytes_pruned: int, ad_dense, ad_pruned) -> dict:
-    ctx = target.context
-    kv_d, kv_p = kv_cache_bytes(ad_dense, ctx), kv_cache_bytes(ad_pruned, ctx)
-    bpp = bytes_per_weight(dtype)
-    flops_d, flops_p = 2 * bytes_dense / bpp, 2 * bytes_pruned / bpp
-    return {
-        "format": fmt, "dtype": dtype, "label": "ESTIMATE from spec bandwidth/compute, not measured",
-        "decode_ms_per_token_dense": (bytes_dense + kv_d) / target.bandwidth * 1000,
-        "decode_ms_per_token_pruned": (bytes_pruned + kv_p) / target.bandwidth * 1000,
-        "prefill_tokens_per_s_dense": target.peak_flops / flops_d,
-        "prefill_tokens_per_s_pruned": target.peak_flops / flops_p,
-        "assumptions": f"decode reads every linear weight plus the f16 KV cache at context {ctx} once per token; "
-                       "prefill runs at peak compute (2 FLOP per weight per token)",
-    }
+def _estimate(tgt: Target, f: dict, weights: dict, ad, ad_p, lat: dict, state: dict, save_state) -> dict:
+    """The device estimate for one artifact pair, its overhead fitted on this host's
+    measurement (edgeprune.estimate); the host's bandwidth is measured once per build."""
+    from .estimate import device_estimate, fit_overhead, host_bandwidth, host_clock_ghz, overhead_scale
+
+    threads = lat["pruned"]["protocol"]["threads"]
+    host = state["done"].get("host")
+    if host is None or host.get("threads") != threads:
+        host = {"bandwidth": host_bandwidth(threads), "clock_ghz": host_clock_ghz(), "threads": threads}
+        state["done"]["host"] = host
+        save_state()
+    ctx = lat["pruned"]["protocol"]["context"] + lat["pruned"]["protocol"]["new_tokens"] // 2
+    read = {"dense": weights["dense"] + kv_cache_bytes(ad, ctx), "pruned": weights["pruned"] + kv_cache_bytes(ad_p, ctx)}
+    ms = {k: lat[k]["decode_ms_per_token_median"] for k in ("dense", "pruned")}
+    fit = fit_overhead(ms, read, host["bandwidth"])
+    bpw = bytes_per_weight(f["dtype"])
+    est = device_estimate(tgt, f["format"], f["dtype"], weights,
+                          {"dense": kv_cache_bytes(ad, tgt.context), "pruned": kv_cache_bytes(ad_p, tgt.context)},
+                          {k: 2 * v / bpw for k, v in weights.items()}, fit,
+                          overhead_scale(tgt, threads, host["clock_ghz"]))
+    return {**est, "host_fit": fit}
 
 
 # ---- perplexity through the runtime ---------------------------------------------------
@@ -313,7 +320,7 @@ def build(model: str | None = None, target: str = "cpu-x86", ratio: float | None
                         "weight_bytes_per_token": {"dense": b_d, "pruned": b_p},
                         "prefill_measured": lat["pruned"]["prefill_tokens_per_s_max"] / lat["dense"]["prefill_tokens_per_s_max"]},
         })
-        estimates.append(device_estimate(tgt, f["format"], f["dtype"], b_d, b_p, ad, ad_p))
+        estimates.append(_estimate(tgt, f, {"dense": b_d, "pruned": b_p}, ad, ad_p, lat, state, save_state))
 
     from .inspect_cmd import plot_plan
     from .plan import Plan

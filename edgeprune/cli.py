@@ -186,12 +186,34 @@ def cmd_export(a) -> int:
     _setup_torch(a.threads, getattr(a, 'device', 'cpu'))
     from exporters import export
 
+    imatrix = _imatrix_for(a) if a.imatrix else None
     res = export(a.model, a.format, a.out, dtype=a.dtype, verify=not a.no_verify, force=a.force,
-                 progress=not a.quiet)
+                 progress=not a.quiet, imatrix=imatrix)
     if a.no_verify:
         print("edgeprune: WARNING: --no-verify: the artifact was NOT checked against PyTorch", file=sys.stderr)
     print(json.dumps(res) if a.json else f"wrote {res['path']} ({res['bytes']:,} bytes); verify: {res.get('verify', {}).get('passed', 'skipped')}")
     return 0
+
+
+def _imatrix_for(a) -> dict:
+    """Refuse a wrong request before the (streamed, whole-model) calibration pass, then build it."""
+    from pathlib import Path
+
+    from exporters.common import check_dtype, check_out_path
+    from exporters.dtypes import get
+
+    from .errors import ExportError
+    from .imatrix import from_calibration
+
+    dtype = check_dtype(a.format, a.dtype)
+    if a.format != "gguf" or not get(dtype).llama_quantizer:
+        raise ExportError(f"--imatrix weights llama.cpp's k-quants only, not {a.format} {dtype}; "
+                          "drop --imatrix or export --format gguf --dtype q4_k_m (or q5_k_m, q6_k)")
+    check_out_path(Path(a.out).absolute(), a.force)
+    data, desc = from_calibration(a.model, a.imatrix, a.nsamples, a.seq_len, data_dir=a.data_dir, progress=not a.quiet)
+    print(f"importance matrix: {desc['tensors']} tensors from {desc['windows']} windows of {desc['seq_len']} tokens "
+          f"of {a.imatrix} (calibration portion)", file=sys.stderr)
+    return data
 
 
 def cmd_build(a) -> int:
@@ -283,13 +305,21 @@ def build_parser() -> argparse.ArgumentParser:
     ex = sub.add_parser("export", help="export to ONNX or GGUF, then verify in the runtime")
     ex.add_argument("model", help="model directory (dense or pruned)")
     ex.add_argument("--format", required=True, help="onnx or gguf")
-    ex.add_argument("--dtype", default="f32", help="f32 (default), f16, bf16, q8_0, q4_0, q4_k_m (alias q4_k), q5_k_m, q6_k")
+    from exporters.dtypes import ALIASES, allowed
+
+    ex.add_argument("--dtype", default="f32", help=f"gguf: {', '.join(allowed('gguf'))}; onnx: {', '.join(allowed('onnx'))} "
+                    f"(default f32; aliases: {', '.join(f'{k}={v}' for k, v in ALIASES.items())})")
     ex.add_argument("--out", required=True, help="GGUF: the .gguf file; ONNX: a directory")
     ex.add_argument("--no-verify", action="store_true", help="skip verification (loudly)")
     ex.add_argument("--force", action="store_true", help="overwrite an existing artifact at --out")
     ex.add_argument("--quiet", action="store_true", help="no progress bars (per tensor, per layer)")
     ex.add_argument("--json", action="store_true")
-    common(ex, data=False)
+    ex.add_argument("--imatrix", default=None, metavar="CALIB",
+                    help="k-quants only: weigh llama.cpp's rounding by this set's activations (a named set such as "
+                         "wikitext2, or a text file; its calibration portion), like llama-imatrix")
+    ex.add_argument("--nsamples", type=_positive, default=32, help="--imatrix windows (default 32)")
+    ex.add_argument("--seq-len", type=_positive, default=256, help="--imatrix window length (default 256)")
+    common(ex)
     ex.set_defaults(fn=cmd_export)
 
     b = sub.add_parser("build", help="prune, export, verify and profile for a device target")

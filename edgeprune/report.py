@@ -86,11 +86,17 @@ def write_report(build_dir: Path, profile: dict) -> Path:
             f"{a['format']} {a['dtype']}: {_status(a['speedup'])}, {a['speedup'].get('reason', '')}"
             for a in warns) + ". Tiny models are dominated by per-token overhead, not weight reads."]
     est = profile["device_estimate"]
-    lines += ["", f"## Device estimate for {profile['target']['name']} (an ESTIMATE from spec bandwidth and compute, not a measurement)", "",
-              "| artifact | decode ms/token dense → pruned | prefill tok/s dense → pruned |", "|---|---|---|"]
+    lines += ["", f"## Device estimate for {profile['target']['name']} (an ESTIMATE, not a measurement)", "",
+              "| artifact | decode ms/token dense → pruned | ± (model error on the build host) | of which per-token overhead | "
+              "prefill tok/s dense → pruned |", "|---|---|---|---|---|"]
     for e in est["artifacts"]:
         lines.append(f"| {e['format']} {e['dtype']} | {e['decode_ms_per_token_dense']:.3f} → {e['decode_ms_per_token_pruned']:.3f} | "
+                     f"±{e.get('relative_error', float('nan')):.0%} | {e.get('overhead_ms_per_token', float('nan')):.3f} ms | "
                      f"{e['prefill_tokens_per_s_dense']:.0f} → {e['prefill_tokens_per_s_pruned']:.0f} |")
+    if est["artifacts"]:
+        lines += ["", f"How: {est['artifacts'][0].get('assumptions', '')}."]
+        caveats = sorted({e["caveat"] for e in est["artifacts"] if e.get("caveat")})
+        lines += [f"> **Caveat:** {c}." for c in caveats]
     est_by = {(e["format"], e["dtype"]): e for e in est["artifacts"]}
     for m in profile.get("measured_on_device", []):
         same = " (the build host, not a separate device)" if m.get("same_host_as_build") else ""

@@ -20,12 +20,15 @@ TARGETS_DIR = Path(__file__).resolve().parents[1] / "targets"
 SCHEMA: dict[str, object] = {
     "name": str, "aliases": list, "description": str,
     "memory": {"budget_bytes": int},
-    "hardware": {"bandwidth_gb_s": float, "peak_tflops": float, "compute_note": str},
+    "hardware": {"bandwidth_gb_s": float, "peak_tflops": float, "compute_note": str, "cpu_cores": int,
+                 "cpu_clock_ghz": float},
     "artifacts": {"runtimes": list, "formats": list},
     "pruning": {"method": str, "ratio": (float, str), "align": int},
     "latency": {"context": int, "new_tokens": int},
 }
 FORMAT_KEYS = {"format", "dtype"}
+# Keys a target may leave out (the device estimate then leaves its overhead term unscaled).
+OPTIONAL = {"hardware.cpu_cores", "hardware.cpu_clock_ghz"}
 
 
 class TargetError(EdgePruneError):
@@ -81,6 +84,8 @@ def _check(d: dict, schema: dict, path: Path, prefix: str = "") -> None:
             raise TargetError(f"{path}: unknown key '{prefix}{key}'; allowed: {', '.join(prefix + k for k in schema)}")
     for key, typ in schema.items():
         if key not in d:
+            if prefix + key in OPTIONAL:
+                continue
             raise TargetError(f"{path}: missing key '{prefix}{key}'")
         v = d[key]
         if isinstance(typ, dict):
@@ -112,6 +117,8 @@ def load_target_file(path: Path) -> Target:
         raise TargetError(f"{path}: pruning.ratio must be a number in (0, 1) or \"auto\", got {r!r}")
     for key, lo in POSITIVE.items():
         section, name = key.split(".")
+        if key in OPTIONAL and name not in data[section]:
+            continue
         v = data[section][name]
         if isinstance(v, bool) or not isinstance(v, (int, float)) or not v > lo or v != v:
             raise TargetError(f"{path}: {key} must be a number > {lo}, got {v!r}")
@@ -122,7 +129,7 @@ def load_target_file(path: Path) -> Target:
 # Numbers a target must give as strictly positive (a bandwidth of 0 would divide by zero
 # only after the whole build; a negative one gives negative latencies).
 POSITIVE = {"hardware.bandwidth_gb_s": 0, "hardware.peak_tflops": 0, "memory.budget_bytes": 0, "pruning.align": 0,
-            "latency.context": 0, "latency.new_tokens": 0}
+            "latency.context": 0, "latency.new_tokens": 0, "hardware.cpu_cores": 0, "hardware.cpu_clock_ghz": 0}
 
 
 def _check_dtype(path: Path, f: dict) -> None:
