@@ -10,36 +10,41 @@ estimates were 50x too fast for small models, so the overhead is measured:
    fitted on the dense artifact and, separately, on the pruned one;
 3. the model's error is the cross-prediction error: the dense fit predicts the pruned
    measurement and vice versa. That is the error bar the estimate carries;
-4. the overhead is scaled to the target by CPU clock and core count from its TOML
-   (`hardware.cpu_clock_ghz`, `hardware.cpu_cores`; left unscaled, and said so, if absent).
+4. the overhead is scaled to the target by the CPU clock ratio from its TOML
+   (`hardware.cpu_clock_ghz`; left unscaled, and said so, if absent). `hardware.cpu_cores`
+   is recorded but does not divide the overhead: that cost is per-operator dispatch, which
+   is serial (more threads add synchronisation rather than share it).
 
 Prefill is `tokens x 2 FLOP per weight / peak + one overhead`, so a tiny model never gets
 a prefill rate of millions of tokens/s without the overhead that bounds it.
 """
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 BANDWIDTH_BYTES = 256 * 2**20
 
 
-def host_bandwidth(threads: int, repeats: int = 5) -> float:
-    """Bytes/s the host reads with `threads` threads (best of `repeats` streaming sums)."""
-    import torch
+_PROBE = """
+import sys, time, torch
+torch.set_num_threads(int(sys.argv[1]))
+x = torch.ones(int(sys.argv[2]) // 4, dtype=torch.float32)
+best = float("inf")
+for _ in range(5):
+    t0 = time.perf_counter(); x.sum(); best = min(best, time.perf_counter() - t0)
+print(int(sys.argv[2]) / best)
+"""
 
-    prev = torch.get_num_threads()
-    torch.set_num_threads(max(1, threads))
-    try:
-        x = torch.ones(BANDWIDTH_BYTES // 4, dtype=torch.float32)
-        best = float("inf")
-        for _ in range(repeats):
-            t0 = time.perf_counter()
-            x.sum()
-            best = min(best, time.perf_counter() - t0)
-        return BANDWIDTH_BYTES / best
-    finally:
-        torch.set_num_threads(prev)
+
+def host_bandwidth(threads: int) -> float:
+    """Bytes/s the host reads with `threads` threads (best of 5 streaming sums over 256 MB),
+    measured in a child process so the probe's buffer never counts in our memory peak."""
+    import subprocess
+    import sys
+
+    r = subprocess.run([sys.executable, "-c", _PROBE, str(max(1, threads)), str(BANDWIDTH_BYTES)],
+                       capture_output=True, text=True, timeout=120, check=True)
+    return float(r.stdout.strip())
 
 
 def host_clock_ghz() -> float | None:
@@ -66,14 +71,16 @@ def fit_overhead(ms: dict[str, float], read: dict[str, int], bandwidth: float) -
 
 
 def overhead_scale(target, host_threads: int, host_clock: float | None) -> tuple[float, str]:
-    """Host-to-target factor for the overhead: clock ratio x usable-core ratio."""
+    """Host-to-target factor for the overhead: the clock ratio. The core count is not a
+    divisor: the per-token overhead is per-operator dispatch, which runs serially (more
+    threads add synchronisation to it rather than share it)."""
     hw = target.data["hardware"]
     clock, cores = hw.get("cpu_clock_ghz"), hw.get("cpu_cores")
-    if not clock or not cores or not host_clock:
-        return 1.0, "unscaled (the target TOML gives no cpu_clock_ghz / cpu_cores, or the host clock is unknown)"
-    f = (host_clock / float(clock)) * (max(1, host_threads) / int(cores))
-    return f, (f"x {f:.2f}: host {host_clock:.2f} GHz x {host_threads} thread(s) against the target's "
-               f"{float(clock):.2f} GHz x {int(cores)} cores")
+    if not clock or not host_clock:
+        return 1.0, "unscaled (the target TOML gives no cpu_clock_ghz, or the host clock is unknown)"
+    f = host_clock / float(clock)
+    return f, (f"x {f:.2f}: host {host_clock:.2f} GHz ({host_threads} thread(s)) against the target's "
+               f"{float(clock):.2f} GHz; its {cores or '?'} cores do not divide it (per-operator dispatch is serial)")
 
 
 def device_estimate(target, fmt: str, dtype: str, weights: dict[str, int], kv: dict[str, int],
