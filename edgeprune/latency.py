@@ -43,7 +43,7 @@ def runtime_name(sess) -> str:
     if kind == "GGUFSession":
         import llama_cpp
 
-        return f"llama.cpp (llama-cpp-python {llama_cpp.__version__})"
+        return f"llama.cpp (llama-cpp-python {llama_cpp.__version__}; f16 KV cache, flash attention off: its defaults)"
     import onnxruntime
 
     return f"onnxruntime {onnxruntime.__version__} (InferenceSession, past KV fed back)"
