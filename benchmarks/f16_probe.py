@@ -76,7 +76,7 @@ def run(paths: dict[str, Path], threads: int, kv_type: int, flash) -> dict[str, 
 
 
 def main() -> None:
-    from edgeprune.build import linear_weight_bytes
+    from edgeprune.profile import linear_weight_bytes
     from edgeprune.checkpoint import load_config
     from edgeprune.latency import host_info
     from edgeprune.models import get_adapter

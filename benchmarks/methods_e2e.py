@@ -50,7 +50,7 @@ def main() -> None:
 
     import edgeprune
     from edgeprune import data
-    from edgeprune.build import runtime_perplexity
+    from edgeprune.profile import runtime_perplexity
     from edgeprune.errors import EdgePruneError
     from edgeprune.methods import PruneRequest
     from edgeprune.pipeline import calibration, make_plan, tokenizer_for

@@ -110,7 +110,7 @@ def main() -> None:
 
     import tempfile
 
-    from edgeprune.build import runtime_perplexity
+    from edgeprune.profile import runtime_perplexity
     from edgeprune.checkpoint import save
 
     work = Path(tempfile.mkdtemp(prefix="edgeprune-quality-"))

@@ -66,7 +66,7 @@ def main() -> None:
     import torch
 
     import edgeprune
-    from edgeprune.build import linear_weight_bytes
+    from edgeprune.profile import linear_weight_bytes
     from edgeprune.checkpoint import load_config
     from edgeprune.latency import host_info, measure
     from edgeprune.methods import PruneRequest

@@ -105,7 +105,7 @@ def export(model, fmt: str, out: str | Path, *, dtype: str = "f32", verify: bool
 def _write_and_verify(fmt, dtype, out, force, view, model, model_dir, reference, tok, verify, progress, stages,
                       imatrix=None):
     """Write to a staged path, verify there, rename only on success; memory per stage."""
-    from edgeprune.memory import PeakMemory, note_peak
+    from edgeprune.memory import PeakMemory
 
     from .gguf_writer import write_gguf
     from .verify import verify_artifact

@@ -1,0 +1,237 @@
+"""The build's profile: what each artifact pair measured on the build host (perplexity
+through its runtime, interleaved latency, the speedup check), the device estimate, memory and
+provenance, assembled into `profile.json` (schema in the README). `build` calls it once per
+artifact pair and once at the end; benchmarks use its measuring helpers.
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+PPL_SEQ_LEN = 256
+PPL_MAX_WINDOWS = 8
+LATENCY_REPS = 5
+IDEAL_DEFINITION = "dense/pruned bytes of linear weights read per decoded token (lm_head included, token embedding excluded)"
+
+
+# ---- sizes -----------------------------------------------------------------------------
+def sizes(ad) -> tuple[int, int]:
+    """(non-embedding parameters, embedding parameters) of the adapter's model."""
+    from .models import expected_nonembedding
+
+    return expected_nonembedding(ad, ad.layer_shapes()), ad.embedding_params()
+
+
+def kv_cache_bytes(ad, context: int) -> int:
+    """f16 KV cache at `context` tokens."""
+    return sum(2 * s.num_kv_heads * ad.head_dim * context * 2 for s in ad.layer_shapes())
+
+
+def bytes_per_weight(dtype: str) -> float:
+    from exporters.dtypes import get
+
+    return get(dtype).bytes_per_weight
+
+
+def linear_weight_bytes(artifact: Path, fmt: str, dtype: str, ad) -> int:
+    """Bytes of every linear weight read per decoded token (lm_head included, embedding
+    excluded): read off a GGUF file, computed from the shapes for ONNX."""
+    if fmt == "gguf":
+        from exporters.artifacts import gguf_linear_bytes
+
+        return gguf_linear_bytes(artifact)
+    non_emb, _ = sizes(ad)
+    norms = 2 * ad.hidden_size * len(ad.layer_shapes()) + ad.hidden_size
+    return int((non_emb - norms + ad.vocab_size * ad.hidden_size) * bytes_per_weight(dtype))
+
+
+# ---- measuring on the build host ------------------------------------------------------------
+def runtime_perplexity(artifact: Path, windows) -> float:
+    import torch
+
+    from exporters.runtimes import open_artifact
+
+    from .evaluate import perplexity_from
+
+    sess = open_artifact(artifact, n_ctx=windows.shape[1] + 8) if str(artifact).endswith(".gguf") else open_artifact(artifact)
+    return perplexity_from(lambda ids: torch.from_numpy(sess.logits(ids[0].tolist()))[None], windows, progress=False)["perplexity"]
+
+
+def evaluation(model_dir: Path, cfg, calib: str, data_dir) -> tuple:
+    """(windows, protocol): the evaluation portion of the calibration source."""
+    from . import data
+
+    seq = min(PPL_SEQ_LEN, int(getattr(cfg, "max_position_embeddings", 2048)))
+    text = data.load_text(calib, "eval", data_dir)
+    windows = data.eval_windows(data.tokenize(data.tokenizer_for(model_dir), text), seq, PPL_MAX_WINDOWS)
+    return windows, {"data": calib, "portion": "eval", "seq_len": seq, "windows": int(windows.shape[0]),
+                     "tokens": int(windows.shape[0] * (seq - 1)), "through": "the artifact's runtime"}
+
+
+def measure_pair(dense: Path, pruned: Path, windows, tgt, cfg, vocab: int) -> dict:
+    """Perplexity of both through their runtime, and their interleaved latency."""
+    from .latency import measure
+
+    context = max(8, min(tgt.context, int(getattr(cfg, "max_position_embeddings", 2048)) - tgt.new_tokens - 8))
+    ppl = [runtime_perplexity(dense, windows), runtime_perplexity(pruned, windows)]
+    lat = measure({"dense": dense, "pruned": pruned}, context, tgt.new_tokens, LATENCY_REPS, vocab=vocab)
+    return {"ppl": ppl, "latency": lat}
+
+
+def artifact_entry(f: dict, ep: dict, ed: dict, measured: dict, out_dir: Path, ad, ad_p, ppl_protocol: dict) -> dict:
+    """One artifact's profile entry: sizes, verification, perplexity, latency, speedup check."""
+    from .speedup import check
+
+    lat = measured["latency"]
+    ppl_d, ppl_p = measured["ppl"]
+    weights = {"dense": linear_weight_bytes(Path(ed["path"]), f["format"], f["dtype"], ad),
+               "pruned": linear_weight_bytes(Path(ep["path"]), f["format"], f["dtype"], ad_p)}
+    runs = {k: lat[k].get("decode_ms_per_token_runs") or [lat[k]["decode_ms_per_token_min"]] for k in ("dense", "pruned")}
+    sp = check(runs["dense"], runs["pruned"], weights["dense"] / weights["pruned"])
+    return {
+        "format": f["format"], "dtype": f["dtype"], "path": str(Path(ep["path"]).relative_to(out_dir)),
+        "bytes": ep["bytes"], "verify": ep["verify"], "verify_report": ep.get("verify_report"),
+        "architecture": ep.get("architecture"), "fallbacks": ep.get("fallbacks", []),
+        "reference_dense": {"path": str(Path(ed["path"]).relative_to(out_dir)), "bytes": ed["bytes"],
+                            "verify_passed": ed["verify"].get("passed")},
+        "perplexity": {"dense": ppl_d, "pruned": ppl_p, "ratio": ppl_p / ppl_d, "protocol": ppl_protocol},
+        "latency": lat,
+        "speedup": {**sp, "ideal_definition": IDEAL_DEFINITION, "weight_bytes_per_token": weights,
+                    "prefill_measured": lat["pruned"]["prefill_tokens_per_s_max"] / lat["dense"]["prefill_tokens_per_s_max"]},
+    }
+
+
+def host_probe(threads: int) -> dict:
+    """The build host's read bandwidth and clock, for the device estimate's overhead fit."""
+    from .estimate import host_bandwidth, host_clock_ghz
+
+    return {"bandwidth": host_bandwidth(threads), "clock_ghz": host_clock_ghz(), "threads": threads}
+
+
+def estimate_for(tgt, entry: dict, ad, ad_p, host: dict) -> dict:
+    """The device estimate for one artifact pair, its overhead fitted on this host's measurement."""
+    from .estimate import device_estimate, fit_overhead, overhead_scale
+
+    lat, weights = entry["latency"], entry["speedup"]["weight_bytes_per_token"]
+    ctx = lat["pruned"]["protocol"]["context"] + lat["pruned"]["protocol"]["new_tokens"] // 2
+    read = {"dense": weights["dense"] + kv_cache_bytes(ad, ctx), "pruned": weights["pruned"] + kv_cache_bytes(ad_p, ctx)}
+    fit = fit_overhead({k: lat[k]["decode_ms_per_token_median"] for k in ("dense", "pruned")}, read, host["bandwidth"])
+    bpw = bytes_per_weight(entry["dtype"])
+    est = device_estimate(tgt, entry["format"], entry["dtype"], weights,
+                          {"dense": kv_cache_bytes(ad, tgt.context), "pruned": kv_cache_bytes(ad_p, tgt.context)},
+                          {k: 2 * v / bpw for k, v in weights.items()}, fit,
+                          overhead_scale(tgt, host["threads"], host["clock_ghz"]))
+    return {**est, "host_fit": fit}
+
+
+def prune_section(method: str, ratio: float, why: str, rep: dict, emb: int) -> dict:
+    pm = rep["peak_memory"]
+    return {
+        "method": method, "ratio_requested": ratio, "ratio_reason": why, "ratio_achieved": rep["ratio_achieved"],
+        "params_dense": rep["params_dense_nonembedding"], "params_pruned": rep["params_pruned_nonembedding"],
+        "params_dense_total": rep["params_dense_nonembedding"] + emb, "params_pruned_total": rep["params_pruned_nonembedding"] + emb,
+        "params_definition": "non-embedding: all parameters except token embedding and lm_head",
+        "peak_memory_bytes": pm["peak_bytes"], "peak_memory_above_baseline_bytes": pm["above_baseline_bytes"],
+        "peak_memory_kind": pm["kind"], "wall_seconds": rep["wall_seconds"], "layers_removed": rep["layers_removed"],
+        "calibration_tokens": rep["calibration_tokens"],
+    }
+
+
+def assemble(b) -> dict:  # long: the profile's sections, in schema order
+    """profile.json's content from a finished build (`edgeprune.build.Build`)."""
+    from .checkpoint import load_config
+    from .data import load_text
+    from .inspect_cmd import plot_plan
+    from .latency import host_info
+    from .models import get_adapter
+    from .plan import Plan
+    from .provenance import license_of, min_runtime_versions, now, sha256, versions
+    from .report import SCHEMA_VERSION, plot_latency_and_ppl
+
+    cfg = load_config(b.model_dir)
+    ad, ad_p = get_adapter(cfg), get_adapter(load_config(b.out_dir / "model"))
+    _, protocol = evaluation(b.model_dir, cfg, b.calib, b.opts["data_dir"])
+    exports, rep = b.done["export"], b.done["prune"]
+    artifacts, estimates = [], []
+    for f in b.tgt.formats:
+        key = f"{f['format']}-{f['dtype']}"
+        entry = artifact_entry(f, exports[f"pruned:{key}"], exports[f"dense:{key}"], b.done["profile"][key], b.out_dir,
+                               ad, ad_p, protocol)
+        sp = entry["speedup"]
+        if sp["status"] != "pass":
+            print(f"[edgeprune build] {'WARNING' if sp['status'] == 'miss' else 'note'}: {key} speedup check "
+                  f"{sp['status'].upper()}: {sp['decode_measured']:.2f}x vs ideal {sp['decode_ideal']:.2f}x; {sp['reason']}",
+                  file=sys.stderr)
+        artifacts.append(entry)
+        estimates.append(estimate_for(b.tgt, entry, ad, ad_p, b.done["host"]))
+    plot_plan(Plan.load(b.out_dir / "model"), str(b.out_dir / "plan.png"))
+    o = b.opts
+    profile = {
+        "schema_version": SCHEMA_VERSION,
+        "target": {"name": b.tgt.name, "file": str(b.tgt.path), **b.tgt.data},
+        "prune": prune_section(b.method, b.ratio, b.why, rep, sizes(ad)[1]),
+        "memory": memory_figures(rep, exports),
+        "checkpoint": {"path": "model", "base_model": str(getattr(cfg, "_name_or_path", "") or b.model_dir), "format": "huggingface"},
+        "artifacts": artifacts,
+        "device_estimate": {"target": b.tgt.name, "bandwidth_gb_s": b.tgt.bandwidth / 1e9,
+                            "peak_tflops": b.tgt.peak_flops / 1e12, "artifacts": estimates},
+        "provenance": {
+            "versions": versions(), "command": o["command"], "seed": o["seed"],
+            "calibration": {"data": b.calib, "sha256": sha256(load_text(b.calib, "calib", o["data_dir"])),
+                            "n_samples": o["nsamples"], "seq_len": o["seq_len"], "portion": "calib", "defaulted": b.defaulted},
+            "evaluation": {"data": b.calib, "portion": "eval (disjoint from the calibration portion)"},
+            "base_model": {"name": "edgeprune embedded demo model (trained on the Python stdlib source)" if b.demo
+                           else str(b.model_dir), "license": license_of(b.model_dir, cfg)},
+            "min_runtime_versions": min_runtime_versions(artifacts, b.out_dir), "host": host_info(), "time": now(),
+        },
+    }
+    profile["plots"] = ["plan.png"] + plot_latency_and_ppl(b.out_dir, profile)
+    return profile
+
+
+def memory_figures(rep: dict, exports: dict) -> dict:
+    """The process's real peak RSS over every stage of the build, and each stage's own."""
+    from .memory import process_peak_bytes
+
+    stages = {k: v["peak_bytes"] for k, v in rep["peak_memory"].get("stages", {}).items()}
+    for key, e in exports.items():
+        for stage, m in (e.get("peak_memory") or {}).get("stages", {}).items():
+            stages[f"{stage} {key}"] = m["peak_bytes"]
+    return {"kind": rep["peak_memory"]["kind"], "peak_bytes": max([process_peak_bytes(), *stages.values()]),
+            "stages_peak_bytes": stages,
+            "note": "whole-process RSS high-water mark; stages run in this process (a resumed build only sees its own run)"}
+
+
+# ---- writing ---------------------------------------------------------------------------------
+def write_profile(out_dir: Path, profile: dict) -> list[str]:
+    """profile.json (atomically, NaN never written) and report.md; returns non-finite fields."""
+    import json
+
+    from .report import write_report
+
+    from .provenance import finite, non_finite
+
+    bad = non_finite(profile)
+    if bad:
+        profile["non_finite_fields"] = bad
+    tmp = out_dir / ".profile.json.tmp"
+    tmp.write_text(json.dumps(finite(profile), indent=1, allow_nan=False))
+    tmp.replace(out_dir / "profile.json")
+    write_report(out_dir, profile)
+    return bad
+
+
+def summary_lines(profile: dict, out_dir: Path) -> list[str]:
+    lines = []
+    for a in profile["artifacts"]:
+        sp, ld, lp = a["speedup"], a["latency"]["dense"], a["latency"]["pruned"]
+        lines.append(f"  {a['format']:4} {a['dtype']:5} {a['bytes']:>12,} B  PPL {a['perplexity']['dense']:.3f} -> "
+                     f"{a['perplexity']['pruned']:.3f}  decode {ld['decode_ms_per_token_min']:.3f} -> "
+                     f"{lp['decode_ms_per_token_min']:.3f} ms/tok  speedup {sp['decode_measured']:.2f}x "
+                     f"[{sp['decode_interval'][0]:.2f}, {sp['decode_interval'][1]:.2f}] (ideal {sp['decode_ideal']:.2f}x): "
+                     f"{sp['status'].upper()}")
+    mem = profile["memory"]
+    lines.append(f"  peak memory {mem['peak_bytes'] / 2**20:.0f} MiB over every stage (" + ", ".join(
+        f"{k} {v / 2**20:.0f}" for k, v in mem["stages_peak_bytes"].items()) + " MiB)")
+    lines.append(f"  profile: {out_dir / 'profile.json'}  report: {out_dir / 'report.md'}")
+    return lines
