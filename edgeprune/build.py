@@ -110,7 +110,9 @@ def stage_prune(b: Build) -> None:
         return
     o = b.opts
     t0 = time.perf_counter()
-    res = prune(b.model_dir, b.method, ratio=b.ratio, layers="auto" if b.method == "comp" else None, calib=b.calib,
+    from .methods import get
+
+    res = prune(b.model_dir, b.method, ratio=b.ratio, layers=get(b.method).build_layers, calib=b.calib,
                 n_samples=o["nsamples"], seq_len=o["seq_len"], seed=o["seed"], device=o["device"], data_dir=o["data_dir"],
                 out=b.out_dir / "model", resume=True, force=True, align=b.tgt.align, checked=True)
     b.done["prune"] = {**res.report, "stage_seconds": time.perf_counter() - t0}

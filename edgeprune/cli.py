@@ -151,13 +151,8 @@ def _request_kwargs(a) -> dict:
 
 def cmd_prune(a) -> int:
     _setup_torch(a.threads, getattr(a, 'device', 'cpu'))
-    from .errors import PlanError
     from .pipeline import prune
 
-    if a.ratio is None and a.layers is None:
-        raise PlanError("give --ratio R (fraction of non-embedding parameters) or --layers N")
-    if a.method != "shortgpt" and a.ratio is None:
-        raise PlanError(f"--method {a.method} needs --ratio")
     model_dir = _model_arg(a.model)
     res = prune(model_dir, a.method, ratio=a.ratio, layers=a.layers, calib=_data_default(model_dir, a.calib),
                 n_samples=a.nsamples, seq_len=a.seq_len, seed=a.seed, device=a.device, data_dir=a.data_dir,
@@ -275,7 +270,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     pr = sub.add_parser("prune", help="prune a model and save the physically smaller checkpoint")
     pr.add_argument("--model", help="model directory or hub id (default: the embedded demo model)")
-    pr.add_argument("--method", default="comp", help="comp (default), slimgpt, shortgpt, wanda-sp, flap, taylor, magnitude")
+    from .methods import DEFAULT, REGISTRY, help_text
+
+    pr.add_argument("--method", default=DEFAULT, help=help_text())
     pr.add_argument("--ratio", type=_ratio, help="fraction of non-embedding parameters to remove")
     pr.add_argument("--layers", type=_layers, help="layers to remove (shortgpt), or COMP's layer stage: N or auto")
     pr.add_argument("--calib", help="calibration set: named set or file (default wikitext2; demo for the demo model)")
@@ -326,8 +323,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--model", help="model directory (default: the embedded demo model)")
     b.add_argument("--target", default="cpu-x86", help="target name or TOML path (default cpu-x86; see `edgeprune targets`)")
     b.add_argument("--ratio", type=_ratio, default=None, help="override the target's default ratio")
-    b.add_argument("--method", default=None, help="override the target's method: comp, slimgpt, shortgpt, wanda-sp, flap, "
-                   "taylor, magnitude")
+    b.add_argument("--method", default=None, help=f"override the target's method: {', '.join(REGISTRY)}")
     b.add_argument("--calib", default=None, help="calibration (and evaluation) set: named set or file "
                    "(default wikitext2; demo for the demo model)")
     b.add_argument("--nsamples", type=_positive, default=32, help="calibration windows (default 32)")

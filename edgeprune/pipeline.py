@@ -20,7 +20,7 @@ from .data import tokenizer_for
 from .checkpoint import INCOMPLETE, check_output_dir, load
 from .errors import EdgePruneError, PlanError
 from .memory import PeakMemory, stage_report
-from .methods import NEEDS_CALIBRATION, PruneRequest, get_method
+from .methods import DEFAULT, REGISTRY, PruneRequest, get
 from .methods.base import achieved_ratio, check_ratio, dense_params
 from .models import expected_nonembedding
 from .plan import LayerPlan, Plan
@@ -84,18 +84,30 @@ def calibration(model_dir, source: str, n_samples: int, seq_len: int, seed: int,
     return windows
 
 
+def check_request(m, ratio, layers) -> None:
+    """The one place a ratio / --layers request is validated, against the method's capabilities."""
+    if layers is not None and not m.takes_layers:
+        takers = ", ".join(n for n, x in REGISTRY.items() if x.takes_layers)
+        raise PlanError(f"--layers is read by {takers} only, not {m.name}; drop --layers or choose one of those")
+    if ratio is None and m.ratio_optional and layers not in (None, "auto"):
+        return
+    if ratio is None:
+        raise PlanError(f"--method {m.name} needs --ratio R (fraction of non-embedding parameters)"
+                        + (" or --layers N" if m.ratio_optional else ""))
+    check_ratio(ratio)
+
+
 def make_plan(model, method: str, req: PruneRequest, calib: torch.Tensor | None, device="cpu") -> tuple[Plan, dict]:
     """Run a method under the peak-memory meter; check the achieved ratio."""
-    fn = get_method(method)
-    if method != "shortgpt" or req.layers in (None, "auto"):
-        check_ratio(req.ratio)
-    if NEEDS_CALIBRATION.get(method) and calib is not None and calib.numel() < MIN_CALIB_TOKENS:
+    m = get(method)
+    check_request(m, req.ratio, req.layers if req.layers != "auto" or m.takes_layers else None)
+    if m.needs_calibration and calib is not None and calib.numel() < MIN_CALIB_TOKENS:
         warnings.warn(f"only {calib.numel()} calibration tokens (< {MIN_CALIB_TOKENS}); the plan may be noisy. "
                       "Raise --nsamples for a steadier result", stacklevel=2)
     t0 = time.perf_counter()
     with PeakMemory(device) as mem:
         source = open_source(model, device)
-        plan = fn(source, calib, req)
+        plan = m.plan(source, calib, req)
         adapter = source.adapter
     wall = time.perf_counter() - t0
     ratio = achieved_ratio(plan, adapter)
@@ -113,15 +125,15 @@ def make_plan(model, method: str, req: PruneRequest, calib: torch.Tensor | None,
         "calibration_tokens": int(calib.numel()) if calib is not None else 0,
     }
     plan.stats["report"] = report
-    if method == "comp" and req.ratio and abs(ratio - req.ratio) > RATIO_TOLERANCE:
-        raise PlanError(f"COMP reached ratio {ratio:.4f}, more than {RATIO_TOLERANCE} from the requested {req.ratio}; "
+    if m.exact_ratio and req.ratio and abs(ratio - req.ratio) > RATIO_TOLERANCE:
+        raise PlanError(f"{method} reached ratio {ratio:.4f}, more than {RATIO_TOLERANCE} from the requested {req.ratio}; "
                         "this is a bug, please report it with the command")
     return plan, report
 
 
 def prune(  # long: one keyword argument per CLI option
     model_dir: str | Path,
-    method: str = "comp",
+    method: str = DEFAULT,
     *,
     ratio: float | None = None,
     layers: int | str | None = None,
@@ -146,7 +158,7 @@ def prune(  # long: one keyword argument per CLI option
     """
     out_dtype = parse_dtype(dtype) if dtype else None
     req = PruneRequest(ratio=ratio, layers=layers, seed=seed, **request)
-    get_method(method)
+    check_request(get(method), ratio, layers)  # the ratio is validated here, once, before any work
     out_path = Path(out).absolute() if out else None
     if out_path is not None:
         check_output_dir(out_path, force=force, resume=resume)
@@ -157,10 +169,10 @@ def prune(  # long: one keyword argument per CLI option
             "request": {k: (list(v) if isinstance(v, tuple) else v) for k, v in sorted(request.items()) if k != "progress"}}
     resuming = bool(out_path and resume and (out_path / INCOMPLETE).exists() and (out_path / ".work").is_dir())
     windows = None
-    if NEEDS_CALIBRATION.get(method, True) and not resuming:  # bad text fails before --out exists
+    if get(method).needs_calibration and not resuming:  # bad text fails before --out exists
         windows = calibration(model_dir, calib, n_samples, seq_len, seed, data_dir)
     work = _prepare_out(out_path, force, resuming, args, req)
-    if windows is None and NEEDS_CALIBRATION.get(method, True):
+    if windows is None and get(method).needs_calibration:
         windows = calibration(model_dir, calib, n_samples, seq_len, seed, data_dir, work)
     elif work is not None and windows is not None:
         torch.save(windows, work / "calib.pt")
@@ -191,9 +203,9 @@ def preflight(model_dir, method: str, calib: str, n_samples: int, seq_len: int, 
               progress: bool = True) -> None:
     """Everything a prune can refuse cheaply, before a caller creates any directory: the
     method, missing or non-finite weights, the tokenizer and the calibration text."""
-    get_method(method)
+    get(method)
     _check_weights(model_dir, progress)
-    if NEEDS_CALIBRATION.get(method, True):
+    if get(method).needs_calibration:
         calibration(model_dir, calib, n_samples, seq_len, seed, data_dir)
 
 

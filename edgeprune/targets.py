@@ -141,7 +141,7 @@ def _check_dtype(path: Path, f: dict) -> None:
 
 
 def _check_method(path: Path, method: str) -> None:
-    from .methods import METHODS
+    from .methods import REGISTRY as METHODS
 
     if method not in METHODS:
         raise TargetError(f"{path}: pruning.method {method!r} is unknown; choose one of: {', '.join(METHODS)}")

@@ -113,3 +113,31 @@ def test_flap_bias_compensation(stories, tmp_path):
     aligned, rep8 = make_plan(stories, "flap", PruneRequest(ratio=0.3, align=8, progress=False), w)
     assert all(len(lp.ffn_keep) % 8 == 0 for lp in aligned.layers.values() if lp.ffn_keep is not None)
     assert abs(rep8["ratio_achieved"] - 0.3) <= 0.02
+
+
+def test_method_names_live_only_in_the_registry():
+    """cli, pipeline and build decide nothing by a method's name (the default included)."""
+    from pathlib import Path
+
+    from edgeprune.methods import DEFAULT, REGISTRY
+
+    root = Path(__file__).resolve().parents[1] / "edgeprune"
+    for name in ("cli.py", "pipeline.py", "build.py"):
+        text = (root / name).read_text()
+        for m in REGISTRY:
+            assert f'"{m}"' not in text and f"'{m}'" not in text, f"{name} names method {m}"
+    assert DEFAULT in REGISTRY
+
+
+def test_capabilities_are_checked_once(tmp_path):
+    from edgeprune.errors import PlanError
+    from edgeprune.methods import get
+    from edgeprune.pipeline import check_request
+
+    with pytest.raises(PlanError, match="--layers is read by"):
+        check_request(get("flap"), 0.2, 3)
+    with pytest.raises(PlanError, match="needs --ratio"):
+        check_request(get("slimgpt"), None, None)
+    check_request(get("shortgpt"), None, 2)  # --layers alone is a whole request for shortgpt
+    with pytest.raises(PlanError, match="strictly between 0 and 1"):
+        check_request(get("comp"), 1.5, None)
