@@ -15,7 +15,21 @@ except ModuleNotFoundError:  # Python 3.10
 
 from .errors import EdgePruneError
 
-TARGETS_DIR = Path(__file__).resolve().parents[1] / "targets"
+def _targets_dir() -> Path:
+    """The built-in target TOMLs: package data when installed (edgeprune.targets_data), else
+    the checkout's top-level targets/ folder."""
+    try:
+        from importlib.resources import files
+
+        d = Path(str(files("edgeprune.targets_data")))
+        if any(d.glob("*.toml")):
+            return d
+    except (ModuleNotFoundError, TypeError):
+        pass
+    return Path(__file__).resolve().parents[1] / "targets"
+
+
+TARGETS_DIR = _targets_dir()
 
 SCHEMA: dict[str, object] = {
     "name": str, "aliases": list, "description": str,

@@ -180,8 +180,14 @@ class DecoderAdapter:
             layer.layer_idx = index
 
     # ---- classes used to build one layer at a time (layer streaming) -----------------
-    # e.g. ("transformers.models.llama.modeling_llama", "Llama") -> LlamaDecoderLayer, ...
-    modeling: ClassVar[tuple[str, str]] = ("", "")
+    @property
+    def modeling(self) -> tuple[str, str]:
+        """(transformers module, class prefix), e.g. ("...modeling_llama", "Llama"), read from
+        the one family table (pruned_modeling.FAMILIES) that also generates the HF classes."""
+        from .pruned_modeling import FAMILIES
+
+        module, config_name, _ = FAMILIES[self.family]
+        return module, config_name[: -len("Config")]
 
     def modeling_module(self):
         import importlib

@@ -7,11 +7,9 @@ from .base import DecoderAdapter
 class LlamaAdapter(DecoderAdapter):
     family = "llama"
     model_types = ("llama",)
-    modeling = ("transformers.models.llama.modeling_llama", "Llama")
 
 
 class MistralAdapter(LlamaAdapter):
     family = "mistral"
     model_types = ("mistral",)
     genai_type = "mistral"
-    modeling = ("transformers.models.mistral.modeling_mistral", "Mistral")

@@ -82,17 +82,10 @@ def _make_classes(family: str):
     return config_cls, model_cls
 
 
-EdgePruneLlamaConfig, EdgePruneLlamaForCausalLM = _make_classes("llama")
-EdgePruneMistralConfig, EdgePruneMistralForCausalLM = _make_classes("mistral")
-EdgePruneQwen2Config, EdgePruneQwen2ForCausalLM = _make_classes("qwen2")
-EdgePruneQwen3Config, EdgePruneQwen3ForCausalLM = _make_classes("qwen3")
-
-CLASSES = {
-    "llama": (EdgePruneLlamaConfig, EdgePruneLlamaForCausalLM),
-    "mistral": (EdgePruneMistralConfig, EdgePruneMistralForCausalLM),
-    "qwen2": (EdgePruneQwen2Config, EdgePruneQwen2ForCausalLM),
-    "qwen3": (EdgePruneQwen3Config, EdgePruneQwen3ForCausalLM),
-}
+# One pair of classes per family, generated from FAMILIES (adding a family is one line there),
+# published under their own names, which is what a checkpoint's `auto_map` points at.
+CLASSES = {family: _make_classes(family) for family in FAMILIES}
+globals().update({cls.__name__: cls for pair in CLASSES.values() for cls in pair})
 
 
 def register_with_transformers() -> None:

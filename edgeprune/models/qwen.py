@@ -31,7 +31,6 @@ class Qwen2Adapter(DecoderAdapter):
         d, hd = self.hidden_size, self.head_dim
         return 2 * d * hd * heads_per_group + 2 * d * hd + hd * heads_per_group + 2 * hd
 
-    modeling = ("transformers.models.qwen2.modeling_qwen2", "Qwen2")
 
 
 class Qwen3Adapter(DecoderAdapter):
@@ -46,4 +45,3 @@ class Qwen3Adapter(DecoderAdapter):
         "export ONNX, or prune with uniform widths"
     )
 
-    modeling = ("transformers.models.qwen3.modeling_qwen3", "Qwen3")
