@@ -114,7 +114,7 @@ def main() -> None:
             pl = plans[name]
             sp = speedup_check(ld["decode_ms_per_token_runs"], lp["decode_ms_per_token_runs"], ideal)
             rows.append({
-                "runtime": "llama.cpp" if fmt == "gguf" else "onnxruntime", "dtype": dtype, "ratio": name,
+                "runtime": lp["protocol"]["runtime"].split(" (")[0], "dtype": dtype, "ratio": name,
                 "layers_removed": len(pl.removed_layers),
                 "decode_dense_med": ld["decode_ms_per_token_median"], "decode_pruned_med": lp["decode_ms_per_token_median"],
                 "speedup": sp["decode_measured"], "interval": "[{:.2f}, {:.2f}]".format(*sp["decode_interval"]),

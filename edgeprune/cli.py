@@ -145,7 +145,6 @@ def _request_kwargs(a) -> dict:
               iterative_layers=not a.one_shot_layers, mask_tuning=not a.no_mask_tuning)
     if a.protect is not None:
         kw["protect"] = tuple(int(x) for x in a.protect.split(",") if x.strip())
-        kw["extra"] = {"protect_explicit": True}
     return kw
 
 
@@ -285,7 +284,8 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--pruned-inputs", action="store_true", help="COMP: prune each layer on the pruned model's inputs (ablation)")
     pr.add_argument("--one-shot-layers", action="store_true", help="COMP: score layers once instead of iteratively (ablation)")
     pr.add_argument("--no-mask-tuning", action="store_true", help="COMP: skip the least-squares mask re-fit (ablation)")
-    pr.add_argument("--protect", default=None, help="layers kept free of pruning, e.g. 0,1,-1 (COMP default)")
+    pr.add_argument("--protect", default=None, help="layers kept free of pruning, e.g. 0,1,-1 (the COMP paper's set at 32 layers); "
+                         "COMP's default scales that set to the model's depth (none at 5 layers or fewer)")
     pr.add_argument("--solver", choices=("cholesky", "lsmr"), default="cholesky", help="mask solver (lsmr: CuPy on CUDA)")
     pr.add_argument("--offload", action="store_true", help="keep calibration activations on disk")
     pr.add_argument("--batch-size", type=_positive, default=8)

@@ -128,7 +128,7 @@ def test_resume_gives_the_same_plan(stories, tmp_path, monkeypatch):
 
 def test_impossible_ratio_names_the_possible_one(stories):
     with pytest.raises(PlanError, match=r"impossible.*at most 0\.\d+"):
-        _comp(stories, ratio=0.6, layers=0)
+        _comp(stories, ratio=0.6, layers=0, protect=(0, 1, -1))  # the paper's set on 5 layers
 
 
 def test_nan_weights_and_activations_are_refused(tiny_models, tmp_path):
@@ -156,3 +156,24 @@ def test_cpu_lsmr_needs_cuda(stories):
     pytest.importorskip("cupy", reason="cupy not installed: the lsmr path is checked on the GPU machine")
     with pytest.raises(EdgePruneError, match="cuda"):
         _comp(stories, ratio=0.1, layers=0, solver="lsmr")
+
+
+def test_protection_scales_with_depth():
+    from edgeprune.methods.comp import scaled_protect
+
+    assert scaled_protect(32) == {0, 1, 31}  # the paper's setting
+    assert scaled_protect(28) == {0, 1, 27} and scaled_protect(16) == {0, 15}
+    assert scaled_protect(8) == {0} and scaled_protect(4) == set()
+
+
+def test_shallow_model_reaches_half_and_paper_set_names_the_limit(tiny_models):
+    """A 4-layer model reaches 50% with the depth-scaled default; the paper's fixed set cannot,
+    and the error names the largest ratio and the options that lift it."""
+    from edgeprune.methods import PruneRequest
+    from edgeprune.pipeline import make_plan
+
+    calib = torch.randint(3, 512, (8, 64), generator=torch.Generator().manual_seed(0))
+    plan, rep = make_plan(tiny_models["llama"], "comp", PruneRequest(ratio=0.5, layers="auto", progress=False), calib)
+    assert abs(rep["ratio_achieved"] - 0.5) <= 0.01 and plan.options["protect"] == []
+    with pytest.raises(PlanError, match=r"at most 0\.\d+ can be removed; lower --ratio to .*--layers N.*--protect"):
+        make_plan(tiny_models["llama"], "comp", PruneRequest(ratio=0.5, layers="auto", protect=(0, 1, -1), progress=False), calib)

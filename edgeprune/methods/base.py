@@ -26,7 +26,7 @@ class PruneRequest:
     ratio: float | None = None
     layers: int | str | None = None  # number of layers to remove, or "auto"
     align: int = 1  # round kept FFN widths to a multiple (hardware efficiency)
-    protect: tuple[int, ...] = (0, 1, -1)  # layers kept free of neuron pruning / removal
+    protect: tuple[int, ...] | None = None  # layers kept free of pruning; None: the method's own default
     importance: str = "diag"  # COMP neuron reading: "diag" (default, chosen by benchmark) or "obs"
     identical_inputs: bool = True  # prune each layer on the dense model's inputs
     mask_tuning: bool = True
@@ -47,7 +47,8 @@ class PruneRequest:
         return self.tensors if self.tensors is not None else {}
 
     def protected(self, num_layers: int) -> set[int]:
-        return {p % num_layers for p in self.protect if -num_layers <= p < num_layers}
+        """The layers given with --protect (negative counts from the end); empty if none given."""
+        return {p % num_layers for p in (self.protect or ()) if -num_layers <= p < num_layers}
 
 
 def bar(it, desc: str, req: PruneRequest, total: int | None = None):

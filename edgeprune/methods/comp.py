@@ -131,6 +131,15 @@ def prune_layer(
     return lp, tensors, out
 
 
+def scaled_protect(L: int) -> set[int]:
+    """COMP's default protected layers at depth L: the paper protects layers 0, 1 and the last
+    of 32 (the first 6% and the last 3% of the depth); the same shares, rounded, elsewhere.
+    32 layers -> {0, 1, 31}; 16 -> {0, 15}; 8 -> {0}; 5 or fewer -> none, so a shallow model
+    can still reach high ratios. `--protect` gives the paper's fixed set (or any other)."""
+    first, last = int(2 * L / 32 + 0.5), int(L / 32 + 0.5)
+    return set(range(first)) | {L - 1 - k for k in range(last)}
+
+
 def _auto_layers(L: int, ratio: float) -> int:
     """Default number of removed layers for `--layers auto` (see README: chosen by benchmark)."""
     return max(0, min(L // 4, int(round(ratio * L * 0.5))))
@@ -141,7 +150,8 @@ def plan_comp(source: LayerSource, calib: torch.Tensor, req: PruneRequest) -> Pl
 
     ad = source.adapter
     L = source.num_layers
-    protected = req.protected(L)
+    explicit = req.protect is not None
+    protected = req.protected(L) if explicit else scaled_protect(L)
     ratio = float(req.ratio)
     n_remove = _auto_layers(L, ratio) if req.layers in (None, "auto") else int(req.layers)
     check_layer_count(n_remove, L, L - len(protected))
@@ -162,8 +172,10 @@ def plan_comp(source: LayerSource, calib: torch.Tensor, req: PruneRequest) -> Pl
         )
     if ratio * P_total > capacity + 1e-6:
         raise PlanError(
-            f"--ratio {ratio} is impossible with layers {sorted(protected)} protected: at most "
-            f"{capacity / P_total:.3f} can be removed; lower --ratio, remove more --layers or change --protect"
+            f"--ratio {ratio} is impossible with layers {sorted(protected)} protected "
+            f"({'--protect' if explicit else 'scaled to depth'}) and {n_remove} removed: at most {capacity / P_total:.3f} "
+            f"can be removed; lower --ratio to {capacity / P_total:.3f} or less, remove more layers (--layers N), "
+            f"or protect fewer (--protect with fewer layers)"
         )
     ratios = layer_ratios({i: imp[i] for i in prunable}, prunable, max(budget, 0.0), req.max_layer_ratio)
 
@@ -201,6 +213,7 @@ def plan_comp(source: LayerSource, calib: torch.Tensor, req: PruneRequest) -> Pl
     plan.options = {
         "layers_removed": n_remove, "importance": req.importance, "identical_inputs": req.identical_inputs,
         "iterative_layers": req.iterative_layers, "mask_tuning": req.mask_tuning, "protect": sorted(protected),
+        "protect_rule": "--protect" if explicit else "scaled to depth from the paper's (0, 1, last) at 32 layers",
         "max_layer_ratio": req.max_layer_ratio, "damp": req.damp, "align": req.align, "solver": req.solver,
     }
     shown = dict(imp)  # kept layers: final importance; removed ones: their importance when removed

@@ -127,7 +127,7 @@ def plan_flap(source: LayerSource, calib: torch.Tensor, req: PruneRequest) -> Pl
     L = source.num_layers
     hd = ad.head_dim
     # Like ShortGPT, FLAP prunes every layer unless the user names layers to protect.
-    protected = req.protected(L) if req.extra.get("protect_explicit") else set()
+    protected = req.protected(L)
     plan = Plan(method="flap", tensors=req.tensor_store(), model_type=ad.family, num_layers=L, ratio_requested=ratio,
                 options={"align": req.align, "structure": "AL-AM", "protect": sorted(protected),
                          "max_layer_ratio": req.max_layer_ratio})

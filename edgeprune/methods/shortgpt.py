@@ -13,7 +13,7 @@ def plan_shortgpt(source: LayerSource, calib: torch.Tensor, req: PruneRequest) -
     L = source.num_layers
     n = int(req.layers) if req.layers not in (None, "auto") else layers_for_ratio(ad, float(req.ratio))
     # ShortGPT as published considers every layer; --protect still applies if given explicitly.
-    protected = req.protected(L) if req.extra.get("protect_explicit") else set()
+    protected = req.protected(L)
     check_layer_count(n, L, L - len(protected))
     acts = source.embed_all(calib, req.batch_size, req.offload)
     source.release_embedding()
