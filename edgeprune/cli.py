@@ -157,9 +157,6 @@ def cmd_prune(a) -> int:
                 n_samples=a.nsamples, seq_len=a.seq_len, seed=a.seed, device=a.device, data_dir=a.data_dir,
                 out=a.out, force=a.force, resume=a.resume, dtype=a.dtype, **_request_kwargs(a))
     rep = res.report
-    emb = rep["params_embedding"]
-    rep["params_dense_total"] = rep["params_dense_nonembedding"] + emb
-    rep["params_pruned_total"] = rep["params_pruned_nonembedding"] + emb
     if a.json:
         print(json.dumps(rep))
     else:

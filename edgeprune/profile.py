@@ -62,8 +62,7 @@ def evaluation(model_dir: Path, cfg, calib: str, data_dir) -> tuple:
     from . import data
 
     seq = min(PPL_SEQ_LEN, int(getattr(cfg, "max_position_embeddings", 2048)))
-    text = data.load_text(calib, "eval", data_dir)
-    windows = data.eval_windows(data.tokenize(data.tokenizer_for(model_dir), text), seq, PPL_MAX_WINDOWS)
+    windows = data.evaluation_set(data.tokenizer_for(model_dir), calib, seq, PPL_MAX_WINDOWS, data_dir)
     return windows, {"data": calib, "portion": "eval", "seq_len": seq, "windows": int(windows.shape[0]),
                      "tokens": int(windows.shape[0] * (seq - 1)), "through": "the artifact's runtime"}
 
@@ -124,12 +123,12 @@ def estimate_for(tgt, entry: dict, ad, ad_p, host: dict) -> dict:
     return {**est, "host_fit": fit}
 
 
-def prune_section(method: str, ratio: float, why: str, rep: dict, emb: int) -> dict:
+def prune_section(method: str, ratio: float, why: str, rep: dict) -> dict:
     pm = rep["peak_memory"]
     return {
         "method": method, "ratio_requested": ratio, "ratio_reason": why, "ratio_achieved": rep["ratio_achieved"],
         "params_dense": rep["params_dense_nonembedding"], "params_pruned": rep["params_pruned_nonembedding"],
-        "params_dense_total": rep["params_dense_nonembedding"] + emb, "params_pruned_total": rep["params_pruned_nonembedding"] + emb,
+        "params_dense_total": rep["params_dense_total"], "params_pruned_total": rep["params_pruned_total"],
         "params_definition": "non-embedding: all parameters except token embedding and lm_head",
         "peak_memory_bytes": pm["peak_bytes"], "peak_memory_above_baseline_bytes": pm["above_baseline_bytes"],
         "peak_memory_kind": pm["kind"], "wall_seconds": rep["wall_seconds"], "layers_removed": rep["layers_removed"],
@@ -169,7 +168,7 @@ def assemble(b) -> dict:  # long: the profile's sections, in schema order
     profile = {
         "schema_version": SCHEMA_VERSION,
         "target": {"name": b.tgt.name, "file": str(b.tgt.path), **b.tgt.data},
-        "prune": prune_section(b.method, b.ratio, b.why, rep, sizes(ad)[1]),
+        "prune": prune_section(b.method, b.ratio, b.why, rep),
         "memory": memory_figures(rep, exports),
         "checkpoint": {"path": "model", "base_model": str(getattr(cfg, "_name_or_path", "") or b.model_dir), "format": "huggingface"},
         "artifacts": artifacts,

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from .streaming import Activations, LayerSource, open_source
+from .streaming import Activations, LayerSource, open_source, walk
 
 VOCAB_BLOCK = 16384  # rows of lm_head turned into float32 at a time
 
@@ -39,15 +39,13 @@ def reference_logits(model: str | Path | nn.Module, sequences: list[list[int]], 
                      dtype: torch.dtype = torch.float32) -> list[np.ndarray]:
     """Logits [t, vocab] of each token sequence (no padding: each runs alone), streamed."""
     source = open_source(model, "cpu", dtype)
-    acts = Activations([source.embed(torch.tensor([ids], dtype=torch.long)) for ids in sequences])
-    source.release_embedding()
-    for i in tqdm(range(source.num_layers), desc="verify: pytorch reference", unit="layer", file=sys.stderr,
-                  disable=not progress, leave=False):
-        layer = source.layer(i)
-        nxt = source.run(layer, acts, check_finite=False)
-        acts.close()
-        acts = nxt
-        del layer
+    first = Activations([source.embed(torch.tensor([ids], dtype=torch.long)) for ids in sequences])
+    source.release_embedding()  # sequences differ in length: embedded one by one, not by `start`
+    layers = tqdm(range(source.num_layers), desc="verify: pytorch reference", unit="layer", file=sys.stderr,
+                  disable=not progress, leave=False)
+    acts = walk(source, first, layers, check_finite=False)  # the logits are judged by the caller
+    if acts is not first:
+        first.close()
     norm = _final_norm(source)
     head = source.lm_head_weight()
     out = [_logits(norm(h)[0], head, dtype) for h in acts]

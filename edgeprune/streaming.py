@@ -4,14 +4,18 @@
 shards (never the whole model) or from an in-memory model. `Activations` holds the hidden
 states of the calibration windows between layers, in memory or on disk. `GramCollector`
 hooks a linear map and accumulates its input Gram matrix X^T X (and per-channel sums),
-which is all COMP, SlimGPT, Wanda-sp and FLAP need from activations.
+which is all COMP, SlimGPT, Wanda-sp and FLAP need from activations. `walk` is the one
+layer loop: it owns the activations' lifetime and offers one hook to edit a layer before its
+forward pass (SlimGPT, COMP's pruned-inputs mode); methods, the imatrix pass and the streamed
+PyTorch reference all go through it (`stream_dense` is its generator form for the methods
+that score every layer on one dense pass).
 """
 from __future__ import annotations
 
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterable, Iterator
 
 import torch
 from torch import nn
@@ -148,6 +152,12 @@ class LayerSource:
             acts.append(self.embed(windows[s : s + batch_size].to(self.device)))
         return acts
 
+    def start(self, windows: torch.Tensor, batch_size: int, on_disk: bool = False, workdir=None) -> Activations:
+        """Every pass begins here: embed the windows, then drop the embedding matrix."""
+        acts = self.embed_all(windows, batch_size, on_disk, workdir)
+        self.release_embedding()
+        return acts
+
     @torch.no_grad()
     def run(self, layer: nn.Module, acts: Activations, check_finite: bool = True) -> Activations:
         """Forward every batch through one decoder layer (verification passes check_finite=False
@@ -251,6 +261,40 @@ class ModuleSource(LayerSource):
         return copy.deepcopy(self.adapter.layers(self.model)[i]).to(self.device, self.dtype).eval()
 
 
+Edit = Callable[[int, nn.Module, Activations], "Activations | None"]
+Seen = Callable[[int, Activations, Activations], None]
+
+
+def walk(source: LayerSource, acts: Activations, layers: Iterable[int], *, edit: Edit | None = None,
+         seen: Seen | None = None, check_finite: bool = True) -> Activations:
+    """The one layer loop. Each layer in `layers` is built (`source.layer(i)`), handed to
+    `edit(i, layer, inputs)`, which may prune it in place and may return outputs it already
+    computed; it is run on its inputs if `edit` returned none; `seen(i, inputs, outputs)` looks
+    at both; the outputs become the next layer's inputs. Intermediate activations are closed
+    as soon as they are consumed, the caller's `acts` never: the last outputs are returned
+    (close them with `done(out, acts)`)."""
+    cur = acts
+    for i in layers:
+        layer = source.layer(i)
+        out = edit(i, layer, cur) if edit is not None else None
+        if out is None:
+            out = source.run(layer, cur, check_finite)
+        if seen is not None:
+            seen(i, cur, out)
+        if cur is not acts:
+            cur.close()
+        cur = out
+        del layer
+    return cur
+
+
+def done(out: Activations, acts: Activations) -> None:
+    """Close a walk's outputs and its inputs (once, if they are the same)."""
+    if out is not acts:
+        out.close()
+    acts.close()
+
+
 def run_collecting(source: LayerSource, layer: nn.Module, acts: Activations, roles: tuple[str, ...],
                    full: bool = True) -> tuple[Activations, dict[str, GramCollector]]:
     """Forward `acts` through `layer` while accumulating the input Gram of each role's linear
@@ -269,8 +313,7 @@ def stream_dense(source: LayerSource, calib: torch.Tensor, roles: tuple[str, ...
     """Every layer in order, with the input Grams of `roles` collected on the DENSE model's
     inputs (the methods that score all layers on one unpruned pass: Wanda-sp, FLAP).
     One layer and two activation sets are alive at a time."""
-    acts = source.embed_all(calib, batch_size, offload)
-    source.release_embedding()
+    acts = source.start(calib, batch_size, offload)
     cur = acts
     try:
         for i in range(source.num_layers):

@@ -6,30 +6,19 @@ plus one `Method(...)` line below.
 """
 from __future__ import annotations
 
+import importlib
 from dataclasses import dataclass
-from typing import Callable
-
-import torch
 
 from ..errors import PlanError
-from ..plan import Plan
-from ..streaming import LayerSource
-from .base import PruneRequest
-from .comp import plan_comp
-from .flap import plan_flap
-from .magnitude import plan_magnitude
-from .shortgpt import plan_shortgpt
-from .slimgpt import plan_slimgpt
-from .taylor import plan_taylor
-from .wanda import plan_wanda_sp
 
-MethodFn = Callable[[LayerSource, "torch.Tensor | None", PruneRequest], Plan]
+# Torch-free on purpose: the CLI builds its help from this table, and `edgeprune bench` runs on
+# devices without torch. Each method's module is imported when its plan is first asked for.
 
 
 @dataclass(frozen=True)
 class Method:
     name: str
-    plan: MethodFn
+    entry: str  # "module:function" inside edgeprune.methods, imported on first use
     summary: str
     needs_calibration: bool = True
     takes_layers: bool = False  # reads --layers (whole layers to remove, or "auto")
@@ -39,21 +28,27 @@ class Method:
     cuda: bool = True  # runs on --device cuda through the shared layer driver
     build_layers: str | None = None  # what `build` passes as --layers
 
+    @property
+    def plan(self):
+        """The planning function: (layer source, calibration windows, PruneRequest) -> Plan."""
+        module, fn = self.entry.split(":")
+        return getattr(importlib.import_module(f"{__name__}.{module}"), fn)
+
 
 REGISTRY: dict[str, Method] = {m.name: m for m in (
-    Method("comp", plan_comp, "hybrid: layers then neurons, least-squares re-fit (COMP)",
+    Method("comp", "comp:plan_comp", "hybrid: layers then neurons, least-squares re-fit (COMP)",
            takes_layers=True, exact_ratio=True, resumable=True, build_layers="auto"),
-    Method("slimgpt", plan_slimgpt, "group OBS on heads and channels with compensation (SlimGPT)"),
-    Method("shortgpt", plan_shortgpt, "whole-layer removal by block influence (ShortGPT)",
+    Method("slimgpt", "slimgpt:plan_slimgpt", "group OBS on heads and channels with compensation (SlimGPT)"),
+    Method("shortgpt", "shortgpt:plan_shortgpt", "whole-layer removal by block influence (ShortGPT)",
            takes_layers=True, ratio_optional=True),
-    Method("wanda-sp", plan_wanda_sp, "structured Wanda: |W| x ||X|| per group, uniform"),
-    Method("flap", plan_flap, "fluctuation metric, global structure, bias compensation (FLAP)"),
-    Method("taylor", plan_taylor, "first-order Taylor importance per group, uniform"),
-    Method("magnitude", plan_magnitude, "weight magnitude per group, uniform (no data)", needs_calibration=False),
+    Method("wanda-sp", "wanda:plan_wanda_sp", "structured Wanda: |W| x ||X|| per group, uniform"),
+    Method("flap", "flap:plan_flap", "fluctuation metric, global structure, bias compensation (FLAP)"),
+    Method("taylor", "taylor:plan_taylor", "first-order Taylor importance per group, uniform"),
+    Method("magnitude", "magnitude:plan_magnitude", "weight magnitude per group, uniform (no data)", needs_calibration=False),
 )}
 DEFAULT = "comp"  # what `prune` uses without --method (targets name their own)
 # Kept for callers that only need the names or the calibration flag.
-METHODS: dict[str, MethodFn] = {n: m.plan for n, m in REGISTRY.items()}
+METHODS: dict[str, Method] = dict(REGISTRY)
 NEEDS_CALIBRATION = {n: m.needs_calibration for n, m in REGISTRY.items()}
 
 
@@ -64,8 +59,16 @@ def get(name: str) -> Method:
     raise PlanError(f"unknown method '{name}'; choose one of: {', '.join(REGISTRY)}")
 
 
-def get_method(name: str) -> MethodFn:
+def get_method(name: str):
     return get(name).plan
+
+
+def __getattr__(name: str):
+    if name == "PruneRequest":  # torch: imported only when asked for
+        from .base import PruneRequest
+
+        return PruneRequest
+    raise AttributeError(name)
 
 
 def help_text() -> str:

@@ -16,7 +16,7 @@ from tqdm.auto import tqdm
 from ..errors import PlanError
 from ..models import DecoderAdapter, LayerShape, expected_nonembedding
 from ..plan import LayerPlan, Plan
-from ..streaming import Activations, LayerSource
+from ..streaming import Activations, LayerSource, walk
 
 
 @dataclass
@@ -92,15 +92,9 @@ def cosine_importance(x: Activations, y: Activations) -> float:
 def layer_importances(source: LayerSource, acts: Activations, layers: list[int], req: PruneRequest, desc: str) -> dict[int, float]:
     """Stream `acts` through `layers` (in order) and score each one."""
     imp: dict[int, float] = {}
-    cur = acts
-    for i in bar(layers, desc, req):
-        out = source.run(source.layer(i), cur)
-        imp[i] = cosine_importance(cur, out)
-        if cur is not acts:
-            cur.close()
-        cur = out
-    if cur is not acts:
-        cur.close()
+    out = walk(source, acts, bar(layers, desc, req), seen=lambda i, x, y: imp.__setitem__(i, cosine_importance(x, y)))
+    if out is not acts:
+        out.close()
     return imp
 
 
@@ -128,12 +122,7 @@ def remove_layers(
         after = [i for i in kept if i > victim]
         if iterative and after:
             # Only the layers after the removed one see different inputs: re-score them.
-            cur = acts
-            for i in [i for i in kept if i < victim]:
-                nxt = source.run(source.layer(i), cur)
-                if cur is not acts:
-                    cur.close()
-                cur = nxt
+            cur = walk(source, acts, [i for i in kept if i < victim])
             imp.update(layer_importances(source, cur, after, req, f"layer importance (round {r + 2})"))
             if cur is not acts:
                 cur.close()

@@ -28,7 +28,7 @@ import torch
 from ..errors import PlanError
 from ..models import LayerShape
 from ..plan import LayerPlan, Plan
-from ..streaming import Activations, LayerSource, run_collecting
+from ..streaming import Activations, LayerSource, done, run_collecting, walk
 from .base import (
     PruneRequest, aligned_keep, bar, check_layer_count, dense_params, group_layer_plan,
     remove_layers, units_of_groups,
@@ -156,8 +156,7 @@ def plan_comp(source: LayerSource, calib: torch.Tensor, req: PruneRequest) -> Pl
     n_remove = _auto_layers(L, ratio) if req.layers in (None, "auto") else int(req.layers)
     check_layer_count(n_remove, L, L - len(protected))
 
-    acts = source.embed_all(calib, req.batch_size, req.offload)
-    source.release_embedding()  # the embedding matrix is not needed after this
+    acts = source.start(calib, req.batch_size, req.offload)
     removed, imp, history = remove_layers(source, acts, n_remove, set(range(L)) - protected, req, req.iterative_layers)
 
     P_total = dense_params(ad)
@@ -181,35 +180,33 @@ def plan_comp(source: LayerSource, calib: torch.Tensor, req: PruneRequest) -> Pl
 
     plan = Plan(method="comp", tensors=req.tensor_store(), model_type=ad.family, num_layers=L, removed_layers=sorted(removed), ratio_requested=ratio)
     state = req.state
-    cur = acts
-    for i in bar(range(L), "comp neuron stage", req):
-        if i in removed and not req.identical_inputs:
-            continue
-        layer = source.layer(i)
-        if i in ratios and ratios[i] > 0:
-            done = state.get(i) if state is not None else None
-            if done is not None:
-                lp, tensors = done
-                out = source.run(layer, cur)
-            else:
-                lp, tensors, out = prune_layer(i, layer, source, cur, ratios[i], req)
-                if state is not None:
-                    state.put(i, lp, tensors)
-            lp.stats["importance"] = imp[i]
-            plan.layers[i] = lp
-            plan.tensors.update(tensors)
-            if not req.identical_inputs:  # next layer sees the pruned layer's output
-                out.close()
-                with torch.no_grad():
-                    slice_layer(ad, layer, i, plan, source.shapes[i])
-                out = source.run(layer, cur)
+
+    def neuron_stage(i: int, layer, cur):
+        """Prune layer i (or take it from the resume state); with identical inputs hand on the
+        dense outputs prune_layer computed, else slice it so the driver runs the pruned layer."""
+        if not ratios.get(i, 0) > 0:
+            return None
+        done_i = state.get(i) if state is not None else None
+        out = None
+        if done_i is not None:
+            lp, tensors = done_i
         else:
-            out = source.run(layer, cur)
-        if cur is not acts:
-            cur.close()
-        cur = out
-        del layer
-    acts.close()
+            lp, tensors, out = prune_layer(i, layer, source, cur, ratios[i], req)
+            if state is not None:
+                state.put(i, lp, tensors)
+        lp.stats["importance"] = imp[i]
+        plan.layers[i] = lp
+        plan.tensors.update(tensors)
+        if req.identical_inputs:
+            return out
+        if out is not None:
+            out.close()
+        with torch.no_grad():
+            slice_layer(ad, layer, i, plan, source.shapes[i])
+        return None
+
+    layers = [i for i in range(L) if req.identical_inputs or i not in removed]
+    done(walk(source, acts, bar(layers, "comp neuron stage", req), edit=neuron_stage), acts)
     plan.options = {
         "layers_removed": n_remove, "importance": req.importance, "identical_inputs": req.identical_inputs,
         "iterative_layers": req.iterative_layers, "mask_tuning": req.mask_tuning, "protect": sorted(protected),

@@ -25,7 +25,7 @@ import torch
 from ..errors import PlanError
 from ..plan import Plan
 from ..streaming import LayerSource, stream_dense
-from .base import PruneRequest, bar, check_ratio, dense_params, group_layer_plan
+from .base import PruneRequest, bar, dense_params, group_layer_plan
 
 
 @dataclass
@@ -123,7 +123,7 @@ def _select(source: LayerSource, stats: dict[int, _LayerStats], req: PruneReques
 
 def plan_flap(source: LayerSource, calib: torch.Tensor, req: PruneRequest) -> Plan:
     ad = source.adapter
-    ratio = check_ratio(req.ratio)
+    ratio = float(req.ratio)  # validated once, in pipeline.check_request
     L = source.num_layers
     hd = ad.head_dim
     # Like ShortGPT, FLAP prunes every layer unless the user names layers to protect.

@@ -15,8 +15,7 @@ def plan_shortgpt(source: LayerSource, calib: torch.Tensor, req: PruneRequest) -
     # ShortGPT as published considers every layer; --protect still applies if given explicitly.
     protected = req.protected(L)
     check_layer_count(n, L, L - len(protected))
-    acts = source.embed_all(calib, req.batch_size, req.offload)
-    source.release_embedding()
+    acts = source.start(calib, req.batch_size, req.offload)
     removed, imp, history = remove_layers(source, acts, n, set(range(L)) - protected, req, iterative=False)
     acts.close()
     plan = Plan(method="shortgpt", model_type=ad.family, num_layers=L, removed_layers=sorted(removed),

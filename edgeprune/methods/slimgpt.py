@@ -20,8 +20,8 @@ import math
 import torch
 
 from ..plan import Plan
-from ..streaming import LayerSource, run_collecting
-from .base import PruneRequest, bar, check_ratio, dense_params, group_layer_plan, uniform_split, units_of_groups
+from ..streaming import LayerSource, done, run_collecting, walk
+from .base import PruneRequest, bar, dense_params, group_layer_plan, uniform_split, units_of_groups
 from .comp import layer_ratios
 from .linalg import inverse_spd
 
@@ -80,21 +80,21 @@ def plan_slimgpt(source: LayerSource, calib: torch.Tensor, req: PruneRequest) ->
     from ..surgery import slice_layer
 
     ad = source.adapter
-    ratio = check_ratio(req.ratio)
+    ratio = float(req.ratio)  # validated once, in pipeline.check_request
     L = source.num_layers
     params = {i: ad.layer_param_count(s) for i, s in enumerate(source.shapes)}
     ratios = ipr_ratios(L, params, ratio * dense_params(ad), req.extra.get("ipr", "log"), req.max_layer_ratio)
     plan = Plan(method="slimgpt", tensors=req.tensor_store(), model_type=ad.family, num_layers=L, ratio_requested=ratio,
                 options={"ipr": req.extra.get("ipr", "log"), "damp": req.damp, "align": req.align})
-    acts = source.embed_all(calib, req.batch_size, req.offload)
-    source.release_embedding()
-    cur = acts
-    for i in bar(range(L), "slimgpt", req):
-        layer = source.layer(i)
+    acts = source.start(calib, req.batch_size, req.offload)
+
+    def prune_in_place(i: int, layer, cur):
+        """Collect this layer's Grams on its (already pruned-upstream) inputs, prune it by OBS
+        and slice it: the driver then runs the pruned layer for the next one (as published)."""
         s = ad.shape_of(layer)
         out, cols = run_collecting(source, layer, cur, ("o", "down"))
+        out.close()
         col_o, col_f = cols["o"], cols["down"]
-        out.close()  # sequential: the next input comes from the pruned layer below
         n_groups, n_ch = uniform_split(ad, s, ratios[i] * params[i], req.align)
         tensors, keep = {}, {}
         for role, col, units, n_units, steps in (
@@ -108,16 +108,12 @@ def plan_slimgpt(source: LayerSource, calib: torch.Tensor, req: PruneRequest) ->
             kept_units = [u for u in range(units.shape[0]) if u not in set(gone)]
             keep[role] = kept_units
             if gone:
-                cols = units[kept_units].reshape(-1)
-                tensors[f"L{i}.{role}.weight"] = W[:, cols].float().cpu()
+                tensors[f"L{i}.{role}.weight"] = W[:, units[kept_units].reshape(-1)].float().cpu()
         plan.layers[i] = group_layer_plan(s, keep["o"], keep["down"], {"target_ratio": ratios[i]})
         plan.tensors.update(tensors)
-        with torch.no_grad():  # the next layer sees this layer pruned (sequential, as published)
+        with torch.no_grad():
             slice_layer(ad, layer, i, plan, source.shapes[i])
-        nxt = source.run(layer, cur)
-        if cur is not acts:
-            cur.close()
-        cur = nxt
-    cur.close()
-    acts.close()
+        return None
+
+    done(walk(source, acts, bar(range(L), "slimgpt", req), edit=prune_in_place), acts)
     return plan

@@ -10,7 +10,7 @@ import torch
 
 from ..plan import Plan
 from ..streaming import LayerSource, stream_dense
-from .base import PruneRequest, bar, check_ratio, scored_layer_plan, uniform_split
+from .base import PruneRequest, bar, scored_layer_plan, uniform_split
 
 
 def wanda_scores(weight: torch.Tensor, sq_norm: torch.Tensor) -> torch.Tensor:
@@ -19,7 +19,7 @@ def wanda_scores(weight: torch.Tensor, sq_norm: torch.Tensor) -> torch.Tensor:
 
 def plan_wanda_sp(source: LayerSource, calib: torch.Tensor, req: PruneRequest) -> Plan:
     ad = source.adapter
-    ratio = check_ratio(req.ratio)
+    ratio = float(req.ratio)  # validated once, in pipeline.check_request
     L = source.num_layers
     plan = Plan(method="wanda-sp", model_type=ad.family, num_layers=L, ratio_requested=ratio, options={"align": req.align})
     for i, layer, cols in bar(stream_dense(source, calib, ("o", "down"), req.batch_size, req.offload), "wanda-sp", req, total=L):

@@ -165,13 +165,14 @@ class DecoderAdapter:
     def sync_attention(self, layer: nn.Module, shape: LayerShape) -> None:
         """Keep the attention's bookkeeping consistent with its (new) head counts."""
         attn = self.attention(layer)
-        attn.num_key_value_groups = shape.num_heads // shape.num_kv_heads
-        for name in ("num_heads", "num_attention_heads"):
-            if hasattr(attn, name):
-                setattr(attn, name, shape.num_heads)
-        for name in ("num_key_value_heads", "num_kv_heads"):
-            if hasattr(attn, name):
-                setattr(attn, name, shape.num_kv_heads)
+        for name, value in self.attention_counts(shape).items():
+            setattr(attn, name, value)
+
+    def attention_counts(self, shape: LayerShape) -> dict[str, int]:
+        """The head-count attributes this family's attention module reads in forward. In
+        transformers 5 the Llama, Mistral and Qwen2/3 attentions read only the GQA group size
+        (query and key/value widths come from the weights); a family that reads more says so here."""
+        return {"num_key_value_groups": shape.num_heads // shape.num_kv_heads}
 
     def set_layer_index(self, layer: nn.Module, index: int) -> None:
         """Renumber the layer after deletions, or the KV cache indexes the wrong slot."""
