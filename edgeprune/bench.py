@@ -18,7 +18,7 @@ from .speedup import check
 
 
 def bench(path: str, context: int | None = None, new_tokens: int | None = None, reps: int | None = None,
-          threads: int | None = None) -> dict:
+          threads: int | None = None) -> dict:  # long: one measurement, its profile entry and its report
     p = Path(path)
     if not p.exists():
         raise EdgePruneError(f"{p} does not exist; pass a .gguf file, an ONNX directory/model.onnx, or a build directory")

@@ -6,43 +6,9 @@ logs go to stderr.
 """
 from __future__ import annotations
 
-import argparse
 import json
-import math
 import sys
 import warnings
-
-
-def _ratio(s: str) -> float:
-    try:
-        r = float(s)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"'{s}' is not a number; pass a fraction such as 0.2") from None
-    if math.isnan(r) or not 0 < r < 1:
-        raise argparse.ArgumentTypeError(f"{s} is outside (0, 1); it is the fraction of non-embedding parameters removed, e.g. 0.2")
-    return r
-
-
-def _layers(s: str) -> int | str:
-    if s == "auto":
-        return s
-    try:
-        n = int(s)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"'{s}' is not a whole number or 'auto'") from None
-    if n < 0:
-        raise argparse.ArgumentTypeError("--layers must be >= 0")
-    return n
-
-
-def _positive(s: str) -> int:
-    try:
-        n = int(s)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"'{s}' is not a whole number") from None
-    if n <= 0:
-        raise argparse.ArgumentTypeError(f"{s} must be a positive whole number")
-    return n
 
 
 def _setup_torch(threads: int | None, device: str = "cpu") -> None:
@@ -235,125 +201,12 @@ def cmd_targets(a) -> int:
 
 
 # ---- parser -----------------------------------------------------------------------
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="edgeprune", description="Prune, export, verify and profile LLMs for edge devices.",
-        epilog="environment: EDGEPRUNE_CACHE (where the demo model is cached, default ~/.cache/edgeprune); "
-               "EDGEPRUNE_DATA (folder of named datasets, default ../shared/data when present)")
-    p.add_argument("--version", action="version", version="edgeprune 0.1.0")
-    sub = p.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
-
-    def common(sp, data=True):
-        sp.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
-        sp.add_argument("--threads", type=_positive, default=None, help="torch threads (default: the cores no other process is busy on, max 8)")
-        if data:
-            sp.add_argument("--data-dir", default=None, help="folder with named datasets (default $EDGEPRUNE_DATA or ../shared/data)")
-
-    e = sub.add_parser("eval", help="perplexity and zero-shot task accuracy of a dense or pruned model")
-    e.add_argument("--model", help="model directory (default: the embedded demo model)")
-    e.add_argument("--data", help="named set (wikitext2, ptb, c4, tinystories, alpaca, shakespeare, demo) or a file/dir")
-    e.add_argument("--seq-len", type=_positive, default=512, help="window length (default 512)")
-    e.add_argument("--max-windows", type=_positive, default=None, help="cap the number of windows (default: all)")
-    e.add_argument("--batch-size", type=_positive, default=4)
-    e.add_argument("--tasks", default=None, help="lm-eval zero-shot tasks, e.g. boolq,piqa,hellaswag (the 'eval' extra); "
-                   "tinystories_cloze is a local one. Perplexity then runs only if --data is given")
-    e.add_argument("--tasks-dir", default=None, help="folder of your own lm-eval task YAMLs (e.g. over local files)")
-    e.add_argument("--limit", type=float, default=None, help="lm-eval: items per task (int) or fraction (<1)")
-    e.add_argument("--num-fewshot", type=int, default=None, help="lm-eval: few-shot examples (default 0)")
-    e.add_argument("--json", action="store_true", help="print exactly one JSON object on stdout")
-    common(e)
-    e.set_defaults(fn=cmd_eval)
-
-    pr = sub.add_parser("prune", help="prune a model and save the physically smaller checkpoint")
-    pr.add_argument("--model", help="model directory or hub id (default: the embedded demo model)")
-    from .methods import DEFAULT, REGISTRY, help_text
-
-    pr.add_argument("--method", default=DEFAULT, help=help_text())
-    pr.add_argument("--ratio", type=_ratio, help="fraction of non-embedding parameters to remove")
-    pr.add_argument("--layers", type=_layers, help="layers to remove (shortgpt), or COMP's layer stage: N or auto")
-    pr.add_argument("--calib", help="calibration set: named set or file (default wikitext2; demo for the demo model)")
-    pr.add_argument("--nsamples", type=_positive, default=32, help="calibration windows (default 32)")
-    pr.add_argument("--seq-len", type=_positive, default=128, help="calibration window length (default 128)")
-    pr.add_argument("--seed", type=int, default=0, help="seed of the calibration windows (default 0)")
-    pr.add_argument("--align", type=_positive, default=1, help="round kept FFN widths, and attention widths (whole KV groups) where the dense width "
-                    "allows, to a multiple: 256 for k-quants, 32 for q8_0 (default 1: none)")
-    pr.add_argument("--importance", choices=("obs", "diag"), default="diag", help="COMP neuron importance reading (default diag: see README)")
-    pr.add_argument("--pruned-inputs", action="store_true", help="COMP: prune each layer on the pruned model's inputs (ablation)")
-    pr.add_argument("--one-shot-layers", action="store_true", help="COMP: score layers once instead of iteratively (ablation)")
-    pr.add_argument("--no-mask-tuning", action="store_true", help="COMP: skip the least-squares mask re-fit (ablation)")
-    pr.add_argument("--protect", default=None, help="layers kept free of pruning, e.g. 0,1,-1 (the COMP paper's set at 32 layers); "
-                         "COMP's default scales that set to the model's depth (none at 5 layers or fewer)")
-    pr.add_argument("--solver", choices=("cholesky", "lsmr"), default="cholesky", help="mask solver (lsmr: CuPy on CUDA)")
-    pr.add_argument("--offload", action="store_true", help="keep calibration activations on disk")
-    pr.add_argument("--batch-size", type=_positive, default=8)
-    pr.add_argument("--dtype", choices=("bf16", "f16", "f32"), default=None,
-                    help="dtype of the saved checkpoint (default: the input's, e.g. bf16 stays bf16)")
-    pr.add_argument("--out", required=True, help="output directory")
-    pr.add_argument("--force", action="store_true", help="overwrite a finished result in --out")
-    pr.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
-    pr.add_argument("--quiet", action="store_true", help="no progress bars")
-    pr.add_argument("--json", action="store_true")
-    common(pr)
-    pr.set_defaults(fn=cmd_prune)
-
-    ex = sub.add_parser("export", help="export to ONNX or GGUF, then verify in the runtime")
-    ex.add_argument("model", help="model directory (dense or pruned)")
-    ex.add_argument("--format", required=True, help="onnx or gguf")
-    from exporters.dtypes import ALIASES, allowed
-
-    ex.add_argument("--dtype", default="f32", help=f"gguf: {', '.join(allowed('gguf'))}; onnx: {', '.join(allowed('onnx'))} "
-                    f"(default f32; aliases: {', '.join(f'{k}={v}' for k, v in ALIASES.items())})")
-    ex.add_argument("--out", required=True, help="GGUF: the .gguf file; ONNX: a directory")
-    ex.add_argument("--no-verify", action="store_true", help="skip verification (loudly)")
-    ex.add_argument("--force", action="store_true", help="overwrite an existing artifact at --out")
-    ex.add_argument("--quiet", action="store_true", help="no progress bars (per tensor, per layer)")
-    ex.add_argument("--json", action="store_true")
-    ex.add_argument("--imatrix", default=None, metavar="CALIB",
-                    help="k-quants only: weigh llama.cpp's rounding by this set's activations (a named set such as "
-                         "wikitext2, or a text file; its calibration portion), like llama-imatrix")
-    ex.add_argument("--nsamples", type=_positive, default=32, help="--imatrix windows (default 32)")
-    ex.add_argument("--seq-len", type=_positive, default=256, help="--imatrix window length (default 256)")
-    common(ex)
-    ex.set_defaults(fn=cmd_export)
-
-    b = sub.add_parser("build", help="prune, export, verify and profile for a device target")
-    b.add_argument("--model", help="model directory (default: the embedded demo model)")
-    b.add_argument("--target", default="cpu-x86", help="target name or TOML path (default cpu-x86; see `edgeprune targets`)")
-    b.add_argument("--ratio", type=_ratio, default=None, help="override the target's default ratio")
-    b.add_argument("--method", default=None, help=f"override the target's method: {', '.join(REGISTRY)}")
-    b.add_argument("--calib", default=None, help="calibration (and evaluation) set: named set or file "
-                   "(default wikitext2; demo for the demo model)")
-    b.add_argument("--nsamples", type=_positive, default=32, help="calibration windows (default 32)")
-    b.add_argument("--seq-len", type=_positive, default=128, help="calibration window length (default 128)")
-    b.add_argument("--seed", type=int, default=0, help="seed of the calibration windows (default 0)")
-    b.add_argument("--out", default="build", help="build directory (default build/)")
-    b.add_argument("--force", action="store_true", help="replace a finished build in --out (only one edgeprune wrote)")
-    b.add_argument("--resume", action="store_true", help="continue an interrupted build with the same arguments")
-    common(b)
-    b.set_defaults(fn=cmd_build)
-
-    be = sub.add_parser("bench", help="measure latency of an artifact or build dir with its runtime (no torch)")
-    be.add_argument("path")
-    be.add_argument("--context", type=_positive, default=None, help="prompt tokens (default: the target's, else 128)")
-    be.add_argument("--new-tokens", type=_positive, default=32, help="decoded tokens per repetition (default 32)")
-    be.add_argument("--reps", type=_positive, default=5, help="repetitions (default 5)")
-    be.add_argument("--threads", type=_positive, default=None, help="runtime threads (default: all cores)")
-    be.add_argument("--json", action="store_true")
-    be.set_defaults(fn=cmd_bench)
-
-    i = sub.add_parser("inspect", help="show a model's or plan's per-layer widths")
-    i.add_argument("path")
-    i.add_argument("--json", action="store_true")
-    i.add_argument("--plot", default=None, help="write a PNG of layer importance and kept widths")
-    i.set_defaults(fn=cmd_inspect)
-
-    t = sub.add_parser("targets", help="list the device targets")
-    t.set_defaults(fn=cmd_targets)
-    return p
-
-
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    from .cli_args import build_parser
+
+    handlers = {"eval": cmd_eval, "prune": cmd_prune, "export": cmd_export, "build": cmd_build, "bench": cmd_bench,
+                "inspect": cmd_inspect, "targets": cmd_targets}
+    args = build_parser(handlers).parse_args(argv)
     from .errors import EdgePruneError
 
     warnings.formatwarning = lambda msg, cat, *_a, **_k: f"edgeprune: warning: {msg}\n"

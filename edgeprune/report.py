@@ -44,7 +44,7 @@ def _fmt(x, spec=".3g") -> str:
     return "-" if x is None else format(x, spec)
 
 
-def write_report(build_dir: Path, profile: dict) -> Path:
+def write_report(build_dir: Path, profile: dict) -> Path:  # long: the report in reading order
     lines = [f"# edgeprune build report: {profile['target']['name']}", "", _verdict(profile), ""]
     pr = profile["prune"]
     cal = profile["provenance"].get("calibration", {})

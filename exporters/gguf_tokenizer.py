@@ -8,7 +8,7 @@ from pathlib import Path
 from edgeprune.errors import ExportError
 
 
-def add_tokenizer(w, model_dir: Path, config) -> dict:
+def add_tokenizer(w, model_dir: Path, config) -> dict:  # long: one GGUF field per tokenizer fact
     """Embed the tokenizer: SentencePiece (`llama`) or BPE (`gpt2`), BOS/EOS, chat template."""
     info: dict = {}
     spm = model_dir / "tokenizer.model"

@@ -145,6 +145,30 @@ def _auto_layers(L: int, ratio: float) -> int:
     return max(0, min(L // 4, int(round(ratio * L * 0.5))))
 
 
+def _neuron_budget(ad, source: LayerSource, removed: list[int], protected: set[int], imp: dict[int, float],
+                   ratio: float, n_remove: int, explicit: bool, req: PruneRequest) -> dict[int, float]:
+    """Per-layer neuron ratios (Eq. 10) for what the removed layers left of the budget, or a
+    one-line error naming the largest reachable ratio and the options that lift it."""
+    P_total = dense_params(ad)
+    layer_params = {i: ad.layer_param_count(s) for i, s in enumerate(source.shapes)}
+    budget = ratio * P_total - sum(layer_params[i] for i in removed)
+    prunable = {i: p for i, p in layer_params.items() if i not in removed and i not in protected}
+    capacity = sum(prunable.values()) * req.max_layer_ratio + sum(layer_params[i] for i in removed)
+    if budget < -0.01 * P_total:
+        raise PlanError(
+            f"removing {n_remove} layers already removes {1 - (P_total - sum(layer_params[i] for i in removed)) / P_total:.3f} "
+            f"of the parameters, more than --ratio {ratio}; lower --layers"
+        )
+    if ratio * P_total > capacity + 1e-6:
+        raise PlanError(
+            f"--ratio {ratio} is impossible with layers {sorted(protected)} protected "
+            f"({'--protect' if explicit else 'scaled to depth'}) and {n_remove} removed: at most {capacity / P_total:.3f} "
+            f"can be removed; lower --ratio to {capacity / P_total:.3f} or less, remove more layers (--layers N), "
+            f"or protect fewer (--protect with fewer layers)"
+        )
+    return layer_ratios({i: imp[i] for i in prunable}, prunable, max(budget, 0.0), req.max_layer_ratio)
+
+
 def plan_comp(source: LayerSource, calib: torch.Tensor, req: PruneRequest) -> Plan:
     from ..surgery import slice_layer
 
@@ -159,24 +183,7 @@ def plan_comp(source: LayerSource, calib: torch.Tensor, req: PruneRequest) -> Pl
     acts = source.start(calib, req.batch_size, req.offload)
     removed, imp, history = remove_layers(source, acts, n_remove, set(range(L)) - protected, req, req.iterative_layers)
 
-    P_total = dense_params(ad)
-    layer_params = {i: ad.layer_param_count(s) for i, s in enumerate(source.shapes)}
-    budget = ratio * P_total - sum(layer_params[i] for i in removed)
-    prunable = {i: layer_params[i] for i in range(L) if i not in removed and i not in protected}
-    capacity = sum(prunable.values()) * req.max_layer_ratio + sum(layer_params[i] for i in removed)
-    if budget < -0.01 * P_total:
-        raise PlanError(
-            f"removing {n_remove} layers already removes {1 - (P_total - sum(layer_params[i] for i in removed)) / P_total:.3f} "
-            f"of the parameters, more than --ratio {ratio}; lower --layers"
-        )
-    if ratio * P_total > capacity + 1e-6:
-        raise PlanError(
-            f"--ratio {ratio} is impossible with layers {sorted(protected)} protected "
-            f"({'--protect' if explicit else 'scaled to depth'}) and {n_remove} removed: at most {capacity / P_total:.3f} "
-            f"can be removed; lower --ratio to {capacity / P_total:.3f} or less, remove more layers (--layers N), "
-            f"or protect fewer (--protect with fewer layers)"
-        )
-    ratios = layer_ratios({i: imp[i] for i in prunable}, prunable, max(budget, 0.0), req.max_layer_ratio)
+    ratios = _neuron_budget(ad, source, removed, protected, imp, ratio, n_remove, explicit, req)
 
     plan = Plan(method="comp", tensors=req.tensor_store(), model_type=ad.family, num_layers=L, removed_layers=sorted(removed), ratio_requested=ratio)
     state = req.state
