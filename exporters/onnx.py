@@ -8,6 +8,7 @@ counts are why optimum's exporter (one head count for every layer) cannot be use
 """
 from __future__ import annotations
 
+import inspect
 import warnings
 from pathlib import Path
 
@@ -38,8 +39,10 @@ class PastKeyValueWrapper(nn.Module):
         cache = DynamicCache()
         for i, (k, v) in enumerate(past):
             cache.update(k, v, i)
+        # newer transformers name the argument `cache` (`past_key_values` is deprecated there)
+        kw = {"cache" if "cache" in inspect.signature(self.model.forward).parameters else "past_key_values": cache}
         out = self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                         past_key_values=cache, use_cache=True)
+                         use_cache=True, **kw)
         presents = []
         for layer in out.past_key_values.layers:
             presents += [layer.keys, layer.values]

@@ -58,7 +58,7 @@ def test_nonuniform_surgery_save_reload(tiny_models, tmp_path, family):
     # KV cache: incremental decoding gives the same logits as a full forward pass.
     full = m(IDS[:1]).logits[0, -1]
     past = m(IDS[:1, :-1], use_cache=True).past_key_values
-    step = m(IDS[:1, -1:], past_key_values=past, use_cache=True).logits[0, -1]
+    step = m(IDS[:1, -1:], cache=past, use_cache=True).logits[0, -1]
     assert (full - step).abs().max() < 1e-4
     gen = m.generate(IDS[:1, :4], max_new_tokens=5, do_sample=False)
     assert gen.shape == (1, 9)
