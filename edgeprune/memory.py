@@ -64,6 +64,7 @@ class PeakMemory:
         self.peak_bytes = 0
         self.baseline_bytes = 0
         self.kind = "cuda_max_memory_allocated" if self.device.type == "cuda" else "rss"
+        self._floor = 0  # a concurrent helper process's share (see include)
 
     def __enter__(self) -> "PeakMemory":
         if self.device.type == "cuda":
@@ -95,6 +96,13 @@ class PeakMemory:
         self.peak_bytes = max(self._sampled, rss_bytes())
         if hwm1 is not None and self._hwm0 is not None and hwm1 > self._hwm0:
             self.peak_bytes = max(self.peak_bytes, hwm1)  # this stage set the process's record
+        self.peak_bytes = max(self.peak_bytes, self._floor)
+
+    def include(self, nbytes: int) -> None:
+        """Count a peak this stage caused elsewhere (a child process resident while this one
+        waited: their sum); it also becomes part of the command's overall peak."""
+        self._floor = max(self._floor, int(nbytes))
+        note_peak(self._floor)
 
     @property
     def above_baseline_bytes(self) -> int:

@@ -210,13 +210,16 @@ class WeightStore:
         return self.config_dtype or self.stored_dtype()
 
 
-def open_store(model_dir: str | Path, config=None) -> WeightStore:
-    """The store of a local checkpoint directory (its config validated first)."""
-    from .checkpoint import load_config, read_config_dict
+def open_store(model_dir: str | Path, config) -> WeightStore:
+    """The store of a local checkpoint directory whose `config` the caller has already
+    loaded and validated (`checkpoint.load_config`); the raw config.json gives the dtype."""
+    import json
+
     from .models import get_adapter
 
-    ad = get_adapter(config if config is not None else load_config(model_dir))
-    return WeightStore(model_dir, read_config_dict(model_dir), ad.embed_key, ad.lm_head_key)
+    ad = get_adapter(config)
+    raw = json.loads((Path(model_dir) / "config.json").read_text())
+    return WeightStore(model_dir, raw, ad.embed_key, ad.lm_head_key)
 
 
 def all_finite(t: torch.Tensor, block: int = 1 << 24) -> bool:

@@ -107,6 +107,8 @@ def _write_and_verify(fmt, dtype, out, force, view, model, model_dir, reference,
     """Write to a staged path, verify there, rename only on success; memory per stage."""
     from edgeprune.memory import PeakMemory
 
+    from .dtypes import get as dtype_facts
+    from .gguf_kquant import write_llama_quantized
     from .gguf_writer import write_gguf
     from .verify import verify_artifact
 
@@ -115,7 +117,8 @@ def _write_and_verify(fmt, dtype, out, force, view, model, model_dir, reference,
     with staged(out, force) as tmp:
         with PeakMemory() as mem:
             if fmt == "gguf":
-                meta = write_gguf(view, tmp, dtype, progress, imatrix)
+                meta = (write_llama_quantized(view, tmp, dtype, progress, imatrix) if dtype_facts(dtype).llama_quantizer
+                        else write_gguf(view, tmp, dtype, progress, imatrix))
                 path = tmp
             else:
                 path = _write_onnx_package(tmp, dtype, view, model, model_dir, tok, mem, meta)
@@ -134,16 +137,13 @@ def _write_and_verify(fmt, dtype, out, force, view, model, model_dir, reference,
 def _write_onnx_package(tmp: Path, dtype: str, view, model, model_dir, tok, mem, meta: dict) -> Path:
     """model.onnx (int4: exported in f32, then quantised), its graph checked, plus the
     onnxruntime-genai files (genai_config.json, tokenizer) in the same folder."""
-    from edgeprune.memory import note_peak
-
     from .genai import write_package
     from .onnx import EXTERNAL_DATA_THRESHOLD, check_graph, write_onnx, write_onnx_isolated
 
     base = "f32" if dtype == "int4" else dtype
     if model is None:
         path, child_peak = write_onnx_isolated(model_dir, tmp, base)
-        mem.peak_bytes = max(mem.peak_bytes, mem.baseline_bytes + child_peak)  # both were resident
-        note_peak(mem.peak_bytes)
+        mem.include(mem.baseline_bytes + child_peak)  # both were resident
     else:
         path = write_onnx(model, tmp, base)
     if dtype == "int4":

@@ -196,9 +196,7 @@ def write_gguf(view: WeightsView, path: Path, dtype: str = "f32", progress: bool
     x^2 per column}, edgeprune.imatrix) goes to llama.cpp's quantizer (k-quants only)."""
     gguf = require("gguf", "gguf", "GGUF export")
     if dtype_facts(dtype).llama_quantizer:
-        from .gguf_kquant import write_llama_quantized
-
-        return write_llama_quantized(view, path, dtype, progress, imatrix)
+        raise ExportError(f"{dtype} is written by llama.cpp's quantizer (exporters.gguf_kquant), not here")
     if imatrix is not None:
         raise ExportError(f"an importance matrix is used by llama.cpp's k-quants only, not {dtype}; "
                           "drop --imatrix or choose q4_k_m, q5_k_m or q6_k")
