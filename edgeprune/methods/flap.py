@@ -3,10 +3,16 @@
   - score of input channel j of `o_proj` / `down_proj`:
         S_j = Var_n(X[j, n]) · ||W[:, j]||²
     (a channel whose input barely fluctuates is nearly a constant, which a bias can carry);
-    a KV group sums the scores of its query heads' `o_proj` columns (whole groups: GQA-valid);
-  - adaptive structure (FLAP's "AL-AM"): scores are standardised per layer and module,
-    then ranked globally; the lowest units go until the parameter target is met, each
-    costing its real parameter count (a group costs its q/k/v rows and o columns);
+    the authors' code squares the attention channels' scores (S_j²), and so do we;
+  - adaptive structure (FLAP's "AL-AM"): channel scores are standardised per layer and
+    module (over that layer's channels); a KV group's score is the MEAN of its query heads'
+    standardised `o_proj` channel scores (whole groups: GQA-valid), as the authors' code
+    averages a head's 128 channels. Standardising a handful of group sums instead (what
+    edgeprune did first) puts the weakest group of every layer near z = -1.2, below most
+    FFN channels, so attention went first and too much of it; this was the difference we
+    found against the authors' code (benchmarks in the README). Units are then ranked globally;
+    the lowest go until the parameter target is met, each costing its real parameter
+    count (a group costs its q/k/v rows and o columns);
   - bias compensation: the removed channels' mean contribution W[:, removed] · mean(X[removed])
     becomes an output bias of `o_proj` / `down_proj`. Llama has no such bias, so the pruned
     checkpoint records it (`added_bias` per layer) and save/ONNX/GGUF carry it.
@@ -32,8 +38,8 @@ from .base import PruneRequest, bar, dense_params, group_layer_plan
 class _LayerStats:
     """What the global ranking and the compensation need from one layer (vectors only)."""
 
-    group_scores: torch.Tensor  # (num_kv_heads,)
-    channel_scores: torch.Tensor  # (intermediate_size,)
+    group_scores: torch.Tensor  # (num_kv_heads,): mean standardised channel score of each group
+    channel_scores: torch.Tensor  # (intermediate_size,): raw fluctuation scores
     mean_o: torch.Tensor  # mean input of o_proj (num_heads * head_dim,)
     mean_down: torch.Tensor  # mean input of down_proj (intermediate_size,)
 
@@ -74,7 +80,7 @@ def _select(source: LayerSource, stats: dict[int, _LayerStats], req: PruneReques
     d = ad.hidden_size
     units: list[tuple[float, int, str, list[int]]] = []
     for i, st in stats.items():
-        units += [(float(z), i, "g", [j]) for j, z in enumerate(standardise(st.group_scores))]
+        units += [(float(z), i, "g", [j]) for j, z in enumerate(st.group_scores)]
         zc = standardise(st.channel_scores)
         units += [(float(zc[b].mean()), i, "c", b) for b in _channel_blocks(st.channel_scores, req.align)]
     units.sort(key=lambda u: (u[0], u[1], u[2], u[3][0]))
@@ -140,7 +146,8 @@ def plan_flap(source: LayerSource, calib: torch.Tensor, req: PruneRequest) -> Pl
         co, cd = cols["o"], cols["down"]
         so = fluctuation_scores(ad.module(layer, "o").weight.detach().cpu(), co.sq_norm.cpu(), co.mean.cpu(), co.count)
         sd = fluctuation_scores(ad.module(layer, "down").weight.detach().cpu(), cd.sq_norm.cpu(), cd.mean.cpu(), cd.count)
-        stats[i] = _LayerStats(so.view(s.num_kv_heads, -1).sum(1), sd, co.mean.cpu(), cd.mean.cpu())
+        groups = standardise(so.pow(2)).view(s.num_kv_heads, -1).mean(1)  # the authors' squared attention metric
+        stats[i] = _LayerStats(groups, sd, co.mean.cpu(), cd.mean.cpu())
 
     drop_g, drop_c = _select(source, stats, req, ratio)
     shapes = ad.layer_shapes()
