@@ -70,6 +70,8 @@ def genai_config(view, tokenizer=None, context_length: int | None = None) -> dic
               "no_repeat_ngram_size": 0, "diversity_penalty": 0.0, "early_stopping": True,
               # the graph concatenates past and new keys itself, so GenAI must not share one buffer
               "past_present_share_buffer": False}
+    # onnxruntime-genai rejects null ids: an id the model does not define is left out
+    model = {k: v for k, v in model.items() if v is not None}
     return {"model": model, "search": search}
 
 
@@ -115,11 +117,11 @@ class GenAISession:
         if not version_ok(og.__version__):
             raise ExportError(f"onnxruntime-genai {og.__version__} found; {WHY_MIN_VERSION}")
         self.og = og
-        config = og.Config(str(folder))
-        if threads:
-            config.overlay(json.dumps({"model": {"decoder": {"session_options": {
-                "intra_op_num_threads": int(threads), "inter_op_num_threads": 1}}}}))
         try:
+            config = og.Config(str(folder))
+            if threads:
+                config.overlay(json.dumps({"model": {"decoder": {"session_options": {
+                    "intra_op_num_threads": int(threads), "inter_op_num_threads": 1}}}}))
             self.model = og.Model(config)
         except Exception as e:
             raise ExportError(f"onnxruntime-genai {og.__version__} could not load {folder} "

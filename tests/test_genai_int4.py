@@ -96,3 +96,13 @@ def test_int4_block_follows_widths():
     assert choose_block([48, 80]) == 16
     assert choose_block([50, 64]) == 32  # padded by the quantizer
     assert failure_hint("int4").startswith("4-bit") and failure_hint("q8_0") == ""
+
+
+def test_genai_config_leaves_out_unknown_ids(tiny_models):
+    """A model without BOS/EOS ids (a bare Qwen2 config) must not get nulls: GenAI refuses them."""
+    from exporters.source import WeightsView
+
+    view = WeightsView.from_dir(tiny_models["qwen2"])
+    view.config.bos_token_id = view.config.eos_token_id = None
+    m = genai_config(view)["model"]
+    assert None not in m.values() and "bos_token_id" not in m and m["pad_token_id"] == 0
