@@ -162,3 +162,21 @@ def test_missing_extra_is_named(monkeypatch, pruned_stories, tmp_path):
     with pytest.raises(MissingExtraError, match=r"edgeprune\[onnx\]"):
         export(pruned_stories, "onnx", tmp_path / "o")
     assert not (tmp_path / "o").exists()
+
+
+def test_query_heads_pruned_inside_kv_groups(tiny_models, tmp_path):
+    """Fewer query heads per KV group in some layers (the same count in every group, so GQA
+    stays valid): llama.cpp's deci reads n_head per layer apart from n_head_kv; ONNX and
+    onnxruntime-genai take the per-layer shapes from the graph."""
+    import gguf
+
+    m = edgeprune.load(tiny_models["llama"])  # 8 query heads over 4 KV groups
+    plan = Plan("t", "llama", 4)
+    plan.layers[1] = LayerPlan(heads_keep=[0, 2, 4, 6])  # one query head left in each group
+    plan.layers[2] = LayerPlan(kv_keep=[1, 3], heads_keep=[3, 7])
+    d = edgeprune.save(edgeprune.apply_plan(m, plan), tmp_path / "qh", tokenizer_from=tiny_models["llama"], plan=plan)
+    res = export(d, "gguf", tmp_path / "qh.gguf")
+    assert res["architecture"] == "deci" and res["verify"]["passed"]
+    fields = {f.name: f.contents() for f in gguf.GGUFReader(str(tmp_path / "qh.gguf")).fields.values()}
+    assert fields["deci.attention.head_count"] == [8, 4, 2, 8] and fields["deci.attention.head_count_kv"] == [4, 4, 2, 4]
+    assert export(d, "onnx", tmp_path / "onnx")["verify"]["passed"]
