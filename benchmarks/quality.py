@@ -31,6 +31,7 @@ SPECS = {
     "comp-oneshot": ("comp", {"iterative_layers": False}),
     "comp-nomask": ("comp", {"mask_tuning": False}),
     "slimgpt": ("slimgpt", {}),
+    "comp-slimgpt": ("comp-slimgpt", {}),
     "shortgpt": ("shortgpt", {}),
     "wanda-sp": ("wanda-sp", {}),
     "flap": ("flap", {}),
@@ -130,7 +131,7 @@ def main() -> None:
             method, extra = SPECS[spec]
             if method == "comp" and a.comp_protect is not None:
                 extra = {**extra, "protect": tuple(int(x) for x in a.comp_protect.split(","))}
-            req = PruneRequest(ratio=ratio, layers=layers if method == "comp" else None, progress=False, **extra)
+            req = PruneRequest(ratio=ratio, layers=layers if method in ("comp", "comp-slimgpt") else None, progress=False, **extra)
             row = {"method": spec, "ratio": ratio, **(ablation_switches(spec) if spec in ABLATIONS else {})}
             try:
                 torch.manual_seed(0)

@@ -39,6 +39,8 @@ REGISTRY: dict[str, Method] = {m.name: m for m in (
     Method("comp", "comp:plan_comp", "hybrid: layers then neurons, least-squares re-fit (COMP)",
            takes_layers=True, exact_ratio=True, resumable=True, build_layers="auto"),
     Method("slimgpt", "slimgpt:plan_slimgpt", "group OBS on heads and channels with compensation (SlimGPT)"),
+    Method("comp-slimgpt", "hybrid:plan_comp_slimgpt", "COMP's layer removal, then SlimGPT's OBS on the kept layers",
+           takes_layers=True, build_layers="auto"),
     Method("shortgpt", "shortgpt:plan_shortgpt", "whole-layer removal by block influence (ShortGPT)",
            takes_layers=True, ratio_optional=True),
     Method("wanda-sp", "wanda:plan_wanda_sp", "structured Wanda: |W| x ||X|| per group, uniform"),

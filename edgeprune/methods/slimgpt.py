@@ -77,8 +77,6 @@ def dynamic_group_sizes(n: int, largest: int = 1024, smallest: int = 8) -> list[
 
 
 def plan_slimgpt(source: LayerSource, calib: torch.Tensor, req: PruneRequest) -> Plan:
-    from ..surgery import slice_layer
-
     ad = source.adapter
     ratio = float(req.ratio)  # validated once, in pipeline.check_request
     L = source.num_layers
@@ -87,6 +85,18 @@ def plan_slimgpt(source: LayerSource, calib: torch.Tensor, req: PruneRequest) ->
     plan = Plan(method="slimgpt", tensors=req.tensor_store(), model_type=ad.family, num_layers=L, ratio_requested=ratio,
                 options={"ipr": req.extra.get("ipr", "log"), "damp": req.damp, "align": req.align})
     acts = source.start(calib, req.batch_size, req.offload)
+    neuron_stage(source, acts, req, plan, ratios, list(range(L)))
+    return plan
+
+
+def neuron_stage(source: LayerSource, acts, req: PruneRequest, plan: Plan, ratios: dict[int, float],
+                 layers: list[int], desc: str = "slimgpt") -> None:
+    """SlimGPT's sequential OBS over `layers` (the kept ones, in order), each pruned to its
+    ratio on the pruned model's inputs; closes `acts`. Shared with the comp-slimgpt hybrid."""
+    from ..surgery import slice_layer
+
+    ad = source.adapter
+    params = {i: ad.layer_param_count(s) for i, s in enumerate(source.shapes)}
 
     def prune_in_place(i: int, layer, cur):
         """Collect this layer's Grams on its (already pruned-upstream) inputs, prune it by OBS
@@ -95,7 +105,7 @@ def plan_slimgpt(source: LayerSource, calib: torch.Tensor, req: PruneRequest) ->
         out, cols = run_collecting(source, layer, cur, ("o", "down"))
         out.close()
         col_o, col_f = cols["o"], cols["down"]
-        n_groups, n_ch = uniform_split(ad, s, ratios[i] * params[i], req.align)
+        n_groups, n_ch = uniform_split(ad, s, ratios.get(i, 0.0) * params[i], req.align)
         tensors, keep = {}, {}
         for role, col, units, n_units, steps in (
             ("o", col_o, units_of_groups(s, ad.head_dim, col_o.gram.device), n_groups, [1] * n_groups),
@@ -109,11 +119,10 @@ def plan_slimgpt(source: LayerSource, calib: torch.Tensor, req: PruneRequest) ->
             keep[role] = kept_units
             if gone:
                 tensors[f"L{i}.{role}.weight"] = W[:, units[kept_units].reshape(-1)].float().cpu()
-        plan.layers[i] = group_layer_plan(s, keep["o"], keep["down"], {"target_ratio": ratios[i]})
+        plan.layers[i] = group_layer_plan(s, keep["o"], keep["down"], {"target_ratio": ratios.get(i, 0.0)})
         plan.tensors.update(tensors)
         with torch.no_grad():
             slice_layer(ad, layer, i, plan, source.shapes[i])
         return None
 
-    done(walk(source, acts, bar(range(L), "slimgpt", req), edit=prune_in_place), acts)
-    return plan
+    done(walk(source, acts, bar(layers, desc, req), edit=prune_in_place), acts)
