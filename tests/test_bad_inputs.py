@@ -86,6 +86,7 @@ def _target(tmp: Path, **edits) -> Path:
 
     text = load_target("cpu-x86").path.read_text()
     for old, new in edits.items():
+        assert old in text, f"the cpu-x86 target no longer holds {old!r}: update this test"
         text = text.replace(old, new)
     p = tmp / "t.toml"
     p.write_text(text)
@@ -146,7 +147,7 @@ CASES = [
     ("--device cuda without CUDA", lambda r, t: [*PRUNE, "--model", str(r / "good"), "--calib", str(r / "calib.txt"),
                                                  "--out", str(t / "o"), "--device", "cuda"], "--device cuda"),
     ("target: unknown method", lambda r, t: ["build", "--model", str(r / "good"), "--out", str(t / "b"),
-                                             "--target", str(_target(t, **{'method = "comp"': 'method = "compp"'}))],
+                                             "--target", str(_target(t, **{'method = "slimgpt"': 'method = "slimgptt"'}))],
      "pruning.method"),
 ]
 
