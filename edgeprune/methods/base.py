@@ -8,7 +8,7 @@ from __future__ import annotations
 import math
 import sys
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any, MutableMapping
 
 import torch
 from tqdm.auto import tqdm
@@ -16,6 +16,9 @@ from tqdm.auto import tqdm
 from ..errors import PlanError
 from ..models import DecoderAdapter, LayerShape, expected_nonembedding
 from ..plan import LayerPlan, Plan
+
+if TYPE_CHECKING:
+    from ..pipeline import ResumeState
 from ..streaming import Activations, LayerSource, walk
 
 
@@ -38,8 +41,8 @@ class PruneRequest:
     offload: bool = False  # keep calibration activations on disk
     progress: bool = True
     seed: int = 0
-    state: Any = None  # resumable per-layer state (prune.ResumeState)
-    tensors: Any = None  # where re-fitted tensors go: a disk-backed mapping at real size
+    state: "ResumeState | None" = None  # resumable per-layer state (COMP's plan stage)
+    tensors: "MutableMapping[str, torch.Tensor] | None" = None  # re-fitted tensors: a disk-backed mapping at real size
     extra: dict[str, Any] = field(default_factory=dict)
 
     def tensor_store(self):

@@ -2,11 +2,10 @@
 from __future__ import annotations
 
 from ..errors import ModelError
-from .base import DecoderAdapter, LayerShape, count_parameters, expected_nonembedding
-from .llama import LlamaAdapter, MistralAdapter
-from .qwen import Qwen2Adapter, Qwen3Adapter
+from . import llama, qwen  # noqa: F401  (each adapter class registers itself on definition)
+from .base import REGISTERED, DecoderAdapter, LayerShape, count_parameters, expected_nonembedding
 
-ADAPTERS: tuple[type[DecoderAdapter], ...] = (LlamaAdapter, MistralAdapter, Qwen2Adapter, Qwen3Adapter)
+ADAPTERS: tuple[type[DecoderAdapter], ...] = tuple(REGISTERED)
 SUPPORTED = tuple(t for a in ADAPTERS for t in a.model_types)
 
 

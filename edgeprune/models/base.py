@@ -48,6 +48,9 @@ class LayerShape:
                    tuple(d.get("added_bias", ())))
 
 
+REGISTERED: list[type] = []  # filled by DecoderAdapter.__init_subclass__, in definition order
+
+
 class DecoderAdapter:
     """Names and layout of a Llama-shaped decoder (RMSNorm, SwiGLU, rotary, GQA)."""
 
@@ -78,6 +81,12 @@ class DecoderAdapter:
     nonuniform_gguf_reason: ClassVar[str | None] = None
     # onnxruntime-genai's model "type" in genai_config.json
     genai_type: ClassVar[str] = "llama"
+
+    def __init_subclass__(cls, **kw):
+        """Every adapter class that names model types registers itself (models.ADAPTERS)."""
+        super().__init_subclass__(**kw)
+        if cls.model_types:
+            REGISTERED.append(cls)
 
     def __init__(self, config):
         self.config = config
