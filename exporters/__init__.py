@@ -22,6 +22,8 @@ from edgeprune.errors import ExportError, OutputError
 from .common import DTYPES, check_dtype, check_out_path, require, staged
 
 __all__ = ["DTYPES", "export"]
+# What the writer learnt about the artifact that the verify report and the export result carry.
+REPORTED = ("architecture", "fallbacks", "bits_per_weight", "int4", "imatrix_tensors")
 
 
 def _tokenizer(model_dir: Path):
@@ -98,8 +100,7 @@ def export(model, fmt: str, out: str | Path, *, dtype: str = "f32", verify: bool
     return {"format": fmt, "dtype": dtype, "path": str(artifact), "bytes": size, "seconds": time.perf_counter() - t0,
             "verify": report or {"passed": None, "skipped": True}, "verify_report": str(report_path) if report else None,
             "peak_memory": stage_report(stages),
-            **({k: meta[k] for k in ("architecture", "fallbacks", "tensor_types", "bits_per_weight", "int4", "genai_files", "imatrix_tensors")
-                if k in meta})}
+            **{k: meta[k] for k in ("tensor_types", "genai_files", *REPORTED) if k in meta}}
 
 
 def _write_and_verify(fmt, dtype, out, force, view, model, model_dir, reference, tok, verify, progress, stages,
@@ -127,7 +128,7 @@ def _write_and_verify(fmt, dtype, out, force, view, model, model_dir, reference,
             with PeakMemory() as mem:
                 report = verify_artifact(reference, path, dtype, tok, progress=progress)
             stages["verify"] = mem
-            report.update({"format": fmt, **{k: meta[k] for k in ("architecture", "fallbacks", "bits_per_weight", "int4", "imatrix_tensors") if k in meta}})
+            report.update({"format": fmt, **{k: meta[k] for k in REPORTED if k in meta}})
             _fail_if(report, out)
             if fmt == "onnx":
                 (tmp / "model.onnx.verify.json").write_text(json.dumps(report, indent=1))
