@@ -9,7 +9,6 @@ from __future__ import annotations
 import os
 import platform
 import statistics
-import time
 from pathlib import Path
 
 import numpy as np
@@ -35,47 +34,9 @@ def _session(path: Path, context: int, new_tokens: int, threads: int | None):
     return OnnxSession(path, threads=threads)
 
 
-def runtime_name(sess) -> str:
-    """What ran the timing loop, for the profile."""
-    kind = type(sess).__name__
-    if kind == "GenAISession":
-        return f"onnxruntime-genai {sess.og.__version__} (og.Generator loop)"
-    if kind == "GGUFSession":
-        import llama_cpp
-
-        return f"llama.cpp (llama-cpp-python {llama_cpp.__version__}; f16 KV cache, flash attention off: its defaults)"
-    import onnxruntime
-
-    return f"onnxruntime {onnxruntime.__version__} (InferenceSession, past KV fed back)"
-
-
 def _one_run(sess, ids: np.ndarray, new_tokens: int) -> tuple[float, float]:
-    """(prefill seconds, decode seconds per token) for one repetition."""
-    from exporters.runtimes import GGUFSession
-
-    if hasattr(sess, "timed_run"):
-        return sess.timed_run(ids, new_tokens)
-    if isinstance(sess, GGUFSession):
-        llm = sess.llm
-        llm.reset()
-        t0 = time.perf_counter()
-        llm.eval(ids.tolist())
-        t1 = time.perf_counter()
-        tok = int(ids[-1])
-        for _ in range(new_tokens):
-            llm.eval([tok])
-        t2 = time.perf_counter()
-    else:
-        t0 = time.perf_counter()
-        logits, past = sess.forward(ids[None])
-        t1 = time.perf_counter()
-        plen = ids.shape[0]
-        tok = np.array([[int(ids[-1])]])
-        for _ in range(new_tokens):
-            logits, past = sess.forward(tok, past, plen)
-            plen += 1
-        t2 = time.perf_counter()
-    return t1 - t0, (t2 - t1) / new_tokens
+    """(prefill seconds, decode seconds per token) for one repetition, in the session's own loop."""
+    return sess.timed_run(ids, new_tokens)
 
 
 def _summary(runs: list[tuple[float, float]], context: int) -> dict:
@@ -129,7 +90,7 @@ def measure(paths: dict[str, Path], context: int = DEFAULT_CONTEXT, new_tokens: 
             break
     protocol = {"context": context, "new_tokens": new_tokens, "reps": done, "threads": threads,
                 "interleaved": True, "batch": 1}
-    return {k: {**_summary(v, context), "protocol": {**protocol, "runtime": runtime_name(sessions[k])}}
+    return {k: {**_summary(v, context), "protocol": {**protocol, "runtime": sessions[k].runtime}}
             for k, v in runs.items()}
 
 

@@ -127,6 +127,10 @@ class GenAISession:
             raise ExportError(f"onnxruntime-genai {og.__version__} could not load {folder} "
                               f"({type(e).__name__}: {str(e).splitlines()[0][:200]})") from None
 
+    @property
+    def runtime(self) -> str:
+        return f"onnxruntime-genai {self.og.__version__} (og.Generator loop)"
+
     def _generator(self, max_length: int):
         params = self.og.GeneratorParams(self.model)
         params.set_search_options(max_length=max_length, do_sample=False, top_k=1)

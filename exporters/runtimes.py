@@ -7,6 +7,7 @@ through the runtime's KV cache).
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 
 import numpy as np
@@ -59,6 +60,23 @@ class OnnxSession:
     def logits(self, ids: np.ndarray) -> np.ndarray:
         return self.forward(np.asarray(ids)[None])[0][0].astype(np.float32)
 
+    @property
+    def runtime(self) -> str:
+        import onnxruntime
+
+        return f"onnxruntime {onnxruntime.__version__} (InferenceSession, past KV fed back)"
+
+    def timed_run(self, ids: np.ndarray, new_tokens: int) -> tuple[float, float]:
+        """(prefill seconds, decode seconds per token): one prompt, then single-token steps."""
+        t0 = time.perf_counter()
+        _, past = self.forward(ids[None])
+        t1 = time.perf_counter()
+        plen, tok = ids.shape[0], np.array([[int(ids[-1])]])
+        for _ in range(new_tokens):
+            _, past = self.forward(tok, past, plen)
+            plen += 1
+        return t1 - t0, (time.perf_counter() - t1) / new_tokens
+
     def generate(self, ids, n: int) -> list[int]:
         ids = np.asarray(ids)[None]
         logits, past = self.forward(ids)
@@ -110,6 +128,22 @@ class GGUFSession:
         self.llm.reset()
         self.llm.eval(list(map(int, ids)))
         return np.array(self.llm.scores[: len(ids)], dtype=np.float32)
+
+    @property
+    def runtime(self) -> str:
+        import llama_cpp
+
+        return f"llama.cpp (llama-cpp-python {llama_cpp.__version__}; f16 KV cache, flash attention off: its defaults)"
+
+    def timed_run(self, ids: np.ndarray, new_tokens: int) -> tuple[float, float]:
+        """(prefill seconds, decode seconds per token) through llama.cpp's own KV cache."""
+        self.llm.reset()
+        t0 = time.perf_counter()
+        self.llm.eval(ids.tolist())
+        t1 = time.perf_counter()
+        for _ in range(new_tokens):
+            self.llm.eval([int(ids[-1])])
+        return t1 - t0, (time.perf_counter() - t1) / new_tokens
 
     def generate(self, ids, n: int) -> list[int]:
         self.llm.reset()
