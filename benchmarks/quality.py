@@ -30,6 +30,7 @@ SPECS = {
     "comp-pruned-inputs": ("comp", {"identical_inputs": False}),
     "comp-oneshot": ("comp", {"iterative_layers": False}),
     "comp-nomask": ("comp", {"mask_tuning": False}),
+    "search": ("search", {}),
     "slimgpt": ("slimgpt", {}),
     "comp-slimgpt": ("comp-slimgpt", {}),
     "shortgpt": ("shortgpt", {}),

@@ -114,7 +114,8 @@ def stage_prune(b: Build) -> None:
 
     res = prune(b.model_dir, b.method, ratio=b.ratio, layers=get(b.method).build_layers, calib=b.calib,
                 n_samples=o["nsamples"], seq_len=o["seq_len"], seed=o["seed"], device=o["device"], data_dir=o["data_dir"],
-                out=b.out_dir / "model", resume=True, force=True, align=b.tgt.align, checked=True)
+                out=b.out_dir / "model", resume=True, force=True, align=b.tgt.align, checked=True,
+                search_evals=o.get("search_evals", 128))
     b.done["prune"] = {**res.report, "stage_seconds": time.perf_counter() - t0}
     b.save_state()
 
@@ -175,10 +176,11 @@ STAGES = (stage_prune, stage_export, stage_measure, stage_profile)
 def build(model: str | None = None, target: str = "cpu-x86", ratio: float | None = None, method: str | None = None,
           calib: str | None = None, out: str = "build", force: bool = False, resume: bool = False,
           data_dir=None, nsamples: int = 32, seq_len: int = 128, seed: int = 0, device: str = "cpu",
-          command: str = "") -> dict:
+          search_evals: int = 128, command: str = "") -> dict:
     """Run every stage of a build into `out`; returns the console summary and the profile."""
     b = _start(model, target, ratio, method, calib, out, force, resume,
-               dict(data_dir=data_dir, nsamples=nsamples, seq_len=seq_len, seed=seed, device=device, command=command))
+               dict(data_dir=data_dir, nsamples=nsamples, seq_len=seq_len, seed=seed, device=device, command=command,
+                    search_evals=search_evals))
     for stage in STAGES:
         stage(b)
     b.state["complete"] = True

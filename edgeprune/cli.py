@@ -108,7 +108,7 @@ def _print_prune_report(rep: dict) -> None:
 def _request_kwargs(a) -> dict:
     kw = dict(align=a.align, importance=a.importance, identical_inputs=not a.pruned_inputs,
               offload=a.offload, progress=not a.quiet, solver=a.solver, batch_size=a.batch_size,
-              iterative_layers=not a.one_shot_layers, mask_tuning=not a.no_mask_tuning)
+              iterative_layers=not a.one_shot_layers, mask_tuning=not a.no_mask_tuning, search_evals=a.search_evals)
     if a.protect is not None:
         kw["protect"] = tuple(int(x) for x in a.protect.split(",") if x.strip())
     return kw
@@ -179,7 +179,7 @@ def cmd_build(a) -> int:
 
     res = build(model=a.model, target=a.target, ratio=a.ratio, method=a.method, calib=a.calib, out=a.out,
                 force=a.force, resume=a.resume, data_dir=a.data_dir, nsamples=a.nsamples, seq_len=a.seq_len,
-                seed=a.seed, device=a.device, command=" ".join(sys.argv))
+                seed=a.seed, device=a.device, search_evals=a.search_evals, command=" ".join(sys.argv))
     print(res["summary"])
     return 0
 

@@ -86,6 +86,8 @@ def _prune_args(sub) -> argparse.ArgumentParser:
     pr.add_argument("--no-mask-tuning", action="store_true", help="COMP: skip the least-squares mask re-fit (ablation)")
     pr.add_argument("--protect", default=None, help="layers kept free of pruning, e.g. 0,1,-1 (the COMP paper's set at 32 layers); "
                          "COMP's default scales that set to the model's depth (none at 5 layers or fewer)")
+    pr.add_argument("--search-evals", type=_positive, default=128, help="search: candidate allocations evaluated "
+                    "(default 128; each is one streamed pass over the held-back windows)")
     pr.add_argument("--solver", choices=("cholesky", "lsmr"), default="cholesky", help="mask solver (lsmr: CuPy on CUDA)")
     pr.add_argument("--offload", action="store_true", help="keep calibration activations on disk")
     pr.add_argument("--batch-size", type=_positive, default=8)
@@ -135,6 +137,7 @@ def _build_args(sub) -> argparse.ArgumentParser:
     b.add_argument("--nsamples", type=_positive, default=32, help="calibration windows (default 32)")
     b.add_argument("--seq-len", type=_positive, default=128, help="calibration window length (default 128)")
     b.add_argument("--seed", type=int, default=0, help="seed of the calibration windows (default 0)")
+    b.add_argument("--search-evals", type=_positive, default=128, help="search: candidate allocations evaluated (default 128)")
     b.add_argument("--out", default="build", help="build directory (default build/)")
     b.add_argument("--force", action="store_true", help="replace a finished build in --out (only one edgeprune wrote)")
     b.add_argument("--resume", action="store_true", help="continue an interrupted build with the same arguments")

@@ -38,6 +38,9 @@ class Method:
 REGISTRY: dict[str, Method] = {m.name: m for m in (
     Method("comp", "comp:plan_comp", "hybrid: layers then neurons, least-squares re-fit (COMP)",
            takes_layers=True, exact_ratio=True, resumable=True, build_layers="auto"),
+    Method("search", "search:plan_search", "global search of each layer's and module's width over OBS candidate "
+           "ladders (heads, KV groups, FFN channels, whole layers), KL fitness (Týr/DarwinLM style)",
+           exact_ratio=True, resumable=True),
     Method("slimgpt", "slimgpt:plan_slimgpt", "group OBS on heads and channels with compensation (SlimGPT)"),
     Method("comp-slimgpt", "hybrid:plan_comp_slimgpt", "COMP's layer removal, then SlimGPT's OBS on the kept layers",
            takes_layers=True, build_layers="auto"),
@@ -50,7 +53,7 @@ REGISTRY: dict[str, Method] = {m.name: m for m in (
 )}
 # What `prune` uses without --method, and what the targets name: the best measured method
 # (lowest perplexity at 20% on all four models of the README's quality tables, at 30% on three).
-DEFAULT = "slimgpt"
+DEFAULT = "search"
 # Kept for callers that only need the names or the calibration flag.
 METHODS: dict[str, Method] = dict(REGISTRY)
 NEEDS_CALIBRATION = {n: m.needs_calibration for n, m in REGISTRY.items()}

@@ -41,6 +41,7 @@ class PruneRequest:
     offload: bool = False  # keep calibration activations on disk
     progress: bool = True
     seed: int = 0
+    search_evals: int = 128  # search: candidate allocations evaluated (its bound)
     state: "ResumeState | None" = None  # resumable per-layer state (COMP's plan stage)
     tensors: "MutableMapping[str, torch.Tensor] | None" = None  # re-fitted tensors: a disk-backed mapping at real size
     extra: dict[str, Any] = field(default_factory=dict)

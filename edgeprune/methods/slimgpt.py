@@ -32,30 +32,46 @@ def ipr_ratios(num_layers: int, params: dict[int, int], budget: float, schedule:
     return layer_ratios({i: 1.0 / weight(i) for i in params}, params, budget, r_max)
 
 
-def obs_remove(W: torch.Tensor, Hinv: torch.Tensor, units: torch.Tensor, n_units: int, steps: list[int]) -> list[int]:
-    """Remove `n_units` units of columns from W (in place) with OBS compensation; returns their indices."""
+def unit_costs(W: torch.Tensor, Hinv: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
+    """OBS cost tr(W_u [H⁻¹]_uu⁻¹ W_uᵀ) of removing each unit alone; `cols` is [U, g] column
+    indices. One batched Cholesky over the per-unit diagonal blocks (SlimGPT's grouped form)."""
+    U, g = cols.shape
+    pos = cols.reshape(-1)
+    blocks = Hinv[pos.unsqueeze(1), pos.unsqueeze(0)].view(U, g, U, g)
+    blocks = blocks.diagonal(dim1=0, dim2=2).permute(2, 0, 1)  # [U, g, g] per-unit diagonal blocks
+    Wu = W[:, cols].permute(1, 0, 2)  # [U, out, g]
+    sol = torch.cholesky_solve(Wu.transpose(1, 2), torch.linalg.cholesky(blocks))  # [U, g, out]
+    return (Wu.transpose(1, 2) * sol).sum((1, 2))
+
+
+def obs_compensate(W: torch.Tensor, Hinv: torch.Tensor, S: torch.Tensor) -> float:
+    """Remove columns S of W (in place) with OBS compensation, update H⁻¹; returns the cost
+    tr(W_S [H⁻¹]_SS⁻¹ W_Sᵀ), twice the exact rise of ‖ΔW X‖² for H = 2XXᵀ."""
+    LS = torch.linalg.cholesky(Hinv[S.unsqueeze(1), S.unsqueeze(0)])
+    HS = Hinv[S]  # [|S|, n]
+    WS = W[:, S]
+    cost = float((WS * torch.cholesky_solve(WS.T, LS).T).sum())
+    W -= WS @ torch.cholesky_solve(HS, LS)
+    Hinv -= HS.T @ torch.cholesky_solve(HS, LS)
+    W[:, S] = 0  # exact zeros (rounding leaves residue)
+    return cost
+
+
+def obs_remove(W: torch.Tensor, Hinv: torch.Tensor, units: torch.Tensor, n_units: int, steps: list[int],
+               costs: list[float] | None = None) -> list[int]:
+    """Remove `n_units` units of columns from W (in place) with OBS compensation; returns their
+    indices (and appends each step's cost to `costs`)."""
     alive = list(range(units.shape[0]))
     removed: list[int] = []
-    g = units.shape[1]
     for k in steps:
         if len(removed) >= n_units:
             break
         k = min(k, n_units - len(removed), len(alive) - 1)
-        cols = units[alive]
-        pos = cols.reshape(-1)
-        blocks = Hinv[pos.unsqueeze(1), pos.unsqueeze(0)].view(len(alive), g, len(alive), g)
-        blocks = blocks.diagonal(dim1=0, dim2=2).permute(2, 0, 1)  # [U, g, g] per-unit diagonal blocks
-        Wu = W[:, cols].permute(1, 0, 2)  # [U, out, g]
-        L = torch.linalg.cholesky(blocks)
-        sol = torch.cholesky_solve(Wu.transpose(1, 2), L)  # [U, g, out] = block⁻¹ W_uᵀ
-        cost = (Wu.transpose(1, 2) * sol).sum((1, 2))
+        cost = unit_costs(W, Hinv, units[alive])
         pick = torch.argsort(cost, stable=True)[:k].tolist()
-        S = torch.cat([units[alive[i]] for i in pick])
-        HSS = Hinv[S.unsqueeze(1), S.unsqueeze(0)]
-        LS = torch.linalg.cholesky(HSS)
-        HS = Hinv[S]  # [|S|, n]
-        W -= W[:, S] @ torch.cholesky_solve(HS, LS)
-        Hinv -= HS.T @ torch.cholesky_solve(HS, LS)
+        c = obs_compensate(W, Hinv, torch.cat([units[alive[i]] for i in pick]))
+        if costs is not None:
+            costs.append(c)
         gone = {alive[i] for i in pick}
         removed += [alive[i] for i in pick]
         alive = [u for u in alive if u not in gone]

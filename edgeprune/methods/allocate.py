@@ -1,0 +1,175 @@
+"""How much each layer and module keeps: allocations over the candidate ladders.
+
+An allocation gives every layer one choice: (attention rung, FFN rung), or DROP (the whole
+layer goes). Its cost is the parameters it removes, its proxy the sum of the rungs'
+normalised errors. Three ways to make one, all under the same exact budget:
+  - `knapsack`: the least total proxy error removing at least the budget (a multiple-choice
+    knapsack, solved exactly by dynamic programming over ~1000 budget steps);
+  - `from_ratios`: per-layer ratios of a fixed rule (SlimGPT's log schedule, uniform) put on
+    the ladders, so those rules are points of the search space and compete with the rest;
+  - `mutate`: the level switch of DarwinLM/Týr's evolutionary search (one module cut a rung
+    deeper, another a rung less, now and then a layer dropped or restored), then `repair`.
+Nothing here reads tensors or calls torch: it works on the ladders' small records.
+"""
+from __future__ import annotations
+
+import math
+import random
+from dataclasses import dataclass
+
+import numpy as np
+
+DROP = (-1, -1)
+Choice = tuple[int, int]
+Alloc = tuple[Choice, ...]
+
+
+@dataclass
+class Ladders:
+    """Rung records of every layer (dicts as `ladder.ladder_record` writes them)."""
+
+    records: list[dict]
+    fixed: frozenset[int] = frozenset()  # protected layers: always (0, 0)
+
+    def attn(self, i: int) -> list[dict]:
+        return self.records[i]["attn"]
+
+    def ffn(self, i: int) -> list[dict]:
+        return self.records[i]["ffn"]
+
+    def removed(self, i: int, c: Choice) -> int:
+        if c == DROP:
+            return self.records[i]["drop"]["removed"]
+        return self.attn(i)[c[0]]["removed"] + self.ffn(i)[c[1]]["removed"]
+
+    def error(self, i: int, c: Choice) -> float:
+        if c == DROP:
+            return self.records[i]["drop"]["error"]
+        return self.attn(i)[c[0]]["error"] + self.ffn(i)[c[1]]["error"]
+
+    def total(self, alloc: Alloc) -> int:
+        return sum(self.removed(i, c) for i, c in enumerate(alloc))
+
+    def proxy(self, alloc: Alloc) -> float:
+        return sum(self.error(i, c) for i, c in enumerate(alloc))
+
+    def attn_levels(self, i: int) -> list[int]:
+        """Attention rungs the search may pick (aligned widths only)."""
+        return [a for a, r in enumerate(self.attn(i)) if r["aligned"]]
+
+    def choices(self, i: int) -> list[Choice]:
+        if i in self.fixed:
+            return [(0, 0)]
+        return [(a, f) for a in self.attn_levels(i) for f in range(len(self.ffn(i)))] + [DROP]
+
+    def slack(self) -> int:
+        """The largest single FFN rung step: how far above the budget an allocation may land."""
+        return max((b["removed"] - a["removed"] for i in range(len(self.records))
+                    for a, b in zip(self.ffn(i), self.ffn(i)[1:])), default=0)
+
+
+def knapsack(lad: Ladders, budget: float, steps: int = 1000) -> Alloc:
+    """Least total proxy error with at least `budget` parameters removed (exact DP on a grid
+    of `steps`; each choice's parameters are rounded down, so the real total is ≥ budget)."""
+    q = max(1.0, budget / steps)
+    B = math.ceil(budget / q)
+    best = np.full(B + 1, np.inf)
+    best[0] = 0.0
+    backs: list[tuple[list[Choice], np.ndarray, np.ndarray]] = []
+    for i in range(len(lad.records)):
+        opts = lad.choices(i)
+        new, pick, origin = np.full(B + 1, np.inf), np.full(B + 1, -1), np.full(B + 1, -1)
+        for k, c in enumerate(opts):
+            s, cand = min(B, int(lad.removed(i, c) // q)), best + lad.error(i, c)
+            moved = np.full(B + 1, np.inf)
+            src = np.full(B + 1, -1)
+            moved[s:] = cand[: B + 1 - s]
+            src[s:] = np.arange(B + 1 - s)
+            if s > 0:  # everything that overshoots lands on B
+                j = int(np.argmin(cand[B + 1 - s:])) + B + 1 - s
+                if cand[j] < moved[B]:
+                    moved[B], src[B] = cand[j], j
+            better = moved < new
+            new[better], pick[better], origin[better] = moved[better], k, src[better]
+        backs.append((opts, pick, origin))
+        best = new
+    if not np.isfinite(best[B]):
+        raise ValueError("the ladders cannot remove the budget")
+    alloc, b = [], B
+    for opts, pick, origin in reversed(backs):
+        alloc.append(opts[pick[b]])
+        b = origin[b]
+    return tuple(reversed(alloc))
+
+
+def from_ratios(lad: Ladders, ratios: dict[int, float], params: dict[int, int]) -> Alloc:
+    """Each layer's ratio put on its ladders: attention at the layer's ratio (nearest aligned
+    rung, as SlimGPT's split), the FFN rung nearest to the rest."""
+    alloc: list[Choice] = []
+    for i in range(len(lad.records)):
+        r = 0.0 if i in lad.fixed else ratios.get(i, 0.0)
+        a = min(lad.attn_levels(i), key=lambda a: abs(lad.attn(i)[a]["removed"] - r * lad.records[i]["attn_params"]))
+        rest = r * params[i] - lad.attn(i)[a]["removed"]
+        f = min(range(len(lad.ffn(i))), key=lambda f: abs(lad.ffn(i)[f]["removed"] - rest))
+        alloc.append((a, f))
+    return tuple(alloc)
+
+
+def _moves(lad: Ladders, alloc: Alloc, deeper: bool) -> list[tuple[int, Choice, int, float]]:
+    """Every one-rung change: (layer, new choice, Δ removed, Δ proxy)."""
+    out = []
+    for i, c in enumerate(alloc):
+        if c == DROP or i in lad.fixed:
+            continue
+        levels = lad.attn_levels(i)
+        ai = levels.index(c[0]) if c[0] in levels else 0
+        cand = []
+        if deeper:
+            cand += [(levels[ai + 1], c[1])] if ai + 1 < len(levels) else []
+            cand += [(c[0], c[1] + 1)] if c[1] + 1 < len(lad.ffn(i)) else []
+        else:
+            cand += [(levels[ai - 1], c[1])] if ai > 0 else []
+            cand += [(c[0], c[1] - 1)] if c[1] > 0 else []
+        for n in cand:
+            out.append((i, n, lad.removed(i, n) - lad.removed(i, c), lad.error(i, n) - lad.error(i, c)))
+    return out
+
+
+def repair(lad: Ladders, alloc: Alloc, budget: float) -> Alloc:
+    """Bring an allocation to the budget: cut deeper where the proxy rises least per
+    parameter until the budget is met, then give back rungs (most proxy per parameter
+    first) while it stays met, landing within one FFN rung step above the budget."""
+    cur = list(alloc)
+    while lad.total(tuple(cur)) < budget:
+        opts = [m for m in _moves(lad, tuple(cur), True) if m[2] > 0]
+        if not opts:
+            raise ValueError("the ladders cannot remove the budget")
+        i, n, _, _ = min(opts, key=lambda m: (m[3] / m[2], m[0]))
+        cur[i] = n
+    while True:
+        over = lad.total(tuple(cur)) - budget
+        opts = [m for m in _moves(lad, tuple(cur), False) if m[2] < 0 and -m[2] <= over]
+        if not opts:
+            return tuple(cur)
+        i, n, _, _ = max(opts, key=lambda m: (-m[3] / -m[2], -m[0]))
+        cur[i] = n
+
+
+def mutate(lad: Ladders, alloc: Alloc, rng: random.Random, switches: int, budget: float) -> Alloc:
+    """Level switches: per switch one module a rung deeper and another a rung shallower,
+    or (one time in eight) a layer dropped or restored; then `repair`."""
+    cur = list(alloc)
+    free = [i for i in range(len(cur)) if i not in lad.fixed]
+    for _ in range(switches):
+        if rng.random() < 0.125:
+            i = rng.choice(free)
+            cur[i] = (0, 0) if cur[i] == DROP else DROP
+            if sum(c != DROP for c in cur) == 0:
+                cur[i] = (0, 0)
+            continue
+        for deeper in (True, False):
+            opts = _moves(lad, tuple(cur), deeper)
+            if opts:
+                i, n, _, _ = rng.choice(opts)
+                cur[i] = n
+    return repair(lad, tuple(cur), budget)

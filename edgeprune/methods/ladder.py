@@ -1,0 +1,158 @@
+"""Candidate ladders for the global search: every layer pruned at several keep levels.
+
+For one decoder layer, from the input Grams of `o_proj` and `down_proj` and the layer's
+input/output, three kinds of candidate, each a *rung* (kept units, parameters removed,
+error):
+  - attention: one path from dense down to (at most) 1/8 of the query heads. Each step is
+    the cheaper, per parameter saved, of two OBS moves: one query head out of every kept KV
+    group (the same count per group keeps GQA valid; llama.cpp's deci and ORT GenAI read
+    per-layer head counts), or one whole KV group (its k/v rows go too, so the KV cache
+    shrinks). o_proj is compensated after each move (SlimGPT's group OBS);
+  - FFN: down_proj channels removed by OBS with dynamic group sizes, a rung every 1/16 of
+    the width (aligned to --align), down to 1/8 of it;
+  - the whole layer dropped (ShortGPT's unit, so layer-removal plans are inside the space).
+An error is the rise of ‖ΔY‖² summed over calibration tokens, for the module's contribution
+to the residual stream (half the OBS cost; ‖layer(x) − x‖² for a dropped layer), divided by
+the dense layer output's ‖Y‖², one scale for every candidate of a layer.
+
+Why OBS and not COMP's mask re-fit here: for a given kept set OBS compensation is the
+least-squares optimum over every kept weight of the row, and COMP's fit (one scale per kept
+column) is a special case of it, so its error can only be equal or larger.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Iterator
+
+import torch
+
+from ..models import DecoderAdapter, LayerShape
+from .base import aligned_keep
+from .linalg import inverse_spd
+from .slimgpt import dynamic_group_sizes, obs_compensate, obs_remove, unit_costs
+
+FFN_LEVELS = 16  # an FFN rung every 1/16 of the width
+MAX_MODULE_CUT = 0.875  # deeper than this a module is better dropped with its layer
+
+
+@dataclass
+class Rung:
+    removed: int  # parameters removed from the layer by this module's cut
+    error: float  # normalised rise of ‖ΔY‖²
+    keep: list[int]  # kept query heads (attention) or FFN channels, original indices
+    kv_keep: list[int] | None = None  # attention: kept KV groups
+    moves: list[str] = field(default_factory=list)  # attention: the path ("head"/"group") to here
+    aligned: bool = True  # the kept width is a multiple of --align (where the dense one is)
+
+
+def hessian(gram: torch.Tensor, damp: float) -> torch.Tensor:
+    """H = 2 XᵀX + λI, λ = damp · mean diag (SlimGPT's damping)."""
+    H = 2 * gram
+    H.diagonal().add_(damp * float(H.diagonal().mean().clamp_min(1e-12)))
+    return H
+
+
+def _head_cols(heads: list[int], hd: int, device) -> torch.Tensor:
+    return torch.stack([torch.arange(h * hd, (h + 1) * hd, device=device) for h in heads])
+
+
+def attention_path(W: torch.Tensor, Hinv: torch.Tensor, ad: DecoderAdapter, shape: LayerShape,
+                   forced: list[str] | None = None) -> Iterator[tuple[str, float, dict[int, list[int]]]]:
+    """OBS moves on o_proj (W, H⁻¹ updated in place): yields (move, cost, kept heads by group).
+    With `forced`, replays exactly those move types (choosing the units afresh)."""
+    hd, n_rep = ad.head_dim, shape.num_heads // shape.num_kv_heads
+    heads = {g: list(range(g * n_rep, (g + 1) * n_rep)) for g in range(shape.num_kv_heads)}
+    dense = ad.layer_param_count(shape)
+
+    def saved(nh: int, nkv: int) -> int:
+        return dense - ad.layer_param_count(LayerShape(shape.intermediate_size, nh, nkv, shape.added_bias))
+
+    step = 0
+    while forced is None or step < len(forced):
+        want = forced[step] if forced is not None else None
+        step += 1
+        nh = sum(len(v) for v in heads.values())
+        opts: dict[str, tuple[list[int], float, int]] = {}
+        if all(len(v) > 1 for v in heads.values()) and want in (None, "head"):
+            alive = sorted(h for v in heads.values() for h in v)
+            c = dict(zip(alive, unit_costs(W, Hinv, _head_cols(alive, hd, W.device)).tolist()))
+            pick = [min(v, key=lambda h: (c[h], h)) for _, v in sorted(heads.items())]
+            S = _head_cols(pick, hd, W.device).reshape(-1)
+            LS = torch.linalg.cholesky(Hinv[S.unsqueeze(1), S.unsqueeze(0)])
+            cost = float((W[:, S] * torch.cholesky_solve(W[:, S].T, LS).T).sum())
+            opts["head"] = (pick, cost, saved(nh - len(heads), len(heads)) - saved(nh, len(heads)))
+        if len(heads) > 1 and want in (None, "group"):
+            gs = sorted(heads)
+            cols = torch.stack([_head_cols(heads[g], hd, W.device).reshape(-1) for g in gs])
+            c = unit_costs(W, Hinv, cols)
+            j = int(torch.argmin(c))
+            opts["group"] = (heads[gs[j]], float(c[j]), saved(nh - len(heads[gs[j]]), len(heads) - 1) - saved(nh, len(heads)))
+        if not opts:
+            return
+        move = min(opts, key=lambda m: (opts[m][1] / opts[m][2], m))
+        pick = opts[move][0]
+        cost = obs_compensate(W, Hinv, _head_cols(pick, hd, W.device).reshape(-1))
+        gone = set(pick)
+        heads = {g: [h for h in v if h not in gone] for g, v in heads.items()}
+        heads = {g: v for g, v in heads.items() if v}
+        yield move, cost, heads
+
+
+def attention_rungs(W: torch.Tensor, H: torch.Tensor, ad: DecoderAdapter, shape: LayerShape, norm: float,
+                    align: int) -> tuple[list[Rung], dict[str, torch.Tensor]]:
+    """The attention ladder of one layer and the compensated o_proj of every rung."""
+    dense = ad.layer_param_count(shape)
+    width_ok = (shape.num_heads * ad.head_dim) % align == 0 if align > 1 else False
+    rungs = [Rung(0, 0.0, list(range(shape.num_heads)), list(range(shape.num_kv_heads)))]
+    tensors: dict[str, torch.Tensor] = {}
+    err, moves = 0.0, []
+    for move, cost, heads in attention_path(W, inverse_spd(H), ad, shape):
+        err += cost / 2
+        moves.append(move)
+        kept = sorted(h for v in heads.values() for h in v)
+        if len(kept) < shape.num_heads * (1 - MAX_MODULE_CUT):
+            break
+        removed = dense - ad.layer_param_count(LayerShape(shape.intermediate_size, len(kept), len(heads), shape.added_bias))
+        aligned = not width_ok or (len(kept) * ad.head_dim) % align == 0
+        rungs.append(Rung(removed, err / norm, kept, sorted(heads), list(moves), aligned))
+        tensors[f"attn{len(rungs) - 1}"] = W[:, _head_cols(kept, ad.head_dim, W.device).reshape(-1)].float().cpu()
+    return rungs, tensors
+
+
+def ffn_counts(f: int, align: int) -> list[int]:
+    """Channel counts removed at each FFN rung: every 1/16 of the width, aligned, at most 7/8."""
+    counts = set()
+    for k in range(1, FFN_LEVELS):
+        keep, _ = aligned_keep(f, round(f * (1 - k / FFN_LEVELS)), align)
+        if 0 < f - keep <= MAX_MODULE_CUT * f and keep > 0:
+            counts.add(f - keep)
+    return sorted(counts)
+
+
+def ffn_rungs(W: torch.Tensor, H: torch.Tensor, ad: DecoderAdapter, norm: float,
+              align: int) -> tuple[list[Rung], dict[str, torch.Tensor]]:
+    """The FFN ladder of one layer (one OBS pass, a snapshot at each rung)."""
+    f = W.shape[1]
+    per_ch = ad.ffn_channel_param_count()
+    Hinv = inverse_spd(H)
+    channels = torch.arange(f, device=W.device).view(-1, 1)
+    alive, err = list(range(f)), 0.0
+    rungs, tensors = [Rung(0, 0.0, list(range(f)))], {}
+    for n in ffn_counts(f, align):
+        inc = n - (f - len(alive))
+        costs: list[float] = []
+        got = obs_remove(W, Hinv, channels[alive], inc, dynamic_group_sizes(inc), costs)
+        gone = {alive[j] for j in got}
+        alive = [c for c in alive if c not in gone]
+        err += sum(costs) / 2
+        rungs.append(Rung(n * per_ch, err / norm, list(alive)))
+        tensors[f"ffn{len(rungs) - 1}"] = W[:, alive].float().cpu()
+    return rungs, tensors
+
+
+def ladder_record(ad: DecoderAdapter, shape: LayerShape, attn: list[Rung], ffn: list[Rung], drop_error: float) -> dict:
+    """One layer's ladder as plain data (what `allocate` reads and the store keeps as JSON)."""
+    dense = ad.layer_param_count(shape)
+    no_attn = ad.layer_param_count(LayerShape(shape.intermediate_size, 0, 0, shape.added_bias))
+    return {"attn": [asdict(r) for r in attn], "ffn": [asdict(r) for r in ffn], "attn_params": dense - no_attn,
+            "drop": {"removed": dense, "error": drop_error}}

@@ -1,0 +1,214 @@
+"""search: global allocation of how much each layer and module keeps (Týr / DarwinLM style).
+
+1. Ladders (layer-streamed, dense inputs, on the fitting windows): every layer's attention
+   pruned along OBS moves (query heads per KV group, whole KV groups), its FFN at every
+   1/16 of the width, and the whole layer dropped; each rung's error measured, its
+   compensated weights on disk (`ladder`).
+2. Seeds: the exact knapsack on the measured errors, SlimGPT's log schedule and a uniform
+   split, each put on the ladders under the exact parameter budget (`allocate`).
+3. Evolution: (1 + λ) level-switch search from the best seed, coarse to fine (several
+   switches per child at first, one at the end), the fitness KL(dense ‖ candidate) on
+   held-back calibration windows (`fitness`). Bounded: --search-evals candidates in all.
+   Seeded, and every evaluated candidate is logged in the work directory, so a resumed
+   run replays the same search without evaluating anything twice.
+4. Final re-fit: the winner's allocation re-applied layer by layer on the PRUNED model's
+   inputs over all calibration windows (as SlimGPT), with the same OBS moves, landing on
+   the budget to the channel; resumable per layer.
+"""
+from __future__ import annotations
+
+import json
+import random
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+
+from ..errors import PlanError
+from ..plan import LayerPlan, Plan
+from ..streaming import LayerSource, done, run_collecting, walk
+from .allocate import DROP, Alloc, Ladders, from_ratios, knapsack, mutate, repair
+from .base import PruneRequest, bar, dense_params
+from .fitness import KLFitness, LadderStore
+from .ladder import attention_path, attention_rungs, ffn_rungs, hessian, ladder_record
+from .linalg import inverse_spd
+from .slimgpt import dynamic_group_sizes, ipr_ratios, obs_remove
+
+POPULATION = 8  # children per generation
+
+
+def plan_search(source: LayerSource, calib: torch.Tensor, req: PruneRequest) -> Plan:
+    ad, L = source.adapter, source.num_layers
+    ratio, n = float(req.ratio), calib.shape[0]
+    if n < 2:
+        raise PlanError("search holds back part of the calibration windows for its fitness and needs at least 2; raise --nsamples")
+    held = max(1, n // 2)  # half the windows: the fitness ranks better on more tokens (measured on stories260K)
+    budget = ratio * dense_params(ad)
+    work = req.state.dir.parent if req.state is not None else Path(tempfile.mkdtemp(prefix="edgeprune-search-"))
+    try:
+        store = LadderStore(work / "ladder")
+        lad = Ladders(build_ladders(source, calib[: n - held], req, store), frozenset(req.protected(L)))
+        free = [lad.removed(i, DROP) for i in range(L) if i not in lad.fixed]
+        if sum(free) - (min(free) if len(free) == L else 0) < budget:
+            raise PlanError(f"--ratio {ratio} cannot be reached with layers {sorted(lad.fixed)} protected; lower --ratio or --protect fewer layers")
+        fitness = KLFitness(source, calib[n - held:], lad, store, req.batch_size)
+        try:
+            best, log = evolve(lad, budget, fitness, req, work / "search.json")
+        finally:
+            fitness.close()
+        plan = Plan(method="search", tensors=req.tensor_store(), model_type=ad.family, num_layers=L, ratio_requested=ratio,
+                    removed_layers=[i for i, c in enumerate(best) if c == DROP],
+                    options={"search_evals": req.search_evals, "population": POPULATION, "seed": req.seed,
+                             "heldback_windows": held, "fitness": "KL(dense || pruned) per token, held-back calibration windows",
+                             "damp": req.damp, "align": req.align, "protect": sorted(lad.fixed)})
+        final_stage(source, calib, req, plan, lad, best, budget)
+        plan.stats = {"search": log}
+        return plan
+    finally:
+        if req.state is None:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+def build_ladders(source: LayerSource, windows: torch.Tensor, req: PruneRequest, store: LadderStore) -> list[dict]:
+    """Every layer's ladder, on the dense model's inputs (kept from an earlier run if there)."""
+    ad, records = source.adapter, []
+
+    def edit(i: int, layer, cur):
+        rec = store.record(i)
+        out, cols = run_collecting(source, layer, cur, ("o", "down"), full=rec is None)
+        if rec is None:
+            s = ad.shape_of(layer)
+            norm, drop = _norms(cur, out)
+            W_o = ad.module(layer, "o").weight.detach().to(cols["o"].gram.device, torch.float64).clone()
+            attn, t_o = attention_rungs(W_o, hessian(cols["o"].gram, req.damp), ad, s, norm, req.align)
+            W_f = ad.module(layer, "down").weight.detach().to(cols["down"].gram.device, torch.float64).clone()
+            ffn, t_f = ffn_rungs(W_f, hessian(cols["down"].gram, req.damp), ad, norm, req.align)
+            rec = ladder_record(ad, s, attn, ffn, drop / norm)
+            store.put(i, rec, {**t_o, **t_f})
+        records.append(rec)
+        return out
+
+    acts = source.start(windows, req.batch_size, req.offload)
+    done(walk(source, acts, bar(range(source.num_layers), "search: ladders", req), edit=edit), acts)
+    return records
+
+
+def _norms(x_acts, y_acts) -> tuple[float, float]:
+    """Σ‖y‖² and Σ‖y − x‖² over every token (the layer's output and its whole contribution)."""
+    norm = drop = 0.0
+    for x, y in zip(x_acts, y_acts):
+        norm += float(y.double().pow(2).sum())
+        drop += float((y.double() - x.double()).pow(2).sum())
+    return max(norm, 1e-30), drop
+
+
+def evolve(lad: Ladders, budget: float, fitness: KLFitness, req: PruneRequest, log_path: Path) -> tuple[Alloc, dict]:
+    """Seeds, then (1 + λ) level-switch generations under a bounded number of evaluations."""
+    cache: dict[Alloc, float] = {}
+    if log_path.is_file():  # resume: the same seed replays the same candidates
+        cache = {tuple(map(tuple, a)): v for a, v in json.loads(log_path.read_text())["evaluated"]}
+    progress = bar(range(req.search_evals), "search: candidates", req)
+    L = len(lad.records)
+
+    def score(allocs: list[Alloc]) -> None:
+        todo = [a for a in dict.fromkeys(allocs) if a not in cache]
+        if todo:
+            cache.update(zip(todo, fitness(todo)))
+            tmp = log_path.with_suffix(".tmp")
+            tmp.write_text(json.dumps({"evaluated": [[list(map(list, a)), v] for a, v in cache.items()]}))
+            tmp.replace(log_path)
+        progress.update(len(allocs))
+
+    params = {i: r["drop"]["removed"] for i, r in enumerate(lad.records)}
+    seeds = {"knapsack": knapsack(lad, budget)}
+    for rule in ("log", "uniform"):
+        seeds[f"{'slimgpt-' if rule == 'log' else ''}{rule}"] = from_ratios(lad, ipr_ratios(L, params, budget, rule, req.max_layer_ratio), params)
+    seeds = {k: repair(lad, v, budget) for k, v in seeds.items()}
+    score(list(seeds.values()))
+    best = min(seeds.values(), key=lambda a: cache[a])
+    origin = next(k for k, v in seeds.items() if v == best)
+    rng = random.Random(req.seed)
+    left, gens, history = req.search_evals - len(seeds), 0, [cache[best]]
+    total_gens = max(1, -(-max(left, 0) // POPULATION))
+    while left > 0:
+        switches = max(1, round((L / 4) * (1 - gens / total_gens)))
+        kids = [mutate(lad, best, rng, switches, budget) for _ in range(min(POPULATION, left))]
+        score(kids)
+        left -= len(kids)
+        gens += 1
+        champion = min([best] + kids, key=lambda a: cache[a])
+        if champion != best:
+            best, origin = champion, f"evolution (generation {gens})"
+        history.append(cache[best])
+    progress.close()
+    log = {"seeds": {k: {"kl": cache[v], "proxy": lad.proxy(v)} for k, v in seeds.items()}, "best_kl": cache[best],
+           "best_from": origin, "generations": gens, "evaluated": len(cache), "kl_history": history,
+           "allocation": [list(c) for c in best]}
+    return best, log
+
+
+def final_counts(lad: Ladders, alloc: Alloc, budget: float, per_ch: int, align: int) -> dict[int, int]:
+    """FFN channels to remove per kept layer: the rungs', less what overshoots the budget
+    (handed back, in whole --align steps, by the layers cut deepest)."""
+    counts = {i: len(lad.ffn(i)[0]["keep"]) - len(lad.ffn(i)[c[1]]["keep"]) for i, c in enumerate(alloc) if c != DROP}
+    step = max(1, align)
+    over = lad.total(alloc) - budget
+    for i in sorted(counts, key=lambda i: (-counts[i], i)):
+        give = min(counts[i], int(over // (per_ch * step)) * step)
+        counts[i] -= give
+        over -= give * per_ch
+    return counts
+
+
+def final_stage(source: LayerSource, calib: torch.Tensor, req: PruneRequest, plan: Plan, lad: Ladders,
+                alloc: Alloc, budget: float) -> None:
+    """Re-fit the chosen allocation on the pruned model's inputs, layer by layer (resumable)."""
+    from ..surgery import slice_layer
+
+    ad = source.adapter
+    counts = final_counts(lad, alloc, budget, ad.ffn_channel_param_count(), req.align)
+
+    def prune_in_place(i: int, layer, cur):
+        got = req.state.get(i) if req.state is not None else None
+        if got is None:
+            got = refit_layer(source, i, layer, cur, lad.attn(i)[alloc[i][0]]["moves"], counts[i], req)
+            got[0].stats.update({"attn_rung": alloc[i][0], "ffn_rung": alloc[i][1], "proxy_error": lad.error(i, alloc[i])})
+            if req.state is not None:
+                req.state.put(i, *got)
+        plan.layers[i], tensors = got
+        plan.tensors.update(tensors)
+        with torch.no_grad():
+            slice_layer(ad, layer, i, plan, source.shapes[i])
+        return None
+
+    acts = source.start(calib, req.batch_size, req.offload)
+    kept = [i for i, c in enumerate(alloc) if c != DROP]
+    done(walk(source, acts, bar(kept, "search: final re-fit", req), edit=prune_in_place), acts)
+
+
+def refit_layer(source: LayerSource, i: int, layer, cur, moves: list[str], n_ch: int, req: PruneRequest):
+    """One layer's attention moves and FFN cut, chosen afresh by OBS on these inputs."""
+    ad = source.adapter
+    s = ad.shape_of(layer)
+    out, cols = run_collecting(source, layer, cur, ("o", "down"))
+    out.close()
+    tensors: dict[str, torch.Tensor] = {}
+    heads = {g: list(range(g * (s.num_heads // s.num_kv_heads), (g + 1) * (s.num_heads // s.num_kv_heads))) for g in range(s.num_kv_heads)}
+    if moves:
+        W = ad.module(layer, "o").weight.detach().to(cols["o"].gram.device, torch.float64).clone()
+        for _, _, heads in attention_path(W, inverse_spd(hessian(cols["o"].gram, req.damp)), ad, s, forced=moves):
+            pass
+        kept = sorted(h for v in heads.values() for h in v)
+        idx = torch.cat([torch.arange(h * ad.head_dim, (h + 1) * ad.head_dim) for h in kept])
+        tensors[f"L{i}.o.weight"] = W[:, idx.to(W.device)].float().cpu()
+    keep_f = list(range(s.intermediate_size))
+    if n_ch:
+        W = ad.module(layer, "down").weight.detach().to(cols["down"].gram.device, torch.float64).clone()
+        units = torch.arange(s.intermediate_size, device=W.device).view(-1, 1)
+        gone = set(obs_remove(W, inverse_spd(hessian(cols["down"].gram, req.damp)), units, n_ch, dynamic_group_sizes(n_ch)))
+        keep_f = [c for c in keep_f if c not in gone]
+        tensors[f"L{i}.down.weight"] = W[:, keep_f].float().cpu()
+    kv = sorted(heads)
+    lp = LayerPlan(ffn_keep=keep_f, heads_keep=sorted(h for v in heads.values() for h in v), kv_keep=kv, stats={})
+    return lp, tensors
