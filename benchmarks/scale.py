@@ -59,6 +59,8 @@ def measure(a, shape: str, depth: int, calib: Path) -> list[dict]:
         cmd = [*ep, "prune", "--model", str(model), "--method", method, "--ratio", str(a.ratio), "--calib", str(calib),
                "--nsamples", str(a.nsamples), "--seq-len", str(a.seq_len), "--out", str(out), "--force", "--json",
                "--quiet", "--threads", str(a.threads)]
+        if method == "search" and a.search_evals:
+            cmd += ["--search-evals", str(a.search_evals)]
         if a.protect:
             cmd += ["--protect", "" if a.protect == "none" else a.protect]
         rep, outside, wall = run(cmd)
@@ -114,6 +116,7 @@ def main() -> None:
     p.add_argument("--methods", default="wanda-sp")
     p.add_argument("--export", default="gguf:q8_0", help="format:dtype of the verified export, '' for none")
     p.add_argument("--ratio", type=float, default=0.2)
+    p.add_argument("--search-evals", type=int, default=None, help="search's bound on candidates (default: its own)")
     p.add_argument("--protect", default=None, help="COMP's --protect ('none' for no protected layer)")
     p.add_argument("--nsamples", type=int, default=32)
     p.add_argument("--seq-len", type=int, default=128)

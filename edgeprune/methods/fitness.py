@@ -37,22 +37,26 @@ class LadderStore:
         p = self.dir / f"L{i}.json"
         return json.loads(p.read_text()) if p.is_file() else None
 
-    def put(self, i: int, record: dict, tensors: dict[str, torch.Tensor]) -> None:
+    def put_tensor(self, i: int, key: str, tensor: torch.Tensor) -> None:
+        """One rung's weight, written at once: float16 on disk (the fitness only ranks candidates;
+        the final weights are re-fitted in float32), float32 where float16 would overflow."""
         from safetensors.torch import save_file
 
-        # float16 on disk (the fitness only ranks candidates; the final weights are re-fitted in float32)
-        small = {k: (v.half() if torch.isfinite(v.half()).all() else v).contiguous() for k, v in tensors.items()}
-        save_file(small or {"empty": torch.zeros(1)}, str(self.dir / f"L{i}.safetensors.tmp"))
-        (self.dir / f"L{i}.safetensors.tmp").replace(self.dir / f"L{i}.safetensors")
+        small = tensor.half()
+        path = self.dir / f"L{i}.{key}.safetensors"
+        save_file({"w": (small if torch.isfinite(small).all() else tensor).contiguous()}, str(path.with_suffix(".tmp")))
+        path.with_suffix(".tmp").replace(path)
+
+    def put_record(self, i: int, record: dict) -> None:
+        """The layer's record, written last: its presence says the layer's ladder is complete."""
         tmp = self.dir / f"L{i}.json.tmp"
         tmp.write_text(json.dumps(record))
         tmp.replace(self.dir / f"L{i}.json")
 
     def tensor(self, i: int, key: str) -> torch.Tensor:
-        from safetensors import safe_open
+        from safetensors.torch import load_file
 
-        with safe_open(str(self.dir / f"L{i}.safetensors"), framework="pt") as f:
-            return f.get_tensor(key).float()
+        return load_file(str(self.dir / f"L{i}.{key}.safetensors"))["w"].float()
 
 
 def rung_plan(lad: Ladders, store: LadderStore, i: int, c: Choice, num_layers: int, family: str) -> Plan:
@@ -123,7 +127,7 @@ class KLFitness:
         return out
 
     def _logprobs(self, h: torch.Tensor) -> torch.Tensor:
-        logits = torch.cat([h.float() @ self.head[s : s + VOCAB_BLOCK].float().T
+        logits = torch.cat([h.float() @ self.head[s : s + VOCAB_BLOCK].to(h.device, torch.float32).T
                             for s in range(0, self.head.shape[0], VOCAB_BLOCK)], dim=1)
         return torch.log_softmax(logits, dim=-1)
 

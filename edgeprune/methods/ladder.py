@@ -13,7 +13,8 @@ error):
   - the whole layer dropped (ShortGPT's unit, so layer-removal plans are inside the space).
 An error is the rise of ‖ΔY‖² summed over calibration tokens, for the module's contribution
 to the residual stream (half the OBS cost; ‖layer(x) − x‖² for a dropped layer), divided by
-the dense layer output's ‖Y‖², one scale for every candidate of a layer.
+the dense layer output's ‖Y‖², one scale for every candidate of a layer. Each rung's weights
+go to disk as soon as they exist: at 8B width a layer's ladder is about 2.5 GB in float32.
 
 Why OBS and not COMP's mask re-fit here: for a given kept set OBS compensation is the
 least-squares optimum over every kept weight of the row, and COMP's fit (one scale per kept
@@ -22,7 +23,7 @@ column) is a special case of it, so its error can only be equal or larger.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Iterator
+from typing import Callable, Iterator
 
 import torch
 
@@ -33,6 +34,7 @@ from .slimgpt import dynamic_group_sizes, obs_compensate, obs_remove, unit_costs
 
 FFN_LEVELS = 16  # an FFN rung every 1/16 of the width
 MAX_MODULE_CUT = 0.875  # deeper than this a module is better dropped with its layer
+Sink = Callable[[str, torch.Tensor], None]  # takes each rung's compensated weight as it is made (to disk)
 
 
 @dataclass
@@ -99,12 +101,11 @@ def attention_path(W: torch.Tensor, Hinv: torch.Tensor, ad: DecoderAdapter, shap
 
 
 def attention_rungs(W: torch.Tensor, H: torch.Tensor, ad: DecoderAdapter, shape: LayerShape, norm: float,
-                    align: int) -> tuple[list[Rung], dict[str, torch.Tensor]]:
-    """The attention ladder of one layer and the compensated o_proj of every rung."""
+                    align: int, sink: Sink) -> list[Rung]:
+    """The attention ladder of one layer; the compensated o_proj of every rung goes to `sink`."""
     dense = ad.layer_param_count(shape)
     width_ok = (shape.num_heads * ad.head_dim) % align == 0 if align > 1 else False
     rungs = [Rung(0, 0.0, list(range(shape.num_heads)), list(range(shape.num_kv_heads)))]
-    tensors: dict[str, torch.Tensor] = {}
     err, moves = 0.0, []
     for move, cost, heads in attention_path(W, inverse_spd(H), ad, shape):
         err += cost / 2
@@ -115,8 +116,8 @@ def attention_rungs(W: torch.Tensor, H: torch.Tensor, ad: DecoderAdapter, shape:
         removed = dense - ad.layer_param_count(LayerShape(shape.intermediate_size, len(kept), len(heads), shape.added_bias))
         aligned = not width_ok or (len(kept) * ad.head_dim) % align == 0
         rungs.append(Rung(removed, err / norm, kept, sorted(heads), list(moves), aligned))
-        tensors[f"attn{len(rungs) - 1}"] = W[:, _head_cols(kept, ad.head_dim, W.device).reshape(-1)].float().cpu()
-    return rungs, tensors
+        sink(f"attn{len(rungs) - 1}", W[:, _head_cols(kept, ad.head_dim, W.device).reshape(-1)].float().cpu())
+    return rungs
 
 
 def ffn_counts(f: int, align: int) -> list[int]:
@@ -129,15 +130,14 @@ def ffn_counts(f: int, align: int) -> list[int]:
     return sorted(counts)
 
 
-def ffn_rungs(W: torch.Tensor, H: torch.Tensor, ad: DecoderAdapter, norm: float,
-              align: int) -> tuple[list[Rung], dict[str, torch.Tensor]]:
-    """The FFN ladder of one layer (one OBS pass, a snapshot at each rung)."""
+def ffn_rungs(W: torch.Tensor, H: torch.Tensor, ad: DecoderAdapter, norm: float, align: int, sink: Sink) -> list[Rung]:
+    """The FFN ladder of one layer (one OBS pass, each rung's down_proj to `sink`)."""
     f = W.shape[1]
     per_ch = ad.ffn_channel_param_count()
     Hinv = inverse_spd(H)
     channels = torch.arange(f, device=W.device).view(-1, 1)
     alive, err = list(range(f)), 0.0
-    rungs, tensors = [Rung(0, 0.0, list(range(f)))], {}
+    rungs = [Rung(0, 0.0, list(range(f)))]
     for n in ffn_counts(f, align):
         inc = n - (f - len(alive))
         costs: list[float] = []
@@ -146,8 +146,8 @@ def ffn_rungs(W: torch.Tensor, H: torch.Tensor, ad: DecoderAdapter, norm: float,
         alive = [c for c in alive if c not in gone]
         err += sum(costs) / 2
         rungs.append(Rung(n * per_ch, err / norm, list(alive)))
-        tensors[f"ffn{len(rungs) - 1}"] = W[:, alive].float().cpu()
-    return rungs, tensors
+        sink(f"ffn{len(rungs) - 1}", W[:, alive].float().cpu())
+    return rungs
 
 
 def ladder_record(ad: DecoderAdapter, shape: LayerShape, attn: list[Rung], ffn: list[Rung], drop_error: float) -> dict:

@@ -81,11 +81,13 @@ def build_ladders(source: LayerSource, windows: torch.Tensor, req: PruneRequest,
             s = ad.shape_of(layer)
             norm, drop = _norms(cur, out)
             W_o = ad.module(layer, "o").weight.detach().to(cols["o"].gram.device, torch.float64).clone()
-            attn, t_o = attention_rungs(W_o, hessian(cols["o"].gram, req.damp), ad, s, norm, req.align)
+            sink = lambda key, t: store.put_tensor(i, key, t)  # noqa: E731
+            attn = attention_rungs(W_o, hessian(cols["o"].gram, req.damp), ad, s, norm, req.align, sink)
             W_f = ad.module(layer, "down").weight.detach().to(cols["down"].gram.device, torch.float64).clone()
-            ffn, t_f = ffn_rungs(W_f, hessian(cols["down"].gram, req.damp), ad, norm, req.align)
+            del W_o
+            ffn = ffn_rungs(W_f, hessian(cols["down"].gram, req.damp), ad, norm, req.align, sink)
             rec = ladder_record(ad, s, attn, ffn, drop / norm)
-            store.put(i, rec, {**t_o, **t_f})
+            store.put_record(i, rec)
         records.append(rec)
         return out
 
@@ -111,7 +113,10 @@ def evolve(lad: Ladders, budget: float, fitness: KLFitness, req: PruneRequest, l
     progress = bar(range(req.search_evals), "search: candidates", req)
     L = len(lad.records)
 
+    spent = [0]  # candidates asked for so far (a resumed run asks for the same ones)
+
     def score(allocs: list[Alloc]) -> None:
+        spent[0] += len(allocs)
         todo = [a for a in dict.fromkeys(allocs) if a not in cache]
         if todo:
             cache.update(zip(todo, fitness(todo)))
@@ -129,7 +134,7 @@ def evolve(lad: Ladders, budget: float, fitness: KLFitness, req: PruneRequest, l
     best = min(seeds.values(), key=lambda a: cache[a])
     origin = next(k for k, v in seeds.items() if v == best)
     rng = random.Random(req.seed)
-    left, gens, history = req.search_evals - len(seeds), 0, [cache[best]]
+    left, gens, history = req.search_evals - spent[0], 0, [cache[best]]
     total_gens = max(1, -(-max(left, 0) // POPULATION))
     while left > 0:
         switches = max(1, round((L / 4) * (1 - gens / total_gens)))
