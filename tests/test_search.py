@@ -148,3 +148,14 @@ def test_search_refuses_what_it_cannot_do(tiny_models):
         make_plan(d, "search", PruneRequest(ratio=0.2, progress=False), torch.randint(0, 512, (1, 64)))
     with pytest.raises(PlanError, match="protect"):
         make_plan(d, "search", PruneRequest(ratio=0.6, progress=False, protect=(0, 1, 2)), torch.randint(0, 512, (4, 64)))
+
+
+def test_capacity_keeps_a_layer_and_counts_deep_cuts():
+    from edgeprune.methods.search import capacity
+
+    one = _fake_ladders(0, layers=1)
+    assert capacity(one) == max(one.removed(0, c) for c in one.choices(0) if c != DROP)
+    four = _fake_ladders(0)
+    deepest = max(max(four.removed(i, c) for c in four.choices(i) if c != DROP) for i in range(4))
+    assert capacity(four) == 3 * 190 + deepest
+    assert capacity(Ladders(four.records, frozenset({0}))) == 3 * 190

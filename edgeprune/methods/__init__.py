@@ -52,7 +52,7 @@ REGISTRY: dict[str, Method] = {m.name: m for m in (
     Method("magnitude", "magnitude:plan_magnitude", "weight magnitude per group, uniform (no data)", needs_calibration=False),
 )}
 # What `prune` uses without --method, and what the targets name: the best measured method
-# (lowest perplexity at 20% on all four models of the README's quality tables, at 30% on three).
+# (README, Methods: "Why `search` is the default"; benchmarks/quality_table.py).
 DEFAULT = "search"
 # Kept for callers that only need the names or the calibration flag.
 METHODS: dict[str, Method] = dict(REGISTRY)

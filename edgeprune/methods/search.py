@@ -49,8 +49,7 @@ def plan_search(source: LayerSource, calib: torch.Tensor, req: PruneRequest) -> 
     try:
         store = LadderStore(work / "ladder")
         lad = Ladders(build_ladders(source, calib[: n - held], req, store), frozenset(req.protected(L)))
-        free = [lad.removed(i, DROP) for i in range(L) if i not in lad.fixed]
-        if sum(free) - (min(free) if len(free) == L else 0) < budget:
+        if capacity(lad) < budget:
             raise PlanError(f"--ratio {ratio} cannot be reached with layers {sorted(lad.fixed)} protected; lower --ratio or --protect fewer layers")
         fitness = KLFitness(source, calib[n - held:], lad, store, req.batch_size)
         try:
@@ -68,6 +67,17 @@ def plan_search(source: LayerSource, calib: torch.Tensor, req: PruneRequest) -> 
     finally:
         if req.state is None:
             shutil.rmtree(work, ignore_errors=True)
+
+
+def capacity(lad: Ladders) -> int:
+    """The most parameters an allocation can remove: every free layer at its deepest rungs or
+    dropped, whichever removes more, with at least one layer kept."""
+    deep = {i: max(lad.removed(i, c) for c in lad.choices(i) if c != DROP) if i not in lad.fixed else 0 for i in range(len(lad.records))}
+    drop = {i: lad.removed(i, DROP) if i not in lad.fixed else 0 for i in range(len(lad.records))}
+    total = sum(max(deep[i], drop[i]) for i in deep)
+    if lad.fixed:
+        return total
+    return total - min(max(deep[i], drop[i]) - deep[i] for i in deep)
 
 
 def build_ladders(source: LayerSource, windows: torch.Tensor, req: PruneRequest, store: LadderStore) -> list[dict]:
