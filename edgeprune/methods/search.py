@@ -4,8 +4,9 @@
    pruned along OBS moves (query heads per KV group, whole KV groups), its FFN at every
    1/16 of the width, and the whole layer dropped; each rung's error measured, its
    compensated weights on disk (`ladder`).
-2. Seeds: the exact knapsack on the measured errors, SlimGPT's log schedule and a uniform
-   split, each put on the ladders under the exact parameter budget (`allocate`).
+2. Seeds: the exact knapsack on the measured errors, SlimGPT's log schedule, COMP's Eq. 10
+   (ratios in inverse proportion to 1 - cos(in, out)) and a uniform split, each put on the
+   ladders under the exact parameter budget (`allocate`).
 3. Evolution: (1 + λ) level-switch search from the best seed, coarse to fine (several
    switches per child at first, one at the end), the fitness KL(dense ‖ candidate) on
    held-back calibration windows (`fitness`). Bounded: --search-evals candidates in all.
@@ -29,7 +30,8 @@ from ..errors import PlanError
 from ..plan import LayerPlan, Plan
 from ..streaming import LayerSource, done, run_collecting, walk
 from .allocate import DROP, Alloc, Ladders, from_ratios, knapsack, mutate, repair
-from .base import PruneRequest, bar, dense_params
+from .base import PruneRequest, bar, cosine_importance, dense_params
+from .comp import layer_ratios
 from .fitness import KLFitness, LadderStore
 from .ladder import attention_path, attention_rungs, ffn_rungs, hessian, ladder_record
 from .linalg import inverse_spd
@@ -96,7 +98,7 @@ def build_ladders(source: LayerSource, windows: torch.Tensor, req: PruneRequest,
             W_f = ad.module(layer, "down").weight.detach().to(cols["down"].gram.device, torch.float64).clone()
             del W_o
             ffn = ffn_rungs(W_f, hessian(cols["down"].gram, req.damp), ad, norm, req.align, sink)
-            rec = ladder_record(ad, s, attn, ffn, drop / norm)
+            rec = {**ladder_record(ad, s, attn, ffn, drop / norm), "importance": cosine_importance(cur, out)}
             store.put_record(i, rec)
         records.append(rec)
         return out
@@ -139,6 +141,8 @@ def evolve(lad: Ladders, budget: float, fitness: KLFitness, req: PruneRequest, l
     seeds = {"knapsack": knapsack(lad, budget)}
     for rule in ("log", "uniform"):
         seeds[f"{'slimgpt-' if rule == 'log' else ''}{rule}"] = from_ratios(lad, ipr_ratios(L, params, budget, rule, req.max_layer_ratio), params)
+    imp = {i: r["importance"] for i, r in enumerate(lad.records) if i not in lad.fixed}
+    seeds["comp-eq10"] = from_ratios(lad, layer_ratios(imp, {i: params[i] for i in imp}, budget, req.max_layer_ratio), params)
     seeds = {k: repair(lad, v, budget) for k, v in seeds.items()}
     score(list(seeds.values()))
     best = min(seeds.values(), key=lambda a: cache[a])
