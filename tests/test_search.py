@@ -159,3 +159,17 @@ def test_capacity_keeps_a_layer_and_counts_deep_cuts():
     deepest = max(max(four.removed(i, c) for c in four.choices(i) if c != DROP) for i in range(4))
     assert capacity(four) == 3 * 190 + deepest
     assert capacity(Ladders(four.records, frozenset({0}))) == 3 * 190
+
+
+def test_ladder_records_of_another_version_are_built_again(tmp_path):
+    import json
+
+    from edgeprune.methods.fitness import LadderStore
+
+    store = LadderStore(tmp_path)
+    store.put_record(0, {"attn": [], "ffn": []})
+    assert store.record(0) is not None
+    old = json.loads((tmp_path / "L0.json").read_text())
+    old.pop("version")
+    (tmp_path / "L0.json").write_text(json.dumps(old))
+    assert store.record(0) is None

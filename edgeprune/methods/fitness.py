@@ -22,6 +22,7 @@ from ..surgery import slice_layer
 from .allocate import DROP, Alloc, Choice, Ladders
 
 TOKEN_BLOCK = 256  # tokens turned into logits at a time
+LADDER_VERSION = 2  # a record written by another version is built again, never misread
 VOCAB_BLOCK = 16384  # rows of lm_head cast to float32 at a time
 
 
@@ -35,7 +36,8 @@ class LadderStore:
 
     def record(self, i: int) -> dict | None:
         p = self.dir / f"L{i}.json"
-        return json.loads(p.read_text()) if p.is_file() else None
+        rec = json.loads(p.read_text()) if p.is_file() else None
+        return rec if rec is not None and rec.get("version") == LADDER_VERSION else None
 
     def put_tensor(self, i: int, key: str, tensor: torch.Tensor) -> None:
         """One rung's weight, written at once: float16 on disk (the fitness only ranks candidates;
@@ -50,7 +52,7 @@ class LadderStore:
     def put_record(self, i: int, record: dict) -> None:
         """The layer's record, written last: its presence says the layer's ladder is complete."""
         tmp = self.dir / f"L{i}.json.tmp"
-        tmp.write_text(json.dumps(record))
+        tmp.write_text(json.dumps({**record, "version": LADDER_VERSION}))
         tmp.replace(self.dir / f"L{i}.json")
 
     def tensor(self, i: int, key: str) -> torch.Tensor:
