@@ -147,7 +147,7 @@ CASES = [
     ("--device cuda without CUDA", lambda r, t: [*PRUNE, "--model", str(r / "good"), "--calib", str(r / "calib.txt"),
                                                  "--out", str(t / "o"), "--device", "cuda"], "--device cuda"),
     ("target: unknown method", lambda r, t: ["build", "--model", str(r / "good"), "--out", str(t / "b"),
-                                             "--target", str(_target(t, **{'method = "slimgpt"': 'method = "slimgptt"'}))],
+                                             "--target", str(_target(t, **{'method = "search"': 'method = "searchh"'}))],
      "pruning.method"),
 ]
 

@@ -75,7 +75,19 @@ def test_hub_layouts_prune_and_reload(hub, layout, tmp_path, calib_file):
         assert torch.equal(m.get_output_embeddings().weight, dense.get_output_embeddings().weight.float())
 
 
-@pytest.mark.parametrize("method", ["slimgpt", "flap", "comp"])
+@pytest.mark.parametrize("layout", ["tied_lm_head", "tied_embed"])
+def test_default_method_on_tied_checkpoints(hub, layout, tmp_path, calib_file):
+    """The default (search) reads a tied matrix stored under either name and reloads."""
+    from edgeprune.methods import DEFAULT
+
+    res = _prune(hub[layout], tmp_path / "out", DEFAULT, calib_file)
+    assert abs(res.report["ratio_achieved"] - 0.2) <= 0.01
+    m = load(tmp_path / "out")
+    assert torch.isfinite(m(torch.tensor([[1, 5, 9, 200]])).logits).all()
+    assert not (tmp_path / "out" / ".work").exists()  # the ladders on disk went with the work directory
+
+
+@pytest.mark.parametrize("method", ["search", "slimgpt", "flap", "comp"])
 def test_streamed_save_equals_in_memory_surgery(hub, method, tmp_path, calib_file):
     """The streamed writer is bit for bit the in-memory surgery (float32) cast to bf16, for
     plans with re-fitted weights (slimgpt), added biases (flap) and column scales (comp)."""
