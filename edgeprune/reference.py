@@ -19,7 +19,7 @@ from .streaming import Activations, LayerSource, open_source, walk
 VOCAB_BLOCK = 16384  # rows of lm_head turned into float32 at a time
 
 
-def _final_norm(source: LayerSource) -> nn.Module:
+def final_norm(source: LayerSource) -> nn.Module:
     cls = getattr(source.adapter.modeling_module(), f"{source.adapter.modeling[1]}RMSNorm")
     norm = cls(source.adapter.hidden_size, eps=float(source.config.rms_norm_eps))
     norm.weight.data = source.final_norm_weight().to(source.device, source.dtype)
@@ -46,7 +46,7 @@ def reference_logits(model: str | Path | nn.Module, sequences: list[list[int]], 
     acts = walk(source, first, layers, check_finite=False)  # the logits are judged by the caller
     if acts is not first:
         first.close()
-    norm = _final_norm(source)
+    norm = final_norm(source)
     head = source.lm_head_weight()
     out = [_logits(norm(h)[0], head, dtype) for h in acts]
     acts.close()

@@ -11,7 +11,8 @@ import edgeprune
 from edgeprune.errors import PlanError
 from edgeprune.methods import PruneRequest
 from edgeprune.methods.allocate import DROP, Ladders, knapsack, mutate, repair
-from edgeprune.methods.ladder import attention_path, attention_rungs, ffn_rungs, hessian
+from edgeprune.methods.ladder import attention_path, attention_rungs, ffn_rungs
+from edgeprune.methods.slimgpt import hessian
 from edgeprune.methods.linalg import inverse_spd
 from edgeprune.models import LayerShape, get_adapter
 from edgeprune.pipeline import ResumeState, make_plan
@@ -164,7 +165,7 @@ def test_capacity_keeps_a_layer_and_counts_deep_cuts():
 def test_ladder_records_of_another_version_are_built_again(tmp_path):
     import json
 
-    from edgeprune.methods.fitness import LadderStore
+    from edgeprune.methods.ladder import LadderStore
 
     store = LadderStore(tmp_path)
     store.put_record(0, {"attn": [], "ffn": []})

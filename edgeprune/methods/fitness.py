@@ -9,68 +9,19 @@ is one layer, its candidate copies, and one activation set per distinct prefix.
 from __future__ import annotations
 
 import copy
-import json
-from pathlib import Path
+import math
 
 import torch
 from torch import nn
 
-from ..plan import LayerPlan, Plan
-from ..reference import _final_norm
+from ..reference import final_norm
 from ..streaming import Activations, LayerSource
 from ..surgery import slice_layer
 from .allocate import DROP, Alloc, Choice, Ladders
+from .ladder import LadderStore, rung_plan
 
 TOKEN_BLOCK = 256  # tokens turned into logits at a time
-LADDER_VERSION = 2  # a record written by another version is built again, never misread
 VOCAB_BLOCK = 16384  # rows of lm_head cast to float32 at a time
-
-
-class LadderStore:
-    """One JSON record and one safetensors file of compensated weights per layer, on disk.
-    A layer whose record exists is not built again (resume)."""
-
-    def __init__(self, directory: Path):
-        self.dir = Path(directory)
-        self.dir.mkdir(parents=True, exist_ok=True)
-
-    def record(self, i: int) -> dict | None:
-        p = self.dir / f"L{i}.json"
-        rec = json.loads(p.read_text()) if p.is_file() else None
-        return rec if rec is not None and rec.get("version") == LADDER_VERSION else None
-
-    def put_tensor(self, i: int, key: str, tensor: torch.Tensor) -> None:
-        """One rung's weight, written at once: float16 on disk (the fitness only ranks candidates;
-        the final weights are re-fitted in float32), float32 where float16 would overflow."""
-        from safetensors.torch import save_file
-
-        small = tensor.half()
-        path = self.dir / f"L{i}.{key}.safetensors"
-        save_file({"w": (small if torch.isfinite(small).all() else tensor).contiguous()}, str(path.with_suffix(".tmp")))
-        path.with_suffix(".tmp").replace(path)
-
-    def put_record(self, i: int, record: dict) -> None:
-        """The layer's record, written last: its presence says the layer's ladder is complete."""
-        tmp = self.dir / f"L{i}.json.tmp"
-        tmp.write_text(json.dumps({**record, "version": LADDER_VERSION}))
-        tmp.replace(self.dir / f"L{i}.json")
-
-    def tensor(self, i: int, key: str) -> torch.Tensor:
-        from safetensors.torch import load_file
-
-        return load_file(str(self.dir / f"L{i}.{key}.safetensors"))["w"].float()
-
-
-def rung_plan(lad: Ladders, store: LadderStore, i: int, c: Choice, num_layers: int, family: str) -> Plan:
-    """A one-layer plan for choice `c` of layer `i` with the ladder's weights."""
-    a, f = lad.attn(i)[c[0]], lad.ffn(i)[c[1]]
-    tensors = {}
-    if c[0]:
-        tensors[f"L{i}.o.weight"] = store.tensor(i, f"attn{c[0]}")
-    if c[1]:
-        tensors[f"L{i}.down.weight"] = store.tensor(i, f"ffn{c[1]}")
-    lp = LayerPlan(ffn_keep=f["keep"], heads_keep=a["keep"], kv_keep=a["kv_keep"])
-    return Plan(method="search", model_type=family, num_layers=num_layers, layers={i: lp}, tensors=tensors)
 
 
 class KLFitness:
@@ -79,7 +30,7 @@ class KLFitness:
     def __init__(self, source: LayerSource, windows: torch.Tensor, lad: Ladders, store: LadderStore, batch_size: int):
         self.source, self.lad, self.store = source, lad, store
         self.inputs = source.start(windows, batch_size)  # embedded once, kept for every evaluation
-        self.norm = _final_norm(source)
+        self.norm = final_norm(source)
         self.head = source.lm_head_weight()
         dense = tuple((0, 0) for _ in range(source.num_layers))
         self.dense = self._final(self._hidden([dense])[dense])
@@ -142,4 +93,4 @@ class KLFitness:
                 total += float(kl.sum())
                 n += kl.numel()
         value = total / max(n, 1)
-        return value if value == value and abs(value) != float("inf") else float("inf")
+        return value if math.isfinite(value) else float("inf")  # a broken candidate never wins

@@ -22,18 +22,23 @@ column) is a special case of it, so its error can only be equal or larger.
 """
 from __future__ import annotations
 
+import json
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Callable, Iterator
 
 import torch
 
 from ..models import DecoderAdapter, LayerShape
+from ..plan import LayerPlan, Plan
+from .allocate import Choice, Ladders
 from .base import aligned_keep
 from .linalg import inverse_spd
-from .slimgpt import dynamic_group_sizes, obs_compensate, obs_remove, unit_costs
+from .slimgpt import dynamic_group_sizes, obs_compensate, obs_remove, set_cost, unit_costs
 
 FFN_LEVELS = 16  # an FFN rung every 1/16 of the width
 MAX_MODULE_CUT = 0.875  # deeper than this a module is better dropped with its layer
+LADDER_VERSION = 2  # a record written by another version is built again, never misread
 Sink = Callable[[str, torch.Tensor], None]  # takes each rung's compensated weight as it is made (to disk)
 
 
@@ -47,23 +52,22 @@ class Rung:
     aligned: bool = True  # the kept width is a multiple of --align (where the dense one is)
 
 
-def hessian(gram: torch.Tensor, damp: float) -> torch.Tensor:
-    """H = 2 XᵀX + λI, λ = damp · mean diag (SlimGPT's damping)."""
-    H = 2 * gram
-    H.diagonal().add_(damp * float(H.diagonal().mean().clamp_min(1e-12)))
-    return H
-
-
-def _head_cols(heads: list[int], hd: int, device) -> torch.Tensor:
+def head_cols(heads: list[int], hd: int, device) -> torch.Tensor:
     return torch.stack([torch.arange(h * hd, (h + 1) * hd, device=device) for h in heads])
+
+
+def initial_heads(shape: LayerShape) -> dict[int, list[int]]:
+    """Query heads by KV group, dense."""
+    n_rep = shape.num_heads // shape.num_kv_heads
+    return {g: list(range(g * n_rep, (g + 1) * n_rep)) for g in range(shape.num_kv_heads)}
 
 
 def attention_path(W: torch.Tensor, Hinv: torch.Tensor, ad: DecoderAdapter, shape: LayerShape,
                    forced: list[str] | None = None) -> Iterator[tuple[str, float, dict[int, list[int]]]]:
     """OBS moves on o_proj (W, H⁻¹ updated in place): yields (move, cost, kept heads by group).
     With `forced`, replays exactly those move types (choosing the units afresh)."""
-    hd, n_rep = ad.head_dim, shape.num_heads // shape.num_kv_heads
-    heads = {g: list(range(g * n_rep, (g + 1) * n_rep)) for g in range(shape.num_kv_heads)}
+    hd = ad.head_dim
+    heads = initial_heads(shape)
     dense = ad.layer_param_count(shape)
 
     def saved(nh: int, nkv: int) -> int:
@@ -77,15 +81,13 @@ def attention_path(W: torch.Tensor, Hinv: torch.Tensor, ad: DecoderAdapter, shap
         opts: dict[str, tuple[list[int], float, int]] = {}
         if all(len(v) > 1 for v in heads.values()) and want in (None, "head"):
             alive = sorted(h for v in heads.values() for h in v)
-            c = dict(zip(alive, unit_costs(W, Hinv, _head_cols(alive, hd, W.device)).tolist()))
+            c = dict(zip(alive, unit_costs(W, Hinv, head_cols(alive, hd, W.device)).tolist()))
             pick = [min(v, key=lambda h: (c[h], h)) for _, v in sorted(heads.items())]
-            S = _head_cols(pick, hd, W.device).reshape(-1)
-            LS = torch.linalg.cholesky(Hinv[S.unsqueeze(1), S.unsqueeze(0)])
-            cost = float((W[:, S] * torch.cholesky_solve(W[:, S].T, LS).T).sum())
+            cost = set_cost(W, Hinv, head_cols(pick, hd, W.device).reshape(-1))
             opts["head"] = (pick, cost, saved(nh - len(heads), len(heads)) - saved(nh, len(heads)))
         if len(heads) > 1 and want in (None, "group"):
             gs = sorted(heads)
-            cols = torch.stack([_head_cols(heads[g], hd, W.device).reshape(-1) for g in gs])
+            cols = torch.stack([head_cols(heads[g], hd, W.device).reshape(-1) for g in gs])
             c = unit_costs(W, Hinv, cols)
             j = int(torch.argmin(c))
             opts["group"] = (heads[gs[j]], float(c[j]), saved(nh - len(heads[gs[j]]), len(heads) - 1) - saved(nh, len(heads)))
@@ -93,7 +95,7 @@ def attention_path(W: torch.Tensor, Hinv: torch.Tensor, ad: DecoderAdapter, shap
             return
         move = min(opts, key=lambda m: (opts[m][1] / opts[m][2], m))
         pick = opts[move][0]
-        cost = obs_compensate(W, Hinv, _head_cols(pick, hd, W.device).reshape(-1))
+        cost = obs_compensate(W, Hinv, head_cols(pick, hd, W.device).reshape(-1))
         gone = set(pick)
         heads = {g: [h for h in v if h not in gone] for g, v in heads.items()}
         heads = {g: v for g, v in heads.items() if v}
@@ -116,7 +118,7 @@ def attention_rungs(W: torch.Tensor, H: torch.Tensor, ad: DecoderAdapter, shape:
         removed = dense - ad.layer_param_count(LayerShape(shape.intermediate_size, len(kept), len(heads), shape.added_bias))
         aligned = not width_ok or (len(kept) * ad.head_dim) % align == 0
         rungs.append(Rung(removed, err / norm, kept, sorted(heads), list(moves), aligned))
-        sink(f"attn{len(rungs) - 1}", W[:, _head_cols(kept, ad.head_dim, W.device).reshape(-1)].float().cpu())
+        sink(f"attn{len(rungs) - 1}", W[:, head_cols(kept, ad.head_dim, W.device).reshape(-1)].float().cpu())
     return rungs
 
 
@@ -156,3 +158,50 @@ def ladder_record(ad: DecoderAdapter, shape: LayerShape, attn: list[Rung], ffn: 
     no_attn = ad.layer_param_count(LayerShape(shape.intermediate_size, 0, 0, shape.added_bias))
     return {"attn": [asdict(r) for r in attn], "ffn": [asdict(r) for r in ffn], "attn_params": dense - no_attn,
             "drop": {"removed": dense, "error": drop_error}}
+
+
+class LadderStore:
+    """One JSON record and one safetensors file of compensated weights per layer, on disk.
+    A layer whose record exists is not built again (resume)."""
+
+    def __init__(self, directory: Path):
+        self.dir = Path(directory)
+        self.dir.mkdir(parents=True, exist_ok=True)
+
+    def record(self, i: int) -> dict | None:
+        p = self.dir / f"L{i}.json"
+        rec = json.loads(p.read_text()) if p.is_file() else None
+        return rec if rec is not None and rec.get("version") == LADDER_VERSION else None
+
+    def put_tensor(self, i: int, key: str, tensor: torch.Tensor) -> None:
+        """One rung's weight, written at once: float16 on disk (the fitness only ranks candidates;
+        the final weights are re-fitted in float32), float32 where float16 would overflow."""
+        from safetensors.torch import save_file
+
+        small = tensor.half()
+        path = self.dir / f"L{i}.{key}.safetensors"
+        save_file({"w": (small if torch.isfinite(small).all() else tensor).contiguous()}, str(path.with_suffix(".tmp")))
+        path.with_suffix(".tmp").replace(path)
+
+    def put_record(self, i: int, record: dict) -> None:
+        """The layer's record, written last: its presence says the layer's ladder is complete."""
+        tmp = self.dir / f"L{i}.json.tmp"
+        tmp.write_text(json.dumps({**record, "version": LADDER_VERSION}))
+        tmp.replace(self.dir / f"L{i}.json")
+
+    def tensor(self, i: int, key: str) -> torch.Tensor:
+        from safetensors.torch import load_file
+
+        return load_file(str(self.dir / f"L{i}.{key}.safetensors"))["w"].float()
+
+
+def rung_plan(lad: Ladders, store: LadderStore, i: int, c: Choice, num_layers: int, family: str) -> Plan:
+    """A one-layer plan for choice `c` of layer `i` with the ladder's weights."""
+    a, f = lad.attn(i)[c[0]], lad.ffn(i)[c[1]]
+    tensors = {}
+    if c[0]:
+        tensors[f"L{i}.o.weight"] = store.tensor(i, f"attn{c[0]}")
+    if c[1]:
+        tensors[f"L{i}.down.weight"] = store.tensor(i, f"ffn{c[1]}")
+    lp = LayerPlan(ffn_keep=f["keep"], heads_keep=a["keep"], kv_keep=a["kv_keep"])
+    return Plan(method="search", model_type=family, num_layers=num_layers, layers={i: lp}, tensors=tensors)

@@ -32,10 +32,10 @@ from ..streaming import LayerSource, done, run_collecting, walk
 from .allocate import DROP, Alloc, Ladders, from_ratios, knapsack, mutate, repair
 from .base import PruneRequest, bar, cosine_importance, dense_params
 from .comp import layer_ratios
-from .fitness import KLFitness, LadderStore
-from .ladder import attention_path, attention_rungs, ffn_rungs, hessian, ladder_record
+from .fitness import KLFitness
+from .ladder import LadderStore, attention_path, attention_rungs, ffn_rungs, head_cols, initial_heads, ladder_record
 from .linalg import inverse_spd
-from .slimgpt import dynamic_group_sizes, ipr_ratios, obs_remove
+from .slimgpt import dynamic_group_sizes, hessian, ipr_ratios, obs_remove, weight64
 
 POPULATION = 8  # children per generation
 
@@ -47,12 +47,15 @@ def plan_search(source: LayerSource, calib: torch.Tensor, req: PruneRequest) -> 
         raise PlanError("search holds back part of the calibration windows for its fitness and needs at least 2; raise --nsamples")
     held = max(1, n // 2)  # half the windows: the fitness ranks better on more tokens (measured on stories260K)
     budget = ratio * dense_params(ad)
+    fixed = frozenset(req.protected(L))
+    if fixed and sum(ad.layer_param_count(sh) for i, sh in enumerate(source.shapes) if i not in fixed) < budget:
+        raise PlanError(f"--ratio {ratio} cannot be reached with layers {sorted(fixed)} protected; lower --ratio or --protect fewer layers")
     work = req.state.dir.parent if req.state is not None else Path(tempfile.mkdtemp(prefix="edgeprune-search-"))
     try:
         store = LadderStore(work / "ladder")
-        lad = Ladders(build_ladders(source, calib[: n - held], req, store), frozenset(req.protected(L)))
-        if capacity(lad) < budget:
-            raise PlanError(f"--ratio {ratio} cannot be reached with layers {sorted(lad.fixed)} protected; lower --ratio or --protect fewer layers")
+        lad = Ladders(build_ladders(source, calib[: n - held], req, store), fixed)
+        if capacity(lad) < budget:  # without protected layers: only at ratios near 1 (one layer is kept)
+            raise PlanError(f"--ratio {ratio} leaves less than one layer's deepest cut; lower --ratio")
         fitness = KLFitness(source, calib[n - held:], lad, store, req.batch_size)
         try:
             best, log = evolve(lad, budget, fitness, req, work / "search.json")
@@ -92,11 +95,11 @@ def build_ladders(source: LayerSource, windows: torch.Tensor, req: PruneRequest,
         if rec is None:
             s = ad.shape_of(layer)
             norm, drop = _norms(cur, out)
-            W_o = ad.module(layer, "o").weight.detach().to(cols["o"].gram.device, torch.float64).clone()
+            W_o = weight64(ad, layer, "o", cols["o"].gram.device)
             sink = lambda key, t: store.put_tensor(i, key, t)  # noqa: E731
             attn = attention_rungs(W_o, hessian(cols["o"].gram, req.damp), ad, s, norm, req.align, sink)
-            W_f = ad.module(layer, "down").weight.detach().to(cols["down"].gram.device, torch.float64).clone()
             del W_o
+            W_f = weight64(ad, layer, "down", cols["down"].gram.device)
             ffn = ffn_rungs(W_f, hessian(cols["down"].gram, req.damp), ad, norm, req.align, sink)
             rec = {**ladder_record(ad, s, attn, ffn, drop / norm), "importance": cosine_importance(cur, out)}
             store.put_record(i, rec)
@@ -213,21 +216,19 @@ def refit_layer(source: LayerSource, i: int, layer, cur, moves: list[str], n_ch:
     out, cols = run_collecting(source, layer, cur, ("o", "down"))
     out.close()
     tensors: dict[str, torch.Tensor] = {}
-    heads = {g: list(range(g * (s.num_heads // s.num_kv_heads), (g + 1) * (s.num_heads // s.num_kv_heads))) for g in range(s.num_kv_heads)}
+    heads = initial_heads(s)
     if moves:
-        W = ad.module(layer, "o").weight.detach().to(cols["o"].gram.device, torch.float64).clone()
+        W = weight64(ad, layer, "o", cols["o"].gram.device)
         for _, _, heads in attention_path(W, inverse_spd(hessian(cols["o"].gram, req.damp)), ad, s, forced=moves):
             pass
-        kept = sorted(h for v in heads.values() for h in v)
-        idx = torch.cat([torch.arange(h * ad.head_dim, (h + 1) * ad.head_dim) for h in kept])
-        tensors[f"L{i}.o.weight"] = W[:, idx.to(W.device)].float().cpu()
+    kept = sorted(h for v in heads.values() for h in v)
+    if moves:
+        tensors[f"L{i}.o.weight"] = W[:, head_cols(kept, ad.head_dim, W.device).reshape(-1)].float().cpu()
     keep_f = list(range(s.intermediate_size))
     if n_ch:
-        W = ad.module(layer, "down").weight.detach().to(cols["down"].gram.device, torch.float64).clone()
+        W = weight64(ad, layer, "down", cols["down"].gram.device)
         units = torch.arange(s.intermediate_size, device=W.device).view(-1, 1)
         gone = set(obs_remove(W, inverse_spd(hessian(cols["down"].gram, req.damp)), units, n_ch, dynamic_group_sizes(n_ch)))
         keep_f = [c for c in keep_f if c not in gone]
         tensors[f"L{i}.down.weight"] = W[:, keep_f].float().cpu()
-    kv = sorted(heads)
-    lp = LayerPlan(ffn_keep=keep_f, heads_keep=sorted(h for v in heads.values() for h in v), kv_keep=kv, stats={})
-    return lp, tensors
+    return LayerPlan(ffn_keep=keep_f, heads_keep=kept, kv_keep=sorted(heads), stats={}), tensors

@@ -32,6 +32,26 @@ def ipr_ratios(num_layers: int, params: dict[int, int], budget: float, schedule:
     return layer_ratios({i: 1.0 / weight(i) for i in params}, params, budget, r_max)
 
 
+def hessian(gram: torch.Tensor, damp: float) -> torch.Tensor:
+    """H = 2 XᵀX + λI, λ = damp · mean diag (SlimGPT's damping), a new matrix."""
+    H = 2 * gram
+    H.diagonal().add_(damp * float(H.diagonal().mean().clamp_min(1e-12)))
+    return H
+
+
+def weight64(ad, layer, role: str, device) -> torch.Tensor:
+    """A copy of one role's weight in float64 on `device`: what OBS edits in place."""
+    return ad.module(layer, role).weight.detach().to(device, torch.float64).clone()
+
+
+def set_cost(W: torch.Tensor, Hinv: torch.Tensor, S: torch.Tensor, LS: torch.Tensor | None = None) -> float:
+    """OBS cost tr(W_S [H⁻¹]_SS⁻¹ W_Sᵀ) of removing the columns S together (LS: the Cholesky
+    factor of [H⁻¹]_SS, if the caller has it)."""
+    LS = torch.linalg.cholesky(Hinv[S.unsqueeze(1), S.unsqueeze(0)]) if LS is None else LS
+    WS = W[:, S]
+    return float((WS * torch.cholesky_solve(WS.T, LS).T).sum())
+
+
 def unit_costs(W: torch.Tensor, Hinv: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
     """OBS cost tr(W_u [H⁻¹]_uu⁻¹ W_uᵀ) of removing each unit alone; `cols` is [U, g] column
     indices. One batched Cholesky over the per-unit diagonal blocks (SlimGPT's grouped form)."""
@@ -49,9 +69,8 @@ def obs_compensate(W: torch.Tensor, Hinv: torch.Tensor, S: torch.Tensor) -> floa
     tr(W_S [H⁻¹]_SS⁻¹ W_Sᵀ), twice the exact rise of ‖ΔW X‖² for H = 2XXᵀ."""
     LS = torch.linalg.cholesky(Hinv[S.unsqueeze(1), S.unsqueeze(0)])
     HS = Hinv[S]  # [|S|, n]
-    WS = W[:, S]
-    cost = float((WS * torch.cholesky_solve(WS.T, LS).T).sum())
-    W -= WS @ torch.cholesky_solve(HS, LS)
+    cost = set_cost(W, Hinv, S, LS)
+    W -= W[:, S] @ torch.cholesky_solve(HS, LS)
     Hinv -= HS.T @ torch.cholesky_solve(HS, LS)
     W[:, S] = 0  # exact zeros (rounding leaves residue)
     return cost
@@ -127,9 +146,8 @@ def neuron_stage(source: LayerSource, acts, req: PruneRequest, plan: Plan, ratio
             ("o", col_o, units_of_groups(s, ad.head_dim, col_o.gram.device), n_groups, [1] * n_groups),
             ("down", col_f, torch.arange(s.intermediate_size, device=col_f.gram.device).view(-1, 1), n_ch, dynamic_group_sizes(n_ch)),
         ):
-            H = 2 * col.gram
-            H.diagonal().add_(req.damp * float(H.diagonal().mean().clamp_min(1e-12)))
-            W = ad.module(layer, role).weight.detach().to(H.device, torch.float64).clone()
+            H = hessian(col.gram, req.damp)
+            W = weight64(ad, layer, role, H.device)
             gone = obs_remove(W, inverse_spd(H), units, n_units, steps) if n_units else []
             kept_units = [u for u in range(units.shape[0]) if u not in set(gone)]
             keep[role] = kept_units
