@@ -19,6 +19,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..errors import PlanError
+
 DROP = (-1, -1)
 Choice = tuple[int, int]
 Alloc = tuple[Choice, ...]
@@ -94,7 +96,7 @@ def knapsack(lad: Ladders, budget: float, steps: int = 1000) -> Alloc:
         backs.append((opts, pick, origin))
         best = new
     if not np.isfinite(best[B]):
-        raise ValueError("the ladders cannot remove the budget")
+        raise PlanError("the candidate ladders cannot remove that much at this --align; lower --ratio or --align")
     alloc, b = [], B
     for opts, pick, origin in reversed(backs):
         alloc.append(opts[pick[b]])
@@ -143,7 +145,7 @@ def repair(lad: Ladders, alloc: Alloc, budget: float) -> Alloc:
     while lad.total(tuple(cur)) < budget:
         opts = [m for m in _moves(lad, tuple(cur), True) if m[2] > 0]
         if not opts:
-            raise ValueError("the ladders cannot remove the budget")
+            raise PlanError("the candidate ladders cannot remove that much at this --align; lower --ratio or --align")
         i, n, _, _ = min(opts, key=lambda m: (m[3] / m[2], m[0]))
         cur[i] = n
     while True:
