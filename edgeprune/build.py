@@ -134,7 +134,8 @@ def stage_export(b: Build) -> None:
             base.mkdir(exist_ok=True)
             path = base / (f"model-{f['dtype']}.gguf" if f["format"] == "gguf" else f"onnx-{f['dtype']}")
             log(f"export {which} {key} -> {path.relative_to(b.out_dir)}")
-            exports[f"{which}:{key}"] = export(src, f["format"], path, dtype=f["dtype"], force=True)
+            exports[f"{which}:{key}"] = export(src, f["format"], path, dtype=f["dtype"], force=True,
+                                                    gguf_pre=b.opts.get("gguf_pre"))
             b.save_state()
 
 
@@ -176,11 +177,11 @@ STAGES = (stage_prune, stage_export, stage_measure, stage_profile)
 def build(model: str | None = None, target: str = "cpu-x86", ratio: float | None = None, method: str | None = None,
           calib: str | None = None, out: str = "build", force: bool = False, resume: bool = False,
           data_dir=None, nsamples: int = 32, seq_len: int = 128, seed: int = 0, device: str = "cpu",
-          search_evals: int = 128, command: str = "") -> dict:
+          search_evals: int = 128, command: str = "", gguf_pre: str | None = None) -> dict:
     """Run every stage of a build into `out`; returns the console summary and the profile."""
     b = _start(model, target, ratio, method, calib, out, force, resume,
                dict(data_dir=data_dir, nsamples=nsamples, seq_len=seq_len, seed=seed, device=device, command=command,
-                    search_evals=search_evals))
+                    search_evals=search_evals, gguf_pre=gguf_pre))
     for stage in STAGES:
         stage(b)
     b.state["complete"] = True
@@ -212,6 +213,10 @@ def _start(model, target, ratio, method, calib, out, force, resume, opts: dict) 
                       "with in-domain text", stacklevel=3)
     warn_if_overlap(calib, calib)  # build evaluates on the calibration source's eval portion
     method = method or tgt.method
+    if any(f["format"] == "gguf" for f in tgt.formats):
+        from exporters.vocab import preflight as tokenizer_preflight
+
+        tokenizer_preflight(model_dir, opts.get("gguf_pre"))  # a vocabulary llama.cpp cannot hold is refused first
     the_ratio, why = choose_ratio(tgt, ad, ratio)
     b = Build(tgt, out_dir, model_dir, demo, calib, defaulted, method, the_ratio, why, opts)
     args = {"model": str(model_dir), "target": tgt.name, "ratio": the_ratio, "method": method, "calib": calib,

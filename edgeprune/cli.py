@@ -145,7 +145,7 @@ def cmd_export(a) -> int:
 
     imatrix = _imatrix_for(a) if a.imatrix else None
     res = export(a.model, a.format, a.out, dtype=a.dtype, verify=not a.no_verify, force=a.force,
-                 progress=not a.quiet, imatrix=imatrix)
+                 progress=not a.quiet, imatrix=imatrix, gguf_pre=a.gguf_pre)
     if a.no_verify:
         print("edgeprune: WARNING: --no-verify: the artifact was NOT checked against PyTorch", file=sys.stderr)
     print(json.dumps(res) if a.json else f"wrote {res['path']} ({res['bytes']:,} bytes); verify: {res.get('verify', {}).get('passed', 'skipped')}")
@@ -179,7 +179,8 @@ def cmd_build(a) -> int:
 
     res = build(model=a.model, target=a.target, ratio=a.ratio, method=a.method, calib=a.calib, out=a.out,
                 force=a.force, resume=a.resume, data_dir=a.data_dir, nsamples=a.nsamples, seq_len=a.seq_len,
-                seed=a.seed, device=a.device, search_evals=a.search_evals, command=" ".join(sys.argv))
+                seed=a.seed, device=a.device, search_evals=a.search_evals, command=" ".join(sys.argv),
+                gguf_pre=a.gguf_pre)
     print(res["summary"])
     return 0
 

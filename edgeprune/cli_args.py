@@ -120,6 +120,9 @@ def _export_args(sub) -> argparse.ArgumentParser:
                          "wikitext2, or a text file; its calibration portion), like llama-imatrix")
     ex.add_argument("--nsamples", type=_positive, default=32, help="--imatrix windows (default 32)")
     ex.add_argument("--seq-len", type=_positive, default=256, help="--imatrix window length (default 256)")
+    ex.add_argument("--gguf-pre", default=None, metavar="NAME",
+                    help="GGUF: llama.cpp's pre-tokenizer name, for a byte-level tokenizer whose pre-tokenizer edgeprune "
+                         "does not recognise (it refuses rather than guess); the text check still verifies it")
     _common(ex)
     return ex
 
@@ -141,6 +144,9 @@ def _build_args(sub) -> argparse.ArgumentParser:
     b.add_argument("--out", default="build", help="build directory (default build/)")
     b.add_argument("--force", action="store_true", help="replace a finished build in --out (only one edgeprune wrote)")
     b.add_argument("--resume", action="store_true", help="continue an interrupted build with the same arguments")
+    b.add_argument("--gguf-pre", default=None, metavar="NAME",
+                    help="GGUF: llama.cpp's pre-tokenizer name, for a byte-level tokenizer whose pre-tokenizer edgeprune "
+                         "does not recognise (it refuses rather than guess); the text check still verifies it")
     _common(b)
     return b
 

@@ -47,11 +47,13 @@ def _require(fmt: str, verify: bool) -> None:
 
 
 def export(model, fmt: str, out: str | Path, *, dtype: str = "f32", verify: bool = True, force: bool = False,  # long: stages
-           model_dir: str | Path | None = None, progress: bool = False, imatrix: dict | None = None) -> dict:
+           model_dir: str | Path | None = None, progress: bool = False, imatrix: dict | None = None,
+           gguf_pre: str | None = None) -> dict:
     """Export a model directory (streamed: never loaded whole for GGUF or verification), or
     a loaded model plus `model_dir` for its tokenizer. Memory is measured per stage.
     `imatrix`: {GGUF tensor name: mean x^2 per input column} for llama.cpp's k-quants
-    (`edgeprune.imatrix.from_calibration` builds it from a calibration set)."""
+    (`edgeprune.imatrix.from_calibration` builds it from a calibration set). `gguf_pre`: the
+    llama.cpp pre-tokenizer name, for a tokenizer whose pre-tokenizer is not recognised."""
     from edgeprune.memory import stage_report
 
     from .dtypes import get as dtype_facts
@@ -74,11 +76,15 @@ def export(model, fmt: str, out: str | Path, *, dtype: str = "f32", verify: bool
     tok = _tokenizer(model_dir) if model_dir else None
     if fmt == "gguf":
         gguf_arch(view)  # refuse inexpressible shapes before writing anything
+        if model_dir:
+            from .vocab import preflight
+
+            preflight(model_dir, gguf_pre)  # and a vocabulary llama.cpp cannot hold as transformers does
     t0 = time.perf_counter()
     stages: dict = {}
     try:
         meta, report = _write_and_verify(fmt, dtype, out, force, view, model if not streamed else None, model_dir,
-                                         reference, tok, verify, progress, stages, imatrix)
+                                         reference, tok, verify, progress, stages, imatrix, gguf_pre)
     except OSError as e:
         if e.errno == errno.ENOSPC:  # staged() has already removed the partial artifact
             from edgeprune.tensorfiles import free_bytes
@@ -104,7 +110,7 @@ def export(model, fmt: str, out: str | Path, *, dtype: str = "f32", verify: bool
 
 
 def _write_and_verify(fmt, dtype, out, force, view, model, model_dir, reference, tok, verify, progress, stages,
-                      imatrix=None):
+                      imatrix=None, gguf_pre=None):
     """Write to a staged path, verify there, rename only on success; memory per stage."""
     from edgeprune.memory import PeakMemory
 
@@ -118,8 +124,8 @@ def _write_and_verify(fmt, dtype, out, force, view, model, model_dir, reference,
     with staged(out, force) as tmp:
         with PeakMemory() as mem:
             if fmt == "gguf":
-                meta = (write_llama_quantized(view, tmp, dtype, progress, imatrix) if dtype_facts(dtype).llama_quantizer
-                        else write_gguf(view, tmp, dtype, progress, imatrix))
+                meta = (write_llama_quantized(view, tmp, dtype, progress, imatrix, gguf_pre)
+                        if dtype_facts(dtype).llama_quantizer else write_gguf(view, tmp, dtype, progress, imatrix, gguf_pre))
                 path = tmp
             else:
                 path = _write_onnx_package(tmp, dtype, view, model, model_dir, tok, mem, meta)
@@ -163,6 +169,11 @@ def _fail_if(report: dict, out: Path) -> None:
     if not report.get("all_finite", True):
         raise ExportError(f"verification of {out.name} failed: NaN or Inf in the logits or perplexity "
                           "(check the model's weights for NaN); the artifact was deleted")
+    from .verify import text_failure
+
+    text = text_failure(report)
+    if text:
+        raise ExportError(f"verification of {out.name} failed through the text path: {text}; the artifact was deleted")
     if not report["passed"]:
         raise ExportError(
             f"verification of {out.name} failed ({report['dtype']}: max abs logit diff {report['max_abs_logit_diff']:.3g}, "

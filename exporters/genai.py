@@ -84,8 +84,22 @@ def write_package(out_dir: Path, view, tokenizer=None) -> list[str]:
     if tokenizer is not None:
         before = set(p.name for p in out_dir.iterdir())
         tokenizer.save_pretrained(str(out_dir))
+        _declare_specials(out_dir, tokenizer)
         written += sorted(set(p.name for p in out_dir.iterdir()) - before)
     return written
+
+
+def _declare_specials(out_dir: Path, tokenizer) -> None:
+    """GenAI's tokenizer adds BOS/EOS only as tokenizer_config.json declares them, and
+    transformers 5 no longer writes those keys: write what `tokenizer(text)` measurably adds."""
+    from .vocab import special_handling
+
+    path = out_dir / "tokenizer_config.json"
+    cfg = json.loads(path.read_text()) if path.is_file() else {}
+    add_bos, add_eos, _ = special_handling(tokenizer)
+    cfg.update(add_bos_token=add_bos, add_eos_token=add_eos,
+               clean_up_tokenization_spaces=bool(getattr(tokenizer, "clean_up_tokenization_spaces", False)))
+    path.write_text(json.dumps(cfg, indent=1))
 
 
 def available() -> str | None:
@@ -111,7 +125,7 @@ class GenAISession:
     def __init__(self, folder: str | Path, threads: int | None = None):
         import onnxruntime_genai as og
 
-        folder = Path(folder)
+        folder = self.folder = Path(folder)
         if not (folder / CONFIG).is_file():
             raise ExportError(f"{folder} has no {CONFIG}; re-export it with `edgeprune export --format onnx`")
         if not version_ok(og.__version__):
@@ -136,15 +150,25 @@ class GenAISession:
         params.set_search_options(max_length=max_length, do_sample=False, top_k=1)
         return self.og.Generator(self.model, params)
 
-    def generate(self, ids, n: int) -> list[int]:
-        """`n` greedy tokens after `ids` (EOS does not stop it early: max_length is exact)."""
+    def generate(self, ids, n: int, stop_at_eos: bool = False) -> list[int]:
+        """`n` greedy tokens after `ids` (EOS does not stop it early unless `stop_at_eos`, as a
+        text app stops: then the EOS itself is not returned)."""
         gen = self._generator(len(ids) + n)
         gen.append_tokens(np.asarray(ids, dtype=np.int32)[None])
         out = []
         while len(out) < n and not gen.is_done():
             gen.generate_next_token()
-            out.append(int(gen.get_next_tokens()[0]))
+            tok = int(gen.get_next_tokens()[0])
+            if stop_at_eos and tok in self.eos_ids:
+                break
+            out.append(tok)
         return out
+
+    @property
+    def eos_ids(self) -> set[int]:
+        cfg = json.loads((self.folder / CONFIG).read_text())["model"]
+        eos = cfg.get("eos_token_id")
+        return set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
 
     def timed_run(self, ids: np.ndarray, new_tokens: int) -> tuple[float, float]:
         """(prefill seconds, decode seconds per token) through the generator loop."""

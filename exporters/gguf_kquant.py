@@ -48,7 +48,7 @@ def _quietly(fn):
 
 
 def write_llama_quantized(view: WeightsView, path: Path, dtype: str, progress: bool = False,
-                           imatrix: dict | None = None) -> dict:
+                           imatrix: dict | None = None, tokenizer_pre: str | None = None) -> dict:
     """k-quants through llama.cpp's own quantizer (its per-tensor mix, e.g. Q4_K_M), from an
     intermediate GGUF in the checkpoint's own precision (bf16 stays bf16, f32 stays f32).
     The result is read back: real bits per weight, and every 2-D weight whose type is not of
@@ -62,7 +62,7 @@ def write_llama_quantized(view: WeightsView, path: Path, dtype: str, progress: b
     try:
         from .gguf_writer import write_gguf
 
-        meta = write_gguf(view, tmp, src, progress)
+        meta = write_gguf(view, tmp, src, progress, tokenizer_pre=tokenizer_pre)
         params = lc.llama_model_quantize_default_params()
         params.ftype = facts.llama_ftype
         if imatrix:

@@ -135,7 +135,7 @@ def llama3_rope_factors(view: WeightsView) -> np.ndarray:
     return np.array(out, dtype=np.float32)
 
 
-def _write_metadata(w, view: WeightsView, arch: str, uniform: bool, dtype: str) -> dict:
+def _write_metadata(w, view: WeightsView, arch: str, uniform: bool, dtype: str, tokenizer_pre: str | None = None) -> dict:
     cfg, ad, shapes = view.config, view.adapter, view.shapes
     w.add_name(str(getattr(cfg, "_name_or_path", "") or "edgeprune-model").split("/")[-1])
     w.add_file_type(dtype_facts(dtype).llama_ftype)
@@ -156,7 +156,7 @@ def _write_metadata(w, view: WeightsView, arch: str, uniform: bool, dtype: str) 
     w.add_rope_freq_base(float(getattr(cfg, "rope_theta", None) or (getattr(cfg, "rope_parameters", None) or {}).get("rope_theta", 10000.0)))
     w.add_layer_norm_rms_eps(float(cfg.rms_norm_eps))
     w.add_vocab_size(ad.vocab_size)
-    return add_tokenizer(w, view.model_dir or Path("."), cfg)
+    return add_tokenizer(w, view.model_dir or Path("."), cfg, tokenizer_pre)
 
 
 def tensor_list(view: WeightsView, arch: str) -> list[tuple[str, str, int]]:
@@ -189,7 +189,7 @@ def tensor_list(view: WeightsView, arch: str) -> list[tuple[str, str, int]]:
 
 
 def write_gguf(view: WeightsView, path: Path, dtype: str = "f32", progress: bool = False,  # long: two passes
-               imatrix: dict | None = None) -> dict:
+               imatrix: dict | None = None, tokenizer_pre: str | None = None) -> dict:
     """Write the model to `path`, streamed: tensor infos from shapes first, then each tensor
     read, converted or quantised and written alone, as llama.cpp's converter does with lazy
     tensors. Returns metadata (arch, tensor types, fallbacks). `imatrix` ({GGUF name: mean
@@ -210,7 +210,7 @@ def write_gguf(view: WeightsView, path: Path, dtype: str = "f32", progress: bool
     kinds = {name: _choose_type(name, view.shape(key), dtype, fallbacks) for name, key, _ in tensors}
     kinds.update({name: "f32" for name in extra})
     w = gguf.GGUFWriter(str(path), arch)
-    info = _write_metadata(w, view, arch, uniform, dtype)
+    info = _write_metadata(w, view, arch, uniform, dtype, tokenizer_pre)
     for name, arr in extra.items():
         w.add_tensor_info(name, arr.shape, arr.dtype, arr.nbytes, raw_dtype=gguf.GGMLQuantizationType.F32)
     for name, key, _ in tensors:

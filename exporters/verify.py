@@ -20,6 +20,7 @@ import torch
 
 from edgeprune.evaluate import nll_of_logits
 
+from . import text_path
 from .runtimes import open_artifact
 
 F32_MAX_ABS = 1e-3
@@ -60,19 +61,28 @@ def _greedy_check(ref: np.ndarray, start: int, got: list[int], tol: float = F32_
     return chosen, ok
 
 
-def _runtime_side(path, n_ctx: int, prompts: list[list[int]], ppl_ids: list[int]) -> dict:
-    """Everything the runtime computes, before any PyTorch memory is taken."""
+def _runtime_side(path, n_ctx: int, prompts: list[list[int]], ppl_ids: list[int], tokenizer=None) -> dict:
+    """Everything the runtime computes, before any PyTorch memory is taken: logits, greedy
+    tokens, and (with a tokenizer) the text path through the runtime's own tokenizer."""
     import gc
 
     from edgeprune.streaming import _trim_heap
 
+    from . import text_path
+
     gc.collect()  # the exported module and program hold reference cycles
     _trim_heap()  # the export's freed pages go back before the runtime maps the artifact
-    sess = open_artifact(path, n_ctx=n_ctx) if str(path).endswith(".gguf") else open_artifact(path, low_memory=True)
+    gguf = str(path).endswith(".gguf")
+    sess = open_artifact(path, n_ctx=n_ctx) if gguf else open_artifact(path, low_memory=True)
     try:
-        return {"logits": [sess.logits(ids) for ids in prompts],
-                "gen": [sess.generate(ids[:GEN_PROMPT], GEN_NEW) for ids in prompts],
-                "ppl": sess.logits(ppl_ids)}
+        out = {"logits": [sess.logits(ids) for ids in prompts],
+               "gen": [sess.generate(ids[:GEN_PROMPT], GEN_NEW) for ids in prompts],
+               "ppl": sess.logits(ppl_ids)}
+        if gguf and tokenizer is not None:
+            rt = text_path.LlamaCppText(sess.llm)
+            out["tokenizer"] = text_path.tokenizer_check(tokenizer, rt)
+            out["text"] = text_path.generation_side(rt)
+        return out
     finally:
         del sess
 
@@ -93,12 +103,16 @@ def verify_artifact(model, path, dtype: str, tokenizer=None, n_ctx: int = 512, p
     vocab = int(get_adapter(cfg).vocab_size)
     prompts = [_ids(tokenizer, text, vocab)[:64] for text in PROMPTS]
     ppl_ids = _ids(tokenizer, PPL_TEXT, vocab)[:n_ctx]
-    rt = _runtime_side(path, n_ctx, prompts, ppl_ids)
-    og_gen, og_skip = _genai_side(path, prompts)
+    rt = _runtime_side(path, n_ctx, prompts, ppl_ids, tokenizer)
+    og_gen, og_skip, og_text = _genai_side(path, prompts, tokenizer)
     seqs = prompts + [ids[:GEN_PROMPT] + g for ids, g in zip(prompts, rt["gen"])] + [ppl_ids]
     seqs += [ids[:GEN_PROMPT] + g for ids, g in zip(prompts, og_gen or [])]
+    text_runs = (rt.get("text") or []) + ((og_text or {}).get("runs") or [])
+    seqs += text_path.reference_sequences(tokenizer, text_runs) if text_runs else []
     ref = reference_logits(model, seqs, progress=progress)
-    ref, ref_og = ref[: 2 * len(prompts) + 1], ref[2 * len(prompts) + 1:]
+    n_og = len(og_gen or [])
+    ref_text = ref[2 * len(prompts) + 1 + n_og:]
+    ref, ref_og = ref[: 2 * len(prompts) + 1], ref[2 * len(prompts) + 1: 2 * len(prompts) + 1 + n_og]
     ref_prompts, ref_gen, ref_ppl = ref[: len(prompts)], ref[len(prompts) : 2 * len(prompts)], ref[-1]
     finite = _finite(*ref, *rt["logits"], rt["ppl"])
     max_abs, agree, total = 0.0, 0, 0
@@ -107,8 +121,8 @@ def verify_artifact(model, path, dtype: str, tokenizer=None, n_ctx: int = 512, p
         agree += int((r.argmax(-1) == g.argmax(-1)).sum())
         total += r.shape[0]
     gen_ref, greedy_match = [], True
-    for r, g in zip(ref_gen, rt["gen"]):
-        chosen, ok = _greedy_check(r, GEN_PROMPT, g)
+    for r, g, ids in zip(ref_gen, rt["gen"], prompts):
+        chosen, ok = _greedy_check(r, len(ids[:GEN_PROMPT]), g)
         gen_ref.append(chosen)
         greedy_match &= ok
     t = torch.tensor([ppl_ids])
@@ -145,35 +159,93 @@ def verify_artifact(model, path, dtype: str, tokenizer=None, n_ctx: int = 512, p
         # GenAI runs the same graph in its own loop; a quantised graph may legitimately pick
         # any token whose PyTorch logit is within twice the artifact's measured logit error
         tol = F32_MAX_ABS if dtype == "f32" else max(F32_MAX_ABS, 2 * (max_abs if math.isfinite(max_abs) else 0.0))
-        checks = [_greedy_check(r, GEN_PROMPT, g, tol) for r, g in zip(ref_og, og_gen)]
+        checks = [_greedy_check(r, len(ids[:GEN_PROMPT]), g, tol) for r, g, ids in zip(ref_og, og_gen, prompts)]
         report["genai"] = _genai_report(og_gen, [c for c, _ in checks], all(ok for _, ok in checks), tol)
         report["passed"] = bool(report["passed"] and report["genai"]["greedy_tokens_match"])
+    _text_verdicts(report, rt, og_text, tokenizer, ref_text, dtype, max_abs)
     if not finite:
         report["failure"] = "NaN or Inf in the logits or perplexity"
     return report
 
 
-def _genai_side(path, prompts: list[list[int]]) -> tuple[list[list[int]] | None, str | None]:
+def _text_verdicts(report: dict, rt: dict, og_text: dict | None, tokenizer, ref_text, dtype: str, max_abs: float) -> None:
+    """The text path's verdicts: the runtime's tokenizer on the fixed strings and its text
+    completion of each prompt, for llama.cpp (in `rt`) and ORT GenAI (`og_text`)."""
+    if tokenizer is None:
+        report["text_path"] = {"skipped": "the checkpoint has no tokenizer; token ids were fed"}
+        return
+    # a quantised artifact may pick any token whose PyTorch logit is within twice its measured error
+    tol = F32_MAX_ABS if dtype == "f32" else max(F32_MAX_ABS, 2 * (max_abs if math.isfinite(max_abs) else 0.0))
+    n_gg = len(rt.get("text") or [])
+    if "tokenizer" in rt:
+        gen = text_path.generation_report(tokenizer, rt["text"], ref_text[:n_gg], _greedy_check, tol)
+        report["text_path"] = {"tokenizer": rt["tokenizer"], "generation": gen,
+                               "passed": bool(rt["tokenizer"]["passed"] and gen["passed"])}
+        report["passed"] = bool(report["passed"] and report["text_path"]["passed"])
+    else:
+        report["text_path"] = {"runtime": "onnxruntime: ids in, logits out; it has no tokenizer of its own",
+                               "see": "genai.text_path" if og_text is not None else "not checked: no GenAI package"}
+    if og_text is not None and "genai" in report:
+        gen = text_path.generation_report(tokenizer, og_text["runs"], ref_text[n_gg:], _greedy_check, tol)
+        tp = {"tokenizer": og_text["tokenizer"], "generation": gen,
+              "passed": bool(og_text["tokenizer"]["passed"] and gen["passed"])}
+        report["genai"]["text_path"] = tp
+        from .vocab import kind_of
+
+        if not tp["passed"] and kind_of(tokenizer) == "sentencepiece":
+            # measured on onnxruntime-genai 0.18: its SentencePiece-style BPE splits runs of spaces and
+            # strips the first streamed token's space unlike transformers; nothing in the package changes that
+            tp["limitation"] = ("onnxruntime-genai's tokenizer does not reproduce transformers' on this "
+                                "SentencePiece-style tokenizer (see failures); feed GenAI ids from transformers' "
+                                "tokenizer, or use the GGUF in llama.cpp, whose text path passed")
+        else:
+            report["passed"] = bool(report["passed"] and tp["passed"])
+
+
+def _genai_side(path, prompts: list[list[int]], tokenizer=None):
     """Greedy tokens through onnxruntime-genai's generator when the folder is a GenAI package
-    and the runtime is installed; else (None, why it was skipped) (GGUF: (None, None))."""
+    and the runtime is installed, and (with a tokenizer) its own text path; else (None, why
+    it was skipped, None) (GGUF: (None, None, None))."""
     from pathlib import Path
 
     from .genai import CONFIG, WHY_MIN_VERSION, GenAISession, available
 
     folder = Path(path) if Path(path).is_dir() else Path(path).parent
     if not (folder / CONFIG).is_file():
-        return None, None
+        return None, None, None
     if available() is None:
         try:
             import onnxruntime_genai as og
         except ImportError:
-            return None, "onnxruntime-genai is not installed (pip install 'edgeprune[genai]')"
-        return None, f"onnxruntime-genai {og.__version__} is too old: {WHY_MIN_VERSION}"
+            return None, "onnxruntime-genai is not installed (pip install 'edgeprune[genai]')", None
+        return None, f"onnxruntime-genai {og.__version__} is too old: {WHY_MIN_VERSION}", None
     sess = GenAISession(folder)
     try:
-        return [sess.generate(ids[:GEN_PROMPT], GEN_NEW) for ids in prompts], None
+        gen = [sess.generate(ids[:GEN_PROMPT], GEN_NEW) for ids in prompts]
+        text = None
+        if tokenizer is not None:
+            rt = text_path.GenAIText(sess)
+            text = {"tokenizer": text_path.tokenizer_check(tokenizer, rt), "runs": text_path.generation_side(rt)}
+        return gen, None, text
     finally:
         del sess
+
+
+def text_failure(report: dict) -> str | None:
+    """One line naming the first text-path failure (string, both id lists, likely cause), or None."""
+    for where, tp in (("llama.cpp", report.get("text_path") or {}), ("GenAI", (report.get("genai") or {}).get("text_path") or {})):
+        if tp.get("passed", True) or tp.get("limitation"):
+            continue
+        for f in tp["tokenizer"]["failures"]:
+            what = f.get("cause") or f.get("detokenizer")
+            return (f"{where}'s tokenizer on {f['text'][:40]!r}: transformers {f['transformers_ids'][:12]} vs runtime "
+                    f"{f['runtime_ids'][:12]} ({what})")
+        for r in tp["generation"]["runs"]:
+            if not r["passed"]:
+                return (f"{where}'s text completion of {r['prompt']!r}: transformers {r['transformers_text'][:40]!r} vs "
+                        f"runtime {r['runtime_text'][:40]!r} (prompt ids match {r['prompt_ids_match']}, "
+                        f"greedy tokens match {r['greedy_tokens_match']})")
+    return None
 
 
 def _genai_report(tokens: list[list[int]], chosen: list[list[int]], ok: bool, tol: float) -> dict:

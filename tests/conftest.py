@@ -54,8 +54,15 @@ def _tiny(family: str, directory: Path, tokenizer_from: Path | None) -> Path:
 def tiny_models(tmp_path_factory) -> dict[str, Path]:
     """Randomly initialised GQA models of each family (Qwen2 with qkv biases, Qwen3 with q/k norms)."""
     root = tmp_path_factory.mktemp("tiny")
-    tok = STORIES if STORIES.is_dir() else None
-    return {f: _tiny(f, root / f, tok) for f in ("llama", "qwen2", "qwen3", "mistral")}
+    from .tokenizer_zoo import make_tokenizer
+
+    # each family with the tokenizer kind its checkpoints ship: SentencePiece for Llama/Mistral,
+    # byte-level BPE with Qwen2's pre-tokenizer for Qwen (transformers reads a SentencePiece model
+    # as byte-level under a Qwen config, and no runtime can then agree with it)
+    spm = STORIES if STORIES.is_dir() else make_tokenizer("spm-model", root / "tok-spm", vocab=512)
+    qwen = make_tokenizer("qwen2", root / "tok-qwen2", vocab=512)
+    toks = {"llama": spm, "mistral": spm, "qwen2": qwen, "qwen3": qwen}
+    return {f: _tiny(f, root / f, toks[f]) for f in ("llama", "qwen2", "qwen3", "mistral")}
 
 
 @pytest.fixture()
