@@ -16,8 +16,12 @@ except ModuleNotFoundError:  # Python 3.10
 from .errors import EdgePruneError
 
 def _targets_dir() -> Path:
-    """The built-in target TOMLs: package data when installed (edgeprune.targets_data), else
-    the checkout's top-level targets/ folder."""
+    """The built-in target TOMLs: the checkout's top-level targets/ folder when this package
+    is imported from a checkout (an editable install of another checkout must not shadow the
+    TOMLs beside this code), else the installed package data (edgeprune.targets_data)."""
+    checkout = Path(__file__).resolve().parents[1]
+    if (checkout / "pyproject.toml").is_file() and any((checkout / "targets").glob("*.toml")):
+        return checkout / "targets"
     try:
         from importlib.resources import files
 
@@ -26,7 +30,7 @@ def _targets_dir() -> Path:
             return d
     except (ModuleNotFoundError, TypeError):
         pass
-    return Path(__file__).resolve().parents[1] / "targets"
+    return checkout / "targets"
 
 
 TARGETS_DIR = _targets_dir()
