@@ -46,6 +46,7 @@ class Build:
     ratio: float
     why: str
     opts: dict
+    align: int = 1  # --align, else the target's
     state: dict = field(default_factory=dict)
     profile: dict = field(default_factory=dict)
 
@@ -86,19 +87,28 @@ def choose_ratio(target: Target, ad, requested: float | None) -> tuple[float, st
     )
 
 
-def _warn_alignment(tgt: Target, ad) -> None:
-    """A quantised format whose block the target's alignment does not respect falls back to a
+def _warn_alignment(tgt: Target, ad, align: int) -> None:
+    """A quantised format whose block the build's alignment does not respect falls back to a
     bigger type (llama.cpp does so silently for k-quants): say so before the work."""
     from exporters.dtypes import get
 
     for f in tgt.formats:
         block = get(f["dtype"]).block
-        if f["format"] == "gguf" and block > 1 and tgt.align % block:
-            log(f"WARNING: target align {tgt.align} is not a multiple of {f['dtype']}'s block {block}: pruned widths "
+        if f["format"] == "gguf" and block > 1 and align % block:
+            log(f"WARNING: align {align} is not a multiple of {f['dtype']}'s block {block}: pruned widths "
                 f"may fall back to a bigger type (listed in the verify report); set align = {block} in the target")
         elif f["format"] == "gguf" and block > 1 and ad.hidden_size % block:
             log(f"note: hidden size {ad.hidden_size} is not a multiple of {f['dtype']}'s block {block}: some tensors "
                 "will fall back whatever the pruning does (listed in the verify report)")
+
+
+def check_align(align, tgt: Target) -> int:
+    """--align, validated as prune's is (a positive whole number), else the target's."""
+    if align is None:
+        return tgt.align
+    if isinstance(align, bool) or not isinstance(align, int) or align < 1:
+        raise BuildError(f"--align must be a positive whole number (got {align!r}); e.g. --align 32, or 1 for none")
+    return align
 
 
 # ---- the stages -------------------------------------------------------------------------
@@ -114,7 +124,7 @@ def stage_prune(b: Build) -> None:
 
     res = prune(b.model_dir, b.method, ratio=b.ratio, layers=get(b.method).build_layers, calib=b.calib,
                 n_samples=o["nsamples"], seq_len=o["seq_len"], seed=o["seed"], device=o["device"], data_dir=o["data_dir"],
-                out=b.out_dir / "model", resume=True, force=True, align=b.tgt.align, checked=True,
+                out=b.out_dir / "model", resume=True, force=True, align=b.align, checked=True,
                 search_evals=o.get("search_evals", 128))
     b.done["prune"] = {**res.report, "stage_seconds": time.perf_counter() - t0}
     b.save_state()
@@ -176,11 +186,11 @@ STAGES = (stage_prune, stage_export, stage_measure, stage_profile)
 def build(model: str | None = None, target: str = "cpu-x86", ratio: float | None = None, method: str | None = None,
           calib: str | None = None, out: str = "build", force: bool = False, resume: bool = False,
           data_dir=None, nsamples: int = 32, seq_len: int = 128, seed: int = 0, device: str = "cpu",
-          search_evals: int = 128, command: str = "") -> dict:
+          search_evals: int = 128, align: int | None = None, command: str = "") -> dict:
     """Run every stage of a build into `out`; returns the console summary and the profile."""
     b = _start(model, target, ratio, method, calib, out, force, resume,
                dict(data_dir=data_dir, nsamples=nsamples, seq_len=seq_len, seed=seed, device=device, command=command,
-                    search_evals=search_evals))
+                    search_evals=search_evals, align=align))
     for stage in STAGES:
         stage(b)
     b.state["complete"] = True
@@ -197,6 +207,7 @@ def _start(model, target, ratio, method, calib, out, force, resume, opts: dict) 
     from .pipeline import preflight
 
     tgt = load_target(target)
+    align = check_align(opts.get("align"), tgt)
     out_dir = Path(out).absolute()
     check_output_dir(out_dir, force=force, resume=resume)
     demo = model is None
@@ -213,9 +224,9 @@ def _start(model, target, ratio, method, calib, out, force, resume, opts: dict) 
     warn_if_overlap(calib, calib)  # build evaluates on the calibration source's eval portion
     method = method or tgt.method
     the_ratio, why = choose_ratio(tgt, ad, ratio)
-    b = Build(tgt, out_dir, model_dir, demo, calib, defaulted, method, the_ratio, why, opts)
+    b = Build(tgt, out_dir, model_dir, demo, calib, defaulted, method, the_ratio, why, opts, align=align)
     args = {"model": str(model_dir), "target": tgt.name, "ratio": the_ratio, "method": method, "calib": calib,
-            "nsamples": opts["nsamples"], "seq_len": opts["seq_len"], "seed": opts["seed"]}
+            "nsamples": opts["nsamples"], "seq_len": opts["seq_len"], "seed": opts["seed"], "align": align}
     b.state = {"args": args, "done": {}}
     state_path = out_dir / "build_state.json"
     if resume and state_path.is_file():
@@ -230,8 +241,9 @@ def _start(model, target, ratio, method, calib, out, force, resume, opts: dict) 
             shutil.rmtree(out_dir)  # check_output_dir made sure edgeprune wrote it
     out_dir.mkdir(exist_ok=True)
     (out_dir / INCOMPLETE).write_text("edgeprune build in progress\n")
-    log(f"target {tgt.name}; method {method}; ratio {the_ratio} ({why})")
-    _warn_alignment(tgt, ad)
+    log(f"target {tgt.name}; method {method}; ratio {the_ratio} ({why}); align {align}"
+        + (" (--align)" if opts.get("align") is not None else " (the target's)"))
+    _warn_alignment(tgt, ad, align)
     log(f"calibration data: {calib} (calibration portion); evaluation data: {calib} (held-out evaluation portion)"
         + (" [default]" if defaulted else ""))
     return b

@@ -133,6 +133,7 @@ def prune_section(method: str, ratio: float, why: str, rep: dict) -> dict:
         "peak_memory_bytes": pm["peak_bytes"], "peak_memory_above_baseline_bytes": pm["above_baseline_bytes"],
         "peak_memory_kind": pm["kind"], "wall_seconds": rep["wall_seconds"], "layers_removed": rep["layers_removed"],
         "calibration_tokens": rep["calibration_tokens"],
+        "ratio_note": rep.get("ratio_note"),  # set when the plan lands more than the tolerance from the ratio
     }
 
 
