@@ -54,6 +54,19 @@ class Build:
     def done(self) -> dict:
         return self.state["done"]
 
+    @property
+    def formats(self) -> list[dict]:
+        """The target's formats with the dtype `stage_dtypes` chose for each (its record under
+        "choice"), each (format, dtype) once."""
+        out, seen = [], set()
+        for f in self.tgt.formats:
+            rec = self.done.get("dtypes", {}).get(f"{f['format']}-{f['dtype']}")
+            g = {"format": f["format"], "dtype": rec["chosen"] if rec else f["dtype"], **({"choice": rec} if rec else {})}
+            if (g["format"], g["dtype"]) not in seen:
+                seen.add((g["format"], g["dtype"]))
+                out.append(g)
+        return out
+
     def save_state(self) -> None:
         path = self.out_dir / "build_state.json"
         tmp = path.with_suffix(".tmp")
@@ -102,6 +115,18 @@ def _warn_alignment(tgt: Target, ad, align: int) -> None:
                 "will fall back whatever the pruning does (listed in the verify report)")
 
 
+def _check_dtypes(tgt: Target, ad, align: int) -> None:
+    """What the dense widths already decide (a hidden size off the block makes most weights
+    fall back whatever the pruning does), said before any work; refused when no dtype of a
+    format's list fits. `stage_dtypes` decides on the pruned widths before exporting."""
+    from . import dtype_fit
+
+    try:
+        dtype_fit.decide(tgt.formats, ad, ad, align, log, rules=("fallback",))
+    except dtype_fit.DTypeError as e:
+        raise BuildError(str(e)) from None
+
+
 def check_align(align, tgt: Target) -> int:
     """--align, validated as prune's is (a positive whole number), else the target's."""
     if align is None:
@@ -130,12 +155,29 @@ def stage_prune(b: Build) -> None:
     b.save_state()
 
 
+def stage_dtypes(b: Build) -> None:
+    """Before exporting: each format's dtype, or the next of the target's list, that fits the
+    pruned widths (few fallbacks, pruned weights smaller than dense: `dtype_fit`); refused
+    with the reason when none does (the prune stays done: fix the target and --resume)."""
+    from . import dtype_fit
+
+    if "dtypes" in b.done:
+        return
+    dense, pruned = get_adapter(load_config(b.model_dir)), get_adapter(load_config(b.out_dir / "model"))
+    try:
+        chosen = dtype_fit.decide(b.tgt.formats, dense, pruned, b.align, log)
+    except dtype_fit.DTypeError as e:
+        raise BuildError(f"{e}; then rerun with --resume") from None
+    b.done["dtypes"] = chosen
+    b.save_state()
+
+
 def stage_export(b: Build) -> None:
-    """Export and verify every target format, pruned (`artifacts/`) and dense (`reference/`)."""
+    """Export and verify every format, pruned (`artifacts/`) and dense (`reference/`)."""
     from exporters import export
 
     exports = b.done.setdefault("export", {})
-    for f in b.tgt.formats:
+    for f in b.formats:
         key = f"{f['format']}-{f['dtype']}"
         for which, src, base in (("pruned", b.out_dir / "model", b.out_dir / "artifacts"),
                                  ("dense", b.model_dir, b.out_dir / "reference")):
@@ -154,7 +196,7 @@ def stage_measure(b: Build) -> None:
     windows, _ = prof.evaluation(b.model_dir, cfg, b.calib, b.opts["data_dir"])
     measured = b.done.setdefault("profile", {})
     exports = b.done["export"]
-    for f in b.tgt.formats:
+    for f in b.formats:
         key = f"{f['format']}-{f['dtype']}"
         if key in measured:
             continue
@@ -180,7 +222,7 @@ def stage_profile(b: Build) -> None:
     b.profile = profile
 
 
-STAGES = (stage_prune, stage_export, stage_measure, stage_profile)
+STAGES = (stage_prune, stage_dtypes, stage_export, stage_measure, stage_profile)
 
 
 def build(model: str | None = None, target: str = "cpu-x86", ratio: float | None = None, method: str | None = None,
@@ -213,6 +255,7 @@ def _start(model, target, ratio, method, calib, out, force, resume, opts: dict) 
     demo = model is None
     model_dir = Path(ensure_demo_model()) if demo else Path(model)
     ad = get_adapter(load_config(model_dir))
+    _check_dtypes(tgt, ad, align)  # before any directory exists
     defaulted = calib is None
     calib = calib or ("demo" if demo else "wikitext2")
     if defaulted and not demo:
