@@ -100,12 +100,14 @@ def choose_ratio(target: Target, ad, requested: float | None) -> tuple[float, st
     )
 
 
-def _warn_alignment(tgt: Target, ad, align: int) -> None:
+def _warn_alignment(tgt: Target, ad, align: int, chosen: dict[str, dict]) -> None:
     """A quantised format whose block the build's alignment does not respect falls back to a
-    bigger type (llama.cpp does so silently for k-quants): say so before the work."""
+    bigger type (llama.cpp does so silently for k-quants): say so before the work, for the
+    dtype the dense widths leave each format (`_check_dtypes`)."""
     from exporters.dtypes import get
 
-    for f in tgt.formats:
+    for t in tgt.formats:
+        f = {**t, "dtype": chosen[f"{t['format']}-{t['dtype']}"]["chosen"]}
         block = get(f["dtype"]).block
         if f["format"] == "gguf" and block > 1 and align % block:
             log(f"WARNING: align {align} is not a multiple of {f['dtype']}'s block {block}: pruned widths "
@@ -115,14 +117,14 @@ def _warn_alignment(tgt: Target, ad, align: int) -> None:
                 "will fall back whatever the pruning does (listed in the verify report)")
 
 
-def _check_dtypes(tgt: Target, ad, align: int) -> None:
+def _check_dtypes(tgt: Target, ad, align: int) -> dict[str, dict]:
     """What the dense widths already decide (a hidden size off the block makes most weights
     fall back whatever the pruning does), said before any work; refused when no dtype of a
     format's list fits. `stage_dtypes` decides on the pruned widths before exporting."""
     from . import dtype_fit
 
     try:
-        dtype_fit.decide(tgt.formats, ad, ad, align, log, rules=("fallback",))
+        return dtype_fit.decide(tgt.formats, ad, ad, align, log, rules=("fallback",))
     except dtype_fit.DTypeError as e:
         raise BuildError(str(e)) from None
 
@@ -255,7 +257,7 @@ def _start(model, target, ratio, method, calib, out, force, resume, opts: dict) 
     demo = model is None
     model_dir = Path(ensure_demo_model()) if demo else Path(model)
     ad = get_adapter(load_config(model_dir))
-    _check_dtypes(tgt, ad, align)  # before any directory exists
+    dense_fit = _check_dtypes(tgt, ad, align)  # before any directory exists
     defaulted = calib is None
     calib = calib or ("demo" if demo else "wikitext2")
     if defaulted and not demo:
@@ -286,7 +288,7 @@ def _start(model, target, ratio, method, calib, out, force, resume, opts: dict) 
     (out_dir / INCOMPLETE).write_text("edgeprune build in progress\n")
     log(f"target {tgt.name}; method {method}; ratio {the_ratio} ({why}); align {align}"
         + (" (--align)" if opts.get("align") is not None else " (the target's)"))
-    _warn_alignment(tgt, ad, align)
+    _warn_alignment(tgt, ad, align, dense_fit)
     log(f"calibration data: {calib} (calibration portion); evaluation data: {calib} (held-out evaluation portion)"
         + (" [default]" if defaulted else ""))
     return b
