@@ -46,12 +46,26 @@ class Build:
     ratio: float
     why: str
     opts: dict
+    align: int = 1  # --align, else the target's
     state: dict = field(default_factory=dict)
     profile: dict = field(default_factory=dict)
 
     @property
     def done(self) -> dict:
         return self.state["done"]
+
+    @property
+    def formats(self) -> list[dict]:
+        """The target's formats with the dtype `stage_dtypes` chose for each (its record under
+        "choice"), each (format, dtype) once."""
+        out, seen = [], set()
+        for f in self.tgt.formats:
+            rec = self.done.get("dtypes", {}).get(f"{f['format']}-{f['dtype']}")
+            g = {"format": f["format"], "dtype": rec["chosen"] if rec else f["dtype"], **({"choice": rec} if rec else {})}
+            if (g["format"], g["dtype"]) not in seen:
+                seen.add((g["format"], g["dtype"]))
+                out.append(g)
+        return out
 
     def save_state(self) -> None:
         path = self.out_dir / "build_state.json"
@@ -86,19 +100,42 @@ def choose_ratio(target: Target, ad, requested: float | None) -> tuple[float, st
     )
 
 
-def _warn_alignment(tgt: Target, ad) -> None:
-    """A quantised format whose block the target's alignment does not respect falls back to a
-    bigger type (llama.cpp does so silently for k-quants): say so before the work."""
+def _warn_alignment(tgt: Target, ad, align: int, chosen: dict[str, dict]) -> None:
+    """A quantised format whose block the build's alignment does not respect falls back to a
+    bigger type (llama.cpp does so silently for k-quants): say so before the work, for the
+    dtype the dense widths leave each format (`_check_dtypes`)."""
     from exporters.dtypes import get
 
-    for f in tgt.formats:
+    for t in tgt.formats:
+        f = {**t, "dtype": chosen[f"{t['format']}-{t['dtype']}"]["chosen"]}
         block = get(f["dtype"]).block
-        if f["format"] == "gguf" and block > 1 and tgt.align % block:
-            log(f"WARNING: target align {tgt.align} is not a multiple of {f['dtype']}'s block {block}: pruned widths "
+        if f["format"] == "gguf" and block > 1 and align % block:
+            log(f"WARNING: align {align} is not a multiple of {f['dtype']}'s block {block}: pruned widths "
                 f"may fall back to a bigger type (listed in the verify report); set align = {block} in the target")
         elif f["format"] == "gguf" and block > 1 and ad.hidden_size % block:
             log(f"note: hidden size {ad.hidden_size} is not a multiple of {f['dtype']}'s block {block}: some tensors "
                 "will fall back whatever the pruning does (listed in the verify report)")
+
+
+def _check_dtypes(tgt: Target, ad, align: int) -> dict[str, dict]:
+    """What the dense widths already decide (a hidden size off the block makes most weights
+    fall back whatever the pruning does), said before any work; refused when no dtype of a
+    format's list fits. `stage_dtypes` decides on the pruned widths before exporting."""
+    from . import dtype_fit
+
+    try:
+        return dtype_fit.decide(tgt.formats, ad, ad, align, log, rules=("fallback",))
+    except dtype_fit.DTypeError as e:
+        raise BuildError(str(e)) from None
+
+
+def check_align(align, tgt: Target) -> int:
+    """--align, validated as prune's is (a positive whole number), else the target's."""
+    if align is None:
+        return tgt.align
+    if isinstance(align, bool) or not isinstance(align, int) or align < 1:
+        raise BuildError(f"--align must be a positive whole number (got {align!r}); e.g. --align 32, or 1 for none")
+    return align
 
 
 # ---- the stages -------------------------------------------------------------------------
@@ -114,18 +151,35 @@ def stage_prune(b: Build) -> None:
 
     res = prune(b.model_dir, b.method, ratio=b.ratio, layers=get(b.method).build_layers, calib=b.calib,
                 n_samples=o["nsamples"], seq_len=o["seq_len"], seed=o["seed"], device=o["device"], data_dir=o["data_dir"],
-                out=b.out_dir / "model", resume=True, force=True, align=b.tgt.align, checked=True,
+                out=b.out_dir / "model", resume=True, force=True, align=b.align, checked=True,
                 search_evals=o.get("search_evals", 128))
     b.done["prune"] = {**res.report, "stage_seconds": time.perf_counter() - t0}
     b.save_state()
 
 
+def stage_dtypes(b: Build) -> None:
+    """Before exporting: each format's dtype, or the next of the target's list, that fits the
+    pruned widths (few fallbacks, pruned weights smaller than dense: `dtype_fit`); refused
+    with the reason when none does (the prune stays done: fix the target and --resume)."""
+    from . import dtype_fit
+
+    if "dtypes" in b.done:
+        return
+    dense, pruned = get_adapter(load_config(b.model_dir)), get_adapter(load_config(b.out_dir / "model"))
+    try:
+        chosen = dtype_fit.decide(b.tgt.formats, dense, pruned, b.align, log)
+    except dtype_fit.DTypeError as e:
+        raise BuildError(f"{e}; then rerun with --resume") from None
+    b.done["dtypes"] = chosen
+    b.save_state()
+
+
 def stage_export(b: Build) -> None:
-    """Export and verify every target format, pruned (`artifacts/`) and dense (`reference/`)."""
+    """Export and verify every format, pruned (`artifacts/`) and dense (`reference/`)."""
     from exporters import export
 
     exports = b.done.setdefault("export", {})
-    for f in b.tgt.formats:
+    for f in b.formats:
         key = f"{f['format']}-{f['dtype']}"
         for which, src, base in (("pruned", b.out_dir / "model", b.out_dir / "artifacts"),
                                  ("dense", b.model_dir, b.out_dir / "reference")):
@@ -145,7 +199,7 @@ def stage_measure(b: Build) -> None:
     windows, _ = prof.evaluation(b.model_dir, cfg, b.calib, b.opts["data_dir"])
     measured = b.done.setdefault("profile", {})
     exports = b.done["export"]
-    for f in b.tgt.formats:
+    for f in b.formats:
         key = f"{f['format']}-{f['dtype']}"
         if key in measured:
             continue
@@ -171,17 +225,18 @@ def stage_profile(b: Build) -> None:
     b.profile = profile
 
 
-STAGES = (stage_prune, stage_export, stage_measure, stage_profile)
+STAGES = (stage_prune, stage_dtypes, stage_export, stage_measure, stage_profile)
 
 
 def build(model: str | None = None, target: str = "cpu-x86", ratio: float | None = None, method: str | None = None,
           calib: str | None = None, out: str = "build", force: bool = False, resume: bool = False,
           data_dir=None, nsamples: int = 32, seq_len: int = 128, seed: int = 0, device: str = "cpu",
-          search_evals: int = 128, command: str = "", gguf_pre: str | None = None) -> dict:
+          search_evals: int = 128, align: int | None = None, command: str = "",
+          gguf_pre: str | None = None) -> dict:
     """Run every stage of a build into `out`; returns the console summary and the profile."""
     b = _start(model, target, ratio, method, calib, out, force, resume,
                dict(data_dir=data_dir, nsamples=nsamples, seq_len=seq_len, seed=seed, device=device, command=command,
-                    search_evals=search_evals, gguf_pre=gguf_pre))
+                    search_evals=search_evals, align=align, gguf_pre=gguf_pre))
     for stage in STAGES:
         stage(b)
     b.state["complete"] = True
@@ -198,11 +253,13 @@ def _start(model, target, ratio, method, calib, out, force, resume, opts: dict) 
     from .pipeline import preflight
 
     tgt = load_target(target)
+    align = check_align(opts.get("align"), tgt)
     out_dir = Path(out).absolute()
     check_output_dir(out_dir, force=force, resume=resume)
     demo = model is None
     model_dir = Path(ensure_demo_model()) if demo else Path(model)
     ad = get_adapter(load_config(model_dir))
+    dense_fit = _check_dtypes(tgt, ad, align)  # before any directory exists
     defaulted = calib is None
     calib = calib or ("demo" if demo else "wikitext2")
     if defaulted and not demo:
@@ -218,9 +275,9 @@ def _start(model, target, ratio, method, calib, out, force, resume, opts: dict) 
 
         tokenizer_preflight(model_dir, opts.get("gguf_pre"))  # a vocabulary llama.cpp cannot hold is refused first
     the_ratio, why = choose_ratio(tgt, ad, ratio)
-    b = Build(tgt, out_dir, model_dir, demo, calib, defaulted, method, the_ratio, why, opts)
+    b = Build(tgt, out_dir, model_dir, demo, calib, defaulted, method, the_ratio, why, opts, align=align)
     args = {"model": str(model_dir), "target": tgt.name, "ratio": the_ratio, "method": method, "calib": calib,
-            "nsamples": opts["nsamples"], "seq_len": opts["seq_len"], "seed": opts["seed"]}
+            "nsamples": opts["nsamples"], "seq_len": opts["seq_len"], "seed": opts["seed"], "align": align}
     b.state = {"args": args, "done": {}}
     state_path = out_dir / "build_state.json"
     if resume and state_path.is_file():
@@ -235,8 +292,9 @@ def _start(model, target, ratio, method, calib, out, force, resume, opts: dict) 
             shutil.rmtree(out_dir)  # check_output_dir made sure edgeprune wrote it
     out_dir.mkdir(exist_ok=True)
     (out_dir / INCOMPLETE).write_text("edgeprune build in progress\n")
-    log(f"target {tgt.name}; method {method}; ratio {the_ratio} ({why})")
-    _warn_alignment(tgt, ad)
+    log(f"target {tgt.name}; method {method}; ratio {the_ratio} ({why}); align {align}"
+        + (" (--align)" if opts.get("align") is not None else " (the target's)"))
+    _warn_alignment(tgt, ad, align, dense_fit)
     log(f"calibration data: {calib} (calibration portion); evaluation data: {calib} (held-out evaluation portion)"
         + (" [default]" if defaulted else ""))
     return b

@@ -179,7 +179,7 @@ def cmd_build(a) -> int:
 
     res = build(model=a.model, target=a.target, ratio=a.ratio, method=a.method, calib=a.calib, out=a.out,
                 force=a.force, resume=a.resume, data_dir=a.data_dir, nsamples=a.nsamples, seq_len=a.seq_len,
-                seed=a.seed, device=a.device, search_evals=a.search_evals, command=" ".join(sys.argv),
+                seed=a.seed, device=a.device, search_evals=a.search_evals, align=a.align, command=" ".join(sys.argv),
                 gguf_pre=a.gguf_pre)
     print(res["summary"])
     return 0

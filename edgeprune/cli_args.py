@@ -141,6 +141,8 @@ def _build_args(sub) -> argparse.ArgumentParser:
     b.add_argument("--seq-len", type=_positive, default=128, help="calibration window length (default 128)")
     b.add_argument("--seed", type=int, default=0, help="seed of the calibration windows (default 0)")
     b.add_argument("--search-evals", type=_positive, default=128, help="search: candidate allocations evaluated (default 128)")
+    b.add_argument("--align", type=_positive, default=None, help="override the target's align: kept widths are rounded to "
+                   "a multiple of it (see prune --align; 1: none)")
     b.add_argument("--out", default="build", help="build directory (default build/)")
     b.add_argument("--force", action="store_true", help="replace a finished build in --out (only one edgeprune wrote)")
     b.add_argument("--resume", action="store_true", help="continue an interrupted build with the same arguments")

@@ -21,7 +21,7 @@ from .checkpoint import INCOMPLETE, check_output_dir, load
 from .errors import EdgePruneError, PlanError
 from .memory import PeakMemory, stage_report
 from .methods import DEFAULT, REGISTRY, PruneRequest, get
-from .methods.base import achieved_ratio, check_ratio, dense_params
+from .methods.base import RATIO_TOLERANCE, achieved_ratio, check_ratio, dense_params
 from .models import expected_nonembedding
 from .plan import LayerPlan, Plan
 from .streaming import open_source
@@ -32,7 +32,6 @@ from .writeout import save_pruned
 
 # Below this many calibration tokens COMP's statistics get noisy (the paper used 10 x 128).
 MIN_CALIB_TOKENS = 1024
-RATIO_TOLERANCE = 0.01
 
 
 class ResumeState:
@@ -127,10 +126,27 @@ def make_plan(model, method: str, req: PruneRequest, calib: torch.Tensor | None,
         "calibration_tokens": int(calib.numel()) if calib is not None else 0,
     }
     plan.stats["report"] = report
-    if m.exact_ratio and req.ratio and abs(ratio - req.ratio) > RATIO_TOLERANCE:
-        raise PlanError(f"{method} reached ratio {ratio:.4f}, more than {RATIO_TOLERANCE} from the requested {req.ratio}; "
-                        "this is a bug, please report it with the command")
+    note = ratio_note(m, req, ratio, plan)
+    if note:
+        warnings.warn(note, stacklevel=2)
+        report["ratio_note"] = note
     return plan, report
+
+
+def ratio_note(m, req: PruneRequest, ratio: float, plan: Plan) -> str | None:
+    """The one tolerance check, for every method: a plan more than RATIO_TOLERANCE from the
+    requested ratio is kept (it is the nearest its aligned widths reach: say so), except from
+    a method that promises to land and did not say it could not (a bug, not bad input)."""
+    if not req.ratio or abs(ratio - req.ratio) <= RATIO_TOLERANCE:
+        return None
+    if m.exact_ratio and not plan.stats.get("nearest_reachable"):
+        raise RuntimeError(f"{m.name} reached ratio {ratio:.4f}, more than {RATIO_TOLERANCE} from the requested "
+                           f"{req.ratio}; this is a bug, please report it with the command")
+    why = (f"where its per-layer widths rounded to --align {req.align} land (a smaller --align gives finer steps"
+           + ("" if m.name == DEFAULT else f"; {DEFAULT} lands as near as the aligned widths allow") + ")"
+           if req.align > 1 else "where its per-layer rounding lands")
+    return (f"{m.name} reached ratio {ratio:.4f}, {abs(ratio - req.ratio):.4f} from the requested {req.ratio} "
+            f"(tolerance {RATIO_TOLERANCE}): {why}")
 
 
 def prune(  # long: one keyword argument per CLI option

@@ -91,6 +91,7 @@ def artifact_entry(f: dict, ep: dict, ed: dict, measured: dict, out_dir: Path, a
         "format": f["format"], "dtype": f["dtype"], "path": str(Path(ep["path"]).relative_to(out_dir)),
         "bytes": ep["bytes"], "verify": ep["verify"], "verify_report": ep.get("verify_report"),
         "architecture": ep.get("architecture"), "fallbacks": ep.get("fallbacks", []),
+        "dtype_choice": f.get("choice"),  # the target's dtype, or the next of its list, and why (build.stage_dtypes)
         "reference_dense": {"path": str(Path(ed["path"]).relative_to(out_dir)), "bytes": ed["bytes"],
                             "verify_passed": ed["verify"].get("passed")},
         "perplexity": {"dense": ppl_d, "pruned": ppl_p, "ratio": ppl_p / ppl_d, "protocol": ppl_protocol},
@@ -133,6 +134,7 @@ def prune_section(method: str, ratio: float, why: str, rep: dict) -> dict:
         "peak_memory_bytes": pm["peak_bytes"], "peak_memory_above_baseline_bytes": pm["above_baseline_bytes"],
         "peak_memory_kind": pm["kind"], "wall_seconds": rep["wall_seconds"], "layers_removed": rep["layers_removed"],
         "calibration_tokens": rep["calibration_tokens"],
+        "ratio_note": rep.get("ratio_note"),  # set when the plan lands more than the tolerance from the ratio
     }
 
 
@@ -152,7 +154,7 @@ def assemble(b) -> dict:  # long: the profile's sections, in schema order
     _, protocol = evaluation(b.model_dir, cfg, b.calib, b.opts["data_dir"])
     exports, rep = b.done["export"], b.done["prune"]
     artifacts, estimates = [], []
-    for f in b.tgt.formats:
+    for f in b.formats:
         key = f"{f['format']}-{f['dtype']}"
         entry = artifact_entry(f, exports[f"pruned:{key}"], exports[f"dense:{key}"], b.done["profile"][key], b.out_dir,
                                ad, ad_p, protocol)
@@ -224,7 +226,7 @@ def summary_lines(profile: dict, out_dir: Path) -> list[str]:
     lines = []
     for a in profile["artifacts"]:
         sp, ld, lp = a["speedup"], a["latency"]["dense"], a["latency"]["pruned"]
-        lines.append(f"  {a['format']:4} {a['dtype']:5} {a['bytes']:>12,} B  PPL {a['perplexity']['dense']:.3f} -> "
+        lines.append(f"  {a['format']:4} {a['dtype']:5} {a['reference_dense']['bytes']:>12,} -> {a['bytes']:>12,} B  PPL {a['perplexity']['dense']:.3f} -> "
                      f"{a['perplexity']['pruned']:.3f}  decode {ld['decode_ms_per_token_min']:.3f} -> "
                      f"{lp['decode_ms_per_token_min']:.3f} ms/tok  speedup {sp['decode_measured']:.2f}x "
                      f"[{sp['decode_interval'][0]:.2f}, {sp['decode_interval'][1]:.2f}] (ideal {sp['decode_ideal']:.2f}x): "

@@ -17,7 +17,11 @@ def _verdict(profile: dict) -> str:
     for a in profile["artifacts"]:
         sp, pp = a["speedup"], a["perplexity"]
         iv = sp.get("decode_interval") or [sp["decode_measured"]] * 2
-        parts.append(f"{a['format']} {a['dtype']}: decode {sp['decode_measured']:.2f}x faster (95% interval "
+        dense_b = (a.get("reference_dense") or {}).get("bytes")
+        choice = a.get("dtype_choice") or {}
+        parts.append(f"{a['format']} {a['dtype']}"
+                     + (f" (instead of {choice['requested']}: {choice['why']})" if choice.get("requested", a["dtype"]) != a["dtype"] else "")
+                     + f": {_fmt(dense_b, ',')} -> {a['bytes']:,} B, {speed_words(sp)} (95% interval "
                      f"{iv[0]:.2f}-{iv[1]:.2f}x, ideal {sp['decode_ideal']:.2f}x: {sp.get('status', 'n/a')}), perplexity "
                      f"{_fmt(pp.get('dense'), '.2f')} -> {_fmt(pp.get('pruned'), '.2f')} "
                      f"(x{_fmt(pp.get('ratio'), '.3f')})")
@@ -28,6 +32,19 @@ def _verdict(profile: dict) -> str:
            f"{tgt['name']}'s {budget / 1e9:.3g} GB budget" if budget else "")
     return (f"**Verdict.** Measured on {host} (the build host; run `edgeprune bench` on the device itself): "
             + "; ".join(parts) + (f". Memory: {fit} (KV cache not included)." if fit else "."))
+
+
+def speed_words(sp: dict) -> str:
+    """The decode speed in words. "faster" only when the measurement is above 1 and the ideal
+    allows a speedup at all: a pruned artifact that reads more bytes than the dense one
+    (ideal below 1) is never called faster, whatever a noisy run measured."""
+    m, ideal = sp["decode_measured"], sp["decode_ideal"]
+    if ideal < 1:
+        return (f"decode {m:.2f}x the dense speed, NOT faster: the pruned artifact reads more bytes per token "
+                f"than the dense one (ideal {ideal:.2f}x)")
+    if m > 1:
+        return f"decode {m:.2f}x faster"
+    return f"decode {m:.2f}x the dense speed (not faster)"
 
 
 def _status(sp: dict) -> str:

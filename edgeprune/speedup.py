@@ -4,6 +4,7 @@ One minimum over five runs on a shared machine once passed a 47x "speedup". Here
 repetition times dense and pruned back to back (so both see the same background load),
 the speedup is the median of the per-repetition ratios, and a seeded bootstrap of that
 median gives a 95% interval. The verdict:
+  - miss, whatever was measured, when the ideal is below 1 (the pruned artifact is bigger);
   - inconclusive: the measurement is implausible (above 1.5x the ideal, or below 1/ideal),
     the interval is wider than `MAX_REL_WIDTH` of the estimate, or it straddles the
     threshold;
@@ -41,6 +42,9 @@ def interval(ratios: list[float], seed: int = 0, level: float = 0.95) -> tuple[f
 def verdict(measured: float, lo: float, hi: float, ideal: float) -> tuple[str, str]:
     """(status, reason) for a measured speedup with its interval against the ideal."""
     threshold = PASS_FRACTION * ideal
+    if ideal < 1:
+        return "miss", (f"ideal {ideal:.2f}x is below 1: the pruned artifact reads more bytes per token than the dense "
+                        "one (its dtype falls back on the pruned widths); nothing to gain, whatever was measured")
     if measured > IMPLAUSIBLE_ABOVE * ideal or measured < 1 / ideal:
         return "inconclusive", (f"implausible: {measured:.2f}x against an ideal of {ideal:.2f}x "
                                 f"(plausible range {1 / ideal:.2f}x to {IMPLAUSIBLE_ABOVE * ideal:.2f}x); the machine was busy")

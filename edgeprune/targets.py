@@ -16,8 +16,12 @@ except ModuleNotFoundError:  # Python 3.10
 from .errors import EdgePruneError
 
 def _targets_dir() -> Path:
-    """The built-in target TOMLs: package data when installed (edgeprune.targets_data), else
-    the checkout's top-level targets/ folder."""
+    """The built-in target TOMLs: the checkout's top-level targets/ folder when this package
+    is imported from a checkout (an editable install of another checkout must not shadow the
+    TOMLs beside this code), else the installed package data (edgeprune.targets_data)."""
+    checkout = Path(__file__).resolve().parents[1]
+    if (checkout / "pyproject.toml").is_file() and any((checkout / "targets").glob("*.toml")):
+        return checkout / "targets"
     try:
         from importlib.resources import files
 
@@ -26,7 +30,7 @@ def _targets_dir() -> Path:
             return d
     except (ModuleNotFoundError, TypeError):
         pass
-    return Path(__file__).resolve().parents[1] / "targets"
+    return checkout / "targets"
 
 
 TARGETS_DIR = _targets_dir()
@@ -41,6 +45,9 @@ SCHEMA: dict[str, object] = {
     "latency": {"context": int, "new_tokens": int},
 }
 FORMAT_KEYS = {"format", "dtype"}
+# A format entry may list the dtypes the build falls back to, in order, when its dtype does
+# not fit the pruned model (edgeprune/dtype_fit.py): e.g. fallback = ["q8_0", "f16"].
+FORMAT_OPTIONAL = {"fallback"}
 # Keys a target may leave out (the device estimate then leaves its overhead term unscaled).
 OPTIONAL = {"hardware.cpu_cores", "hardware.cpu_clock_ghz"}
 
@@ -121,11 +128,17 @@ def load_target_file(path: Path) -> Target:
         raise TargetError(f"{path}: not valid TOML ({e})") from None
     _check(data, SCHEMA, path)
     for f in data["artifacts"]["formats"]:
-        if not isinstance(f, dict) or set(f) != FORMAT_KEYS:
-            raise TargetError(f"{path}: each artifacts.formats entry needs exactly the keys format and dtype, got {f!r}")
+        if not isinstance(f, dict) or not FORMAT_KEYS <= set(f) <= FORMAT_KEYS | FORMAT_OPTIONAL:
+            raise TargetError(f"{path}: each artifacts.formats entry needs the keys format and dtype (and may have "
+                              f"fallback), got {f!r}")
         if f["format"] not in ("gguf", "onnx"):
             raise TargetError(f"{path}: artifacts.formats format must be gguf or onnx, got {f['format']!r}")
         _check_dtype(path, f)
+        fb = f.get("fallback", [])
+        if not isinstance(fb, list) or not all(isinstance(x, str) for x in fb):
+            raise TargetError(f"{path}: artifacts.formats fallback must be a list of dtype names, got {fb!r}")
+        for x in fb:
+            _check_dtype(path, {**f, "dtype": x})
     r = data["pruning"]["ratio"]
     if isinstance(r, bool) or isinstance(r, str) and r != "auto" or isinstance(r, (int, float)) and not 0 < r < 1:
         raise TargetError(f"{path}: pruning.ratio must be a number in (0, 1) or \"auto\", got {r!r}")

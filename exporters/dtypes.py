@@ -14,7 +14,9 @@ class DType:
     bytes_per_weight: float  # average over a model's linear weights (k-quant mixes included)
     ppl_tolerance: float | None  # relative perplexity delta allowed; None: f32, judged on logits
     block: int = 1  # quantised rows must be a multiple of this
-    fallback: tuple[str, ...] = ()  # what a row that does not fit becomes, in order (our own writer)
+    # what a row that does not fit becomes, in order: our own writer's choice, or for a
+    # llama.cpp mix the quantizer's own (llama-quant.cpp: Q4_K -> Q5_0, Q5_K -> Q5_1, Q6_K -> Q8_0, then F16)
+    fallback: tuple[str, ...] = ()
     llama_ftype: int = 0  # llama.cpp's LLAMA_FTYPE_* (the GGUF's general.file_type)
     llama_quantizer: bool = False  # quantised by llama.cpp itself (its own per-tensor mix)
     family: tuple[str, ...] = ()  # GGML types that count as "no fallback" for a llama.cpp mix
@@ -28,12 +30,16 @@ TABLE: dict[str, DType] = {d.name: d for d in (
     DType("int4", ("onnx",), 0.56, 0.15),
     DType("q8_0", ("gguf",), 34 / 32, 0.03, 32, ("f16",), 7),
     DType("q4_0", ("gguf",), 18 / 32, 0.15, 32, ("f16",), 2),
-    DType("q6_k", ("gguf",), 210 / 256, 0.06, 256, (), 18, True, ("Q6_K",)),
-    DType("q5_k_m", ("gguf",), 5.7 / 8, 0.10, 256, (), 17, True, ("Q5_K", "Q6_K")),
-    DType("q4_k_m", ("gguf",), 4.9 / 8, 0.15, 256, (), 15, True, ("Q4_K", "Q5_K", "Q6_K")),
+    DType("q6_k", ("gguf",), 210 / 256, 0.06, 256, ("q8_0", "f16"), 18, True, ("Q6_K",)),
+    DType("q5_k_m", ("gguf",), 5.7 / 8, 0.10, 256, ("q5_1", "f16"), 17, True, ("Q5_K", "Q6_K")),
+    DType("q4_k_m", ("gguf",), 4.9 / 8, 0.15, 256, ("q5_0", "f16"), 15, True, ("Q4_K", "Q5_K", "Q6_K")),
+    # llama.cpp's fallback types for the k-quants: no format exports them, the build's size
+    # prediction (edgeprune/dtype_fit.py) reads their facts
+    DType("q5_0", (), 22 / 32, None, 32, ("f16",)),
+    DType("q5_1", (), 24 / 32, None, 32, ("f16",)),
 )}
 ALIASES = {"q4_k": "q4_k_m"}  # the name edgeprune used before the mix was spelled out
-DTYPES = tuple(TABLE) + tuple(ALIASES)
+DTYPES = tuple(n for n, d in TABLE.items() if d.formats) + tuple(ALIASES)
 ONNX_DTYPES = tuple(n for n, d in TABLE.items() if "onnx" in d.formats)
 
 

@@ -15,6 +15,7 @@ pytest.importorskip("onnxruntime", reason="the 'onnx' extra is not installed")
 pytest.importorskip("llama_cpp", reason="the 'gguf' extra is not installed")
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
+Q8 = r'\{ format = "gguf", dtype = "q8_0"[^}]*\}, '  # cpu-x86's q8_0 GGUF entry (a regex for _toml)
 
 
 def cli(*args, check=True, env=ENV):
@@ -61,7 +62,7 @@ def test_budget_that_cannot_be_met(stories, tmp_path):
 
 @pytest.mark.slow
 def test_build_stories_complete_profile(stories, tmp_path):
-    t = _toml(tmp_path, **{'{ format = "gguf", dtype = "q8_0" }, ': ""})  # f32 GGUF + f32 ONNX keeps CI short
+    t = _toml(tmp_path, **{Q8: ""})  # f32 GGUF + f32 ONNX keeps CI short
     out = tmp_path / "build"
     cli("build", "--model", stories, "--target", t, "--ratio", "0.2", "--out", out, "--calib", "tinystories", "--threads", "2")
     prof = json.loads((out / "profile.json").read_text())
@@ -136,7 +137,7 @@ def test_interrupted_build_dir_is_refused(stories, tmp_path):
 def test_demo_build_needs_nothing_but_the_checkout(tmp_path):
     """The README's first command: no --model, no ../shared (a short demo training run here)."""
     env = {**ENV, "EDGEPRUNE_DEMO_STEPS": "30", "EDGEPRUNE_CACHE": str(tmp_path / "cache"), "EDGEPRUNE_DATA": str(tmp_path / "none")}
-    t = _toml(tmp_path, **{'{ format = "gguf", dtype = "q8_0" }, ': ""})
+    t = _toml(tmp_path, **{Q8: ""})
     out = tmp_path / "demo-build"
     cli("build", "--target", t, "--out", out, "--threads", "2", env=env)
     prof = json.loads((out / "profile.json").read_text())
@@ -151,7 +152,7 @@ def test_interrupted_build_resumes(stories, tmp_path, monkeypatch):
 
     from edgeprune.build import BuildError, build
 
-    t = _toml(tmp_path, **{'{ format = "gguf", dtype = "q8_0" }, ': "", '{ format = "onnx", dtype = "f32" }': ""})
+    t = _toml(tmp_path, **{Q8: "", r'\{ format = "onnx", dtype = "f32" \}': ""})
     t.write_text(t.read_text().replace(', ]', ']').replace('}, ]', '}]'))
     real = exporters.export
     calls = {"n": 0}

@@ -137,13 +137,15 @@ def _moves(lad: Ladders, alloc: Alloc, deeper: bool) -> list[tuple[int, Choice, 
     return out
 
 
-def repair(lad: Ladders, alloc: Alloc, budget: float) -> Alloc:
+def repair(lad: Ladders, alloc: Alloc, budget: float, tol: float | None = None) -> Alloc:
     """Bring an allocation to the budget: cut deeper where the proxy rises least per
-    parameter until the budget is met, then give back rungs (most proxy per parameter
-    first) while it stays met, landing within one FFN rung step above the budget."""
+    parameter until the budget is met (dropping a layer when no rung is left), then give
+    back rungs (most proxy per parameter first) while it stays met, landing within one
+    FFN rung step above the budget. With `tol` (parameters), an allocation still more than
+    `tol` above the budget is then moved as close to it as its aligned rungs allow (`land`)."""
     cur = list(alloc)
     while lad.total(tuple(cur)) < budget:
-        opts = [m for m in _moves(lad, tuple(cur), True) if m[2] > 0]
+        opts = [m for m in _moves(lad, tuple(cur), True) if m[2] > 0] or _drops(lad, tuple(cur))
         if not opts:
             raise PlanError("the candidate ladders cannot remove that much at this --align; lower --ratio or --align")
         i, n, _, _ = min(opts, key=lambda m: (m[3] / m[2], m[0]))
@@ -152,14 +154,105 @@ def repair(lad: Ladders, alloc: Alloc, budget: float) -> Alloc:
         over = lad.total(tuple(cur)) - budget
         opts = [m for m in _moves(lad, tuple(cur), False) if m[2] < 0 and -m[2] <= over]
         if not opts:
-            return tuple(cur)
+            break
         i, n, _, _ = max(opts, key=lambda m: (-m[3] / -m[2], -m[0]))
         cur[i] = n
+    return tuple(cur) if tol is None else land(lad, tuple(cur), budget, tol)
 
 
-def mutate(lad: Ladders, alloc: Alloc, rng: random.Random, switches: int, budget: float) -> Alloc:
+def _drops(lad: Ladders, alloc: Alloc) -> list[tuple[int, Choice, int, float]]:
+    """Dropping one more layer (at least one stays): the deeper move left when no rung is."""
+    kept = [i for i, c in enumerate(alloc) if c != DROP]
+    if len(kept) < 2:
+        return []
+    return [(i, DROP, lad.removed(i, DROP) - lad.removed(i, alloc[i]), lad.error(i, DROP) - lad.error(i, alloc[i]))
+            for i in kept if i not in lad.fixed and lad.removed(i, DROP) > lad.removed(i, alloc[i])]
+
+
+def _restores(lad: Ladders, alloc: Alloc) -> list[tuple[int, Choice, int, float]]:
+    """A dropped layer brought back at its deepest aligned rungs (the smallest give-back)."""
+    out = []
+    for i, c in enumerate(alloc):
+        if c == DROP:
+            n = (lad.attn_levels(i)[-1], len(lad.ffn(i)) - 1)
+            out.append((i, n, lad.removed(i, n) - lad.removed(i, DROP), lad.error(i, n) - lad.error(i, DROP)))
+    return out
+
+
+def land(lad: Ladders, alloc: Alloc, budget: float, tol: float) -> Alloc:
+    """Move an allocation that overshoots the budget by more than `tol` parameters as close
+    to it as the aligned rungs allow: each step takes the single rung move, or pair of moves
+    in two layers (one deeper, one shallower: their difference is finer than either), that
+    lands within `tol` (at or above the budget first, then below, least proxy error), else
+    the one that gets nearest. With coarse aligned widths (small models, large --align) one
+    FFN step can exceed the tolerance; the budget is measured in parameters, so a cut of
+    attention heads elsewhere can make up the difference."""
+    cur = tuple(alloc)
+    while abs(lad.total(cur) - budget) > tol:
+        off = lad.total(cur) - budget
+        singles = _moves(lad, cur, True) + _moves(lad, cur, False) + _restores(lad, cur)
+        cands = [((m,), m[2], m[3]) for m in singles]
+        cands += [((a, b), a[2] + b[2], a[3] + b[3]) for a in singles for b in singles if a[0] < b[0]]
+
+        def rank(c):
+            after = off + c[1]
+            band = 0 if 0 <= after <= tol else 1 if -tol <= after < 0 else 2
+            return (band, c[2] if band < 2 else abs(after), c[2])
+
+        best = min(cands, key=rank, default=None)
+        if best is None or abs(off + best[1]) >= abs(off):
+            return _nearest(lad, cur, budget, tol)
+        nxt = list(cur)
+        for i, n, _, _ in best[0]:
+            nxt[i] = n
+        cur = tuple(nxt)
+    return cur
+
+
+def _nearest(lad: Ladders, alloc: Alloc, budget: float, tol: float) -> Alloc:
+    """The allocation whose total is nearest the budget (least proxy error among equals), by
+    dynamic programming over totals on a grid of tol / (4 x layers) parameters, up to one
+    largest choice above the budget: where moving a rung or two cannot land, a combination of
+    several may. Returns `alloc` if nothing is nearer."""
+    L = len(lad.records)
+    q = max(1.0, tol / (4 * L))
+    top = max(lad.removed(i, c) for i in range(L) for c in lad.choices(i))
+    B = int((budget + top) // q) + 1
+    best = np.full(B + 1, np.inf)
+    best[0] = 0.0
+    backs = []
+    for i in range(L):
+        opts = lad.choices(i)
+        new, pick, origin = np.full(B + 1, np.inf), np.full(B + 1, -1), np.full(B + 1, -1)
+        for k, c in enumerate(opts):
+            s = int(round(lad.removed(i, c) / q))
+            if s > B:
+                continue
+            moved = np.full(B + 1, np.inf)
+            moved[s:] = best[: B + 1 - s] + lad.error(i, c)
+            better = moved < new
+            new[better], pick[better] = moved[better], k
+            origin[better] = (np.arange(B + 1) - s)[better]
+        backs.append((opts, pick, origin))
+        best = new
+    ok = np.flatnonzero(np.isfinite(best))
+    if ok.size == 0:
+        return alloc
+    b = int(min(ok, key=lambda j: (abs(j * q - budget), best[j])))
+    out = []
+    for opts, pick, origin in reversed(backs):
+        out.append(opts[pick[b]])
+        b = origin[b]
+    got = tuple(reversed(out))
+    if sum(c != DROP for c in got) == 0 or abs(lad.total(got) - budget) >= abs(lad.total(alloc) - budget):
+        return alloc
+    return got
+
+
+def mutate(lad: Ladders, alloc: Alloc, rng: random.Random, switches: int, budget: float,
+           tol: float | None = None) -> Alloc:
     """Level switches: per switch one module a rung deeper and another a rung shallower,
-    or (one time in eight) a layer dropped or restored; then `repair`."""
+    or (one time in eight) a layer dropped or restored; then `repair` (within `tol`)."""
     cur = list(alloc)
     free = [i for i in range(len(cur)) if i not in lad.fixed]
     for _ in range(switches):
@@ -174,4 +267,4 @@ def mutate(lad: Ladders, alloc: Alloc, rng: random.Random, switches: int, budget
             if opts:
                 i, n, _, _ = rng.choice(opts)
                 cur[i] = n
-    return repair(lad, tuple(cur), budget)
+    return repair(lad, tuple(cur), budget, tol)

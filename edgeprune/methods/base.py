@@ -191,6 +191,11 @@ def uniform_split(adapter: DecoderAdapter, shape: LayerShape, target: float, ali
     return g, shape.intermediate_size - keep
 
 
+# How far (as a fraction of the non-embedding parameters) any method's plan may land from the
+# requested ratio before the prune says so: the one tolerance, for every method.
+RATIO_TOLERANCE = 0.01
+
+
 def check_ratio(ratio: float | None) -> float:
     if ratio is None or not isinstance(ratio, (int, float)) or math.isnan(ratio) or not 0 < ratio < 1:
         raise PlanError(f"--ratio must be a number strictly between 0 and 1 (got {ratio}); e.g. --ratio 0.2")

@@ -30,7 +30,7 @@ from ..errors import PlanError
 from ..plan import LayerPlan, Plan
 from ..streaming import LayerSource, done, run_collecting, walk
 from .allocate import DROP, Alloc, Ladders, from_ratios, knapsack, mutate, repair
-from .base import PruneRequest, bar, cosine_importance, dense_params
+from .base import RATIO_TOLERANCE, PruneRequest, bar, cosine_importance, dense_params
 from .comp import layer_ratios
 from .fitness import KLFitness
 from .ladder import LadderStore, attention_path, attention_rungs, ffn_rungs, head_cols, initial_heads, ladder_record
@@ -46,7 +46,7 @@ def plan_search(source: LayerSource, calib: torch.Tensor, req: PruneRequest) -> 
     if n < 2:
         raise PlanError("search holds back part of the calibration windows for its fitness and needs at least 2; raise --nsamples")
     held = max(1, n // 2)  # half the windows: the fitness ranks better on more tokens (measured on stories260K)
-    budget = ratio * dense_params(ad)
+    budget, tol = ratio * dense_params(ad), RATIO_TOLERANCE * dense_params(ad)
     fixed = frozenset(req.protected(L))
     if fixed and sum(ad.layer_param_count(sh) for i, sh in enumerate(source.shapes) if i not in fixed) < budget:
         raise PlanError(f"--ratio {ratio} cannot be reached with layers {sorted(fixed)} protected; lower --ratio or --protect fewer layers")
@@ -58,7 +58,7 @@ def plan_search(source: LayerSource, calib: torch.Tensor, req: PruneRequest) -> 
             raise PlanError(f"--ratio {ratio} leaves less than one layer's deepest cut; lower --ratio")
         fitness = KLFitness(source, calib[n - held:], lad, store, req.batch_size)
         try:
-            best, log = evolve(lad, budget, fitness, req, work / "search.json")
+            best, log = evolve(lad, budget, fitness, req, work / "search.json", tol)
         finally:
             fitness.close()
         plan = Plan(method="search", tensors=req.tensor_store(), model_type=ad.family, num_layers=L, ratio_requested=ratio,
@@ -66,8 +66,8 @@ def plan_search(source: LayerSource, calib: torch.Tensor, req: PruneRequest) -> 
                     options={"search_evals": req.search_evals, "population": POPULATION, "seed": req.seed,
                              "heldback_windows": held, "fitness": "KL(dense || pruned) per token, held-back calibration windows",
                              "damp": req.damp, "align": req.align, "protect": sorted(lad.fixed)})
-        final_stage(source, calib, req, plan, lad, best, budget)
-        plan.stats = {"search": log}
+        final_stage(source, calib, req, plan, lad, best, budget, tol)
+        plan.stats["search"] = log
         return plan
     finally:
         if req.state is None:
@@ -120,8 +120,10 @@ def _norms(x_acts, y_acts) -> tuple[float, float]:
     return max(norm, 1e-30), drop
 
 
-def evolve(lad: Ladders, budget: float, fitness: KLFitness, req: PruneRequest, log_path: Path) -> tuple[Alloc, dict]:
-    """Seeds, then (1 + λ) level-switch generations under a bounded number of evaluations."""
+def evolve(lad: Ladders, budget: float, fitness: KLFitness, req: PruneRequest, log_path: Path,
+           tol: float | None = None) -> tuple[Alloc, dict]:
+    """Seeds, then (1 + λ) level-switch generations under a bounded number of evaluations;
+    every candidate lands within `tol` parameters of the budget where its aligned rungs allow."""
     cache: dict[Alloc, float] = {}
     if log_path.is_file():  # resume: the same seed replays the same candidates
         cache = {tuple(map(tuple, a)): v for a, v in json.loads(log_path.read_text())["evaluated"]}
@@ -146,7 +148,7 @@ def evolve(lad: Ladders, budget: float, fitness: KLFitness, req: PruneRequest, l
         seeds[f"{'slimgpt-' if rule == 'log' else ''}{rule}"] = from_ratios(lad, ipr_ratios(L, params, budget, rule, req.max_layer_ratio), params)
     imp = {i: r["importance"] for i, r in enumerate(lad.records) if i not in lad.fixed}
     seeds["comp-eq10"] = from_ratios(lad, layer_ratios(imp, {i: params[i] for i in imp}, budget, req.max_layer_ratio), params)
-    seeds = {k: repair(lad, v, budget) for k, v in seeds.items()}
+    seeds = {k: repair(lad, v, budget, tol) for k, v in seeds.items()}
     score(list(seeds.values()))
     best = min(seeds.values(), key=lambda a: cache[a])
     origin = next(k for k, v in seeds.items() if v == best)
@@ -155,7 +157,7 @@ def evolve(lad: Ladders, budget: float, fitness: KLFitness, req: PruneRequest, l
     total_gens = max(1, -(-max(left, 0) // POPULATION))
     while left > 0:
         switches = max(1, round((L / 4) * (1 - gens / total_gens)))
-        kids = [mutate(lad, best, rng, switches, budget) for _ in range(min(POPULATION, left))]
+        kids = [mutate(lad, best, rng, switches, budget, tol) for _ in range(min(POPULATION, left))]
         score(kids)
         left -= len(kids)
         gens += 1
@@ -170,26 +172,35 @@ def evolve(lad: Ladders, budget: float, fitness: KLFitness, req: PruneRequest, l
     return best, log
 
 
-def final_counts(lad: Ladders, alloc: Alloc, budget: float, per_ch: int, align: int) -> dict[int, int]:
+def final_counts(lad: Ladders, alloc: Alloc, budget: float, per_ch: int, align: int,
+                 tol: float | None = None) -> dict[int, int]:
     """FFN channels to remove per kept layer: the rungs', less what overshoots the budget
-    (handed back, in whole --align steps, by the layers cut deepest)."""
+    (handed back, in whole --align steps, by the layers cut deepest). An allocation at or
+    under the budget keeps its rungs. With `tol`: when what is left over exceeds it and one
+    more step lands nearer (under the budget), that step is handed back too."""
     counts = {i: len(lad.ffn(i)[0]["keep"]) - len(lad.ffn(i)[c[1]]["keep"]) for i, c in enumerate(alloc) if c != DROP}
     step = max(1, align)
     over = lad.total(alloc) - budget
+    if over <= 0:
+        return counts
     for i in sorted(counts, key=lambda i: (-counts[i], i)):
         give = min(counts[i], int(over // (per_ch * step)) * step)
         counts[i] -= give
         over -= give * per_ch
+    if tol is not None and over > tol and per_ch * step - over < over:
+        deepest = max((i for i in counts if counts[i] >= step), key=lambda i: (counts[i], -i), default=None)
+        if deepest is not None:
+            counts[deepest] -= step
     return counts
 
 
 def final_stage(source: LayerSource, calib: torch.Tensor, req: PruneRequest, plan: Plan, lad: Ladders,
-                alloc: Alloc, budget: float) -> None:
+                alloc: Alloc, budget: float, tol: float | None = None) -> None:
     """Re-fit the chosen allocation on the pruned model's inputs, layer by layer (resumable)."""
     from ..surgery import slice_layer
 
     ad = source.adapter
-    counts = final_counts(lad, alloc, budget, ad.ffn_channel_param_count(), req.align)
+    counts = final_counts(lad, alloc, budget, ad.ffn_channel_param_count(), req.align, tol)
 
     def prune_in_place(i: int, layer, cur):
         got = req.state.get(i) if req.state is not None else None
@@ -204,6 +215,10 @@ def final_stage(source: LayerSource, calib: torch.Tensor, req: PruneRequest, pla
             slice_layer(ad, layer, i, plan, source.shapes[i])
         return None
 
+    removed = sum(lad.removed(i, c) if c == DROP else lad.attn(i)[c[0]]["removed"] + counts[i] * ad.ffn_channel_param_count()
+                  for i, c in enumerate(alloc))
+    if tol is not None and abs(removed - budget) > tol:  # the aligned widths allow nothing nearer (allocate.land)
+        plan.stats["nearest_reachable"] = True
     acts = source.start(calib, req.batch_size, req.offload)
     kept = [i for i, c in enumerate(alloc) if c != DROP]
     done(walk(source, acts, bar(kept, "search: final re-fit", req), edit=prune_in_place), acts)
