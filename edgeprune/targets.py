@@ -120,6 +120,9 @@ def load_target_file(path: Path) -> Target:
     except tomllib.TOMLDecodeError as e:
         raise TargetError(f"{path}: not valid TOML ({e})") from None
     _check(data, SCHEMA, path)
+    if not data["artifacts"]["formats"]:
+        raise TargetError(f"{path}: artifacts.formats is empty, so a build would export nothing; list at least one, "
+                          "e.g. formats = [{ format = \"gguf\", dtype = \"q8_0\" }]")
     for f in data["artifacts"]["formats"]:
         if not isinstance(f, dict) or set(f) != FORMAT_KEYS:
             raise TargetError(f"{path}: each artifacts.formats entry needs exactly the keys format and dtype, got {f!r}")
