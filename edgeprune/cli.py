@@ -206,7 +206,10 @@ def main(argv: list[str] | None = None) -> int:
 
     handlers = {"eval": cmd_eval, "prune": cmd_prune, "export": cmd_export, "build": cmd_build, "bench": cmd_bench,
                 "inspect": cmd_inspect, "targets": cmd_targets}
-    args = build_parser(handlers).parse_args(argv)
+    try:
+        args = build_parser(handlers).parse_args(argv)
+    except SystemExit as e:  # --help, --version (0) and argparse's one-line refusals (2)
+        return int(e.code or 0)
     from .errors import EdgePruneError
 
     warnings.formatwarning = lambda msg, cat, *_a, **_k: f"edgeprune: warning: {msg}\n"
