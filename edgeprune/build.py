@@ -257,6 +257,7 @@ def _start(model, target, ratio, method, calib, out, force, resume, opts: dict) 
     out_dir.mkdir(exist_ok=True)
     b.lock = OutLock(out_dir).acquire()
     (out_dir / INCOMPLETE).write_text("edgeprune build in progress\n")
+    b.save_state()  # the arguments and input hashes, before any stage: a resume compares them
     log(f"target {tgt.name}; method {method}; ratio {the_ratio} ({why})")
     _warn_alignment(tgt, ad)
     log(f"calibration data: {calib} (calibration portion); evaluation data: {calib} (held-out evaluation portion)"
