@@ -209,9 +209,9 @@ def read_config_dict(path: str | Path) -> dict:
         d = json.loads(cfg.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ModelError(f"{cfg} is not valid JSON ({getattr(e, 'msg', type(e).__name__)}); re-download or re-save the model") from None
-    from .config_check import check_config
-
-    check_config(d, cfg)
+    if not isinstance(d, dict):
+        raise ModelError(f"{cfg} holds a JSON {type(d).__name__}, not an object of fields; fix config.json or "
+                         "re-download the model")
     return d
 
 
@@ -232,6 +232,9 @@ def load_config(path: str | Path):
     from types import SimpleNamespace
 
     get_adapter(SimpleNamespace(**d))  # unsupported architecture -> one clear line
+    from .config_check import check_config
+
+    check_config(d, Path(path) / "config.json")  # every field the adapter reads, typed and in range
     return AutoConfig.from_pretrained(str(path))
 
 

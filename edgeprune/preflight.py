@@ -93,8 +93,9 @@ def preflight(model_dir, method: str, calib: str, n_samples: int, seq_len: int, 
     method needs them and `windows` is set (a resumed run reads them from its work dir)."""
     m = get(method)
     if isinstance(model_dir, (str, Path)):
-        from .checkpoint import read_config_dict
+        from .checkpoint import load_config, read_config_dict
 
+        load_config(model_dir)  # architecture and every field checked before they are used here
         cfg = read_config_dict(model_dir)
         check_windows(cfg, n_samples, seq_len, offload)
         check_protect(protect, cfg["num_hidden_layers"])
