@@ -17,6 +17,32 @@ from .latency import DEFAULT_CONTEXT, DEFAULT_NEW_TOKENS, DEFAULT_REPS, host_inf
 from .speedup import check
 
 
+def _at(d, keys: str):
+    for k in keys.split("."):
+        d = d.get(k) if isinstance(d, dict) else None
+    return d
+
+
+def read_profile(path: Path) -> dict:
+    """profile.json as the build wrote it, or one line naming what is wrong (truncated,
+    edited, or from another tool): bench reads these fields and nothing else."""
+    fix = "re-run the build (edgeprune build ... --force), or bench one artifact by its path"
+    try:
+        profile = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise EdgePruneError(f"{path} is not valid JSON ({type(e).__name__}: truncated?); {fix}") from None
+    if not isinstance(profile, dict):
+        raise EdgePruneError(f"{path} does not hold a build profile (a JSON object); {fix}")
+    for key, kind in (("target.name", str), ("target.latency.context", int), ("artifacts", list), ("provenance", dict)):
+        if not isinstance(_at(profile, key), kind):
+            raise EdgePruneError(f"{path} lacks {key} (or it is not a {kind.__name__}): it is not a complete build profile; {fix}")
+    for i, a in enumerate(profile["artifacts"]):
+        for key in ("path", "format", "dtype", "reference_dense.path", "speedup.decode_ideal"):
+            if _at(a, key) is None:
+                raise EdgePruneError(f"{path}: artifacts[{i}] lacks {key}: it is not a complete build profile; {fix}")
+    return profile
+
+
 def bench(path: str, context: int | None = None, new_tokens: int | None = None, reps: int | None = None,
           threads: int | None = None) -> dict:  # long: one measurement, its profile entry and its report
     p = Path(path)
@@ -26,7 +52,7 @@ def bench(path: str, context: int | None = None, new_tokens: int | None = None, 
     new_tokens = new_tokens or DEFAULT_NEW_TOKENS
     if p.is_dir() and (p / "profile.json").is_file():
         prof_path = p / "profile.json"
-        profile = json.loads(prof_path.read_text())
+        profile = read_profile(prof_path)
         ctx = context or int(profile["target"]["latency"]["context"])
         missing = [a["path"] for a in profile["artifacts"] if not (p / a["path"]).exists()]
         if missing:

@@ -18,6 +18,7 @@ from pathlib import Path
 from . import profile as prof
 from .checkpoint import INCOMPLETE, check_output_dir, load_config
 from .errors import EdgePruneError
+from .guard import OutLock, fingerprint, refuse_changed, refuse_overlap, set_stage
 from .models import get_adapter
 from .targets import Target, load_target
 
@@ -49,6 +50,8 @@ class Build:
     align: int = 1  # --align, else the target's
     state: dict = field(default_factory=dict)
     profile: dict = field(default_factory=dict)
+    lock: OutLock | None = None
+    created: bool = False  # this run made out_dir (a failure before any stage finished removes it)
 
     @property
     def done(self) -> dict:
@@ -136,6 +139,17 @@ def check_align(align, tgt: Target) -> int:
     if isinstance(align, bool) or not isinstance(align, int) or align < 1:
         raise BuildError(f"--align must be a positive whole number (got {align!r}); e.g. --align 32, or 1 for none")
     return align
+
+
+def _read_state(path: Path) -> dict:
+    """build_state.json as written by `save_state`, or a one-line refusal."""
+    try:
+        st = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        st = None
+    if not isinstance(st, dict) or not isinstance(st.get("args"), dict) or not isinstance(st.get("done"), dict):
+        raise BuildError(f"{path} is unreadable or incomplete, so the build cannot be resumed; pass --force to start over")
+    return st
 
 
 # ---- the stages -------------------------------------------------------------------------
@@ -237,8 +251,16 @@ def build(model: str | None = None, target: str = "cpu-x86", ratio: float | None
     b = _start(model, target, ratio, method, calib, out, force, resume,
                dict(data_dir=data_dir, nsamples=nsamples, seq_len=seq_len, seed=seed, device=device, command=command,
                     search_evals=search_evals, align=align, gguf_pre=gguf_pre))
-    for stage in STAGES:
-        stage(b)
+    try:
+        for stage in STAGES:
+            set_stage(f"build {stage.__name__.removeprefix('stage_')}")
+            stage(b)
+    except Exception:
+        if b.created and not b.done and not (b.out_dir / "model" / INCOMPLETE).exists():
+            shutil.rmtree(b.out_dir, ignore_errors=True)  # made by this run, nothing in it worth resuming
+        raise
+    finally:
+        b.lock.release()
     b.state["complete"] = True
     b.save_state()
     (b.out_dir / INCOMPLETE).unlink(missing_ok=True)
@@ -255,9 +277,10 @@ def _start(model, target, ratio, method, calib, out, force, resume, opts: dict) 
     tgt = load_target(target)
     align = check_align(opts.get("align"), tgt)
     out_dir = Path(out).absolute()
-    check_output_dir(out_dir, force=force, resume=resume)
     demo = model is None
     model_dir = Path(ensure_demo_model()) if demo else Path(model)
+    refuse_overlap(out_dir, {"--model": model_dir, "--calib": calib, "--target": tgt.path})
+    check_output_dir(out_dir, force=force, resume=resume)
     ad = get_adapter(load_config(model_dir))
     dense_fit = _check_dtypes(tgt, ad, align)  # before any directory exists
     defaulted = calib is None
@@ -278,20 +301,25 @@ def _start(model, target, ratio, method, calib, out, force, resume, opts: dict) 
     b = Build(tgt, out_dir, model_dir, demo, calib, defaulted, method, the_ratio, why, opts, align=align)
     args = {"model": str(model_dir), "target": tgt.name, "ratio": the_ratio, "method": method, "calib": calib,
             "nsamples": opts["nsamples"], "seq_len": opts["seq_len"], "seed": opts["seed"], "align": align}
-    b.state = {"args": args, "done": {}}
+    inputs = fingerprint(model_dir, calib, tgt.path, opts["data_dir"])
+    b.state = {"args": args, "inputs": inputs, "done": {}}
     state_path = out_dir / "build_state.json"
     if resume and state_path.is_file():
-        old = json.loads(state_path.read_text())
+        old = _read_state(state_path)
         if old["args"] != args:
             raise BuildError(f"{out_dir} was started with different arguments {old['args']}; use the same ones with --resume, or --force")
+        refuse_changed(old.get("inputs"), inputs, out_dir)
         b.state = old
         log(f"resuming; finished stages: {', '.join(old['done']) or 'none'}")
     else:
         preflight(model_dir, method, calib, opts["nsamples"], opts["seq_len"], opts["seed"], opts["data_dir"])
         if out_dir.exists() and force:
             shutil.rmtree(out_dir)  # check_output_dir made sure edgeprune wrote it
+    b.created = not out_dir.exists()
     out_dir.mkdir(exist_ok=True)
+    b.lock = OutLock(out_dir).acquire()
     (out_dir / INCOMPLETE).write_text("edgeprune build in progress\n")
+    b.save_state()  # the arguments and input hashes, before any stage: a resume compares them
     log(f"target {tgt.name}; method {method}; ratio {the_ratio} ({why}); align {align}"
         + (" (--align)" if opts.get("align") is not None else " (the target's)"))
     _warn_alignment(tgt, ad, align, dense_fit)

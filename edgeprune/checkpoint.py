@@ -32,7 +32,7 @@ MANIFEST = "edgeprune.json"
 INCOMPLETE = ".edgeprune-incomplete"
 OWNER = ".edgeprune"  # marks every other directory edgeprune writes (ONNX folders)
 # Any of these in a directory means edgeprune wrote it, so --force may replace it.
-OWNED_MARKERS = (MANIFEST, INCOMPLETE, OWNER, "build_state.json")
+OWNED_MARKERS = (MANIFEST, INCOMPLETE, OWNER, "build_state.json", ".edgeprune-lock")
 
 
 def remove_orphans(parent: Path, prefix: str) -> None:
@@ -75,6 +75,10 @@ def check_output_dir(out: Path, force: bool, resume: bool = False) -> None:
     if not out.is_dir():
         raise OutputError(f"--out {out} exists and is a file; choose a directory path")
     refuse_foreign(out)
+    from .guard import refuse_locked, refuse_mount_point
+
+    refuse_mount_point(out)
+    refuse_locked(out)
     if (out / INCOMPLETE).exists():
         if resume or force:
             return
@@ -202,9 +206,13 @@ def read_config_dict(path: str | Path) -> dict:
     if not cfg.is_file():
         raise ModelError(f"{path} has no config.json, so it is not a Hugging Face model directory")
     try:
-        return json.loads(cfg.read_text())
-    except json.JSONDecodeError as e:
-        raise ModelError(f"{cfg} is not valid JSON ({e.msg}); re-download or re-save the model") from None
+        d = json.loads(cfg.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ModelError(f"{cfg} is not valid JSON ({getattr(e, 'msg', type(e).__name__)}); re-download or re-save the model") from None
+    if not isinstance(d, dict):
+        raise ModelError(f"{cfg} holds a JSON {type(d).__name__}, not an object of fields; fix config.json or "
+                         "re-download the model")
+    return d
 
 
 def load_config(path: str | Path):
@@ -224,6 +232,9 @@ def load_config(path: str | Path):
     from types import SimpleNamespace
 
     get_adapter(SimpleNamespace(**d))  # unsupported architecture -> one clear line
+    from .config_check import check_config
+
+    check_config(d, Path(path) / "config.json")  # every field the adapter reads, typed and in range
     return AutoConfig.from_pretrained(str(path))
 
 

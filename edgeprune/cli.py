@@ -110,7 +110,7 @@ def _request_kwargs(a) -> dict:
               offload=a.offload, progress=not a.quiet, solver=a.solver, batch_size=a.batch_size,
               iterative_layers=not a.one_shot_layers, mask_tuning=not a.no_mask_tuning, search_evals=a.search_evals)
     if a.protect is not None:
-        kw["protect"] = tuple(int(x) for x in a.protect.split(",") if x.strip())
+        kw["protect"] = a.protect
     return kw
 
 
@@ -207,21 +207,28 @@ def main(argv: list[str] | None = None) -> int:
 
     handlers = {"eval": cmd_eval, "prune": cmd_prune, "export": cmd_export, "build": cmd_build, "bench": cmd_bench,
                 "inspect": cmd_inspect, "targets": cmd_targets}
-    args = build_parser(handlers).parse_args(argv)
+    try:
+        args = build_parser(handlers).parse_args(argv)
+    except SystemExit as e:  # --help, --version (0) and argparse's one-line refusals (2)
+        return int(e.code or 0)
     from .errors import EdgePruneError
 
     warnings.formatwarning = lambda msg, cat, *_a, **_k: f"edgeprune: warning: {msg}\n"
+    from . import crash
+    from .guard import set_stage
+
+    set_stage(None)
     try:
         return args.fn(args) or 0
     except EdgePruneError as e:
         print(f"edgeprune: error: {e}", file=sys.stderr)
         return 2
-    except (MemoryError, OSError) as e:
-        print(f"edgeprune: error: {type(e).__name__}: {e}", file=sys.stderr)
-        return 1
     except KeyboardInterrupt:
-        print("edgeprune: interrupted; run the same command with --resume to continue", file=sys.stderr)
+        print(crash.interrupted(args.cmd, args), file=sys.stderr)
         return 130
+    except Exception as e:  # not foreseen: one line, the traceback in a file, exit 1
+        print(crash.unexpected(e, args.cmd, args), file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -42,6 +42,30 @@ def _positive(s: str) -> int:
     return n
 
 
+def _int_list(s: str) -> tuple[int, ...]:
+    """A comma-separated list of layer indices such as 0,1,-1 (the flag is named by argparse)."""
+    parts = [x.strip() for x in s.split(",")]
+    try:
+        out = tuple(int(x) for x in parts if x)
+    except ValueError:
+        bad = next(x for x in parts if x and not x.lstrip("-").isdigit())
+        raise argparse.ArgumentTypeError(f"'{bad}' is not a layer index; give whole numbers separated by commas, "
+                                         "e.g. 0,1,-1") from None
+    if not out:
+        raise argparse.ArgumentTypeError("no layer index given; e.g. 0,1,-1")
+    return out
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse's refusals as the one line every other refusal is (not 12 lines of usage)."""
+
+    def error(self, message: str):
+        import sys
+
+        sys.stderr.write(f"edgeprune: error: {message}; see `{self.prog} --help`\n")
+        sys.exit(2)
+
+
 def _common(sp, data: bool = True) -> None:
     sp.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
     sp.add_argument("--threads", type=_positive, default=None, help="torch threads (default: the cores no other process is busy on, max 8)")
@@ -84,7 +108,7 @@ def _prune_args(sub) -> argparse.ArgumentParser:
     pr.add_argument("--pruned-inputs", action="store_true", help="COMP: prune each layer on the pruned model's inputs (ablation)")
     pr.add_argument("--one-shot-layers", action="store_true", help="COMP: score layers once instead of iteratively (ablation)")
     pr.add_argument("--no-mask-tuning", action="store_true", help="COMP: skip the least-squares mask re-fit (ablation)")
-    pr.add_argument("--protect", default=None, help="layers kept free of pruning, e.g. 0,1,-1 (the COMP paper's set at 32 layers); "
+    pr.add_argument("--protect", type=_int_list, default=None, help="layers kept free of pruning, e.g. 0,1,-1 (the COMP paper's set at 32 layers); "
                          "COMP's default scales that set to the model's depth (none at 5 layers or fewer)")
     pr.add_argument("--search-evals", type=_positive, default=128, help="search: candidate allocations evaluated "
                     "(default 128; each is one streamed pass over the held-back windows)")
@@ -183,7 +207,7 @@ SUBCOMMANDS = {"eval": _eval_args, "prune": _prune_args, "export": _export_args,
 
 def build_parser(handlers: dict[str, Callable]) -> argparse.ArgumentParser:
     """The parser; `handlers` maps each subcommand to the function that runs it."""
-    p = argparse.ArgumentParser(prog="edgeprune", description="Prune, export, verify and profile LLMs for edge devices.",
+    p = OneLineParser(prog="edgeprune", description="Prune, export, verify and profile LLMs for edge devices.",
                                 epilog=ENVIRONMENT)
     p.add_argument("--version", action="version", version="edgeprune 0.1.0")
     sub = p.add_subparsers(dest="cmd", required=True, metavar="COMMAND")

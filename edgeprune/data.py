@@ -49,8 +49,12 @@ def default_data_dir() -> Path | None:
 
 def _read(path: Path) -> str:
     opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rt", encoding="utf-8", errors="replace") as f:
-        return f.read()
+    try:
+        with opener(path, "rt", encoding="utf-8", errors="replace") as f:
+            return f.read()
+    except (gzip.BadGzipFile, EOFError) as e:  # EOFError: a gzip stream cut short
+        raise DataError(f"{path} ends in .gz but is not a complete gzip file ({type(e).__name__}); "
+                        "re-compress it with gzip, or drop the .gz suffix if it is plain text") from None
 
 
 def _records(path: Path) -> list:
@@ -176,14 +180,23 @@ def _from_datasets(name: str, ns: NamedSet, split: Split) -> str:
     return "\n\n".join(ds[col])
 
 
+def named_path(source: str, data_dir: str | Path | None = None, split: Split = "calib") -> Path | None:
+    """The local file or folder a named set reads for `split`, or None (fetched, demo, absent)."""
+    if source not in NAMED_SETS:
+        return None
+    base = Path(data_dir) if data_dir else default_data_dir()
+    path = base / NAMED_SETS[source].files[split] if base else None
+    return path if path is not None and path.exists() else None
+
+
 def load_text(source: str | Path, split: Split, data_dir: str | Path | None = None) -> str:
     """Return the text of `source` for `split` ('calib' or 'eval')."""
     source = str(source)
     if source in NAMED_SETS:
         ns = NAMED_SETS[source]
         base = Path(data_dir) if data_dir else default_data_dir()
-        path = base / ns.files[split] if base else None
-        if path is None or not path.exists():
+        path = named_path(source, data_dir, split)
+        if path is None:
             if ns.hf is None:
                 where = f"under {base}" if base else "(no data directory: set --data-dir or EDGEPRUNE_DATA)"
                 raise DataError(f"named dataset '{source}' was not found {where}; pass --data-dir or a file path")

@@ -20,8 +20,22 @@ def _plan_rows(plan: Plan) -> list[dict]:
     return rows
 
 
+def _check_plot(plot: str | None) -> None:
+    """--plot names the PNG to write: a directory, or a missing parent, is refused before work."""
+    from .errors import OutputError
+
+    if plot is None:
+        return
+    q = Path(plot)
+    if q.is_dir() or str(plot).endswith(("/", "\\")):
+        raise OutputError(f"--plot {plot} is a directory; give the PNG's file name, e.g. {q / 'plan.png'}")
+    if not q.absolute().parent.is_dir():
+        raise OutputError(f"--plot {plot}: directory {q.absolute().parent} does not exist; create it first")
+
+
 def inspect_path(path: str, plot: str | None = None) -> dict:
     p = Path(path)
+    _check_plot(plot)
     if p.is_file() and p.name.endswith(".json") or (p.is_dir() and (p / PLAN_JSON).is_file() and not (p / "config.json").is_file()):
         plan = Plan.load(p)
         rows = _plan_rows(plan)

@@ -15,15 +15,16 @@ from pathlib import Path
 
 import torch
 
-from . import data as data_mod
-from .data import tokenizer_for
+from .data import tokenizer_for  # noqa: F401  (re-exported: callers import it from here)
 from .checkpoint import INCOMPLETE, check_output_dir, load
-from .errors import EdgePruneError, PlanError
+from .errors import PlanError
 from .memory import PeakMemory, stage_report
 from .methods import DEFAULT, REGISTRY, PruneRequest, get
 from .methods.base import RATIO_TOLERANCE, achieved_ratio, check_ratio, dense_params
 from .models import expected_nonembedding
+from .guard import OutLock, fingerprint, refuse_changed, refuse_overlap, set_stage
 from .plan import LayerPlan, Plan
+from .preflight import calibration, preflight  # noqa: F401  (re-exported)
 from .streaming import open_source
 from .surgery import apply_plan
 from .tensorfiles import DiskTensors
@@ -70,17 +71,6 @@ class PruneResult:
     plan: Plan
     model: torch.nn.Module | None
     report: dict = field(default_factory=dict)
-
-
-def calibration(model_dir, source: str, n_samples: int, seq_len: int, seed: int, data_dir=None, work: Path | None = None):
-    """Seeded calibration windows (cached in the work dir for resume)."""
-    cache = work / "calib.pt" if work else None
-    if cache and cache.is_file():
-        return torch.load(cache)
-    windows = data_mod.calibration_set(tokenizer_for(model_dir), source, n_samples, seq_len, seed, data_dir)
-    if cache:
-        torch.save(windows, cache)
-    return windows
 
 
 def check_request(m, ratio, layers) -> None:
@@ -178,31 +168,50 @@ def prune(  # long: one keyword argument per CLI option
     req = PruneRequest(ratio=ratio, layers=layers, seed=seed, **request)
     check_request(get(method), ratio, layers)  # the ratio is validated here, once, before any work
     out_path = Path(out).absolute() if out else None
+    on_disk = isinstance(model_dir, (str, Path))
     if out_path is not None:
+        refuse_overlap(out_path, {"--model": model_dir if on_disk else None, "--calib": calib})
         check_output_dir(out_path, force=force, resume=resume)
-    if not checked:  # `build` runs preflight() itself before creating its directory
-        _check_weights(model_dir, req.progress)
-    args = {"model": str(Path(model_dir).absolute()) if isinstance(model_dir, (str, Path)) else "in-memory", "method": method, "ratio": ratio, "layers": layers,
-            "calib": str(calib), "n_samples": n_samples, "seq_len": seq_len, "seed": seed, "dtype": dtype,
+    args = {"model": str(Path(model_dir).absolute()) if on_disk else "in-memory", "method": method, "ratio": ratio,
+            "layers": layers, "calib": str(calib), "n_samples": n_samples, "seq_len": seq_len, "seed": seed, "dtype": dtype,
             "request": {k: (list(v) if isinstance(v, tuple) else v) for k, v in sorted(request.items()) if k != "progress"}}
     resuming = bool(out_path and resume and (out_path / INCOMPLETE).exists() and (out_path / ".work").is_dir())
     windows = None
-    if get(method).needs_calibration and not resuming:  # bad text fails before --out exists
+    set_stage("prune checks")
+    if not checked:  # `build` runs preflight() itself before creating its directory
+        windows = preflight(model_dir, method, calib, n_samples, seq_len, seed, data_dir, req.progress,
+                            req.protect, req.offload, windows=not resuming)
+    elif get(method).needs_calibration and not resuming:  # bad text fails before --out exists
         windows = calibration(model_dir, calib, n_samples, seq_len, seed, data_dir)
-    work = _prepare_out(out_path, force, resuming, args, req)
+    inputs = fingerprint(model_dir, calib, data_dir=data_dir) if out_path is not None else {}
+    work, lock = _prepare_out(out_path, force, resuming, args, req, inputs)
+    try:
+        return _plan_and_save(model_dir, method, req, windows, work, out_path, resuming, out_dtype, device,
+                              dict(calib=str(calib), n_samples=n_samples, seq_len=seq_len, seed=seed, data_dir=data_dir))
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _plan_and_save(model_dir, method: str, req: PruneRequest, windows, work: Path | None, out_path: Path | None,
+                   resuming: bool, out_dtype, device: str, opts: dict) -> PruneResult:
+    """Plan under the memory meter, then apply and save (or apply in memory)."""
     if windows is None and get(method).needs_calibration:
-        windows = calibration(model_dir, calib, n_samples, seq_len, seed, data_dir, work)
+        windows = calibration(model_dir, opts["calib"], opts["n_samples"], opts["seq_len"], opts["seed"],
+                              opts["data_dir"], work)
     elif work is not None and windows is not None:
         torch.save(windows, work / "calib.pt")
-    torch.manual_seed(seed)
+    torch.manual_seed(opts["seed"])
+    set_stage(f"prune plan ({method})")
     try:
         plan, report = make_plan(model_dir, method, req, windows, device)
-    except EdgePruneError:
+    except Exception:
         _forget_if_fresh(out_path, resuming, work)
         raise
-    plan.options.update({"calib": str(calib), "n_samples": n_samples, "seq_len": seq_len, "seed": seed})
+    plan.options.update({k: opts[k] for k in ("calib", "n_samples", "seq_len", "seed")})
     stages = {"plan": report["peak_memory"]["stages"]["plan"]}
     t0 = time.perf_counter()
+    set_stage("prune apply and save")
     with PeakMemory(device) as mem:
         if out_path is not None:
             saved = save_pruned(model_dir, plan, out_path, dtype=out_dtype, force=True, progress=req.progress)
@@ -217,41 +226,22 @@ def prune(  # long: one keyword argument per CLI option
     return PruneResult(plan, model, report)
 
 
-def preflight(model_dir, method: str, calib: str, n_samples: int, seq_len: int, seed: int, data_dir=None,
-              progress: bool = True) -> None:
-    """Everything a prune can refuse cheaply, before a caller creates any directory: the
-    method, missing or non-finite weights, the tokenizer and the calibration text."""
-    get(method)
-    _check_weights(model_dir, progress)
-    if get(method).needs_calibration:
-        calibration(model_dir, calib, n_samples, seq_len, seed, data_dir)
-
-
-def _check_weights(model_dir, progress: bool) -> None:
-    """Missing tensors and NaN/Inf weights are refused before any work, naming the tensor."""
-    if isinstance(model_dir, torch.nn.Module):
-        return
-    from .streaming import CheckpointSource
-
-    src = CheckpointSource(model_dir)
-    src.check_complete()
-    src.store.check_finite(progress=progress)
-
-
 def _forget_if_fresh(out_path: Path | None, resuming: bool, work: Path | None) -> None:
     """A refusal before any layer finished leaves nothing behind: the next plain run must
     not trip on a half-made --out."""
     if out_path is None or resuming or work is None:
         return
     if not any((work / "layers").glob("layer*.json")):
-        shutil.rmtree(out_path, ignore_errors=True)
+        shutil.rmtree(out_path, ignore_errors=True)  # created by this run, holding nothing worth resuming
 
 
-def _prepare_out(out_path: Path | None, force: bool, resuming: bool, args: dict, req: PruneRequest) -> Path | None:
-    """Create --out (after every check passed) with its work directory; on --resume, refuse
-    when the arguments differ from the interrupted run's, naming the difference."""
+def _prepare_out(out_path: Path | None, force: bool, resuming: bool, args: dict, req: PruneRequest,
+                 inputs: dict[str, str]) -> tuple[Path | None, OutLock | None]:
+    """Create --out (after every check passed) with its work directory and take its lock; on
+    --resume, refuse when the arguments or the inputs' content differ from the interrupted
+    run's, naming the difference."""
     if out_path is None:
-        return None
+        return None, None
     work = out_path / ".work"
     if resuming:
         old = json.loads((work / "args.json").read_text()) if (work / "args.json").is_file() else None
@@ -260,13 +250,17 @@ def _prepare_out(out_path: Path | None, force: bool, resuming: bool, args: dict,
                 f"{k}: was {old.get(k)!r}, now {args[k]!r}" for k in args if old.get(k) != args[k])
             raise PlanError(f"{out_path} holds an interrupted run with other arguments ({shown}); "
                             "repeat them to resume, or pass --force to start over")
+        recorded = work / "inputs.json"
+        refuse_changed(json.loads(recorded.read_text()) if recorded.is_file() else None, inputs, out_path)
     elif force and out_path.exists():
         shutil.rmtree(out_path)  # check_output_dir has made sure edgeprune wrote it
     out_path.mkdir(exist_ok=True)
+    lock = OutLock(out_path).acquire()
     (out_path / INCOMPLETE).write_text("edgeprune prune in progress\n")
     work.mkdir(exist_ok=True)
     (work / "args.json").write_text(json.dumps(args, indent=1))
+    (work / "inputs.json").write_text(json.dumps(inputs, indent=1))
     req.state = ResumeState(work / "layers")
     shutil.rmtree(work / "tensors", ignore_errors=True)  # re-fitted tensors of this run only
     req.tensors = DiskTensors(work / "tensors")
-    return work
+    return work, lock

@@ -175,10 +175,19 @@ class Plan:
         json_path = path / PLAN_JSON if path.is_dir() else path
         if not json_path.is_file():
             raise PlanError(f"no plan at {path}; expected {PLAN_JSON} (written by edgeprune prune)")
-        d = json.loads(json_path.read_text())
+        bad = f"{json_path} is not a readable edgeprune plan"
+        try:
+            d = json.loads(json_path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise PlanError(f"{bad} ({type(e).__name__}: truncated or edited?); re-run the prune that wrote it") from None
+        if not isinstance(d, dict):
+            raise PlanError(f"{bad} (it holds a JSON {type(d).__name__}); re-run the prune that wrote it")
         tensor_path = json_path.parent / PLAN_TENSORS
         tensors = FileTensors(tensor_path) if d.get("tensors") and tensor_path.is_file() else {}
-        return cls.from_dict(d, tensors)
+        try:
+            return cls.from_dict(d, tensors)
+        except (KeyError, TypeError, ValueError, AttributeError) as e:
+            raise PlanError(f"{bad} (field {e} is missing or malformed); re-run the prune that wrote it") from None
 
 
 def identity_plan(adapter: DecoderAdapter, method: str = "identity") -> Plan:

@@ -134,6 +134,11 @@ class CheckpointSource(LayerSource):
         for key in (ad.embed_key, ad.final_norm_key) + (() if getattr(self.config, "tie_word_embeddings", False) else (ad.lm_head_key,)):
             if key not in self.store:
                 raise ModelError(f"{self.model_dir}: the checkpoint lacks {key}; the weights do not match config.json")
+        rows = (ad.vocab_size, ad.hidden_size)
+        for key in (ad.embed_key, ad.lm_head_key):
+            if key in self.store and tuple(self.store.shape(key)) != rows:
+                raise ModelError(f"{self.model_dir}: {key} has shape {tuple(self.store.shape(key))} but config.json "
+                                 f"implies {rows} (vocab_size, hidden_size); fix vocab_size in config.json to match the weights")
         for i in range(self.num_layers):
             self._meta_layer(i, check=True)
 

@@ -127,6 +127,9 @@ def load_target_file(path: Path) -> Target:
     except tomllib.TOMLDecodeError as e:
         raise TargetError(f"{path}: not valid TOML ({e})") from None
     _check(data, SCHEMA, path)
+    if not data["artifacts"]["formats"]:
+        raise TargetError(f"{path}: artifacts.formats is empty, so a build would export nothing; list at least one, "
+                          "e.g. formats = [{ format = \"gguf\", dtype = \"q8_0\" }]")
     for f in data["artifacts"]["formats"]:
         if not isinstance(f, dict) or not FORMAT_KEYS <= set(f) <= FORMAT_KEYS | FORMAT_OPTIONAL:
             raise TargetError(f"{path}: each artifacts.formats entry needs the keys format and dtype (and may have "

@@ -114,6 +114,7 @@ class WeightStore:
         if 8 + n + end > size:
             raise ModelError(f"{path} is truncated ({size} bytes, its header needs {8 + n + end}); re-download it")
         for k, v in header.items():
+            _check_stored_dtype(v["dtype"], k, path)
             self._meta[k] = (tuple(v["shape"]), v["dtype"], 8 + n + v["data_offsets"][0], 8 + n + v["data_offsets"][1])
         return list(header)
 
@@ -125,6 +126,9 @@ class WeightStore:
                              "re-download it, or convert it to safetensors") from None
         if not isinstance(sd, dict):
             raise ModelError(f"{path} does not hold a state dict; convert the model with save_pretrained")
+        for k, t in sd.items():
+            if isinstance(t, torch.Tensor):
+                _check_stored_dtype(_TORCH_TO_ST.get(t.dtype, str(t.dtype)), k, path)
         self._bin[path] = sd
         return list(sd)
 
@@ -237,6 +241,18 @@ def _check_finite(t: torch.Tensor, key: str, path: Path) -> None:
 
 _ST_TO_TORCH = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16, "F64": torch.float64,
                 "I64": torch.int64, "I32": torch.int32, "I8": torch.int8, "U8": torch.uint8, "BOOL": torch.bool}
+
+
+# Floating dtypes a checkpoint may store (what the surgery, writers and exporters handle).
+READABLE_FLOATS = ("F32", "F16", "BF16")
+_TORCH_TO_ST = {v: k for k, v in _ST_TO_TORCH.items()}
+
+
+def _check_stored_dtype(name: str, key: str, path: Path) -> None:
+    """A float64 or float8 tensor is refused when the store opens, not deep in a writer."""
+    if name not in _ST_TO_TORCH or (name.startswith("F") and name not in READABLE_FLOATS):
+        raise ModelError(f"{path.name}: tensor {key} is stored as {name}; edgeprune reads {', '.join(READABLE_FLOATS)} "
+                         "weights: re-save the model in float32 or bfloat16 (model.to(torch.float32).save_pretrained)")
 
 
 def _config_dtype(config: dict) -> torch.dtype | None:

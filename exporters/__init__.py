@@ -19,7 +19,9 @@ from pathlib import Path
 
 from edgeprune.errors import ExportError, OutputError
 
-from .common import DTYPES, check_dtype, check_out_path, require, staged
+from edgeprune.guard import refuse_overlap, set_stage
+
+from .common import DTYPES, check_dtype, check_out_path, needed_bytes, require, staged
 
 __all__ = ["DTYPES", "export"]
 # What the writer learnt about the artifact that the verify report and the export result carry.
@@ -55,10 +57,10 @@ def export(model, fmt: str, out: str | Path, *, dtype: str = "f32", verify: bool
     (`edgeprune.imatrix.from_calibration` builds it from a calibration set). `gguf_pre`: the
     llama.cpp pre-tokenizer name, for a tokenizer whose pre-tokenizer is not recognised."""
     from edgeprune.memory import stage_report
+    from edgeprune.tensorfiles import check_free_space
 
     from .dtypes import get as dtype_facts
     from .gguf_writer import gguf_arch
-    from .source import WeightsView
 
     dtype = check_dtype(fmt, dtype)
     if imatrix is not None and not (fmt == "gguf" and dtype_facts(dtype).llama_quantizer):
@@ -68,18 +70,19 @@ def export(model, fmt: str, out: str | Path, *, dtype: str = "f32", verify: bool
     out = Path(out).absolute()
     if fmt == "gguf" and out.suffix != ".gguf":
         raise OutputError(f"--out {out.name} for GGUF must be a file name ending in .gguf, e.g. {out.name}.gguf")
-    check_out_path(out, force)
     streamed = isinstance(model, (str, Path))
     model_dir = Path(model if streamed else model_dir) if (streamed or model_dir) else None
-    view = WeightsView.from_dir(model_dir) if streamed else WeightsView.from_model(model, model_dir)
+    refuse_overlap(out, {"model": model_dir})
+    check_out_path(out, force)
+    view, tok = _open(model, model_dir, streamed)
     reference = model_dir if streamed else model
-    tok = _tokenizer(model_dir) if model_dir else None
     if fmt == "gguf":
         gguf_arch(view)  # refuse inexpressible shapes before writing anything
         if model_dir:
             from .vocab import preflight
 
             preflight(model_dir, gguf_pre)  # and a vocabulary llama.cpp cannot hold as transformers does
+    check_free_space(out.parent, needed_bytes(view, fmt, dtype))
     t0 = time.perf_counter()
     stages: dict = {}
     try:
@@ -94,10 +97,6 @@ def export(model, fmt: str, out: str | Path, *, dtype: str = "f32", verify: bool
         raise
     if fmt == "gguf":
         artifact, report_path, size = out, out.with_name(out.name + ".verify.json"), out.stat().st_size
-        if report is not None:
-            tmp_r = report_path.with_name("." + report_path.name + ".tmp")
-            tmp_r.write_text(json.dumps(report, indent=1))
-            os.replace(tmp_r, report_path)
     else:
         artifact, report_path = out / "model.onnx", out / "model.onnx.verify.json"
         size = sum(p.stat().st_size for p in out.iterdir() if p.is_file() and not p.name.endswith(".json"))
@@ -107,6 +106,25 @@ def export(model, fmt: str, out: str | Path, *, dtype: str = "f32", verify: bool
             "verify": report or {"passed": None, "skipped": True}, "verify_report": str(report_path) if report else None,
             "peak_memory": stage_report(stages),
             **{k: meta[k] for k in ("tensor_types", "genai_files", *REPORTED) if k in meta}}
+
+
+def _open(model, model_dir: Path | None, streamed: bool):
+    """The weights view and tokenizer, checked against each other and the config before
+    anything is written: a shape the config does not imply, or token ids the embedding
+    cannot look up, are one line here instead of a failure inside a writer."""
+    from edgeprune.streaming import CheckpointSource
+
+    from .source import WeightsView
+
+    if streamed:
+        CheckpointSource(model_dir).check_complete()
+    view = WeightsView.from_dir(model_dir) if streamed else WeightsView.from_model(model, model_dir)
+    tok = _tokenizer(model_dir) if model_dir else None
+    rows = int(view.adapter.vocab_size)
+    if tok is not None and len(tok) > rows:
+        raise ExportError(f"the tokenizer in {model_dir} has {len(tok)} tokens but the embedding has only {rows} rows: "
+                          "the tokenizer belongs to another model; copy the base model's tokenizer files")
+    return view, tok
 
 
 def _write_and_verify(fmt, dtype, out, force, view, model, model_dir, reference, tok, verify, progress, stages,
@@ -121,7 +139,9 @@ def _write_and_verify(fmt, dtype, out, force, view, model, model_dir, reference,
 
     meta: dict = {}
     report = None
-    with staged(out, force) as tmp:
+    companions: list = []
+    with staged(out, force, companions) as tmp:
+        set_stage(f"export {fmt} write")
         with PeakMemory() as mem:
             if fmt == "gguf":
                 meta = (write_llama_quantized(view, tmp, dtype, progress, imatrix, gguf_pre)
@@ -131,14 +151,31 @@ def _write_and_verify(fmt, dtype, out, force, view, model, model_dir, reference,
                 path = _write_onnx_package(tmp, dtype, view, model, model_dir, tok, mem, meta)
         stages["export"] = mem
         if verify:
+            set_stage(f"export {fmt} verify")
             with PeakMemory() as mem:
                 report = verify_artifact(reference, path, dtype, tok, progress=progress)
             stages["verify"] = mem
             report.update({"format": fmt, **{k: meta[k] for k in REPORTED if k in meta}})
             _fail_if(report, out)
-            if fmt == "onnx":
-                (tmp / "model.onnx.verify.json").write_text(json.dumps(report, indent=1))
+        _stage_report(fmt, out, tmp, report, companions)
     return meta, report
+
+
+def _stage_report(fmt: str, out: Path, tmp: Path, report: dict | None, companions: list) -> None:
+    """The verify report goes in with the artifact (ONNX: inside its folder; GGUF: beside it,
+    renamed just before the artifact). An unverified GGUF must not inherit the report of
+    the artifact it replaces, so that one goes."""
+    if fmt == "onnx":
+        if report is not None:
+            (tmp / "model.onnx.verify.json").write_text(json.dumps(report, indent=1))
+        return
+    final = out.with_name(out.name + ".verify.json")
+    if report is None:
+        final.unlink(missing_ok=True)
+        return
+    t = out.with_name(f".{out.stem}.partial-{os.getpid()}.verify.json")  # an orphan of it is cleaned by staged()
+    companions.append((t, final))
+    t.write_text(json.dumps(report, indent=1))
 
 
 def _write_onnx_package(tmp: Path, dtype: str, view, model, model_dir, tok, mem, meta: dict) -> Path:

@@ -35,10 +35,14 @@ def check_out_path(out: Path, force: bool) -> None:
         raise OutputError(f"output directory {parent} does not exist; create it first")
     if not os.access(parent, os.W_OK):
         raise OutputError(f"output directory {parent} is not writable; choose another --out")
+    from edgeprune.guard import refuse_locked, refuse_mount_point
+
+    refuse_mount_point(out)
     if out.is_dir():
         from edgeprune.checkpoint import refuse_foreign
 
         refuse_foreign(out)
+        refuse_locked(out)
     elif out.is_file() and out.suffix == ".gguf" and out.stat().st_size >= 4:
         with open(out, "rb") as f:
             if f.read(4) != b"GGUF":
@@ -50,22 +54,46 @@ def check_out_path(out: Path, force: bool) -> None:
 
 
 @contextmanager
-def staged(out: Path, force: bool):
-    """Yield a temporary path beside `out`; renamed into place only if the block succeeds."""
+def staged(out: Path, force: bool, companions: list[tuple[Path, Path]] | None = None):
+    """Yield a temporary path beside `out` (so on its file system); renamed into place only
+    if the block succeeds. `companions`: (temporary, final) pairs the block adds (a verify
+    report), renamed just before the artifact, so an artifact never stands under its final
+    name without them; on failure their temporaries go too."""
     check_out_path(out, force)
     tmp = out.parent / f".{out.stem}.partial-{os.getpid()}{out.suffix}"
     from edgeprune.checkpoint import remove_orphans
 
     remove_orphans(out.parent, f".{out.stem}.partial-")
     _remove(tmp)
+    extra = companions if companions is not None else []
     try:
         yield tmp
+        for t, final in extra:
+            os.replace(t, final)
         if out.exists():
             _remove(out)
         os.replace(tmp, out)
     except BaseException:
         _remove(tmp)
+        for t, _ in extra:
+            _remove(t)
         raise
+
+
+def needed_bytes(view, fmt: str, dtype: str) -> int:
+    """What an export writes at most on its file system (intermediate files included), with
+    a margin: checked before writing, so a full disk refuses before the work."""
+    from .dtypes import get
+
+    d = get(dtype)
+    n = view.total_elements()
+    stored = view.dtype.itemsize if hasattr(view.dtype, "itemsize") else 4
+    need = n * max(d.bytes_per_weight, 1.0 if d.bytes_per_weight < 4 else 4.0)  # quantised mixes keep some rows wider
+    if d.llama_quantizer:
+        need += n * stored  # llama.cpp quantises from an intermediate GGUF in the stored dtype
+    if fmt == "onnx" and dtype == "int4":
+        need += n * 4  # exported in f32 first
+    return int(need * 1.1) + 16 * 2**20
 
 
 def _remove(p: Path) -> None:

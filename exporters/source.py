@@ -53,6 +53,14 @@ class WeightsView:
                                   self.shape(ad.layer_key(i, "k"))[0] // hd, added))
         return out
 
+    def total_elements(self) -> int:
+        """Elements of every stored tensor (a tied output counted once)."""
+        import math
+
+        tied = bool(getattr(self.config, "tie_word_embeddings", False))
+        keys = [k for k in self._keys if not (tied and k == self.adapter.lm_head_key and self.adapter.embed_key in self._keys)]
+        return sum(math.prod(self.shape(k)) for k in keys)
+
     def has(self, key: str) -> bool:
         return key in self._keys
 

@@ -103,6 +103,89 @@ def _binary(tmp: Path) -> Path:
 
 PRUNE = ["prune", "--method", "wanda-sp", "--ratio", "0.2", "--nsamples", "4", "--seq-len", "32", "--quiet"]
 
+
+def _pruned(root: Path, tmp: Path, name: str = "P") -> Path:
+    """A copy (in the test's own tmp, so the snapshot covers it) of a checkpoint edgeprune pruned."""
+    src = root / "pruned"
+    if not src.exists():
+        assert main([*PRUNE, "--model", str(root / "good"), "--calib", str(root / "calib.txt"), "--out", str(src)]) == 0
+    return _copy(src, tmp / name)
+
+
+def _build_dir_holding_model(root: Path, tmp: Path) -> Path:
+    b = tmp / "B"
+    _pruned(root, b, "model")
+    (b / "build_state.json").write_text("{}")
+    return b
+
+
+def _symlink_to(target: Path, tmp: Path) -> Path:
+    link = tmp / "link"
+    link.symlink_to(target)
+    return link
+
+
+def _out_holding_calib(root: Path, tmp: Path) -> tuple[Path, Path]:
+    o = _pruned(root, tmp, "O")
+    (o / "calib.txt").write_text((root / "calib.txt").read_text())
+    return o, o / "calib.txt"
+
+
+def _edited_config(root: Path, tmp: Path, name: str, **edits) -> Path:
+    d = _copy(root / "good", tmp / name)
+    cfg = json.loads((d / "config.json").read_text())
+    cfg.update(edits)
+    (d / "config.json").write_text(json.dumps(cfg))
+    return d
+
+
+def _float64(root: Path, tmp: Path) -> Path:
+    d = _copy(root / "good", tmp / "f64")
+    sd = {k: v.double() for k, v in load_file(str(d / "model.safetensors")).items()}
+    save_file(sd, str(d / "model.safetensors"), metadata={"format": "pt"})
+    return d
+
+
+def _config_list(root: Path, tmp: Path) -> Path:
+    d = _copy(root / "good", tmp / "cfglist")
+    (d / "config.json").write_text("[1, 2]")
+    return d
+
+
+def _small_vocab(root: Path, tmp: Path) -> Path:
+    """A model whose embedding (300 rows) is smaller than its tokenizer (about 1000 ids)."""
+    return write_checkpoint(tmp / "smallvocab", config_for({**SHAPE, "vocab_size": 300}, 2, torch.float32))
+
+
+def _pruned_config_edited(root: Path, tmp: Path) -> Path:
+    """A pruned checkpoint whose config.json was edited to disagree with its weights; the
+    manifest is updated too, so only the shape check can catch it."""
+    d = _pruned(root, tmp)
+    cfg = json.loads((d / "config.json").read_text())
+    layers = cfg.get("edgeprune_layers")
+    if layers:
+        layers[0]["intermediate_size"] -= 1
+    else:
+        cfg["intermediate_size"] -= 1
+    (d / "config.json").write_text(json.dumps(cfg, indent=2))
+    man = json.loads((d / "edgeprune.json").read_text())
+    man["files"]["config.json"] = (d / "config.json").stat().st_size
+    (d / "edgeprune.json").write_text(json.dumps(man))
+    return d
+
+
+def _text(tmp: Path, name: str, content: str | bytes) -> Path:
+    p = tmp / name
+    p.write_bytes(content if isinstance(content, bytes) else content.encode())
+    return p
+
+
+def _build_with_profile(tmp: Path, content: str) -> Path:
+    b = tmp / "built"
+    b.mkdir()
+    (b / "profile.json").write_text(content)
+    return b
+
 # (case, argv builder(root, tmp) -> list, expected text in the one line)
 CASES = [
     ("missing model path", lambda r, t: [*PRUNE, "--model", str(t / "nope"), "--calib", str(r / "calib.txt"), "--out", str(t / "o")],
@@ -149,6 +232,68 @@ CASES = [
     ("target: unknown method", lambda r, t: ["build", "--model", str(r / "good"), "--out", str(t / "b"),
                                              "--target", str(_target(t, **{'method = "search"': 'method = "searchh"'}))],
      "pruning.method"),
+    # --force never replaces an input, an output holding one, nor writes inside one (issue 26)
+    ("prune --out is the input, --force", lambda r, t: [*PRUNE, "--model", str(_pruned(r, t)), "--calib", str(r / "calib.txt"),
+                                                        "--out", str(t / "P"), "--force"], "is the input --model"),
+    ("prune --out is a symlink to the input", lambda r, t: [*PRUNE, "--model", str(_pruned(r, t)), "--calib", str(r / "calib.txt"),
+                                                            "--out", str(_symlink_to(t / "P", t)), "--force"], "is the input"),
+    ("prune --out holds the --calib file", lambda r, t: [*PRUNE, "--model", str(r / "good"), "--calib", str(_out_holding_calib(r, t)[1]),
+                                                         "--out", str(t / "O"), "--force"], "holds the input --calib"),
+    ("build --out holds the input model", lambda r, t: ["build", "--model", str(_build_dir_holding_model(r, t) / "model"),
+                                                        "--out", str(t / "B"), "--force", "--method", "wanda-sp",
+                                                        "--calib", str(r / "calib.txt")], "holds the input --model"),
+    ("export onnx --out is the input", lambda r, t: ["export", str(_pruned(r, t)), "--format", "onnx", "--out", str(t / "P"),
+                                                     "--force"], "is the input model"),
+    ("export gguf --out inside the input", lambda r, t: ["export", str(_pruned(r, t)), "--format", "gguf",
+                                                         "--out", str(t / "P" / "m.gguf")], "is inside the input model"),
+    # malformed checkpoints (issue 26's tracebacks table)
+    ("float64 weights", lambda r, t: [*PRUNE, "--model", str(_float64(r, t)), "--calib", str(r / "calib.txt"), "--out", str(t / "o")],
+     "is stored as F64"),
+    ("unknown rope_scaling type", lambda r, t: [*PRUNE, "--model", str(_edited_config(r, t, "rope", rope_scaling={"rope_type": "foobar", "factor": 2.0})),
+                                                "--calib", str(r / "calib.txt"), "--out", str(t / "o")], "type 'foobar'"),
+    ("config.json holding a list", lambda r, t: [*PRUNE, "--model", str(_config_list(r, t)), "--calib", str(r / "calib.txt"),
+                                                 "--out", str(t / "o")], "holds a JSON list"),
+    ("config field of the wrong type", lambda r, t: [*PRUNE, "--model", str(_edited_config(r, t, "hs", hidden_size="64")),
+                                                     "--calib", str(r / "calib.txt"), "--out", str(t / "o")], "hidden_size must be"),
+    ("tokenizer ids beyond the embedding", lambda r, t: [*PRUNE, "--model", str(_small_vocab(r, t)), "--calib", str(r / "calib.txt"),
+                                                         "--out", str(t / "o")], "tokenizer belongs to another model"),
+    ("export: tokenizer beyond the embedding", lambda r, t: ["export", str(_small_vocab(r, t)), "--format", "gguf",
+                                                             "--out", str(t / "m.gguf")], "tokenizer belongs to another model"),
+    ("vocab_size disagreeing with the embedding", lambda r, t: [*PRUNE, "--model", str(_edited_config(r, t, "vs", vocab_size=1200)),
+                                                                "--calib", str(r / "calib.txt"), "--out", str(t / "o")], "fix vocab_size"),
+    ("export: vocab_size disagreeing", lambda r, t: ["export", str(_edited_config(r, t, "vs", vocab_size=1200)), "--format", "gguf",
+                                                     "--out", str(t / "m.gguf")], "fix vocab_size"),
+    ("export: pruned config disagreeing with its weights", lambda r, t: ["export", str(_pruned_config_edited(r, t)), "--format", "gguf",
+                                                                         "--out", str(t / "m.gguf")], "do not match their config"),
+    # flags
+    ("--protect a,b", lambda r, t: [*PRUNE, "--model", str(r / "good"), "--calib", str(r / "calib.txt"), "--out", str(t / "o"),
+                                    "--protect", "a,b"], "argument --protect: 'a' is not a layer index"),
+    ("--protect 99", lambda r, t: [*PRUNE, "--model", str(r / "good"), "--calib", str(r / "calib.txt"), "--out", str(t / "o"),
+                                   "--protect", "99"], "--protect 99: the model has 2 layers"),
+    ("--ratio out of range", lambda r, t: [*PRUNE[:3], "--ratio", "1.5", "--model", str(r / "good"), "--out", str(t / "o")],
+     "argument --ratio: 1.5 is outside (0, 1)"),
+    ("--seq-len beyond the context", lambda r, t: [*PRUNE, "--model", str(r / "good"), "--calib", str(r / "calib.txt"),
+                                                   "--out", str(t / "o"), "--seq-len", "1000"], "beyond the model's context of 256"),
+    ("absurd --nsamples", lambda r, t: [*PRUNE, "--model", str(r / "good"), "--calib", str(r / "calib.txt"),
+                                        "--out", str(t / "o"), "--nsamples", "100000000"], "use --nsamples <="),
+    ("empty --calib with magnitude", lambda r, t: ["prune", "--method", "magnitude", "--ratio", "0.2", "--model", str(r / "good"),
+                                                   "--calib", str(_text(t, "empty.txt", "")), "--out", str(t / "o")], "is empty"),
+    ("build: --nsamples beyond memory", lambda r, t: ["build", "--model", str(r / "good"), "--out", str(t / "b"), "--method", "wanda-sp",
+                                                      "--calib", str(r / "calib.txt"), "--nsamples", "100000000"], "use --nsamples <="),
+    # data and read-back files
+    ("a .jsonl.gz that is not gzip", lambda r, t: [*PRUNE, "--model", str(r / "good"), "--out", str(t / "o"),
+                                                   "--calib", str(_text(t, "c.jsonl.gz", '{"text": "hello"}\n'))], "not a complete gzip file"),
+    ("inspect: corrupt plan JSON", lambda r, t: ["inspect", str(_text(t, "plan.json", '{"format": "edgeprune-plan", "meth'))],
+     "not a readable edgeprune plan"),
+    ("inspect: plan JSON missing fields", lambda r, t: ["inspect", str(_text(t, "plan.json", '{"format": "edgeprune-plan"}'))],
+     "not a readable edgeprune plan"),
+    ("inspect --plot into a directory", lambda r, t: ["inspect", str(r / "good"), "--plot", str(t)], "is a directory"),
+    ("bench: truncated profile.json", lambda r, t: ["bench", str(_build_with_profile(t, '{"target": {"name": "cpu'))],
+     "not valid JSON"),
+    ("bench: {} profile.json", lambda r, t: ["bench", str(_build_with_profile(t, "{}"))], "lacks target.name"),
+    ("target: formats = []", lambda r, t: ["build", "--model", str(r / "good"), "--out", str(t / "b"), "--target", str(_target(
+        t, **{'formats = [{ format = "gguf", dtype = "f32" }, { format = "gguf", dtype = "q8_0" }, { format = "onnx", dtype = "f32" }]':
+              "formats = []"}))], "artifacts.formats is empty"),
 ]
 
 

@@ -1,0 +1,79 @@
+"""Every config.json field the adapters read, checked for type and range before any work.
+
+transformers builds a model from whatever the file says and fails deep inside (a
+`KeyError` for an unknown rope type, an `AttributeError` for a list); here each field is
+refused with its name, its value and what it must be.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from .errors import ModelError
+
+# Fields every supported family needs: positive whole numbers.
+POSITIVE_INTS = ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "vocab_size")
+OPTIONAL_POSITIVE_INTS = ("num_key_value_heads", "head_dim", "max_position_embeddings")
+POSITIVE_FLOATS = ("rope_theta", "rms_norm_eps")
+
+
+def _rope_types() -> tuple[str, ...]:
+    try:
+        from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
+    except ImportError:  # torch-free installs: the exporters' runtimes only
+        return ("default", "linear", "dynamic", "yarn", "longrope", "llama3")
+    return ("default", *ROPE_INIT_FUNCTIONS)
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def check_config(d: dict, path: Path) -> None:
+    """Refuse a config.json the adapters cannot read, naming the field and the fix."""
+    fix = "fix config.json or re-download the model"  # d is a dict: checkpoint.read_config_dict made sure
+    if (d.get("model_type") or "").startswith("edgeprune_") and isinstance(d.get("edgeprune_layers"), list):
+        _check_layers(d, path)
+    for key in POSITIVE_INTS + OPTIONAL_POSITIVE_INTS:
+        v = d.get(key)
+        if v is None and key in OPTIONAL_POSITIVE_INTS:
+            continue
+        if not _is_int(v) or v <= 0:
+            raise ModelError(f"{path}: {key} must be a whole number > 0, got {v!r}; {fix}")
+    for key in POSITIVE_FLOATS:
+        v = d.get(key)
+        if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or not v > 0):
+            raise ModelError(f"{path}: {key} must be a number > 0, got {v!r}; {fix}")
+    heads, kv = d["num_attention_heads"], d.get("num_key_value_heads") or d["num_attention_heads"]
+    if heads % kv:
+        raise ModelError(f"{path}: num_attention_heads {heads} is not a multiple of num_key_value_heads {kv}; {fix}")
+    if not d.get("head_dim") and d["hidden_size"] % heads:
+        raise ModelError(f"{path}: hidden_size {d['hidden_size']} is not a multiple of num_attention_heads {heads} "
+                         f"and no head_dim is given; {fix}")
+    _check_rope(d, path)
+
+
+def _check_rope(d: dict, path: Path) -> None:
+    for key in ("rope_scaling", "rope_parameters"):
+        rs = d.get(key)
+        if rs is None:
+            continue
+        if not isinstance(rs, dict):
+            raise ModelError(f"{path}: {key} must be an object such as {{\"rope_type\": \"llama3\", ...}} or null, "
+                             f"got {rs!r}; fix config.json")
+        kind = rs.get("rope_type", rs.get("type", "default"))
+        if kind not in _rope_types():
+            raise ModelError(f"{path}: {key} type {kind!r} is not one transformers implements; supported: "
+                             f"{', '.join(_rope_types())}; fix config.json")
+
+
+def _check_layers(d: dict, path: Path) -> None:
+    per = d["edgeprune_layers"]
+    if len(per) != d.get("num_hidden_layers"):
+        raise ModelError(f"{path}: edgeprune_layers lists {len(per)} layers but num_hidden_layers is "
+                         f"{d.get('num_hidden_layers')!r}; re-save the pruned model")
+    for i, layer in enumerate(per):
+        for key in ("intermediate_size", "num_attention_heads", "num_key_value_heads"):
+            v = layer.get(key) if isinstance(layer, dict) else None
+            if not _is_int(v) or v < 0:
+                raise ModelError(f"{path}: edgeprune_layers[{i}].{key} must be a whole number >= 0, got {v!r}; "
+                                 "re-save the pruned model")

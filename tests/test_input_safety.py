@@ -1,0 +1,191 @@
+"""Faults with state (issue 26 and issue 20 item 3): --resume on inputs changed at the same
+path, two runs into one --out, a full disk before a GGUF, a mount point as --out, and how
+an unexpected exception or an interrupt ends (one line, the traceback saved, resumable or not).
+"""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from safetensors.torch import load_file, save_file
+
+from edgeprune.cli import main
+from tests.test_bad_inputs import PRUNE, _snapshot, _target, base  # noqa: F401  (base: the fixture)
+
+
+def _interrupt(*a, **k):
+    raise KeyboardInterrupt
+
+
+def _boom(*a, **k):
+    raise RuntimeError("boom")
+
+
+def _one_error(capsys) -> str:
+    err = capsys.readouterr().err.strip().splitlines()
+    errors = [line for line in err if line.startswith("edgeprune: error:")]
+    assert len(errors) == 1 and not any("Traceback" in line for line in err), err
+    return errors[0]
+
+
+@pytest.fixture()
+def interrupted(base, tmp_path, monkeypatch, capsys):
+    """A prune stopped after planning (every layer decided, nothing saved), on copies of the
+    inputs that the test may change; returns (argv, model dir, calib file, out)."""
+    import shutil
+
+    import edgeprune.pipeline as pl
+
+    model, calib = tmp_path / "m", tmp_path / "calib.txt"
+    shutil.copytree(base / "good", model)
+    shutil.copy(base / "calib.txt", calib)
+    out = tmp_path / "o"
+    argv = [*PRUNE, "--model", str(model), "--calib", str(calib), "--out", str(out)]
+    monkeypatch.setattr(pl, "save_pruned", _interrupt)
+    assert main(argv) == 130
+    monkeypatch.undo()
+    assert "--resume to continue" in capsys.readouterr().err
+    return argv, model, calib, out
+
+
+def test_resume_refuses_a_changed_calibration_file(interrupted, capsys):
+    argv, _, calib, out = interrupted
+    calib.write_text(calib.read_text().replace("return x + 1", "return x + 2"))
+    before = _snapshot(out)
+    assert main([*argv, "--resume"]) == 2
+    assert "inputs changed" in (line := _one_error(capsys)) and f"calibration text {calib}" in line
+    assert _snapshot(out) == before
+
+
+def test_resume_refuses_changed_weights_of_the_same_size(interrupted, capsys):
+    argv, model, _, out = interrupted
+    f = model / "model.safetensors"
+    sd = load_file(str(f))
+    sd["model.layers.0.mlp.up_proj.weight"][0, 0] += 1.0
+    save_file(sd, str(f), metadata={"format": "pt"})
+    assert main([*argv, "--resume"]) == 2
+    assert "model file model.safetensors" in _one_error(capsys)
+
+
+def test_resume_on_unchanged_inputs_finishes(interrupted, capsys):
+    argv, _, _, out = interrupted
+    assert main([*argv, "--resume"]) == 0
+    assert json.loads((out / "edgeprune.json").read_text())["format"] == "edgeprune-checkpoint"
+    assert not (out / ".edgeprune-lock").exists()
+
+
+def test_build_resume_refuses_a_changed_target(base, tmp_path, monkeypatch, capsys):
+    import edgeprune.pipeline as pl
+
+    target = _target(tmp_path, **{"bandwidth_gb_s = 51.2": "bandwidth_gb_s = 51.2"})
+    out = tmp_path / "b"
+    argv = ["build", "--model", str(base / "good"), "--out", str(out), "--target", str(target), "--method", "wanda-sp",
+            "--ratio", "0.2", "--calib", str(base / "calib.txt"), "--nsamples", "4", "--seq-len", "32"]
+    monkeypatch.setattr(pl, "save_pruned", _interrupt)
+    assert main(argv) == 130
+    monkeypatch.undo()
+    assert "--resume to continue" in capsys.readouterr().err
+    target.write_text(target.read_text().replace("bandwidth_gb_s = 51.2", "bandwidth_gb_s = 60.0"))
+    assert main([*argv, "--resume"]) == 2
+    assert f"target {target}" in _one_error(capsys)
+
+
+def test_a_second_run_into_a_locked_out_is_refused_with_the_pid(interrupted, capsys):
+    argv, _, _, out = interrupted
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        (out / ".edgeprune-lock").write_text(json.dumps({"pid": other.pid}))
+        assert main([*argv, "--resume"]) == 2
+        assert f"pid {other.pid}" in _one_error(capsys)
+        assert main([*argv, "--force"]) == 2  # --force does not steal a live run's directory either
+        assert f"pid {other.pid}" in _one_error(capsys)
+    finally:
+        other.kill()
+        other.wait()
+    assert main([*argv, "--resume"]) == 0  # its process is gone: the stale lock is taken over
+    assert not (out / ".edgeprune-lock").exists()
+
+
+def test_unexpected_failure_after_planning_leaves_a_resumable_out(interrupted, monkeypatch, capsys):
+    import edgeprune.pipeline as pl
+
+    argv, _, _, out = interrupted
+    monkeypatch.setattr(pl, "save_pruned", _boom)
+    assert main([*argv, "--resume"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "Traceback" not in err[0], err
+    line = err[0]
+    assert "prune apply and save failed unexpectedly with RuntimeError: boom" in line
+    assert f"traceback saved to {out / 'edgeprune-error.log'}" in line and "--resume to continue" in line
+    assert "Traceback" in (out / "edgeprune-error.log").read_text()
+
+
+def test_unexpected_failure_before_any_layer_removes_the_out_it_made(base, tmp_path, monkeypatch, capsys):
+    import edgeprune.pipeline as pl
+
+    out = tmp_path / "o"
+    monkeypatch.setattr(pl, "make_plan", _boom)
+    assert main([*PRUNE, "--model", str(base / "good"), "--calib", str(base / "calib.txt"), "--out", str(out)]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "nothing resumable was left" in err[0], err
+    assert not out.exists()
+    log = Path(err[0].split("traceback saved to ")[1].split(";")[0])
+    assert "RuntimeError: boom" in log.read_text()
+    log.unlink()
+
+
+def test_export_failure_and_interrupt_leave_nothing_and_do_not_offer_resume(base, tmp_path, monkeypatch, capsys):
+    import exporters.gguf_writer as gw
+
+    out = tmp_path / "m.gguf"
+    argv = ["export", str(base / "good"), "--format", "gguf", "--out", str(out), "--quiet"]
+    monkeypatch.setattr(gw, "write_gguf", _boom)
+    assert main(argv) == 1
+    line = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "export gguf write failed unexpectedly with RuntimeError" in line and "export has no --resume" in line
+    Path(line.split("traceback saved to ")[1].split(";")[0]).unlink()
+    monkeypatch.setattr(gw, "write_gguf", _interrupt)
+    assert main(argv) == 130
+    err = capsys.readouterr().err
+    assert "--resume to continue" not in err and "export has no --resume" in err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_gguf_export_refuses_a_disk_without_room_before_writing(base, tmp_path, monkeypatch, capsys):
+    import edgeprune.tensorfiles as tf
+
+    monkeypatch.setattr(tf, "free_bytes", lambda p: 1000)
+    assert main(["export", str(base / "good"), "--format", "gguf", "--out", str(tmp_path / "m.gguf"), "--quiet"]) == 2
+    assert "GB free but this write needs" in _one_error(capsys)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_failed_report_write_leaves_no_artifact_and_no_tmp(base, tmp_path, monkeypatch, capsys):
+    """The verify report goes in with the artifact: when it cannot be written (disk full),
+    neither the GGUF nor a 0-byte report temporary is left."""
+    import errno
+
+    import exporters
+
+    class FullDisk:
+        @staticmethod
+        def dumps(*a, **k):
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(exporters, "json", FullDisk)
+    assert main(["export", str(base / "good"), "--format", "gguf", "--out", str(tmp_path / "m.gguf"), "--quiet"]) == 2
+    assert "disk full" in _one_error(capsys)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_mount_point_as_out_is_refused_before_work(interrupted, monkeypatch, capsys):
+    import os
+
+    argv, _, _, out = interrupted
+    real = os.path.ismount
+    monkeypatch.setattr(os.path, "ismount", lambda p: str(p) == str(out) or real(p))
+    assert main([*argv, "--resume"]) == 2
+    assert "is a mount point" in _one_error(capsys)
