@@ -17,7 +17,7 @@ from pathlib import Path
 
 from . import profile as prof
 from .checkpoint import INCOMPLETE, check_output_dir, load_config
-from .errors import EdgePruneError
+from .errors import EdgePruneError, ToleranceError
 from .guard import OutLock, fingerprint, refuse_changed, refuse_overlap, set_stage
 from .models import get_adapter
 from .targets import Target, load_target
@@ -202,9 +202,33 @@ def stage_export(b: Build) -> None:
             base.mkdir(exist_ok=True)
             path = base / (f"model-{f['dtype']}.gguf" if f["format"] == "gguf" else f"onnx-{f['dtype']}")
             log(f"export {which} {key} -> {path.relative_to(b.out_dir)}")
-            exports[f"{which}:{key}"] = export(src, f["format"], path, dtype=f["dtype"], force=True,
-                                                    gguf_pre=b.opts.get("gguf_pre"))
+            try:
+                exports[f"{which}:{key}"] = export(src, f["format"], path, dtype=f["dtype"], force=True,
+                                                        gguf_pre=b.opts.get("gguf_pre"))
+            except ToleranceError as e:
+                if which != "pruned" or not _next_dtype(b, f, str(e)):
+                    raise
+                return stage_export(b)  # the formats changed: start the loop over (finished exports are kept)
             b.save_state()
+
+
+def _next_dtype(b: Build, f: dict, why: str) -> bool:
+    """After a verification outside the dtype's tolerance, move that format to the next dtype of
+    the target's list (recorded with the reason); False when the list is exhausted."""
+    rec_key = next(k for k in b.done.get("dtypes", {}) if b.done["dtypes"][k]["chosen"] == f["dtype"]
+                   and k.startswith(f["format"] + "-")) if b.done.get("dtypes") else None
+    entry = next(t for t in b.tgt.formats if f"{t['format']}-{t['dtype']}" == (rec_key or f"{f['format']}-{f['dtype']}"))
+    order = [entry["dtype"], *entry.get("fallback", [])]
+    later = order[order.index(f["dtype"]) + 1:] if f["dtype"] in order else []
+    if not later or rec_key is None:
+        return False
+    rec = b.done["dtypes"][rec_key]
+    log(f"WARNING: {f['format']} {f['dtype']} failed its tolerance on this model ({why.split('; the artifact')[0]}); "
+        f"using {later[0]}, the next of the target's list")
+    rec.update(chosen=later[0], why="; ".join(x for x in (rec.get("why"), f"{f['dtype']}: verification outside tolerance")
+                                              if x))
+    b.save_state()
+    return True
 
 
 def stage_measure(b: Build) -> None:

@@ -31,6 +31,11 @@ class ExportError(EdgePruneError):
     """An export failed or its verification was off beyond tolerance."""
 
 
+class ToleranceError(ExportError):
+    """An artifact ran but its numbers are outside its dtype's tolerance (a quantisation too
+    coarse for this model, not a bug): a build may try the target's next dtype."""
+
+
 class MissingExtraError(EdgePruneError):
     """An optional dependency is not installed; the message names the pip extra."""
 

@@ -94,6 +94,7 @@ def write_report(build_dir: Path, profile: dict) -> Path:  # long: the report in
             f"{ld['prefill_tokens_per_s_max']:.0f} → {lp['prefill_tokens_per_s_max']:.0f} | "
             f"{sp['decode_measured']:.2f} {_interval(sp)} / {sp['decode_ideal']:.2f} | {_status(sp)} |"
         )
+    lines += _text_path_lines(profile["artifacts"])
     p0 = profile["artifacts"][0]["perplexity"]["protocol"] if profile["artifacts"] else {}
     lines += ["", f"Perplexity protocol: {json.dumps(p0)}. Latency protocol: "
               f"{json.dumps(profile['artifacts'][0]['latency']['pruned'].get('protocol')) if profile['artifacts'] else '-'}."]
@@ -216,3 +217,21 @@ def plot_bench(build_dir: Path, record: dict, target: str) -> str | None:
     fig.savefig(build_dir / name, dpi=90)
     plt.close(fig)
     return name
+
+
+def _text_path_lines(artifacts: list[dict]) -> list[str]:
+    """Text in, text out, per artifact: the runtime's own tokenizer on the fixed strings and its
+    completion of the first prompt (what a user of llama.cpp or ORT GenAI would see)."""
+    out = ["", "Text in, text out (the runtime's own tokenizer, greedy generation, its detokenizer):", ""]
+    for a in artifacts:
+        v = a["verify"]
+        for who, tp in (("llama.cpp", v.get("text_path")), ("ORT GenAI", (v.get("genai") or {}).get("text_path"))):
+            if not tp or "tokenizer" not in tp:
+                continue
+            t, runs = tp["tokenizer"], tp["generation"]["runs"]
+            verdict = "pass" if tp["passed"] else ("limitation: " + tp["limitation"] if tp.get("limitation") else "FAIL")
+            first = runs[0] if runs else {}
+            out.append(f"- {a['format']} {a['dtype']} in {who}: {t['strings'] - t['failed']}/{t['strings']} strings tokenized "
+                       f"as transformers does, {sum(r['passed'] for r in runs)}/{len(runs)} completions equal; "
+                       f"{first.get('prompt', '')!r} -> {first.get('runtime_text', '')!r} ({verdict})")
+    return out if len(out) > 3 else []

@@ -212,7 +212,9 @@ def _fail_if(report: dict, out: Path) -> None:
     if text:
         raise ExportError(f"verification of {out.name} failed through the text path: {text}; the artifact was deleted")
     if not report["passed"]:
-        raise ExportError(
+        from edgeprune.errors import ToleranceError
+
+        raise (ToleranceError if report["dtype"] != "f32" else ExportError)(
             f"verification of {out.name} failed ({report['dtype']}: max abs logit diff {report['max_abs_logit_diff']:.3g}, "
             f"top-1 {report['top1_agreement']:.3f}, greedy match {report['greedy_tokens_match']}, PPL delta "
             f"{report['perplexity']['relative_delta']:.3%}); the artifact was deleted"

@@ -169,9 +169,8 @@ def test_build_align_is_checked_before_anything(tmp_path, bad):
 def test_build_align_on_the_command_line(tmp_path):
     from edgeprune.cli import main
 
-    with pytest.raises(SystemExit) as e:
-        main(["build", "--align", "0", "--out", str(tmp_path / "b")])
-    assert e.value.code == 2 and not (tmp_path / "b").exists()
+    assert main(["build", "--align", "0", "--out", str(tmp_path / "b")]) == 2  # argparse's refusal, one line
+    assert not (tmp_path / "b").exists()
 
 
 @pytest.mark.slow

@@ -1,0 +1,7 @@
+"""`python -m edgeprune ...` (and `torchrun -m edgeprune ...`) is the `edgeprune` command."""
+import sys
+
+from .cli import main
+
+if __name__ == "__main__":
+    sys.exit(main())
