@@ -17,30 +17,25 @@ from .latency import DEFAULT_CONTEXT, DEFAULT_NEW_TOKENS, DEFAULT_REPS, host_inf
 from .speedup import check
 
 
-def _at(d, keys: str):
-    for k in keys.split("."):
-        d = d.get(k) if isinstance(d, dict) else None
-    return d
-
-
 def read_profile(path: Path) -> dict:
     """profile.json as the build wrote it, or one line naming what is wrong (truncated,
     edited, or from another tool): bench reads these fields and nothing else."""
-    fix = "re-run the build (edgeprune build ... --force), or bench one artifact by its path"
-    try:
-        profile = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise EdgePruneError(f"{path} is not valid JSON ({type(e).__name__}: truncated?); {fix}") from None
-    if not isinstance(profile, dict):
-        raise EdgePruneError(f"{path} does not hold a build profile (a JSON object); {fix}")
-    for key, kind in (("target.name", str), ("target.latency.context", int), ("artifacts", list), ("provenance", dict)):
-        if not isinstance(_at(profile, key), kind):
-            raise EdgePruneError(f"{path} lacks {key} (or it is not a {kind.__name__}): it is not a complete build profile; {fix}")
-    for i, a in enumerate(profile["artifacts"]):
-        for key in ("path", "format", "dtype", "reference_dense.path", "speedup.decode_ideal"):
-            if _at(a, key) is None:
-                raise EdgePruneError(f"{path}: artifacts[{i}] lacks {key}: it is not a complete build profile; {fix}")
-    return profile
+    from . import schema
+
+    return schema.read(path, schema.PROFILE, "build profile",
+                       "re-run the build (edgeprune build ... --force), or bench one artifact by its path")
+
+
+def check_context(paths, context: int, new_tokens: int) -> None:
+    """A context the artifact was not built for measures llama.cpp's (or ORT's) behaviour past
+    it, or fails inside the runtime: refused first, naming the artifact's own limit."""
+    from exporters.artifacts import artifact_context
+
+    for path in paths:
+        got = artifact_context(Path(path))
+        if got is not None and context + new_tokens > got[0]:
+            raise EdgePruneError(f"--context {context} plus --new-tokens {new_tokens} is beyond the context of {path}, "
+                                 f"{got[0]} tokens ({got[1]}); use --context <= {max(1, got[0] - new_tokens)}")
 
 
 def bench(path: str, context: int | None = None, new_tokens: int | None = None, reps: int | None = None,
@@ -58,6 +53,7 @@ def bench(path: str, context: int | None = None, new_tokens: int | None = None, 
         if missing:
             raise EdgePruneError(f"{p}: artifact {missing[0]} listed in profile.json is missing (deleted?); re-run the "
                                  "build with --force, or bench a remaining artifact by its path")
+        check_context([p / q for a in profile["artifacts"] for q in (a["path"], a["reference_dense"]["path"])], ctx, new_tokens)
         from .errors import MissingExtraError
 
         entries, skipped = [], []
@@ -102,6 +98,7 @@ def bench(path: str, context: int | None = None, new_tokens: int | None = None, 
         return {"build": str(p), "measured_on_device": record, "text": text}
     if p.is_dir() and not (p / "model.onnx").is_file():
         raise EdgePruneError(f"{p} is neither a build directory (no profile.json) nor an ONNX export (no model.onnx)")
+    check_context([p], context or DEFAULT_CONTEXT, new_tokens)
     lat = measure({"artifact": p}, context or DEFAULT_CONTEXT, new_tokens, reps, threads)["artifact"]
     res = {"artifact": str(p), "latency": lat, "host": host_info()}
     res["text"] = (f"{p}: decode {lat['decode_ms_per_token_min']:.3f} ms/token min, {lat['decode_ms_per_token_median']:.3f} median; "

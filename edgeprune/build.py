@@ -142,13 +142,15 @@ def check_align(align, tgt: Target) -> int:
 
 
 def _read_state(path: Path) -> dict:
-    """build_state.json as written by `save_state`, or a one-line refusal."""
-    try:
-        st = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        st = None
-    if not isinstance(st, dict) or not isinstance(st.get("args"), dict) or not isinstance(st.get("done"), dict):
-        raise BuildError(f"{path} is unreadable or incomplete, so the build cannot be resumed; pass --force to start over")
+    """build_state.json as written by `save_state`, and every artifact it records as exported
+    still there with a valid verify report (the export stage would skip it), or one line."""
+    from exporters.artifacts import read_verify_report
+
+    from . import schema
+
+    st = schema.read(path, schema.BUILD_STATE, "build state", "the build cannot be resumed; pass --force to start over")
+    for res in st["done"].get("export", {}).values():
+        read_verify_report(Path(res["path"]), "pass --force to rebuild")
     return st
 
 

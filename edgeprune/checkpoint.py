@@ -189,7 +189,9 @@ def _check_manifest(path: Path) -> None:
         raise ModelError(f"{path} is an unfinished edgeprune run; resume it with --resume or delete it")
     if not m.is_file():
         raise ModelError(f"{path} is an edgeprune checkpoint without its manifest (an interrupted save?); re-run the save")
-    files = json.loads(m.read_text()).get("files", {})
+    from . import schema
+
+    files = schema.read(m, schema.MANIFEST, "edgeprune manifest", "re-run the prune or save that wrote it")["files"]
     for name, size in files.items():
         p = path / name
         if not p.is_file() or p.stat().st_size != size:

@@ -239,15 +239,26 @@ def eval_windows(tokens: torch.Tensor, seq_len: int, max_windows: int | None = N
     return tokens[: n * seq_len].view(n, seq_len)
 
 
-def calibration_windows(tokens: torch.Tensor, n_samples: int, seq_len: int, seed: int = 0) -> torch.Tensor:
-    """`n_samples` windows at seeded random offsets (reproducible for a given seed)."""
-    if tokens.numel() < seq_len:
+def calibration_windows(tokens: torch.Tensor, n_samples: int, seq_len: int, seed: int = 0,
+                        source: str = "calibration text") -> torch.Tensor:
+    """`n_samples` windows at seeded random offsets (reproducible for a given seed).
+
+    Offsets are drawn independently, so windows may overlap (as GPTQ/SparseGPT draw theirs),
+    but never more windows than the text holds end to end: past that the extra windows only
+    repeat tokens already seen, and a user asking for 10^8 of them means more data, not
+    copies (and would fill memory while they are stacked)."""
+    n = tokens.numel()
+    if n < seq_len:
         raise DataError(
-            f"calibration text has {tokens.numel()} tokens, shorter than one window of {seq_len}; "
+            f"calibration text has {n} tokens, shorter than one window of {seq_len}; "
             "use a longer text or a smaller --seq-len"
         )
+    if n_samples > n // seq_len:
+        raise DataError(f"--nsamples {n_samples}: the calibration portion of {source} has {n} tokens, "
+                        f"{n // seq_len} windows of --seq-len {seq_len}; use --nsamples <= {n // seq_len}, "
+                        "a smaller --seq-len, or a longer text")
     g = torch.Generator().manual_seed(seed)
-    starts = torch.randint(0, tokens.numel() - seq_len + 1, (n_samples,), generator=g)
+    starts = torch.randint(0, n - seq_len + 1, (n_samples,), generator=g)
     return torch.stack([tokens[s : s + seq_len] for s in starts.tolist()])
 
 
@@ -260,7 +271,8 @@ def warn_if_overlap(calib: str, evaluation: str) -> None:
 
 
 def calibration_set(tokenizer, source: str, n_samples: int, seq_len: int, seed: int, data_dir=None) -> torch.Tensor:
-    return calibration_windows(tokenize(tokenizer, load_text(source, "calib", data_dir)), n_samples, seq_len, seed)
+    return calibration_windows(tokenize(tokenizer, load_text(source, "calib", data_dir)), n_samples, seq_len, seed,
+                               str(source))
 
 
 def evaluation_set(tokenizer, source: str, seq_len: int, max_windows: int | None = None, data_dir=None) -> torch.Tensor:

@@ -135,13 +135,24 @@ def _alive(pid: int) -> bool:
     return True
 
 
+def lock_paths(out: Path) -> tuple[Path, Path]:
+    """Where a run writing `out` keeps its lock: inside `out` for the directories prune and
+    build fill in place, beside it (`.NAME.edgeprune-lock`) for an export, whose artifact
+    (a GGUF file, an ONNX folder) is renamed into place and so cannot hold its own lock."""
+    out = Path(out)
+    return out / LOCK, out.parent / f".{out.name}{LOCK}"
+
+
 def lock_holder(out: Path) -> int | None:
     """The pid of another live run holding `out`, else None (a dead one's lock is stale)."""
-    try:
-        pid = int(json.loads((out / LOCK).read_text())["pid"])
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
-    return pid if pid != os.getpid() and _alive(pid) else None
+    for path in lock_paths(out):
+        try:
+            pid = int(json.loads(path.read_text())["pid"])
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+        if pid != os.getpid() and _alive(pid):
+            return pid
+    return None
 
 
 def refuse_locked(out: Path) -> None:
@@ -153,31 +164,38 @@ def refuse_locked(out: Path) -> None:
 
 
 class OutLock:
-    """Holds `out/.edgeprune-lock` (created atomically) for the life of a run; a lock whose
-    pid is dead is taken over. Released (only if still ours) when the block ends."""
+    """Holds the lock of `out` (created atomically) for the life of a run: inside `out`
+    (prune, build) or, with `beside`, next to it (export). A lock whose pid is dead is taken
+    over. Released (only if still ours) when the block ends."""
 
-    def __init__(self, out: Path):
-        self.path = Path(out) / LOCK
+    def __init__(self, out: Path, beside: bool = False):
+        self.out = Path(out)
+        self.path = lock_paths(self.out)[1 if beside else 0]
 
     def acquire(self) -> "OutLock":
         for _ in range(3):
             try:
                 fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
             except FileExistsError:
-                refuse_locked(self.path.parent)
+                refuse_locked(self.out)
                 self.path.unlink(missing_ok=True)  # stale: its process is gone
                 continue
             with os.fdopen(fd, "w") as f:
                 json.dump({"pid": os.getpid()}, f)
+            try:
+                refuse_locked(self.out)  # the other place: a prune or build writing this directory
+            except OutputError:
+                self.release()
+                raise
             return self
-        refuse_locked(self.path.parent)
+        refuse_locked(self.out)
         raise OutputError(f"could not take the lock {self.path}; remove it if no edgeprune run is writing there")
 
     def release(self) -> None:
         try:
             if json.loads(self.path.read_text()).get("pid") == os.getpid():
                 self.path.unlink()
-        except (OSError, ValueError):
+        except (OSError, ValueError, AttributeError):
             pass
 
     def __enter__(self) -> "OutLock":

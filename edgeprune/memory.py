@@ -14,26 +14,29 @@ from pathlib import Path
 import torch
 
 
-def rss_bytes() -> int:
+def proc_bytes(key: str, path: str = "/proc/self/status") -> int | None:
+    """A `Key:   N kB` line of a /proc file in bytes (VmRSS, VmHWM, MemAvailable), or None
+    where the file or the line is not there (not Linux)."""
     try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
+        for line in Path(path).read_text().splitlines():
+            if line.startswith(key + ":"):
                 return int(line.split()[1]) * 1024
-    except OSError:
-        pass
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
+def rss_bytes() -> int:
+    rss = proc_bytes("VmRSS")
+    if rss is not None:
+        return rss
     import resource
 
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
 def _hwm_bytes() -> int | None:
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        return None
-    return None
+    return proc_bytes("VmHWM")
 
 
 _CHILD_PEAK = 0  # peaks of helper processes that ran while this one waited (ONNX export)

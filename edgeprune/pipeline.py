@@ -45,13 +45,19 @@ class ResumeState:
     def get(self, i: int):
         from safetensors.torch import load_file
 
+        from . import schema
+
         j = self.dir / f"layer{i}.json"
         if not j.is_file():
             return None
-        d = json.loads(j.read_text())
+        d = schema.read(j, schema.LAYER_PLAN, "resume record", schema.RESTART)
         t = self.dir / f"layer{i}.safetensors"
-        tensors = load_file(str(t)) if t.is_file() else {}
-        return LayerPlan(**d), tensors
+        try:
+            tensors = load_file(str(t)) if t.is_file() else {}
+            return LayerPlan(**d), tensors
+        except Exception as e:  # a truncated tensor file, or a field LayerPlan does not take
+            raise schema.SchemaError(f"{t if t.is_file() else j} is not a valid resume record ({type(e).__name__}); "
+                                     f"{schema.RESTART}") from None
 
     def put(self, i: int, lp: LayerPlan, tensors: dict) -> None:
         from dataclasses import asdict
@@ -244,14 +250,18 @@ def _prepare_out(out_path: Path | None, force: bool, resuming: bool, args: dict,
         return None, None
     work = out_path / ".work"
     if resuming:
-        old = json.loads((work / "args.json").read_text()) if (work / "args.json").is_file() else None
+        from . import schema
+
+        old = schema.read(work / "args.json", schema.RESUME_ARGS, "resume record", schema.RESTART) \
+            if (work / "args.json").is_file() else None
         if old != args:
             shown = "its arguments were not recorded" if old is None else ", ".join(
                 f"{k}: was {old.get(k)!r}, now {args[k]!r}" for k in args if old.get(k) != args[k])
             raise PlanError(f"{out_path} holds an interrupted run with other arguments ({shown}); "
                             "repeat them to resume, or pass --force to start over")
         recorded = work / "inputs.json"
-        refuse_changed(json.loads(recorded.read_text()) if recorded.is_file() else None, inputs, out_path)
+        refuse_changed(schema.read(recorded, schema.RESUME_INPUTS, "resume record", schema.RESTART)
+                       if recorded.is_file() else None, inputs, out_path)
     elif force and out_path.exists():
         shutil.rmtree(out_path)  # check_output_dir has made sure edgeprune wrote it
     out_path.mkdir(exist_ok=True)

@@ -175,19 +175,20 @@ class Plan:
         json_path = path / PLAN_JSON if path.is_dir() else path
         if not json_path.is_file():
             raise PlanError(f"no plan at {path}; expected {PLAN_JSON} (written by edgeprune prune)")
-        bad = f"{json_path} is not a readable edgeprune plan"
-        try:
-            d = json.loads(json_path.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise PlanError(f"{bad} ({type(e).__name__}: truncated or edited?); re-run the prune that wrote it") from None
-        if not isinstance(d, dict):
-            raise PlanError(f"{bad} (it holds a JSON {type(d).__name__}); re-run the prune that wrote it")
+        from . import schema
+
+        fix = "re-run the prune that wrote it"
+        d = schema.read(json_path, schema.PLAN, "edgeprune plan", fix)
+        n = d["num_layers"]
+        outside = [i for i in [*d["removed_layers"], *map(int, d["layers"])] if i >= n]
+        if outside:
+            raise PlanError(f"{json_path} is not a valid edgeprune plan (layer {outside[0]} of a {n}-layer model); {fix}")
         tensor_path = json_path.parent / PLAN_TENSORS
         tensors = FileTensors(tensor_path) if d.get("tensors") and tensor_path.is_file() else {}
         try:
             return cls.from_dict(d, tensors)
-        except (KeyError, TypeError, ValueError, AttributeError) as e:
-            raise PlanError(f"{bad} (field {e} is missing or malformed); re-run the prune that wrote it") from None
+        except (KeyError, TypeError, ValueError, AttributeError) as e:  # a field the schema lets through
+            raise PlanError(f"{json_path} is not a valid edgeprune plan (field {e} is malformed); {fix}") from None
 
 
 def identity_plan(adapter: DecoderAdapter, method: str = "identity") -> Plan:

@@ -25,7 +25,12 @@ def calibration(model_dir, source: str, n_samples: int, seq_len: int, seed: int,
     cannot look up (a tokenizer from another model) are refused here, naming both sizes."""
     cache = work / "calib.pt" if work else None
     if cache and cache.is_file():
-        return torch.load(cache)
+        try:
+            return torch.load(cache)
+        except Exception as e:  # truncated by a full disk or a kill mid-write
+            from .schema import RESTART, SchemaError
+
+            raise SchemaError(f"{cache} is not a readable tensor file ({type(e).__name__}); {RESTART}") from None
     windows = data_mod.calibration_set(tokenizer_for(model_dir), source, n_samples, seq_len, seed, data_dir)
     if isinstance(model_dir, (str, Path)):
         from .checkpoint import read_config_dict
@@ -41,13 +46,9 @@ def calibration(model_dir, source: str, n_samples: int, seq_len: int, seed: int,
 
 def available_memory() -> int | None:
     """MemAvailable from the kernel (bytes), or None where it is not known."""
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return None
+    from .memory import proc_bytes
+
+    return proc_bytes("MemAvailable", "/proc/meminfo")
 
 
 def check_windows(cfg: dict, n_samples: int, seq_len: int, offload: bool = False) -> None:

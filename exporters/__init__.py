@@ -19,7 +19,7 @@ from pathlib import Path
 
 from edgeprune.errors import ExportError, OutputError
 
-from edgeprune.guard import refuse_overlap, set_stage
+from edgeprune.guard import OutLock, refuse_overlap, set_stage
 
 from .common import DTYPES, check_dtype, check_out_path, needed_bytes, require, staged
 
@@ -86,8 +86,9 @@ def export(model, fmt: str, out: str | Path, *, dtype: str = "f32", verify: bool
     t0 = time.perf_counter()
     stages: dict = {}
     try:
-        meta, report = _write_and_verify(fmt, dtype, out, force, view, model if not streamed else None, model_dir,
-                                         reference, tok, verify, progress, stages, imatrix, gguf_pre)
+        with OutLock(out, beside=True):  # a second export into the same --out is refused, naming this pid
+            meta, report = _write_and_verify(fmt, dtype, out, force, view, model if not streamed else None, model_dir,
+                                             reference, tok, verify, progress, stages, imatrix, gguf_pre)
     except OSError as e:
         if e.errno == errno.ENOSPC:  # staged() has already removed the partial artifact
             from edgeprune.tensorfiles import free_bytes

@@ -44,3 +44,38 @@ def onnx_min_runtime(path: Path) -> str:
     if (path.parent / "genai_config.json").is_file():
         need += "; as an ORT GenAI folder: onnxruntime-genai >= 0.18.0 (per-layer KV-head counts)"
     return need
+
+
+def read_verify_report(artifact: Path, fix: str) -> dict:
+    """The verify report an export wrote beside `artifact` (`<artifact>.verify.json`), checked
+    against its schema, with the artifact itself still there; else one line and `fix`."""
+    from edgeprune import schema
+
+    artifact = Path(artifact)
+    if not artifact.exists():
+        raise schema.SchemaError(f"{artifact}, recorded as exported and verified, is missing; {fix}")
+    return schema.read(artifact.with_name(artifact.name + ".verify.json"), schema.VERIFY, "verify report", fix)
+
+
+def artifact_context(path: Path) -> tuple[int, str] | None:
+    """(tokens, where it is written) of an artifact's context window: GGUF's
+    `<arch>.context_length`, an ORT GenAI folder's `context_length`; None when it records none."""
+    path = Path(path)
+    if path.suffix == ".gguf" and path.is_file():
+        import gguf
+
+        r = gguf.GGUFReader(str(path))
+        arch = r.fields.get("general.architecture")
+        if arch is None:
+            return None
+        name = f"{bytes(arch.parts[-1]).decode()}.context_length"
+        f = r.fields.get(name)
+        return (int(f.parts[-1][0]), f"{name} in its GGUF metadata") if f is not None else None
+    folder = path if path.is_dir() else path.parent
+    cfg = folder / "genai_config.json"
+    if not cfg.is_file():
+        return None
+    from edgeprune import schema
+
+    d = schema.read(cfg, schema.GENAI_CONFIG, "onnxruntime-genai config", "re-export the ONNX artifact")
+    return d["model"]["context_length"], "context_length in its genai_config.json"

@@ -287,13 +287,13 @@ CASES = [
     ("a .jsonl.gz that is not gzip", lambda r, t: [*PRUNE, "--model", str(r / "good"), "--out", str(t / "o"),
                                                    "--calib", str(_text(t, "c.jsonl.gz", '{"text": "hello"}\n'))], "not a complete gzip file"),
     ("inspect: corrupt plan JSON", lambda r, t: ["inspect", str(_text(t, "plan.json", '{"format": "edgeprune-plan", "meth'))],
-     "not a readable edgeprune plan"),
+     "not a valid edgeprune plan (not readable JSON"),
     ("inspect: plan JSON missing fields", lambda r, t: ["inspect", str(_text(t, "plan.json", '{"format": "edgeprune-plan"}'))],
-     "not a readable edgeprune plan"),
+     "not a valid edgeprune plan (method is missing); re-run the prune"),
     ("inspect --plot into a directory", lambda r, t: ["inspect", str(r / "good"), "--plot", str(t)], "is a directory"),
     ("bench: truncated profile.json", lambda r, t: ["bench", str(_build_with_profile(t, '{"target": {"name": "cpu'))],
-     "not valid JSON"),
-    ("bench: {} profile.json", lambda r, t: ["bench", str(_build_with_profile(t, "{}"))], "lacks target.name"),
+     "not a valid build profile (not readable JSON"),
+    ("bench: {} profile.json", lambda r, t: ["bench", str(_build_with_profile(t, "{}"))], "(target is missing); re-run the build"),
     ("target: formats = []", lambda r, t: ["build", "--model", str(r / "good"), "--out", str(t / "b"), "--target", str(_target(
         t, **{"re:^formats = .*$": "formats = []"}))], "artifacts.formats is empty"),
 ]

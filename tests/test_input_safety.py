@@ -189,3 +189,51 @@ def test_a_mount_point_as_out_is_refused_before_work(interrupted, monkeypatch, c
     monkeypatch.setattr(os.path, "ismount", lambda p: str(p) == str(out) or real(p))
     assert main([*argv, "--resume"]) == 2
     assert "is a mount point" in _one_error(capsys)
+
+
+def test_a_second_export_into_the_same_out_is_refused_with_the_pid(base, tmp_path, monkeypatch, capsys):
+    """export takes the lock prune and build take (beside its --out, which is renamed into
+    place): a live holder is named and nothing is written; a dead one's lock is taken over."""
+    import os
+
+    import exporters.gguf_writer as gw
+
+    from edgeprune.guard import lock_paths
+
+    out = tmp_path / "m.gguf"
+    argv = ["export", str(base / "good"), "--format", "gguf", "--out", str(out), "--quiet"]
+    lock = lock_paths(out)[1]
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        lock.write_text(json.dumps({"pid": other.pid}))
+        assert main(argv) == 2
+        assert f"pid {other.pid}" in _one_error(capsys)
+        assert sorted(p.name for p in tmp_path.iterdir()) == [lock.name]
+    finally:
+        other.kill()
+        other.wait()
+    held, write = [], gw.write_gguf
+
+    def spy(*a, **k):
+        held.append(json.loads(lock.read_text())["pid"])
+        return write(*a, **k)
+
+    monkeypatch.setattr(gw, "write_gguf", spy)
+    assert main(argv) == 0  # its process is gone: the stale lock is taken over, held while writing
+    assert held == [os.getpid()]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.gguf", "m.gguf.verify.json"]
+
+
+def test_export_into_a_directory_a_prune_is_writing_is_refused(interrupted, capsys):
+    """The two lock places are one rule: an ONNX export whose --out is a directory a live
+    prune holds is refused with that prune's pid."""
+    argv, model, _, out = interrupted
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        (out / ".edgeprune-lock").write_text(json.dumps({"pid": other.pid}))
+        assert main(["export", str(model), "--format", "onnx", "--out", str(out), "--force", "--quiet"]) == 2
+        assert f"pid {other.pid}" in _one_error(capsys)
+        assert (out / ".edgeprune-incomplete").exists()
+    finally:
+        other.kill()
+        other.wait()

@@ -169,9 +169,17 @@ class LadderStore:
         self.dir.mkdir(parents=True, exist_ok=True)
 
     def record(self, i: int) -> dict | None:
+        from edgeprune import schema
+
         p = self.dir / f"L{i}.json"
-        rec = json.loads(p.read_text()) if p.is_file() else None
-        return rec if rec is not None and rec.get("version") == LADDER_VERSION else None
+        if not p.is_file():
+            return None
+        fix = f"delete it to build that layer's ladder again, or {schema.RESTART}"
+        rec = schema.read(p, dict, "ladder record", fix)
+        if rec.get("version") != LADDER_VERSION:  # another version's ladder: built again
+            return None
+        schema.check(rec, schema.LADDER, p, "ladder record", fix)
+        return rec
 
     def put_tensor(self, i: int, key: str, tensor: torch.Tensor) -> None:
         """One rung's weight, written at once: float16 on disk (the fitness only ranks candidates;

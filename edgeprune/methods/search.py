@@ -126,7 +126,11 @@ def evolve(lad: Ladders, budget: float, fitness: KLFitness, req: PruneRequest, l
     every candidate lands within `tol` parameters of the budget where its aligned rungs allow."""
     cache: dict[Alloc, float] = {}
     if log_path.is_file():  # resume: the same seed replays the same candidates
-        cache = {tuple(map(tuple, a)): v for a, v in json.loads(log_path.read_text())["evaluated"]}
+        from edgeprune import schema
+
+        saved = schema.read(log_path, schema.SEARCH_LOG, "search log",
+                          f"delete it to evaluate the candidates again, or {schema.RESTART}")
+        cache = {tuple(map(tuple, a)): v for a, v in saved["evaluated"]}
     progress = bar(range(req.search_evals), "search: candidates", req)
     L = len(lad.records)
 

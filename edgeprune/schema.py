@@ -1,0 +1,174 @@
+"""The shape of every file edgeprune writes and later reads back, and the one reader that
+checks it (torch-free: `bench` uses it on a device).
+
+A file edgeprune wrote can still be truncated by a full disk, edited by hand, or come from
+another version: read back unchecked it fails far from the cause (`KeyError: 'target'`
+inside bench, a `TypeError` in the middle of a resume). `read` refuses it in one line that
+names the file, the first field that is wrong, and the fix (rebuild, `--force`, delete).
+
+A spec is a Python type (`str`, `bool`, `dict`, `list`, `object` for anything), `Whole` /
+`Number` (with a lower bound), `OneOf(values)`, `Opt(spec)` (None allowed), `[spec]` (a
+list of them), `(a, b)` (a list of exactly those), `Map(spec)` (any keys) or a dict
+`{"key": spec, "key?": spec}` (a trailing `?` marks an optional key; other keys pass).
+"""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .errors import EdgePruneError
+
+
+class SchemaError(EdgePruneError):
+    """A file edgeprune reads back is unreadable or not of the shape it wrote."""
+
+
+@dataclass(frozen=True)
+class Whole:
+    min: int = 0
+
+
+@dataclass(frozen=True)
+class Number:
+    min: float | None = None
+    finite: bool = False
+
+
+@dataclass(frozen=True)
+class OneOf:
+    values: tuple
+
+
+@dataclass(frozen=True)
+class Opt:
+    spec: Any
+
+
+@dataclass(frozen=True)
+class Map:
+    spec: Any
+    digit_keys: bool = False  # the keys are layer indices written as strings
+
+
+def _name(spec) -> str:
+    if isinstance(spec, Whole):
+        return f"a whole number >= {spec.min}"
+    if isinstance(spec, Number):
+        return "a number" + (f" >= {spec.min}" if spec.min is not None else "")
+    if isinstance(spec, OneOf):
+        return " or ".join(repr(v) for v in spec.values)
+    if isinstance(spec, (dict, Map)):
+        return "an object"
+    if isinstance(spec, (list, tuple)):
+        return "a list" + (f" of {len(spec)}" if isinstance(spec, tuple) else "")
+    return {str: "a string", bool: "true or false", dict: "an object", list: "a list"}.get(spec, "a value")
+
+
+def _is_num(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def problem(value, spec, where: str = "") -> str | None:  # long: one branch per kind of spec
+    """The first place `value` departs from `spec` ("artifacts[0].path is missing"), or None."""
+    here = where or "the top level"
+    bad = f"{here} must be {_name(spec)}, got {value!r:.60}"
+    if spec is object:
+        return None
+    if isinstance(spec, Opt):
+        return None if value is None else problem(value, spec.spec, where)
+    if isinstance(spec, Whole):
+        return None if isinstance(value, int) and not isinstance(value, bool) and value >= spec.min else bad
+    if isinstance(spec, Number):
+        ok = _is_num(value) and (spec.min is None or value >= spec.min) and (not spec.finite or math.isfinite(value))
+        return None if ok else bad
+    if isinstance(spec, OneOf):
+        return None if value in spec.values else bad
+    if isinstance(spec, type):
+        return None if isinstance(value, spec) and not (spec is int and isinstance(value, bool)) else bad
+    if isinstance(spec, tuple):
+        if not isinstance(value, list) or len(value) != len(spec):
+            return bad
+        return next((p for i, s in enumerate(spec) if (p := problem(value[i], s, f"{where}[{i}]"))), None)
+    if isinstance(spec, list):
+        if not isinstance(value, list):
+            return bad
+        return next((p for i, v in enumerate(value) if (p := problem(v, spec[0], f"{where}[{i}]"))), None)
+    if not isinstance(value, dict):
+        return bad
+    if isinstance(spec, Map):
+        for k, v in value.items():
+            if spec.digit_keys and not str(k).isdigit():
+                return f"{where + '.' if where else ''}{k!r} is not a layer index"
+            if p := problem(v, spec.spec, f"{where}.{k}" if where else str(k)):
+                return p
+        return None
+    for key, sub in spec.items():
+        name = key.rstrip("?")
+        at = f"{where}.{name}" if where else name
+        if name not in value:
+            if key.endswith("?"):
+                continue
+            return f"{at} is missing"
+        if p := problem(value[name], sub, at):
+            return p
+    return None
+
+
+def read(path: Path, spec, what: str, fix: str) -> Any:
+    """The JSON at `path`, checked against `spec`; else one line: `{path} is not a valid {what}
+    (<the problem>); {fix}`."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise SchemaError(f"{path} is missing; {fix}") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        why = f"{e.msg} at line {e.lineno}" if isinstance(e, json.JSONDecodeError) else type(e).__name__
+        raise SchemaError(f"{path} is not a valid {what} (not readable JSON: {why}; truncated or edited?); {fix}") from None
+    check(data, spec, path, what, fix)
+    return data
+
+
+def check(data, spec, path: Path | str, what: str, fix: str) -> None:
+    """`read`'s check, for data already parsed (a plan handed over in memory)."""
+    p = problem(data, spec)
+    if p:
+        raise SchemaError(f"{path} is not a valid {what} ({p}); {fix}")
+
+
+# ---- the files ------------------------------------------------------------------------------
+IDS = Opt([Whole(0)])
+LAYER_PLAN = {"ffn_keep?": IDS, "heads_keep?": IDS, "kv_keep?": IDS, "stats?": dict}
+PLAN = {"format": OneOf(("edgeprune-plan",)), "method": str, "model_type": str, "num_layers": Whole(1),
+        "removed_layers": [Whole(0)], "ratio_requested?": Opt(Number(0)), "options?": dict, "stats?": dict,
+        "layers": Map(LAYER_PLAN, digit_keys=True), "tensors?": [str]}
+
+MANIFEST = {"format": OneOf(("edgeprune-checkpoint",)), "files": Map(Whole(0))}
+
+PROFILE = {"target": {"name": str, "latency": {"context": Whole(1)}},
+           "artifacts": [{"path": str, "format": str, "dtype": str, "reference_dense": {"path": str},
+                          "speedup": {"decode_ideal": Number(0)}}],
+           "provenance": dict, "measured_on_device?": list, "plots?": [str]}
+
+VERIFY = {"dtype": str, "passed": bool, "all_finite?": bool, "max_abs_logit_diff": Opt(Number(0)),
+          "top1_agreement": Number(0), "greedy_tokens_match": bool, "perplexity": {"relative_delta": Opt(Number(0))}}
+
+EXPORT_RESULT = {"format": str, "dtype": str, "path": str, "bytes": Whole(0), "verify": dict}
+BUILD_STATE = {"args": dict, "inputs?": Map(str), "complete?": bool,
+               "done": {"prune?": dict, "dtypes?": Map({"chosen": str}), "export?": Map(EXPORT_RESULT),
+                        "profile?": Map(dict), "host?": dict}}
+
+RUNG = {"removed": Whole(0), "error": Number(), "keep": [Whole(0)], "kv_keep?": IDS, "moves?": [str], "aligned?": bool}
+LADDER = {"attn": [RUNG], "ffn": [RUNG], "attn_params": Whole(0), "drop": {"removed": Whole(0), "error": Number()}}
+SEARCH_LOG = {"evaluated": [([(Whole(0), Whole(0))], Number())]}
+
+RESUME_ARGS = dict
+RESUME_INPUTS = Map(str)
+
+GENAI_CONFIG = {"model": {"context_length": Whole(1)}}
+
+# The fix for a file inside an interrupted run's work directory.
+RESTART = "pass --force to start over"
