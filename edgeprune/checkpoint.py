@@ -221,7 +221,10 @@ def load_config(path: str | Path):
     """The transformers config of a local directory (edgeprune or plain), validated."""
     from transformers import AutoConfig
 
+    from .config_check import check_config, check_kinds
+
     d = read_config_dict(path)
+    check_kinds(d, Path(path) / "config.json")
     model_type = d.get("model_type", "")
     if model_type.startswith("edgeprune_"):
         pruned_modeling.register_with_transformers()
@@ -234,8 +237,6 @@ def load_config(path: str | Path):
     from types import SimpleNamespace
 
     get_adapter(SimpleNamespace(**d))  # unsupported architecture -> one clear line
-    from .config_check import check_config
-
     check_config(d, Path(path) / "config.json")  # every field the adapter reads, typed and in range
     return AutoConfig.from_pretrained(str(path))
 

@@ -64,47 +64,59 @@ def _name(spec) -> str:
         return "an object"
     if isinstance(spec, (list, tuple)):
         return "a list" + (f" of {len(spec)}" if isinstance(spec, tuple) else "")
-    return {str: "a string", bool: "true or false", dict: "an object", list: "a list"}.get(spec, "a value")
+    if isinstance(spec, Opt):
+        return _name(spec.spec) + " or null"
+    names = {str: "a string", bool: "true or false", dict: "an object", list: "a list"}
+    return names.get(spec, "a value") if isinstance(spec, type) else "a value"
 
 
 def _is_num(v) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 
-def problem(value, spec, where: str = "") -> str | None:  # long: one branch per kind of spec
+def _bad(value, spec, where: str) -> str:
+    shown = repr(value) if not isinstance(value, (list, dict)) else type(value).__name__
+    return f"{where or 'it'} must be {_name(spec)}, got {shown[:60]}"
+
+
+def _scalar_ok(value, spec) -> bool:
+    if isinstance(spec, Whole):
+        return isinstance(value, int) and not isinstance(value, bool) and value >= spec.min
+    if isinstance(spec, Number):
+        return _is_num(value) and (spec.min is None or value >= spec.min) and (not spec.finite or math.isfinite(value))
+    if isinstance(spec, OneOf):
+        return value in spec.values
+    return isinstance(value, spec) and not (spec is int and isinstance(value, bool))
+
+
+def problem(value, spec, where: str = "") -> str | None:
     """The first place `value` departs from `spec` ("artifacts[0].path is missing"), or None."""
-    here = where or "the top level"
-    bad = f"{here} must be {_name(spec)}, got {value!r:.60}"
-    if spec is object:
+    if spec is object or (isinstance(spec, Opt) and value is None):
         return None
     if isinstance(spec, Opt):
-        return None if value is None else problem(value, spec.spec, where)
-    if isinstance(spec, Whole):
-        return None if isinstance(value, int) and not isinstance(value, bool) and value >= spec.min else bad
-    if isinstance(spec, Number):
-        ok = _is_num(value) and (spec.min is None or value >= spec.min) and (not spec.finite or math.isfinite(value))
-        return None if ok else bad
-    if isinstance(spec, OneOf):
-        return None if value in spec.values else bad
-    if isinstance(spec, type):
-        return None if isinstance(value, spec) and not (spec is int and isinstance(value, bool)) else bad
-    if isinstance(spec, tuple):
-        if not isinstance(value, list) or len(value) != len(spec):
-            return bad
-        return next((p for i, s in enumerate(spec) if (p := problem(value[i], s, f"{where}[{i}]"))), None)
-    if isinstance(spec, list):
-        if not isinstance(value, list):
-            return bad
-        return next((p for i, v in enumerate(value) if (p := problem(v, spec[0], f"{where}[{i}]"))), None)
+        return problem(value, spec.spec, where)
+    if isinstance(spec, (Whole, Number, OneOf, type)):
+        return None if _scalar_ok(value, spec) else _bad(value, spec, where)
+    if isinstance(spec, (tuple, list)):
+        if not isinstance(value, list) or (isinstance(spec, tuple) and len(value) != len(spec)):
+            return _bad(value, spec, where)
+        subs = spec if isinstance(spec, tuple) else [spec[0]] * len(value)
+        return next((p for i, (v, s) in enumerate(zip(value, subs)) if (p := problem(v, s, f"{where}[{i}]"))), None)
     if not isinstance(value, dict):
-        return bad
-    if isinstance(spec, Map):
-        for k, v in value.items():
-            if spec.digit_keys and not str(k).isdigit():
-                return f"{where + '.' if where else ''}{k!r} is not a layer index"
-            if p := problem(v, spec.spec, f"{where}.{k}" if where else str(k)):
-                return p
-        return None
+        return _bad(value, spec, where)
+    return _map_problem(value, spec, where) if isinstance(spec, Map) else _fields_problem(value, spec, where)
+
+
+def _map_problem(value: dict, spec: Map, where: str) -> str | None:
+    for k, v in value.items():
+        if spec.digit_keys and not str(k).isdigit():
+            return f"{where + '.' if where else ''}{k!r} is not a layer index"
+        if p := problem(v, spec.spec, f"{where}.{k}" if where else str(k)):
+            return p
+    return None
+
+
+def _fields_problem(value: dict, spec: dict, where: str) -> str | None:
     for key, sub in spec.items():
         name = key.rstrip("?")
         at = f"{where}.{name}" if where else name
@@ -141,10 +153,12 @@ def check(data, spec, path: Path | str, what: str, fix: str) -> None:
 
 # ---- the files ------------------------------------------------------------------------------
 IDS = Opt([Whole(0)])
-LAYER_PLAN = {"ffn_keep?": IDS, "heads_keep?": IDS, "kv_keep?": IDS, "stats?": dict}
+STAT = Opt(Number())  # the per-layer figures `inspect` prints
+LAYER_PLAN = {"ffn_keep?": IDS, "heads_keep?": IDS, "kv_keep?": IDS,
+              "stats?": {"importance?": STAT, "target_ratio?": STAT, "achieved_ratio?": STAT, "tau?": STAT}}
 PLAN = {"format": OneOf(("edgeprune-plan",)), "method": str, "model_type": str, "num_layers": Whole(1),
-        "removed_layers": [Whole(0)], "ratio_requested?": Opt(Number(0)), "options?": dict, "stats?": dict,
-        "layers": Map(LAYER_PLAN, digit_keys=True), "tensors?": [str]}
+        "removed_layers": [Whole(0)], "ratio_requested?": Opt(Number(0)), "options?": {"protect?": Opt([int])},
+        "stats?": {"layer_importance?": Map(STAT)}, "layers": Map(LAYER_PLAN, digit_keys=True), "tensors?": [str]}
 
 MANIFEST = {"format": OneOf(("edgeprune-checkpoint",)), "files": Map(Whole(0))}
 

@@ -81,6 +81,9 @@ class DecoderAdapter:
     nonuniform_gguf_reason: ClassVar[str | None] = None
     # onnxruntime-genai's model "type" in genai_config.json
     genai_type: ClassVar[str] = "llama"
+    # transformers' config of the family refuses a hidden size that is not a multiple of the
+    # head count even when head_dim is given (Llama's does; Qwen's and Mistral's do not)
+    heads_divide_hidden: ClassVar[bool] = False
 
     def __init_subclass__(cls, **kw):
         """Every adapter class that names model types registers itself (models.ADAPTERS)."""

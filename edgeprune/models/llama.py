@@ -7,9 +7,11 @@ from .base import DecoderAdapter
 class LlamaAdapter(DecoderAdapter):
     family = "llama"
     model_types = ("llama",)
+    heads_divide_hidden = True
 
 
 class MistralAdapter(LlamaAdapter):
     family = "mistral"
     model_types = ("mistral",)
     genai_type = "mistral"
+    heads_divide_hidden = False
