@@ -186,7 +186,7 @@ def prune(  # long: one keyword argument per CLI option
     set_stage("prune checks")
     if not checked:  # `build` runs preflight() itself before creating its directory
         windows = preflight(model_dir, method, calib, n_samples, seq_len, seed, data_dir, req.progress,
-                            req.protect, req.offload, windows=not resuming)
+                            req.protect, req.offload, windows=not resuming, layers=layers)
     elif get(method).needs_calibration and not resuming:  # bad text fails before --out exists
         windows = calibration(model_dir, calib, n_samples, seq_len, seed, data_dir)
     inputs = fingerprint(model_dir, calib, data_dir=data_dir) if out_path is not None else {}

@@ -87,9 +87,9 @@ def check_weights(model_dir, progress: bool) -> None:
     src.store.check_finite(progress=progress)
 
 
-def preflight(model_dir, method: str, calib: str, n_samples: int, seq_len: int, seed: int, data_dir=None,
+def preflight(model_dir, method: str, calib: str, n_samples: int, seq_len: int, seed: int, data_dir=None,  # long: keywords
               progress: bool = True, protect: tuple[int, ...] | None = None, offload: bool = False,
-              windows: bool = True) -> torch.Tensor | None:
+              windows: bool = True, layers: int | str | None = None) -> torch.Tensor | None:
     """Every cheap refusal, in order of cost; returns the calibration windows when the
     method needs them and `windows` is set (a resumed run reads them from its work dir)."""
     m = get(method)
@@ -100,6 +100,11 @@ def preflight(model_dir, method: str, calib: str, n_samples: int, seq_len: int, 
         cfg = read_config_dict(model_dir)
         check_windows(cfg, n_samples, seq_len, offload)
         check_protect(protect, cfg["num_hidden_layers"])
+        if isinstance(layers, int) and m.takes_layers:  # --layers N: the method's own rule, before any work
+            from .methods.base import PruneRequest, check_layer_count
+
+            n = cfg["num_hidden_layers"]
+            check_layer_count(layers, n, n - len(PruneRequest(protect=protect).protected(n)))
     check_weights(model_dir, progress)
     if m.needs_calibration:
         return calibration(model_dir, calib, n_samples, seq_len, seed, data_dir) if windows else None
