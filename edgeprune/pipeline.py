@@ -24,7 +24,7 @@ from .methods.base import RATIO_TOLERANCE, achieved_ratio, check_ratio, dense_pa
 from .models import expected_nonembedding
 from .guard import OutLock, fingerprint, refuse_changed, refuse_overlap, set_stage
 from .plan import LayerPlan, Plan
-from .preflight import calibration, preflight  # noqa: F401  (re-exported)
+from .preflight import calibration, preflight, read_windows  # noqa: F401  (re-exported)
 from .streaming import open_source
 from .surgery import apply_plan
 from .tensorfiles import DiskTensors
@@ -252,6 +252,9 @@ def _prepare_out(out_path: Path | None, force: bool, resuming: bool, args: dict,
     if resuming:
         from . import schema
 
+        schema.check_work_files(work)  # every file the resume reads, before anything here changes
+        if (work / "calib.pt").is_file():
+            read_windows(work / "calib.pt")
         old = schema.read(work / "args.json", schema.RESUME_ARGS, "resume record", schema.RESTART) \
             if (work / "args.json").is_file() else None
         if old != args:

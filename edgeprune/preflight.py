@@ -25,12 +25,7 @@ def calibration(model_dir, source: str, n_samples: int, seq_len: int, seed: int,
     cannot look up (a tokenizer from another model) are refused here, naming both sizes."""
     cache = work / "calib.pt" if work else None
     if cache and cache.is_file():
-        try:
-            return torch.load(cache)
-        except Exception as e:  # truncated by a full disk or a kill mid-write
-            from .schema import RESTART, SchemaError
-
-            raise SchemaError(f"{cache} is not a readable tensor file ({type(e).__name__}); {RESTART}") from None
+        return read_windows(cache)
     windows = data_mod.calibration_set(tokenizer_for(model_dir), source, n_samples, seq_len, seed, data_dir)
     if isinstance(model_dir, (str, Path)):
         from .checkpoint import read_config_dict
@@ -41,6 +36,19 @@ def calibration(model_dir, source: str, n_samples: int, seq_len: int, seed: int,
                             f"only {rows} rows: the tokenizer belongs to another model; copy the base model's tokenizer files")
     if cache:
         torch.save(windows, cache)
+    return windows
+
+
+def read_windows(cache: Path) -> torch.Tensor:
+    """The calibration windows an interrupted run kept, or one line (a kill mid-write, a full disk)."""
+    from .schema import RESTART, SchemaError
+
+    try:
+        windows = torch.load(cache, weights_only=True)
+    except Exception as e:
+        raise SchemaError(f"{cache} is not a readable tensor file ({type(e).__name__}); {RESTART}") from None
+    if not isinstance(windows, torch.Tensor) or windows.dim() != 2:
+        raise SchemaError(f"{cache} does not hold calibration windows (a 2-d tensor of token ids); {RESTART}")
     return windows
 
 

@@ -151,6 +151,31 @@ def check(data, spec, path: Path | str, what: str, fix: str) -> None:
         raise SchemaError(f"{path} is not a valid {what} ({p}); {fix}")
 
 
+SAFETENSORS_HEADER = Map({"dtype": str, "shape": [Whole(0)], "data_offsets": (Whole(0), Whole(0))})
+
+
+def safetensors_header(path: Path, fix: str) -> tuple[int, dict]:
+    """(header length, {tensor: {dtype, shape, data_offsets}}) of a safetensors file, by the
+    format's own layout (u64 length, JSON), checked to hold every byte the header promises."""
+    bad = f"{path} is not a readable safetensors file"
+    try:
+        with open(path, "rb") as f:
+            n = int.from_bytes(f.read(8), "little")
+            if not 2 <= n <= 100_000_000:
+                raise SchemaError(f"{bad} (header length {n}); {fix}")
+            header = json.loads(f.read(n))
+    except (json.JSONDecodeError, UnicodeDecodeError, OSError) as e:
+        raise SchemaError(f"{bad} ({type(e).__name__}; truncated?); {fix}") from None
+    if isinstance(header, dict):
+        header.pop("__metadata__", None)
+    check(header, SAFETENSORS_HEADER, path, "safetensors header", fix)
+    size = Path(path).stat().st_size
+    end = max((v["data_offsets"][1] for v in header.values()), default=0)
+    if 8 + n + end > size:
+        raise SchemaError(f"{path} is truncated ({size} bytes, its header needs {8 + n + end}); {fix}")
+    return n, header
+
+
 # ---- the files ------------------------------------------------------------------------------
 IDS = Opt([Whole(0)])
 STAT = Opt(Number())  # the per-layer figures `inspect` prints
@@ -176,13 +201,35 @@ BUILD_STATE = {"args": dict, "inputs?": Map(str), "complete?": bool,
                         "profile?": Map(dict), "host?": dict}}
 
 RUNG = {"removed": Whole(0), "error": Number(), "keep": [Whole(0)], "kv_keep?": IDS, "moves?": [str], "aligned?": bool}
-LADDER = {"attn": [RUNG], "ffn": [RUNG], "attn_params": Whole(0), "drop": {"removed": Whole(0), "error": Number()}}
+LADDER = {"attn": [RUNG], "ffn": [RUNG], "attn_params": Whole(0), "drop": {"removed": Whole(0), "error": Number()},
+          "importance": Number()}
 SEARCH_LOG = {"evaluated": [([(Whole(0), Whole(0))], Number())]}
 
 RESUME_ARGS = dict
 RESUME_INPUTS = Map(str)
+LADDER_VERSION = 2  # a ladder record written by another version is built again, never misread
+
+# What an interrupted prune leaves in `--out/.work` and a resume reads back (search's ladders
+# and log included): checked together before a resume changes anything.
+WORK_FILES = (("args.json", RESUME_ARGS, "resume record"), ("inputs.json", RESUME_INPUTS, "resume record"),
+              ("layers/layer*.json", LAYER_PLAN, "resume record"), ("search.json", SEARCH_LOG, "search log"),
+              ("ladder/L*.json", LADDER, "ladder record"))
 
 GENAI_CONFIG = {"model": {"context_length": Whole(1)}}
 
 # The fix for a file inside an interrupted run's work directory.
 RESTART = "pass --force to start over"
+
+
+def check_work_files(work: Path) -> None:
+    """Every JSON and safetensors file of an interrupted run's work directory, or one line
+    naming the first bad one: a resume refused here has changed nothing."""
+    for pattern, spec, what in WORK_FILES:
+        for p in sorted(Path(work).glob(pattern)):
+            if p.name.endswith(".tmp"):
+                continue
+            d = read(p, dict if what == "ladder record" else spec, what, RESTART)
+            if what == "ladder record" and d.get("version") == LADDER_VERSION:
+                check(d, spec, p, what, RESTART)
+    for p in sorted(Path(work).rglob("*.safetensors")):
+        safetensors_header(p, RESTART)

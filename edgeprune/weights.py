@@ -99,20 +99,9 @@ class WeightStore:
     def _safetensors_keys(self, path: Path) -> list[str]:
         """Parse the header (the format's own layout: u64 length, JSON); check the file holds
         every byte the header promises."""
-        bad = f"{path} is not a readable safetensors file"
-        try:
-            with open(path, "rb") as f:
-                n = int.from_bytes(f.read(8), "little")
-                if not 2 <= n <= 100_000_000:
-                    raise ModelError(f"{bad} (header length {n}); re-download or re-save it")
-                header = json.loads(f.read(n))
-        except (json.JSONDecodeError, UnicodeDecodeError, OSError) as e:
-            raise ModelError(f"{bad} ({type(e).__name__}); it is probably truncated: re-download or re-save it") from None
-        header.pop("__metadata__", None)
-        size = path.stat().st_size
-        end = max((v["data_offsets"][1] for v in header.values()), default=0)
-        if 8 + n + end > size:
-            raise ModelError(f"{path} is truncated ({size} bytes, its header needs {8 + n + end}); re-download it")
+        from .schema import safetensors_header
+
+        n, header = safetensors_header(path, "re-download or re-save it")
         for k, v in header.items():
             _check_stored_dtype(v["dtype"], k, path)
             self._meta[k] = (tuple(v["shape"]), v["dtype"], 8 + n + v["data_offsets"][0], 8 + n + v["data_offsets"][1])

@@ -237,3 +237,55 @@ def test_export_into_a_directory_a_prune_is_writing_is_refused(interrupted, caps
     finally:
         other.kill()
         other.wait()
+
+
+@pytest.fixture(scope="module")
+def interrupted_search(base, tmp_path_factory):
+    """A search prune stopped after planning: its work directory holds every kind of resume
+    file (arguments, input hashes, calibration windows, ladders, the search log, layer decisions)."""
+    import edgeprune.pipeline as pl
+
+    out = tmp_path_factory.mktemp("search") / "o"
+    argv = ["prune", "--method", "search", "--search-evals", "8", *PRUNE[3:], "--model", str(base / "good"),
+            "--calib", str(base / "calib.txt"), "--out", str(out)]
+    mp = pytest.MonkeyPatch()
+    mp.setattr(pl, "save_pruned", _interrupt)
+    try:
+        assert main(argv) == 130
+    finally:
+        mp.undo()
+    return argv, out
+
+
+def _ladder_with_bad_rung(text: str) -> str:
+    rec = json.loads(text)
+    rec["attn"][0]["keep"] = "all"
+    return json.dumps(rec)
+
+
+@pytest.mark.parametrize("name,corrupt,expected", [
+    (".work/args.json", lambda t: t[:10], "is not a valid resume record (not readable JSON"),
+    (".work/inputs.json", lambda t: '{"model file config.json": 5}', "is not a valid resume record"),
+    (".work/calib.pt", lambda t: "not a tensor file", "is not a readable tensor file"),
+    (".work/ladder/L0.json", lambda t: t[: len(t) // 2], "is not a valid ladder record (not readable JSON"),
+    (".work/ladder/L0.json", _ladder_with_bad_rung, "is not a valid ladder record (attn[0].keep must be a list"),
+    (".work/search.json", lambda t: '{"evaluated": 5}', "is not a valid search log (evaluated must be a list"),
+    (".work/layers/layer0.json", lambda t: '{"ffn_keep": "x"}', "is not a valid resume record (ffn_keep must be"),
+    (".work/layers/layer0.safetensors", lambda t: "junk", "is not a readable safetensors file"),
+    (".work/ladder/L0.ffn1.safetensors", lambda t: t[:100], "is truncated"),
+])
+def test_a_malformed_resume_file_is_refused_naming_it(interrupted_search, name, corrupt, expected, tmp_path, capsys):
+    """Every file a resumed prune reads back is checked: one line naming the file and the fix,
+    and the interrupted run is left as it was (it can still be started over with --force)."""
+    import shutil
+
+    argv, src = interrupted_search
+    out = tmp_path / "o"
+    shutil.copytree(src, out)
+    f = out / name
+    f.write_text(corrupt(f.read_text(errors="replace")))
+    before = _snapshot(out)
+    assert main([*argv[:-1], str(out), "--resume"]) == 2
+    line = _one_error(capsys)
+    assert f"{f} {expected}" in line and ("--force" in line or "delete it" in line), line
+    assert _snapshot(out) == before

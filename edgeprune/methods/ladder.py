@@ -33,12 +33,12 @@ from ..models import DecoderAdapter, LayerShape
 from ..plan import LayerPlan, Plan
 from .allocate import Choice, Ladders
 from .base import aligned_keep
+from ..schema import LADDER_VERSION  # noqa: F401  (the record's format lives with its schema)
 from .linalg import inverse_spd
 from .slimgpt import dynamic_group_sizes, obs_compensate, obs_remove, set_cost, unit_costs
 
 FFN_LEVELS = 16  # an FFN rung every 1/16 of the width
 MAX_MODULE_CUT = 0.875  # deeper than this a module is better dropped with its layer
-LADDER_VERSION = 2  # a record written by another version is built again, never misread
 Sink = Callable[[str, torch.Tensor], None]  # takes each rung's compensated weight as it is made (to disk)
 
 
