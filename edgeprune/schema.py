@@ -203,7 +203,7 @@ BUILD_STATE = {"args": dict, "inputs?": Map(str), "complete?": bool,
 RUNG = {"removed": Whole(0), "error": Number(), "keep": [Whole(0)], "kv_keep?": IDS, "moves?": [str], "aligned?": bool}
 LADDER = {"attn": [RUNG], "ffn": [RUNG], "attn_params": Whole(0), "drop": {"removed": Whole(0), "error": Number()},
           "importance": Number()}
-SEARCH_LOG = {"evaluated": [([(Whole(0), Whole(0))], Number())]}
+SEARCH_LOG = {"evaluated": [([(Whole(-1), Whole(-1))], Number())]}  # a choice per layer; DROP is (-1, -1)
 
 RESUME_ARGS = dict
 RESUME_INPUTS = Map(str)

@@ -90,7 +90,7 @@ def export(model, fmt: str, out: str | Path, *, dtype: str = "f32", verify: bool
             meta, report = _write_and_verify(fmt, dtype, out, force, view, model if not streamed else None, model_dir,
                                              reference, tok, verify, progress, stages, imatrix, gguf_pre)
     except OSError as e:
-        if e.errno == errno.ENOSPC:  # staged() has already removed the partial artifact
+        if _disk_full(e):  # staged() has already removed the partial artifact
             from edgeprune.tensorfiles import free_bytes
 
             raise OutputError(f"disk full while writing {out.name} ({free_bytes(out.parent) / 1e9:.2f} GB free); "
@@ -107,6 +107,14 @@ def export(model, fmt: str, out: str | Path, *, dtype: str = "f32", verify: bool
             "verify": report or {"passed": None, "skipped": True}, "verify_report": str(report_path) if report else None,
             "peak_memory": stage_report(stages),
             **{k: meta[k] for k in ("tensor_types", "genai_files", *REPORTED) if k in meta}}
+
+
+def _disk_full(e: OSError) -> bool:
+    """ENOSPC or a quota, or numpy's `tofile` reporting the short write a full disk makes
+    ("N requested and M written", without an errno): the GGUF writer writes tensors that way."""
+    import re
+
+    return e.errno in (errno.ENOSPC, errno.EDQUOT) or (e.errno is None and bool(re.search(r"requested and \d+ written", str(e))))
 
 
 def _open(model, model_dir: Path | None, streamed: bool):

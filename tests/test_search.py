@@ -168,7 +168,7 @@ def test_ladder_records_of_another_version_are_built_again(tmp_path):
     from edgeprune.methods.ladder import LadderStore
 
     store = LadderStore(tmp_path)
-    store.put_record(0, {"attn": [], "ffn": []})
+    store.put_record(0, {"attn": [], "ffn": [], "attn_params": 0, "drop": {"removed": 0, "error": 0.0}, "importance": 0.0})
     assert store.record(0) is not None
     old = json.loads((tmp_path / "L0.json").read_text())
     old.pop("version")
