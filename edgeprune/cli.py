@@ -167,6 +167,11 @@ def _imatrix_for(a) -> dict:
         raise ExportError(f"--imatrix weights llama.cpp's k-quants only, not {a.format} {dtype}; "
                           "drop --imatrix or export --format gguf --dtype q4_k_m (or q5_k_m, q6_k)")
     check_out_path(Path(a.out).absolute(), a.force)
+    from .checkpoint import load_config, read_config_dict
+    from .preflight import check_windows
+
+    load_config(a.model)  # every config field checked before its context and width are used
+    check_windows(read_config_dict(a.model), a.nsamples, a.seq_len)  # prune's bounds on the windows
     data, desc = from_calibration(a.model, a.imatrix, a.nsamples, a.seq_len, data_dir=a.data_dir, progress=not a.quiet)
     print(f"importance matrix: {desc['tensors']} tensors from {desc['windows']} windows of {desc['seq_len']} tokens "
           f"of {a.imatrix} (calibration portion)", file=sys.stderr)

@@ -24,15 +24,26 @@ Split = Literal["calib", "eval"]
 TEXT_FIELDS = ("text", "content", "story", "output")
 
 
+class NoTokenizerError(DataError):
+    """The model directory holds no tokenizer files at all (an exporter then feeds token ids)."""
+
+
 def tokenizer_for(model_dir) -> object:
     """The model directory's own tokenizer, without a length cap (we window long texts)."""
     from transformers import AutoTokenizer
 
     names = ("tokenizer.json", "tokenizer.model", "vocab.json", "tokenizer_config.json")
     if Path(model_dir).is_dir() and not any((Path(model_dir) / n).is_file() for n in names):
-        raise DataError(f"{model_dir} has no tokenizer (tokenizer.json / tokenizer.model); copy the base model's "
-                        "tokenizer files into it")
-    tok = AutoTokenizer.from_pretrained(str(model_dir))
+        raise NoTokenizerError(f"{model_dir} has no tokenizer (tokenizer.json / tokenizer.model); copy the base "
+                               "model's tokenizer files into it")
+    try:
+        tok = AutoTokenizer.from_pretrained(str(model_dir))
+    except Exception as e:  # a truncated tokenizer.json, a tokenizer_config.json naming no usable files...
+        if not Path(model_dir).is_dir():
+            raise
+        first = (str(e).strip().splitlines() or [""])[0][:160]
+        raise DataError(f"the tokenizer in {model_dir} could not be loaded ({type(e).__name__}: {first}); copy the "
+                        "base model's tokenizer files into it") from None
     tok.model_max_length = 1 << 30
     return tok
 
@@ -70,6 +81,9 @@ def record_text(rec) -> str:
     """The text of one JSON record: a text field, or an Alpaca instruction/input/output."""
     if isinstance(rec, str):
         return rec
+    if not isinstance(rec, dict):
+        raise DataError(f"a JSON record is {type(rec).__name__} {str(rec)[:40]}, not a string or an object with a text "
+                        f"field ({', '.join(TEXT_FIELDS)}); fix the file or pass a .txt")
     if "instruction" in rec:
         parts = [rec.get("instruction", ""), rec.get("input", ""), rec.get("output", "")]
         return "\n".join(p for p in parts if p)

@@ -185,6 +185,7 @@ PLAN = {"format": OneOf(("edgeprune-plan",)), "method": str, "model_type": str, 
         "removed_layers": [Whole(0)], "ratio_requested?": Opt(Number(0)), "options?": {"protect?": Opt([int])},
         "stats?": {"layer_importance?": Map(STAT)}, "layers": Map(LAYER_PLAN, digit_keys=True), "tensors?": [str]}
 
+SHARD_INDEX = {"weight_map": Map(str)}  # a sharded checkpoint's *.index.json (tensor -> shard file)
 MANIFEST = {"format": OneOf(("edgeprune-checkpoint",)), "files": Map(Whole(0))}
 
 PROFILE = {"target": {"name": str, "latency": {"context": Whole(1)}},

@@ -73,10 +73,9 @@ class WeightStore:
                          "download the whole model directory")
 
     def _from_index(self, index: Path, keys_of) -> None:
-        try:
-            weight_map = json.loads(index.read_text())["weight_map"]
-        except (json.JSONDecodeError, KeyError, TypeError):
-            raise ModelError(f"{index} is not a valid index (no weight_map); re-download the model") from None
+        from . import schema
+
+        weight_map = schema.read(index, schema.SHARD_INDEX, "shard index", "re-download the model")["weight_map"]
         by_file: dict[str, set[str]] = {}
         for key, fname in weight_map.items():
             by_file.setdefault(fname, set()).add(key)

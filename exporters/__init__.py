@@ -29,12 +29,13 @@ REPORTED = ("architecture", "fallbacks", "bits_per_weight", "int4", "imatrix_ten
 
 
 def _tokenizer(model_dir: Path):
-    """The model's tokenizer, or None (verification then uses fixed random token ids)."""
-    from edgeprune.data import tokenizer_for
+    """The model's tokenizer, or None when the directory has none (verification then uses
+    fixed random token ids); tokenizer files that do not load are refused (`tokenizer_for`)."""
+    from edgeprune.data import NoTokenizerError, tokenizer_for
 
     try:
         return tokenizer_for(model_dir)
-    except Exception:
+    except NoTokenizerError:
         return None
 
 

@@ -189,6 +189,71 @@ def _build_with_profile(tmp: Path, content: str) -> Path:
     (b / "profile.json").write_text(content)
     return b
 
+
+def _gguf(root: Path, tmp: Path) -> Path:
+    """A copy of a verified GGUF of the 256-context test model (exported once per module)."""
+    import shutil
+
+    src = root / "m.gguf"
+    if not src.exists():
+        assert main(["export", str(root / "good"), "--format", "gguf", "--out", str(src), "--quiet"]) == 0
+    shutil.copy(src, tmp / "m.gguf")
+    return tmp / "m.gguf"
+
+
+def _genai_folder(tmp: Path, config: str) -> Path:
+    d = tmp / "onnx"
+    d.mkdir()
+    (d / "model.onnx").write_bytes(b"not read before the context check")
+    (d / "genai_config.json").write_text(config)
+    return d
+
+
+def _sharded(root: Path, tmp: Path, name: str, drop_shard: bool = False, index: str | None = None) -> Path:
+    """The test model in two shards with an index; optionally one shard deleted or the index replaced."""
+    d = _copy(root / "good", tmp / name)
+    sd = load_file(str(d / "model.safetensors"))
+    (d / "model.safetensors").unlink()
+    keys = sorted(sd)
+    shards = {f"model-0000{i + 1}-of-00002.safetensors": keys[i::2] for i in range(2)}
+    for fname, ks in shards.items():
+        save_file({k: sd[k] for k in ks}, str(d / fname), metadata={"format": "pt"})
+    wm = {k: fname for fname, ks in shards.items() for k in ks}
+    (d / "model.safetensors.index.json").write_text(index if index is not None else json.dumps({"weight_map": wm}))
+    if drop_shard:
+        (d / "model-00002-of-00002.safetensors").unlink()
+    return d
+
+
+def _header(root: Path, tmp: Path, name: str, header: bytes, length: int | None = None) -> Path:
+    """The test model with its safetensors header replaced."""
+    d = _copy(root / "good", tmp / name)
+    n = len(header) if length is None else length
+    (d / "model.safetensors").write_bytes(n.to_bytes(8, "little") + header + bytes(64))
+    return d
+
+
+def _tokenizer_edited(root: Path, tmp: Path, name: str, drop: str | None = None, truncate: str | None = None) -> Path:
+    d = _copy(root / "good", tmp / name)
+    if drop:
+        (d / drop).unlink()
+    if truncate:
+        f = d / truncate
+        f.write_text(f.read_text()[:40])
+    return d
+
+
+def _manifest_edited(root: Path, tmp: Path, text: str) -> Path:
+    d = _pruned(root, tmp)
+    (d / "edgeprune.json").write_text(text)
+    return d
+
+
+def _plain_file(tmp: Path) -> Path:
+    p = tmp / "results"
+    p.write_text("a file a user made")
+    return p
+
 # (case, argv builder(root, tmp) -> list, expected text in the one line)
 CASES = [
     ("missing model path", lambda r, t: [*PRUNE, "--model", str(t / "nope"), "--calib", str(r / "calib.txt"), "--out", str(t / "o")],
@@ -296,6 +361,49 @@ CASES = [
     ("bench: {} profile.json", lambda r, t: ["bench", str(_build_with_profile(t, "{}"))], "(target is missing); re-run the build"),
     ("target: formats = []", lambda r, t: ["build", "--model", str(r / "good"), "--out", str(t / "b"), "--target", str(_target(
         t, **{"re:^formats = .*$": "formats = []"}))], "artifacts.formats is empty"),
+    # issue 26, second pass: windows, contexts, shards, headers, tokenizers, data, --out
+    ("--nsamples beyond the text", lambda r, t: [*PRUNE, "--model", str(r / "good"), "--calib", str(r / "calib.txt"),
+                                                 "--out", str(t / "o"), "--nsamples", "5000"], "windows of --seq-len 32; use --nsamples <="),
+    ("export --imatrix --seq-len beyond the context", lambda r, t: ["export", str(r / "good"), "--format", "gguf", "--dtype", "q4_k_m",
+                                                                     "--imatrix", str(r / "calib.txt"), "--seq-len", "1000",
+                                                                     "--out", str(t / "m.gguf")], "beyond the model's context of 256"),
+    ("bench --context beyond the GGUF's context", lambda r, t: ["bench", str(_gguf(r, t)), "--context", "100000"],
+     "256 tokens (llama.context_length in its GGUF metadata); use --context <= 224"),
+    ("bench --context beyond genai_config's", lambda r, t: ["bench", str(_genai_folder(t, '{"model": {"context_length": 512}}')),
+                                                            "--context", "1000"], "512 tokens (context_length in its genai_config.json)"),
+    ("bench: malformed genai_config.json", lambda r, t: ["bench", str(_genai_folder(t, '{"model": {"context_length": "512"}}'))],
+     "is not a valid onnxruntime-genai config (model.context_length must be"),
+    ("a shard missing from the index", lambda r, t: [*PRUNE, "--model", str(_sharded(r, t, "sh", drop_shard=True)),
+                                                     "--calib", str(r / "calib.txt"), "--out", str(t / "o")], "which is missing from"),
+    ("a shard index whose weight_map is a list", lambda r, t: ["export", str(_sharded(r, t, "sh", index='{"weight_map": [1]}')),
+                                                               "--format", "gguf", "--out", str(t / "m.gguf")],
+     "is not a valid shard index (weight_map must be an object"),
+    ("a safetensors header entry that is not an object", lambda r, t: [*PRUNE, "--model", str(_header(r, t, "h", b'{"a.weight": 5}')),
+                                                                       "--calib", str(r / "calib.txt"), "--out", str(t / "o")],
+     "is not a valid safetensors header (a.weight must be an object"),
+    ("a safetensors header length past the file", lambda r, t: ["export", str(_header(r, t, "h", b"{}", length=2**40)), "--format",
+                                                                "gguf", "--out", str(t / "m.gguf")], "is not a readable safetensors file"),
+    ("a truncated tokenizer.json", lambda r, t: [*PRUNE, "--model", str(_tokenizer_edited(r, t, "tk", truncate="tokenizer.json")),
+                                                 "--calib", str(r / "calib.txt"), "--out", str(t / "o")], "could not be loaded (JSONDecodeError"),
+    ("export: a truncated tokenizer.json", lambda r, t: ["export", str(_tokenizer_edited(r, t, "tk", truncate="tokenizer.json")),
+                                                         "--format", "gguf", "--out", str(t / "m.gguf")], "could not be loaded"),
+    ("tokenizer_config.json without tokenizer.json", lambda r, t: ["export", str(_tokenizer_edited(r, t, "tk", drop="tokenizer.json")),
+                                                                   "--format", "onnx", "--out", str(t / "onnx")], "could not be loaded"),
+    ("a JSON calibration file of numbers", lambda r, t: [*PRUNE, "--model", str(r / "good"), "--out", str(t / "o"),
+                                                         "--calib", str(_text(t, "c.json", "[1, 2, 3]"))], "a JSON record is int 1"),
+    ("Llama hidden_size not a multiple of its heads", lambda r, t: [*PRUNE, "--model", str(_edited_config(
+        r, t, "hd", num_attention_heads=5, num_key_value_heads=5)), "--calib", str(r / "calib.txt"), "--out", str(t / "o")],
+     "hidden_size 64 is not a multiple of num_attention_heads 5"),
+    ("a pruned checkpoint's manifest truncated", lambda r, t: ["export", str(_manifest_edited(r, t, '{"format": "edgep')), "--format",
+                                                               "gguf", "--out", str(t / "m.gguf")], "edgeprune.json is not a valid edgeprune manifest"),
+    ("a pruned checkpoint's manifest without files", lambda r, t: [*PRUNE, "--model", str(_manifest_edited(
+        r, t, '{"format": "edgeprune-checkpoint"}')), "--calib", str(r / "calib.txt"), "--out", str(t / "o")], "(files is missing)"),
+    ("prune --out is a file", lambda r, t: [*PRUNE, "--model", str(r / "good"), "--calib", str(r / "calib.txt"),
+                                            "--out", str(_plain_file(t))], "exists and is a file"),
+    ("build --out is a file", lambda r, t: ["build", "--model", str(r / "good"), "--calib", str(r / "calib.txt"), "--method",
+                                            "wanda-sp", "--out", str(_plain_file(t))], "exists and is a file"),
+    ("export onnx --out is a file", lambda r, t: ["export", str(r / "good"), "--format", "onnx", "--out", str(_plain_file(t)), "--force"],
+     "is not an edgeprune artifact"),
 ]
 
 
