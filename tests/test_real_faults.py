@@ -111,3 +111,20 @@ def test_sigint_during_an_export_then_the_same_command_again(base, tmp_path):
     r = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=300)
     assert r.returncode == 0, r.stderr
     assert sorted(q.name for q in tmp_path.iterdir()) == ["m.gguf", "m.gguf.verify.json"]
+
+
+@pytest.mark.parametrize("cmd", ["prune", "export gguf", "build"])
+def test_an_unwritable_out_parent_is_refused_before_any_work(cmd, base, tmp_path, capsys):
+    """A read-only file system (root may write anywhere else, so permissions cannot make one)."""
+    with tmpfs(tmp_path / "ro") as ro:
+        r = subprocess.run(["mount", "-o", "remount,ro", str(ro)], capture_output=True, text=True)
+        if r.returncode != 0:
+            pytest.skip(f"cannot remount the tmpfs read-only ({r.stderr.strip()})")
+        out = ro / ("m.gguf" if cmd == "export gguf" else "o")
+        argv = {"prune": [*PRUNE, "--model", str(base / "good"), "--calib", str(base / "calib.txt"), "--out", str(out)],
+                "export gguf": ["export", str(base / "good"), "--format", "gguf", "--out", str(out), "--quiet"],
+                "build": ["build", "--model", str(base / "good"), "--calib", str(base / "calib.txt"), "--method", "wanda-sp",
+                          "--out", str(out)]}[cmd]
+        assert main(argv) == 2
+        assert f"{ro} is not writable" in _one_error(capsys)
+        assert list(ro.iterdir()) == []
