@@ -37,6 +37,15 @@ def tmpfs(directory: Path, size: str = "4m"):
         subprocess.run(["umount", "-l", str(directory)], capture_output=True)
 
 
+def _argv(cmd: str, base: Path, out: Path) -> list[str]:
+    """The same small run of each command, into `out`."""
+    return {"prune": [*PRUNE, "--model", str(base / "good"), "--calib", str(base / "calib.txt"), "--out", str(out)],
+            "export gguf": ["export", str(base / "good"), "--format", "gguf", "--out", str(out), "--quiet"],
+            "export onnx": ["export", str(base / "good"), "--format", "onnx", "--out", str(out), "--quiet"],
+            "build": ["build", "--model", str(base / "good"), "--calib", str(base / "calib.txt"), "--method", "wanda-sp",
+                      "--out", str(out)]}[cmd]
+
+
 def _fill(directory: Path, leave: int) -> None:
     """Fill a file system until only about `leave` bytes are free."""
     st = os.statvfs(directory)
@@ -79,10 +88,7 @@ def test_gguf_export_onto_a_tmpfs_with_room_works(base, tmp_path, capsys):
 @pytest.mark.parametrize("cmd", ["prune", "export onnx", "build"])
 def test_a_mount_point_as_out_is_refused_before_any_work(cmd, base, tmp_path, capsys):
     with tmpfs(tmp_path / "mnt") as mnt:
-        argv = {"prune": [*PRUNE, "--model", str(base / "good"), "--calib", str(base / "calib.txt"), "--out", str(mnt)],
-                "export onnx": ["export", str(base / "good"), "--format", "onnx", "--out", str(mnt), "--quiet"],
-                "build": ["build", "--model", str(base / "good"), "--calib", str(base / "calib.txt"), "--method", "wanda-sp",
-                          "--out", str(mnt)]}[cmd]
+        argv = _argv(cmd, base, mnt)
         assert main(argv) == 2
         assert f"--out {mnt} is a mount point" in _one_error(capsys)
         assert list(mnt.iterdir()) == []
@@ -121,10 +127,7 @@ def test_an_unwritable_out_parent_is_refused_before_any_work(cmd, base, tmp_path
         if r.returncode != 0:
             pytest.skip(f"cannot remount the tmpfs read-only ({r.stderr.strip()})")
         out = ro / ("m.gguf" if cmd == "export gguf" else "o")
-        argv = {"prune": [*PRUNE, "--model", str(base / "good"), "--calib", str(base / "calib.txt"), "--out", str(out)],
-                "export gguf": ["export", str(base / "good"), "--format", "gguf", "--out", str(out), "--quiet"],
-                "build": ["build", "--model", str(base / "good"), "--calib", str(base / "calib.txt"), "--method", "wanda-sp",
-                          "--out", str(out)]}[cmd]
+        argv = _argv(cmd, base, out)
         assert main(argv) == 2
         assert f"{ro} is not writable" in _one_error(capsys)
         assert list(ro.iterdir()) == []
