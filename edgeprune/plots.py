@@ -17,6 +17,7 @@ from pathlib import Path
 from .speedup import decode_bars
 
 DENSE, PRUNED, ALARM, LIMIT = "#8c8c8c", "tab:green", "tab:red", "black"
+LABEL = {"facecolor": "white", "edgecolor": "none", "pad": 0.6, "alpha": 0.85}  # a value label stays legible over a line
 
 
 def _plt():
@@ -79,8 +80,12 @@ def plot_latency(build_dir: Path, profile: dict) -> str | None:  # long: bars, w
     from matplotlib.patches import Patch
 
     n_pairs = max(len(g["pairs"]) for g in groups)
-    fig, axes = plt.subplots(1, len(groups), figsize=(max(6.5, (2.2 * n_pairs + 1) * len(groups)), 5.2), squeeze=False)
-    for ax, g in zip(axes[0], groups):
+    cols = min(len(groups), 3 if n_pairs <= 2 else 2)  # panels wrap: a row stays readable on a screen
+    rows = -(-len(groups) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(max(6.5, (2.2 * n_pairs + 1) * cols), 4.2 * rows + 1.0), squeeze=False)
+    for ax in axes.flat[len(groups):]:
+        ax.axis("off")
+    for ax, g in zip(axes.flat, groups):
         top = 0.0
         for x, p in enumerate(g["pairs"]):
             hatch = "//" if p["kind"] == "estimate" else None
@@ -89,7 +94,7 @@ def plot_latency(build_dir: Path, profile: dict) -> str | None:  # long: bars, w
                 ax.bar(x + off, v, 0.38, color=color, hatch=hatch, edgecolor="white" if hatch else color,
                        alpha=0.55 if hatch else 1.0)
                 ax.errorbar(x + off, v, yerr=[[v - lo], [hi - v]], fmt="none", ecolor="black", capsize=4, lw=1)
-                ax.text(x + off, max(v, hi) * 1.02, f"{v:.3g}", ha="center", va="bottom", fontsize=7)
+                ax.text(x + off, max(v, hi) * 1.02, f"{v:.3g}", ha="center", va="bottom", fontsize=7, zorder=5, bbox=LABEL)
                 top = max(top, hi, v)
             if p.get("ideal_pruned") is not None:
                 ax.hlines(p["ideal_pruned"], x + 0.01, x + 0.39, colors="black", linestyles="--", lw=1.5)
@@ -103,9 +108,13 @@ def plot_latency(build_dir: Path, profile: dict) -> str | None:  # long: bars, w
                Line2D([], [], color="black", ls="--", label="ideal pruned: dense / ideal speedup (bytes read per token)"),
                Patch(facecolor=PRUNED, alpha=0.55, hatch="//", edgecolor="white",
                      label="device estimate (hatched; whisker: the model's error on the build host)")]
-    fig.legend(handles=handles, loc="lower center", ncol=2, fontsize=8, frameon=False)
+    spare = list(axes.flat[len(groups):])
+    if spare:  # the empty panel of a wrapped grid holds the legend
+        spare[-1].legend(handles=handles, loc="center", fontsize=8, frameon=False)
+    else:
+        fig.legend(handles=handles, loc="lower center", ncol=2, fontsize=8, frameon=False)
     fig.suptitle(f"decode latency, dense vs pruned\n{heading(profile)}", fontsize=9)
-    fig.tight_layout(rect=(0, 0.1, 1, 1))
+    fig.tight_layout(rect=(0, 0 if spare else 0.9 / (4.2 * rows + 1.0), 1, 1))
     fig.savefig(build_dir / "latency.png", dpi=90)
     plt.close(fig)
     return "latency.png"
@@ -133,7 +142,7 @@ def plot_perplexity(build_dir: Path, profile: dict) -> str | None:  # long: bars
             lo, hi = pp.get(f"{side}_interval") or (v, v)
             ax.bar(x + off, v, 0.38, color=color)
             ax.errorbar(x + off, v, yerr=[[v - lo], [hi - v]], fmt="none", ecolor="black", capsize=4, lw=1)
-            ax.text(x + off, hi * 1.01, f"{v:.3g}", ha="center", va="bottom", fontsize=7)
+            ax.text(x + off, hi * 1.01, f"{v:.3g}", ha="center", va="bottom", fontsize=7, zorder=5, bbox=LABEL)
             top = max(top, hi)
         limit = pp["dense"] * bar
         ax.hlines(limit, x - 0.39, x + 0.39, colors=LIMIT, linestyles=":", lw=2, zorder=3)

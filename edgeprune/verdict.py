@@ -22,7 +22,8 @@ profile.json `verdict` section (schema version 1, additive; every field is writt
   alarms          one line per alarm (also printed on the build's stderr)
   summary         the paragraph report.md prints under the verdict lines
   artifacts[i]    format, dtype, decision ("GO" | "NO-GO" | "UNCERTAIN"), reasons (why not GO),
-    speed    {status, measured, interval, ideal, source ("build" | "bench"), measured_on}
+    speed    {status, measured, interval, ideal, source ("build" | "bench"), measured_on (null: the
+              build host), build_host (true when measured on the build host, by the build or by bench)}
     quality  {status ("ok" | "alarm" | "uncertain"), ppl_dense, ppl_pruned, ppl_ratio,
               ppl_ratio_interval (95% bootstrap over the evaluation windows, or null), max_ppl_ratio,
               garbage: [{prompt, why}]}
@@ -71,9 +72,9 @@ def garbage(text: str, ids: list[int], dense_ids: list[int] | None = None) -> st
     if text:
         bad = sum(1 for c in text if c == "\ufffd" or (not c.isprintable() and c not in "\n\t"))
         if bad / len(text) > GARBAGE_UNPRINTABLE:
-            return f"{bad} of {len(text)} characters are unprintable or invalid UTF-8"
+            return f"{bad} of its {len(text)} characters are unprintable or invalid UTF-8"
     if len(ids) >= GARBAGE_MIN_TOKENS and len(set(ids)) <= 2 and (dense_ids is None or len(set(dense_ids)) > 2):
-        return f"{len(ids)} tokens made of {len(set(ids))} distinct ones (a loop the dense model does not make)"
+        return f"a loop of {len(set(ids))} distinct token(s) over {len(ids)}, where the dense model does not loop"
     return None
 
 
@@ -110,13 +111,15 @@ def speed_of(artifact: dict, bench: list[dict]) -> dict:
     for rec in reversed(bench):
         for m in rec.get("artifacts", []):
             if (m["format"], m["dtype"]) == (artifact["format"], artifact["dtype"]) and m.get("speedup"):
-                return _speed(m["speedup"], "bench", f"{rec['host']['cpu']} (edgeprune bench, {rec['time']})")
-    return _speed(artifact["speedup"], "build", None)
+                same = bool(rec.get("same_host_as_build"))
+                return _speed(m["speedup"], "bench", f"{rec['host']['cpu']} (edgeprune bench"
+                              + (" on the build host" if same else "") + f", {rec['time']})", same)
+    return _speed(artifact["speedup"], "build", None, True)
 
 
-def _speed(sp: dict, source: str, where: str | None) -> dict:
+def _speed(sp: dict, source: str, where: str | None, build_host: bool) -> dict:
     return {"status": sp.get("status"), "measured": sp.get("decode_measured"), "interval": sp.get("decode_interval"),
-            "ideal": sp.get("decode_ideal"), "source": source, "measured_on": where}
+            "ideal": sp.get("decode_ideal"), "source": source, "measured_on": where, "build_host": build_host}
 
 
 def decide_one(speed: dict, quality: dict, fit: dict) -> tuple[str, list[str]]:
@@ -128,7 +131,7 @@ def decide_one(speed: dict, quality: dict, fit: dict) -> tuple[str, list[str]]:
     if q["status"] == "alarm":
         why = ([f"perplexity x{q['ppl_ratio']:.2f} the dense model's, over the x{q['max_ppl_ratio']:g} bar"]
                if q["ppl_ratio"] is not None and q["ppl_ratio"] > q["max_ppl_ratio"] else [])
-        why += [f"garbage text for {g['prompt']!r} ({g['why']})" for g in q["garbage"]]
+        why += [f"garbage text for {g['prompt']!r}: {g['why']}" for g in q["garbage"]]
         out.append((NO_GO, "quality alarm: " + "; ".join(why)))
     elif q["status"] == "uncertain":
         out.append((UNCERTAIN, "quality uncertain: " + (
@@ -192,7 +195,7 @@ def summary(v: dict, profile: dict) -> str:
     where = {r["speed"]["measured_on"] or f"the build host ({profile['provenance']['host']['cpu']})" for r in rows}
     text = [f"{len(go)} of {len(rows)} artifacts are GO" + (f" ({', '.join(go)})" if go else "")
             + f"; speed was measured on {' and '.join(sorted(where))}."]
-    if any(r["speed"]["source"] == "build" for r in rows):
+    if any(r["speed"].get("build_host", r["speed"]["source"] == "build") for r in rows):
         text.append(f"The build host is not the {profile['target']['name']}: run `edgeprune bench <build dir>` on the "
                     "device itself; it re-measures every pair and re-decides this verdict.")
     if v["quality_alarm"]:
