@@ -102,7 +102,7 @@ def plot_plan(plan: Plan, path: str, dense_shapes: list | None = None, kept_shap
         ax.set_xticks(idx, [str(i) for i in idx], fontsize=7 if n > 24 else 8)
         ax.set_xlim(-0.7, n - 0.3)
         ax.set_ylim(0, top * 1.22)
-        ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.yaxis.set_major_locator(MaxNLocator(integer=True, steps=[1, 2, 2.5, 5, 10]))
         ax.set_xlabel("layer")
     axes[0].set_ylabel("width (count)")
     handles = [Patch(facecolor="#e8e8e8", edgecolor="#707070", label="dense width"),

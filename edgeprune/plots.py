@@ -150,7 +150,7 @@ def plot_perplexity(build_dir: Path, profile: dict) -> str | None:  # long: bars
     ticks = []
     for a in arts:
         pp, iv = a["perplexity"], a["perplexity"].get("ratio_interval")
-        ratio = "-" if pp.get("ratio") is None else f"x{pp['ratio']:.2f}" + (f" [{iv[0]:.2f}, {iv[1]:.2f}]" if iv else "")
+        ratio = "-" if pp.get("ratio") is None else f"x{pp['ratio']:.3f}" + (f" [{iv[0]:.3f}, {iv[1]:.3f}]" if iv else "")
         ticks.append(f"{a['format']} {a['dtype']}\npruned/dense {ratio}")
     ax.set_xticks(range(len(arts)), ticks, fontsize=8)
     ax.set_ylim(0, top * 1.15)

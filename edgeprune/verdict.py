@@ -196,8 +196,9 @@ def summary(v: dict, profile: dict) -> str:
     text = [f"{len(go)} of {len(rows)} artifacts are GO" + (f" ({', '.join(go)})" if go else "")
             + f"; speed was measured on {' and '.join(sorted(where))}."]
     if any(r["speed"].get("build_host", r["speed"]["source"] == "build") for r in rows):
-        text.append(f"The build host is not the {profile['target']['name']}: run `edgeprune bench <build dir>` on the "
-                    "device itself; it re-measures every pair and re-decides this verdict.")
+        text.append(f"Those timings come from the build host, not from a {profile['target']['name']} device: run "
+                    "`edgeprune bench <build dir>` on the device itself; it re-measures every pair and re-decides "
+                    "this verdict.")
     if v["quality_alarm"]:
         text.append(f"Quality is past the target's bar (perplexity at most x{v['max_ppl_ratio']:g} the dense model's): "
                     "prune less (a lower --ratio) or choose a wider dtype, and read the samples below.")
@@ -229,8 +230,8 @@ def verdict_lines(profile: dict) -> list[str]:
                  else "speed not measured")
         qiv = q.get("ppl_ratio_interval")
         quality = (f"quality {'ALARM' if q['status'] == 'alarm' else q['status']}, "
-                   + ("no perplexity" if q["ppl_ratio"] is None else f"PPL x{q['ppl_ratio']:.2f}")
-                   + (f" [{qiv[0]:.2f}, {qiv[1]:.2f}]" if qiv else "") + f" (bar x{q['max_ppl_ratio']:g})"
+                   + ("no perplexity" if q["ppl_ratio"] is None else f"PPL x{q['ppl_ratio']:.3f}")
+                   + (f" [{qiv[0]:.3f}, {qiv[1]:.3f}]" if qiv else "") + f" (bar x{q['max_ppl_ratio']:g})"
                    + "".join(f", garbage text for {g['prompt']!r}" for g in q["garbage"]))
         kv = (f" + {human_bytes(f['kv_cache_bytes'])} KV at {f['kv_context']} tokens" if f["kv_cache_bytes"] is not None
               else " (KV cache unknown)")
