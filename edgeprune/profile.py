@@ -155,7 +155,7 @@ def assemble(b) -> dict:  # long: the profile's sections, in schema order
     from .latency import host_info
     from .models import get_adapter
     from .plan import Plan
-    from .provenance import license_of, min_runtime_versions, now, sha256, versions
+    from .provenance import commands, license_of, min_runtime_versions, now, sha256, versions
     from .plots import draw, heading
     from .report import SCHEMA_VERSION
     from .verdict import decide, kv_element_bytes
@@ -205,13 +205,6 @@ def assemble(b) -> dict:  # long: the profile's sections, in schema order
               heading(profile, method=False))
     profile["plots"] = ["plan.png"] + draw(b.out_dir, profile)
     return profile
-
-
-def commands(state: dict, command: str) -> dict:
-    """provenance's `command` (the one that started the build) and `resumes` (each --resume
-    after it, with its time), from build_state.json's record of every run."""
-    runs = state.get("commands") or [{"command": command, "time": None}]
-    return {"command": runs[0]["command"], "resumes": runs[1:]}
 
 
 def memory_figures(rep: dict, exports: dict) -> dict:

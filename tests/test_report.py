@@ -202,7 +202,7 @@ def test_target_quality_bar_is_validated(tmp_path):
 
 def test_provenance_keeps_the_original_command_after_a_resume(stories, tmp_path):
     from edgeprune.build import _start
-    from edgeprune.profile import commands
+    from edgeprune.provenance import commands
 
     kw = dict(model=str(stories), target="cpu-x86", ratio=0.2, method="magnitude", calib="tinystories",
               out=str(tmp_path / "b"), force=False)
