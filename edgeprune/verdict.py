@@ -6,7 +6,8 @@ on the device with the measurement it just made.
 
 - speed: the speedup check's status (`speedup.py`), from the newest measurement of the pair
   (the last `edgeprune bench` of the build if it measured this artifact, else the build's):
-  pass -> GO, inconclusive -> UNCERTAIN, miss -> NO-GO (the pruned artifact is not faster);
+  pass, or a whole 95% interval above 1x -> GO; bigger pruned artifact, measurably slower, or
+  a miss with no measurable speedup -> NO-GO; otherwise UNCERTAIN (`speed_decision`);
 - quality: pruned/dense perplexity through the artifact's runtime against the target's
   `quality.max_ppl_ratio` (`targets.DEFAULT_MAX_PPL_RATIO` unless declared): above it, or a
   sample generation that is garbage (`garbage`), raises the quality alarm -> NO-GO; a ratio
@@ -138,13 +139,38 @@ def decide_one(speed: dict, quality: dict, fit: dict) -> tuple[str, list[str]]:
             "no perplexity measured" if q["ppl_ratio"] is None else
             f"perplexity x{q['ppl_ratio']:.2f}, but its 95% interval reaches x{q['ppl_ratio_interval'][1]:.2f}, "
             f"over the x{q['max_ppl_ratio']:g} bar")))
-    st = speed.get("status")
-    if st == "miss":
-        out.append((NO_GO, f"not faster: the speedup check missed ({_speed_words(speed)})"))
-    elif st != "pass":
-        out.append((UNCERTAIN, f"speed not established: the speedup check is {st or 'missing'} ({_speed_words(speed)})"))
+    level, why = speed_decision(speed)
+    if level != GO:
+        out.append((level, why))
     out.sort(key=lambda r: -_RANK[r[0]])
     return (out[0][0] if out else GO), [r for _, r in out]
+
+
+def speed_decision(s: dict) -> tuple[str, str | None]:
+    """Speed's part of the verdict, from the check's status and its interval. The check asks
+    "did it reach 0.9 x the ideal?"; a person asks "is it faster?". So a miss or a too-wide
+    interval whose whole 95% interval is above 1x is still GO (measurably faster, short of
+    the ideal); an artifact that reads more bytes (ideal < 1), is measurably slower, or missed
+    with no measurable speedup is NO-GO; an implausible or noisy one that may not be faster is
+    UNCERTAIN."""
+    from .speedup import IMPLAUSIBLE_ABOVE
+
+    st, m, ideal = s.get("status"), s.get("measured"), s.get("ideal")
+    if m is None or ideal is None:
+        return UNCERTAIN, "speed not measured"
+    lo, hi = s.get("interval") or [m, m]
+    words = _speed_words(s)
+    if ideal < 1:
+        return NO_GO, f"not faster: the pruned artifact reads more bytes per token than the dense one ({words})"
+    if m > IMPLAUSIBLE_ABOVE * ideal or m < 1 / ideal:
+        return UNCERTAIN, f"speed not established: an implausible measurement, the machine was busy ({words})"
+    if st == "pass" or lo > 1:
+        return GO, None
+    if hi < 1:
+        return NO_GO, f"slower than the dense artifact ({words})"
+    if st == "miss":
+        return NO_GO, f"not measurably faster: the speedup check missed ({words})"
+    return UNCERTAIN, f"speed not established: the speedup check is {st or 'missing'} ({words})"
 
 
 def _speed_words(s: dict) -> str:
@@ -203,8 +229,8 @@ def summary(v: dict, profile: dict) -> str:
         text.append(f"Quality is past the target's bar (perplexity at most x{v['max_ppl_ratio']:g} the dense model's): "
                     "prune less (a lower --ratio) or choose a wider dtype, and read the samples below.")
     if any(r["speed"]["status"] == "miss" for r in rows):
-        text.append("A missed speedup on a tiny model usually means per-token overhead, not weight reads, dominates "
-                    "decode time; a model with wider layers gains more.")
+        text.append("Where a speedup falls short of the ideal, per-token overhead rather than weight reads dominates "
+                    "decode time on a model this small; wider layers gain more.")
     if any(not r["fit"]["fits"] for r in rows):
         text.append("An artifact over the memory budget needs a higher ratio or a smaller dtype.")
     return " ".join(text)
@@ -225,9 +251,10 @@ def verdict_lines(profile: dict) -> list[str]:
     for r in v["artifacts"]:
         s, q, f = r["speed"], r["quality"], r["fit"]
         iv = s.get("interval") or [s.get("measured")] * 2
-        speed = (f"speed {s['status']}, {s['measured']:.2f}x [{iv[0]:.2f}, {iv[1]:.2f}] of ideal {s['ideal']:.2f}x "
-                 f"({'edgeprune bench' if s['source'] == 'bench' else 'build host'})" if s.get("measured") is not None
-                 else "speed not measured")
+        word = {GO: "faster", NO_GO: "NOT faster", UNCERTAIN: "uncertain"}[speed_decision(s)[0]]
+        speed = (f"speed {word}, {s['measured']:.2f}x [{iv[0]:.2f}, {iv[1]:.2f}] (check {s['status']}, ideal "
+                 f"{s['ideal']:.2f}x; {'edgeprune bench' if s['source'] == 'bench' else 'build host'})"
+                 if s.get("measured") is not None else "speed not measured")
         qiv = q.get("ppl_ratio_interval")
         quality = (f"quality {'ALARM' if q['status'] == 'alarm' else q['status']}, "
                    + ("no perplexity" if q["ppl_ratio"] is None else f"PPL x{q['ppl_ratio']:.3f}")

@@ -55,8 +55,11 @@ def test_go_needs_speed_quality_and_fit():
 
 @pytest.mark.parametrize("case, want, why", [
     ("inconclusive speed", V.UNCERTAIN, "speed not established"),
-    ("missed speed", V.NO_GO, "not faster"),
-    ("bigger pruned artifact", V.NO_GO, "not faster"),
+    ("missed speed", V.NO_GO, "not measurably faster"),
+    ("slower", V.NO_GO, "slower than the dense"),
+    ("faster, short of the ideal", V.GO, ""),
+    ("implausible", V.UNCERTAIN, "implausible"),
+    ("bigger pruned artifact", V.NO_GO, "reads more bytes"),
     ("ppl past the bar", V.NO_GO, "quality alarm: perplexity x2.42"),
     ("interval reaches the bar", V.UNCERTAIN, "quality uncertain"),
     ("garbage text", V.NO_GO, "garbage text for 'A'"),
@@ -66,6 +69,9 @@ def test_each_reason_decides(case, want, why):
     art = {
         "inconclusive speed": lambda: _artifact(_sp("inconclusive", 1.2, 0.8, 1.6)),
         "missed speed": lambda: _artifact(_sp("miss", 1.0, 0.95, 1.05)),
+        "slower": lambda: _artifact(_sp("miss", 0.9, 0.85, 0.95)),
+        "faster, short of the ideal": lambda: _artifact(_sp("miss", 1.51, 1.36, 1.69, ideal=1.88)),
+        "implausible": lambda: _artifact(_sp("inconclusive", 2.5, 2.4, 2.6, ideal=1.3)),
         "bigger pruned artifact": lambda: _artifact(check([1.0] * 5, [0.9] * 5, 0.95)),  # ideal < 1: never faster
         "ppl past the bar": lambda: _artifact(_sp("pass"), ratio=2.42),
         "interval reaches the bar": lambda: _artifact(_sp("pass"), ratio=1.4, interval=[1.3, 1.6]),
@@ -76,7 +82,7 @@ def test_each_reason_decides(case, want, why):
     }[case]()
     v = _decide(_profile(art, budget=1_000_000_000 if case == "over the budget" else 8_000_000_000))
     row = v["artifacts"][0]
-    assert row["decision"] == want and why in row["reasons"][0], row["reasons"]
+    assert row["decision"] == want and why in (row["reasons"] or [""])[0], row["reasons"]
     assert v["quality_alarm"] is (case in ("ppl past the bar", "garbage text"))
     if v["quality_alarm"]:
         assert v["alarms"][0].startswith("QUALITY ALARM: gguf q8_0")
