@@ -94,7 +94,8 @@ def plot_latency(build_dir: Path, profile: dict) -> str | None:  # long: bars, w
                 ax.bar(x + off, v, 0.38, color=color, hatch=hatch, edgecolor="white" if hatch else color,
                        alpha=0.55 if hatch else 1.0)
                 ax.errorbar(x + off, v, yerr=[[v - lo], [hi - v]], fmt="none", ecolor="black", capsize=4, lw=1)
-                ax.text(x + off, max(v, hi) * 1.02, f"{v:.3g}", ha="center", va="bottom", fontsize=7, zorder=5, bbox=LABEL)
+                mark = p.get("ideal_pruned") or 0 if side == "pruned" else 0  # above the ideal line too
+                ax.text(x + off, max(v, hi, mark) * 1.02, f"{v:.3g}", ha="center", va="bottom", fontsize=7, zorder=5, bbox=LABEL)
                 top = max(top, hi, v)
             if p.get("ideal_pruned") is not None:
                 ax.hlines(p["ideal_pruned"], x + 0.01, x + 0.39, colors="black", linestyles="--", lw=1.5)

@@ -177,8 +177,9 @@ def _speed_words(s: dict) -> str:
     iv = s.get("interval") or [s.get("measured")] * 2
     if s.get("measured") is None:
         return "no measurement"
-    return (f"{s['measured']:.2f}x [{iv[0]:.2f}, {iv[1]:.2f}] against an ideal of {s['ideal']:.2f}x, "
-            f"on {s['measured_on'] or 'the build host'}")
+    by = "edgeprune bench" if s.get("source") == "bench" else "the build"
+    where = "the build host" if s.get("build_host", True) else "the device"
+    return f"{s['measured']:.2f}x [{iv[0]:.2f}, {iv[1]:.2f}] against an ideal of {s['ideal']:.2f}x, by {by} on {where}"
 
 
 def decide(profile: dict, kv_bytes: dict[str, int | None] | None = None, decided_by: str = "build") -> dict:
