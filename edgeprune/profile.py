@@ -2,6 +2,13 @@
 through its runtime, interleaved latency, the speedup check), the device estimate, memory and
 provenance, assembled into `profile.json` (schema in the README). `build` calls it once per
 artifact pair and once at the end; benchmarks use its measuring helpers.
+
+Added to schema 1 (additive): `artifacts[].perplexity` {`dense_interval`, `pruned_interval`,
+`ratio_interval`, `windows`, `method`} (`evaluate.ppl_intervals`; absent for a pair measured
+before it existed); `artifacts[].samples[]` {`prompt`, `runtime`, `dense`, `pruned`, `dense_ids`,
+`pruned_ids`} (the verify text path's greedy completions); `verdict` (fields in
+`edgeprune/verdict.py`); `provenance.resumes[]` {`command`, `time`, `resumed`} after
+`provenance.command`, which stays the command that started the build.
 """
 from __future__ import annotations
 
