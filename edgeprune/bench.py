@@ -2,8 +2,9 @@
 
 Needs only numpy and the runtime (llama-cpp-python or onnxruntime): torch and transformers
 are never imported, so `pip install --no-deps edgeprune` plus the runtime is enough.
-On a build directory it appends a `measured_on_device` entry to profile.json and
-rewrites report.md with the estimate and the measurement side by side.
+On a build directory it appends a `measured_on_device` entry to profile.json, re-decides the
+verdict with it (`verdict.refresh`: the newest measurement of a pair decides its speed), redraws
+latency.png with it beside the build's and the estimate, and rewrites report.md.
 """
 from __future__ import annotations
 
@@ -76,11 +77,13 @@ def bench(path: str, context: int | None = None, new_tokens: int | None = None, 
         record = {"time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "host": host, "same_host_as_build": same_host,
                   "artifacts": entries, "skipped": skipped}
         profile.setdefault("measured_on_device", []).append(record)
-        from .report import plot_bench
+        from .plots import draw
+        from .verdict import refresh
 
-        plot = plot_bench(p, record, profile["target"]["name"])
-        if plot and plot not in profile.get("plots", []):
-            profile.setdefault("plots", []).append(plot)
+        refresh(profile, f"bench on {host['cpu']} at {record['time']}")  # the newest measurement decides speed
+        for plot in draw(p, profile):  # redrawn with this measurement beside the build's
+            if plot not in profile.setdefault("plots", []):
+                profile["plots"].append(plot)
         tmp = p / ".profile.json.tmp"
         tmp.write_text(json.dumps(profile, indent=1))
         tmp.replace(prof_path)
@@ -89,12 +92,18 @@ def bench(path: str, context: int | None = None, new_tokens: int | None = None, 
         write_report(p, profile)
         where = f"Measured on {host['cpu']} ({host['cores']} cores)" + (
             " - the same host that ran the build, not a separate device" if same_host else "")
-        text = where + "\n" + "\n".join(
-            f"{e['format']} {e['dtype']}: decode {e['latency_dense']['decode_ms_per_token_median']:.3f} -> "
-            f"{e['latency']['decode_ms_per_token_median']:.3f} ms/token (median), speedup {e['speedup']['decode_measured']:.2f}x "
-            "[{:.2f}, {:.2f}] vs ideal {:.2f}x: {}".format(*e["speedup"]["decode_interval"], e["speedup"]["decode_ideal"],
-                                                          e["speedup"]["status"].upper())
-            for e in entries) + f"\nappended to {prof_path}"
+        from .speedup import decode_bars
+
+        lines = [where]
+        for e in entries:
+            sp, bars = e["speedup"], decode_bars(e["latency_dense"]["decode_ms_per_token_runs"], e["speedup"])
+            lines.append(f"{e['format']} {e['dtype']}: decode {bars['dense']:.3f} -> {bars['pruned']:.3f} ms/token "
+                         f"(dense median; dense / speedup), speedup {sp['decode_measured']:.2f}x "
+                         "[{:.2f}, {:.2f}] vs ideal {:.2f}x: {}".format(*sp["decode_interval"], sp["decode_ideal"],
+                                                                       sp["status"].upper()))
+        lines += [f"verdict: {r['decision']} {r['format']} {r['dtype']}" + (f" ({r['reasons'][0]})" if r["reasons"] else "")
+                  for r in profile["verdict"]["artifacts"]]
+        text = "\n".join(lines + [f"appended to {prof_path}; report.md and latency.png updated"])
         return {"build": str(p), "measured_on_device": record, "text": text}
     if p.is_dir() and not (p / "model.onnx").is_file():
         raise EdgePruneError(f"{p} is neither a build directory (no profile.json) nor an ONNX export (no model.onnx)")

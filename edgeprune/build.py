@@ -328,7 +328,8 @@ def _start(model, target, ratio, method, calib, out, force, resume, opts: dict) 
     args = {"model": str(model_dir), "target": tgt.name, "ratio": the_ratio, "method": method, "calib": calib,
             "nsamples": opts["nsamples"], "seq_len": opts["seq_len"], "seed": opts["seed"], "align": align}
     inputs = fingerprint(model_dir, calib, tgt.path, opts["data_dir"])
-    b.state = {"args": args, "inputs": inputs, "done": {}}
+    run = {"command": opts["command"], "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    b.state = {"args": args, "inputs": inputs, "done": {}, "commands": [run]}
     state_path = out_dir / "build_state.json"
     if resume and state_path.is_file():
         old = _read_state(state_path)
@@ -336,6 +337,9 @@ def _start(model, target, ratio, method, calib, out, force, resume, opts: dict) 
             raise BuildError(f"{out_dir} was started with different arguments {old['args']}; use the same ones with --resume, or --force")
         refuse_changed(old.get("inputs"), inputs, out_dir)
         b.state = old
+        # the command that started the build stays first; each resume is appended (provenance)
+        old.setdefault("commands", [{"command": None, "time": None, "note": "not recorded by the edgeprune that started it"}])
+        old["commands"].append({**run, "resumed": True})
         log(f"resuming; finished stages: {', '.join(old['done']) or 'none'}")
     else:
         preflight(model_dir, method, calib, opts["nsamples"], opts["seq_len"], opts["seed"], opts["data_dir"])

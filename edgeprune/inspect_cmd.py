@@ -4,18 +4,22 @@ from __future__ import annotations
 from pathlib import Path
 
 from .plan import PLAN_JSON, Plan
+from .plan_plot import plan_widths, plot_plan
 
 
 def _plan_rows(plan: Plan) -> list[dict]:
+    """Per layer: the method's own statistics and the kept widths (`plan_plot.plan_widths`)."""
     rows = []
     imp = plan.stats.get("layer_importance", {})
+    widths = plan_widths(plan)
     for i in range(plan.num_layers):
         lp = plan.layers.get(i)
         st = lp.stats if lp else {}
         rows.append({
             "layer": i, "removed": i in plan.removed_layers, "importance": imp.get(str(i), st.get("importance")),
             "target_ratio": st.get("target_ratio"), "achieved_ratio": st.get("achieved_ratio"), "tau": st.get("tau"),
-            "o_mask_var": st.get("o_mask_var"), "down_mask_var": st.get("down_mask_var"), "kept": st.get("kept"),
+            "o_mask_var": st.get("o_mask_var"), "down_mask_var": st.get("down_mask_var"), "kept": widths[i]["kept"] or st.get("kept"),
+            "dense": widths[i]["dense"],
         })
     return rows
 
@@ -44,7 +48,7 @@ def inspect_path(path: str, plot: str | None = None) -> dict:
             text.append(f"  layer {r['layer']:>3} {'REMOVED' if r['removed'] else ''} importance={_f(r['importance'])} "
                         f"target={_f(r['target_ratio'])} achieved={_f(r['achieved_ratio'])} tau={_f(r['tau'])} kept={r['kept']}")
         if plot:
-            plot_plan(plan, plot)
+            plot_plan(plan, plot, title=f"edgeprune inspect {p}")
         return {"kind": "plan", "plan": plan.to_dict(), "layers": rows, "text": "\n".join(text)}
     from .checkpoint import load_config
     from .models import expected_nonembedding, get_adapter
@@ -67,8 +71,8 @@ def inspect_path(path: str, plot: str | None = None) -> dict:
         plan = Plan.load(p)
         out["plan"] = {"method": plan.method, "removed_layers": plan.removed_layers, "layers": _plan_rows(plan)}
         out["text"] += f"\nplan: {plan.method}, removed layers {plan.removed_layers}"
-        if plot:
-            plot_plan(plan, plot)
+        if plot:  # the checkpoint's own widths are the kept ones
+            plot_plan(plan, plot, kept_shapes=shapes, title=f"edgeprune inspect {p}")
     return out
 
 
@@ -76,33 +80,3 @@ def _f(x) -> str:
     return "-" if x is None else f"{x:.4f}"
 
 
-def plot_plan(plan: Plan, path: str) -> None:
-    """PNG: layer importance, and the kept fraction per layer with removed layers drawn as
-    red hatched outlines and protected layers marked, so nothing hides in a pale bar."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    rows = _plan_rows(plan)
-    idx = [r["layer"] for r in rows]
-    protected = set((plan.options or {}).get("protect") or [])
-    fig, ax = plt.subplots(1, 2, figsize=(11, 3.8))
-    ax[0].bar(idx, [r["importance"] or 0 for r in rows], color=["tab:red" if r["removed"] else "tab:blue" for r in rows])
-    ax[0].set_title("layer importance (1 - cos); red: removed")
-    ax[0].set_xlabel("layer")
-    kept = [0 if r["removed"] else (1 - (r["achieved_ratio"] or 0)) if r["kept"] else 1 for r in rows]
-    ax[1].bar(idx, [1] * len(idx), color="none", edgecolor="lightgray", label="dense (1.0)")
-    ax[1].bar(idx, kept, color="tab:green", label="kept")
-    gone = [r["layer"] for r in rows if r["removed"]]
-    if gone:
-        ax[1].bar(gone, [1] * len(gone), color="none", edgecolor="tab:red", hatch="//", label="removed layer")
-    for i in sorted(protected):
-        ax[1].annotate("P", (i, 1.02), ha="center", color="tab:purple", fontsize=8)
-    ax[1].set_ylim(0, 1.12)
-    ax[1].set_title(f"kept fraction of each layer ({plan.method}; P: protected)")
-    ax[1].set_xlabel("layer")
-    ax[1].legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)

@@ -29,6 +29,7 @@ from .streaming import open_source
 from .surgery import apply_plan
 from .tensorfiles import DiskTensors
 from .weights import parse_dtype
+from .plan_plot import record_widths
 from .writeout import save_pruned
 
 # Below this many calibration tokens COMP's statistics get noisy (the paper used 10 x 128).
@@ -122,6 +123,7 @@ def make_plan(model, method: str, req: PruneRequest, calib: torch.Tensor | None,
         "calibration_tokens": int(calib.numel()) if calib is not None else 0,
     }
     plan.stats["report"] = report
+    record_widths(plan, adapter)  # every method's plan carries its true kept widths (plan.png, inspect)
     note = ratio_note(m, req, ratio, plan)
     if note:
         warnings.warn(note, stacklevel=2)

@@ -2,6 +2,13 @@
 through its runtime, interleaved latency, the speedup check), the device estimate, memory and
 provenance, assembled into `profile.json` (schema in the README). `build` calls it once per
 artifact pair and once at the end; benchmarks use its measuring helpers.
+
+Added to schema 1 (additive): `artifacts[].perplexity` {`dense_interval`, `pruned_interval`,
+`ratio_interval`, `windows`, `method`} (`evaluate.ppl_intervals`; absent for a pair measured
+before it existed); `artifacts[].samples[]` {`prompt`, `runtime`, `dense`, `pruned`, `dense_ids`,
+`pruned_ids`} (the verify text path's greedy completions); `verdict` (fields in
+`edgeprune/verdict.py`); `provenance.resumes[]` {`command`, `time`, `resumed`} after
+`provenance.command`, which stays the command that started the build.
 """
 from __future__ import annotations
 
@@ -22,9 +29,9 @@ def sizes(ad) -> tuple[int, int]:
     return expected_nonembedding(ad, ad.layer_shapes()), ad.embedding_params()
 
 
-def kv_cache_bytes(ad, context: int) -> int:
-    """f16 KV cache at `context` tokens."""
-    return sum(2 * s.num_kv_heads * ad.head_dim * context * 2 for s in ad.layer_shapes())
+def kv_cache_bytes(ad, context: int, element_bytes: int = 2) -> int:
+    """KV cache at `context` tokens (f16 unless told: llama.cpp's default cache type)."""
+    return sum(2 * s.num_kv_heads * ad.head_dim * context * element_bytes for s in ad.layer_shapes())
 
 
 def bytes_per_weight(dtype: str) -> float:
@@ -47,6 +54,11 @@ def linear_weight_bytes(artifact: Path, fmt: str, dtype: str, ad) -> int:
 
 # ---- measuring on the build host ------------------------------------------------------------
 def runtime_perplexity(artifact: Path, windows) -> float:
+    return runtime_perplexity_windows(artifact, windows)["perplexity"]
+
+
+def runtime_perplexity_windows(artifact: Path, windows) -> dict:
+    """Perplexity through the artifact's runtime, with each window's mean NLL (for the interval)."""
     import torch
 
     from exporters.runtimes import open_artifact
@@ -54,7 +66,7 @@ def runtime_perplexity(artifact: Path, windows) -> float:
     from .evaluate import perplexity_from
 
     sess = open_artifact(artifact, n_ctx=windows.shape[1] + 8) if str(artifact).endswith(".gguf") else open_artifact(artifact)
-    return perplexity_from(lambda ids: torch.from_numpy(sess.logits(ids[0].tolist()))[None], windows, progress=False)["perplexity"]
+    return perplexity_from(lambda ids: torch.from_numpy(sess.logits(ids[0].tolist()))[None], windows, progress=False)
 
 
 def evaluation(model_dir: Path, cfg, calib: str, data_dir) -> tuple:
@@ -72,14 +84,16 @@ def measure_pair(dense: Path, pruned: Path, windows, tgt, cfg, vocab: int) -> di
     from .latency import measure
 
     context = max(8, min(tgt.context, int(getattr(cfg, "max_position_embeddings", 2048)) - tgt.new_tokens - 8))
-    ppl = [runtime_perplexity(dense, windows), runtime_perplexity(pruned, windows)]
+    ppl = [runtime_perplexity_windows(dense, windows), runtime_perplexity_windows(pruned, windows)]
     lat = measure({"dense": dense, "pruned": pruned}, context, tgt.new_tokens, LATENCY_REPS, vocab=vocab)
-    return {"ppl": ppl, "latency": lat}
+    return {"ppl": [p["perplexity"] for p in ppl], "ppl_window_nll": [p["window_nll"] for p in ppl], "latency": lat}
 
 
 def artifact_entry(f: dict, ep: dict, ed: dict, measured: dict, out_dir: Path, ad, ad_p, ppl_protocol: dict) -> dict:
     """One artifact's profile entry: sizes, verification, perplexity, latency, speedup check."""
+    from .evaluate import ppl_intervals
     from .speedup import check
+    from .verdict import samples_of
 
     lat = measured["latency"]
     ppl_d, ppl_p = measured["ppl"]
@@ -94,7 +108,9 @@ def artifact_entry(f: dict, ep: dict, ed: dict, measured: dict, out_dir: Path, a
         "dtype_choice": f.get("choice"),  # the target's dtype, or the next of its list, and why (build.stage_dtypes)
         "reference_dense": {"path": str(Path(ed["path"]).relative_to(out_dir)), "bytes": ed["bytes"],
                             "verify_passed": ed["verify"].get("passed")},
-        "perplexity": {"dense": ppl_d, "pruned": ppl_p, "ratio": ppl_p / ppl_d, "protocol": ppl_protocol},
+        "perplexity": {"dense": ppl_d, "pruned": ppl_p, "ratio": ppl_p / ppl_d, "protocol": ppl_protocol,
+                       **(ppl_intervals(*measured["ppl_window_nll"]) if measured.get("ppl_window_nll") else {})},
+        "samples": samples_of(ep["verify"], ed["verify"]),  # the verify text path's completions, dense vs pruned
         "latency": lat,
         "speedup": {**sp, "ideal_definition": IDEAL_DEFINITION, "weight_bytes_per_token": weights,
                     "prefill_measured": lat["pruned"]["prefill_tokens_per_s_max"] / lat["dense"]["prefill_tokens_per_s_max"]},
@@ -142,12 +158,14 @@ def assemble(b) -> dict:  # long: the profile's sections, in schema order
     """profile.json's content from a finished build (`edgeprune.build.Build`)."""
     from .checkpoint import load_config
     from .data import load_text
-    from .inspect_cmd import plot_plan
+    from .plan_plot import plot_plan
     from .latency import host_info
     from .models import get_adapter
     from .plan import Plan
-    from .provenance import license_of, min_runtime_versions, now, sha256, versions
-    from .report import SCHEMA_VERSION, plot_latency_and_ppl
+    from .provenance import commands, license_of, min_runtime_versions, now, sha256, versions
+    from .plots import draw, heading
+    from .report import SCHEMA_VERSION
+    from .verdict import decide, kv_element_bytes
 
     cfg = load_config(b.model_dir)
     ad, ad_p = get_adapter(cfg), get_adapter(load_config(b.out_dir / "model"))
@@ -165,7 +183,6 @@ def assemble(b) -> dict:  # long: the profile's sections, in schema order
                   file=sys.stderr)
         artifacts.append(entry)
         estimates.append(estimate_for(b.tgt, entry, ad, ad_p, b.done["host"]))
-    plot_plan(Plan.load(b.out_dir / "model"), str(b.out_dir / "plan.png"))
     o = b.opts
     profile = {
         "schema_version": SCHEMA_VERSION,
@@ -177,7 +194,7 @@ def assemble(b) -> dict:  # long: the profile's sections, in schema order
         "device_estimate": {"target": b.tgt.name, "bandwidth_gb_s": b.tgt.bandwidth / 1e9,
                             "peak_tflops": b.tgt.peak_flops / 1e12, "artifacts": estimates},
         "provenance": {
-            "versions": versions(), "command": o["command"], "seed": o["seed"],
+            "versions": versions(), **commands(b.state, o["command"]), "seed": o["seed"],
             "calibration": {"data": b.calib, "sha256": sha256(load_text(b.calib, "calib", o["data_dir"])),
                             "n_samples": o["nsamples"], "seq_len": o["seq_len"], "portion": "calib", "defaulted": b.defaulted},
             "evaluation": {"data": b.calib, "portion": "eval (disjoint from the calibration portion)"},
@@ -186,7 +203,14 @@ def assemble(b) -> dict:  # long: the profile's sections, in schema order
             "min_runtime_versions": min_runtime_versions(artifacts, b.out_dir), "host": host_info(), "time": now(),
         },
     }
-    profile["plots"] = ["plan.png"] + plot_latency_and_ppl(b.out_dir, profile)
+    kv = {f"{a['format']} {a['dtype']}": kv_cache_bytes(ad_p, b.tgt.context, kv_element_bytes(a["format"], a["dtype"]))
+          for a in artifacts}
+    profile["verdict"] = decide(profile, kv)
+    for line in profile["verdict"]["alarms"]:
+        print(f"[edgeprune build] WARNING: {line}", file=sys.stderr)
+    plot_plan(Plan.load(b.out_dir / "model"), str(b.out_dir / "plan.png"), ad.layer_shapes(), ad_p.layer_shapes(),
+              heading(profile, method=False))
+    profile["plots"] = ["plan.png"] + draw(b.out_dir, profile)
     return profile
 
 
@@ -223,12 +247,19 @@ def write_profile(out_dir: Path, profile: dict) -> list[str]:
 
 
 def summary_lines(profile: dict, out_dir: Path) -> list[str]:
-    lines = []
+    """The console summary: the verdict first, then each pair's figures (decode as the plot
+    draws it: dense median -> dense / the check's speedup, so no line contradicts the check)."""
+    from .speedup import decode_bars
+
+    v = profile.get("verdict") or {"artifacts": []}
+    lines = [f"  {r['decision']:<9} {r['format']} {r['dtype']}" + (f": {r['reasons'][0]}" if r["reasons"] else "")
+             for r in v["artifacts"]]
     for a in profile["artifacts"]:
-        sp, ld, lp = a["speedup"], a["latency"]["dense"], a["latency"]["pruned"]
+        sp = a["speedup"]
+        bars = decode_bars(a["latency"]["dense"]["decode_ms_per_token_runs"], sp)
         lines.append(f"  {a['format']:4} {a['dtype']:5} {a['reference_dense']['bytes']:>12,} -> {a['bytes']:>12,} B  PPL {a['perplexity']['dense']:.3f} -> "
-                     f"{a['perplexity']['pruned']:.3f}  decode {ld['decode_ms_per_token_min']:.3f} -> "
-                     f"{lp['decode_ms_per_token_min']:.3f} ms/tok  speedup {sp['decode_measured']:.2f}x "
+                     f"{a['perplexity']['pruned']:.3f}  decode {bars['dense']:.3f} -> {bars['pruned']:.3f} ms/tok  "
+                     f"speedup {sp['decode_measured']:.2f}x "
                      f"[{sp['decode_interval'][0]:.2f}, {sp['decode_interval'][1]:.2f}] (ideal {sp['decode_ideal']:.2f}x): "
                      f"{sp['status'].upper()}")
     mem = profile["memory"]

@@ -40,6 +40,13 @@ def min_runtime_versions(artifacts: list[dict], out_dir: Path) -> dict:
             for a in artifacts}
 
 
+def commands(state: dict, command: str) -> dict:
+    """provenance's `command` (the one that started the build) and `resumes` (each --resume
+    after it, with its time), from build_state.json's record of every run."""
+    runs = state.get("commands") or [{"command": command, "time": None}]
+    return {"command": runs[0]["command"], "resumes": runs[1:]}
+
+
 def now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S%z")
 

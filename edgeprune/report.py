@@ -1,5 +1,8 @@
-"""profile.json (versioned schema) -> report.md and plots. No torch needed.
+"""profile.json (versioned schema) -> report.md. No torch needed.
 
+report.md opens with the verdict (`verdict.py`: one GO / NO-GO / UNCERTAIN line per artifact,
+any quality alarm, a short paragraph), then the figures behind it, the sample generations, the
+device estimate, bench's measurements, the plots (`plots.py`, `plan_plot.py`) and provenance.
 Schema version 1; the keys scripts may rely on are documented in README.md ("profile.json").
 """
 from __future__ import annotations
@@ -8,30 +11,6 @@ import json
 from pathlib import Path
 
 SCHEMA_VERSION = 1
-
-
-def _verdict(profile: dict) -> str:
-    """The one paragraph a newcomer reads first: speed, quality, memory fit."""
-    host = profile["provenance"]["host"]["cpu"]
-    parts = []
-    for a in profile["artifacts"]:
-        sp, pp = a["speedup"], a["perplexity"]
-        iv = sp.get("decode_interval") or [sp["decode_measured"]] * 2
-        dense_b = (a.get("reference_dense") or {}).get("bytes")
-        choice = a.get("dtype_choice") or {}
-        parts.append(f"{a['format']} {a['dtype']}"
-                     + (f" (instead of {choice['requested']}: {choice['why']})" if choice.get("requested", a["dtype"]) != a["dtype"] else "")
-                     + f": {_fmt(dense_b, ',')} -> {a['bytes']:,} B, {speed_words(sp)} (95% interval "
-                     f"{iv[0]:.2f}-{iv[1]:.2f}x, ideal {sp['decode_ideal']:.2f}x: {sp.get('status', 'n/a')}), perplexity "
-                     f"{_fmt(pp.get('dense'), '.2f')} -> {_fmt(pp.get('pruned'), '.2f')} "
-                     f"(x{_fmt(pp.get('ratio'), '.3f')})")
-    tgt = profile["target"]
-    budget = tgt.get("memory", {}).get("budget_bytes")
-    biggest = max((a["bytes"] for a in profile["artifacts"]), default=0)
-    fit = (f"the largest artifact ({biggest / 1e9:.3g} GB) {'fits' if budget and biggest <= budget else 'does NOT fit'} "
-           f"{tgt['name']}'s {budget / 1e9:.3g} GB budget" if budget else "")
-    return (f"**Verdict.** Measured on {host} (the build host; run `edgeprune bench` on the device itself): "
-            + "; ".join(parts) + (f". Memory: {fit} (KV cache not included)." if fit else "."))
 
 
 def speed_words(sp: dict) -> str:
@@ -57,15 +36,24 @@ def _interval(sp: dict) -> str:
     return f"[{iv[0]:.2f}, {iv[1]:.2f}]" if iv else ""
 
 
+def _host(h: dict) -> str:
+    return f"{h.get('cpu')}, {h.get('cores')} cores, {h.get('system')} {h.get('machine')}" + (f", GPU {h['gpu']}" if h.get("gpu") else "")
+
+
 def _fmt(x, spec=".3g") -> str:
     return "-" if x is None else format(x, spec)
 
 
 def write_report(build_dir: Path, profile: dict) -> Path:  # long: the report in reading order
-    lines = [f"# edgeprune build report: {profile['target']['name']}", "", _verdict(profile), ""]
+    from .speedup import decode_bars
+    from .verdict import samples_lines, verdict_lines
+
+    lines = [f"# edgeprune build report: {profile['target']['name']}", ""] + verdict_lines(profile)
     pr = profile["prune"]
     cal = profile["provenance"].get("calibration", {})
     lines += [
+        "## Build",
+        "",
         f"- calibration data: {cal.get('data')} ({cal.get('n_samples')} x {cal.get('seq_len')} tokens, calibration portion"
         f"{', the default: pass --calib for in-domain text' if cal.get('defaulted') else ''}); evaluation data: "
         f"{(profile['provenance'].get('evaluation') or {}).get('data', cal.get('data'))} (held-out evaluation portion)",
@@ -76,27 +64,34 @@ def write_report(build_dir: Path, profile: dict) -> Path:  # long: the report in
         f"{pr['params_dense_total']:,} -> {pr['params_pruned_total']:,} total",
         f"- prune-time peak memory {pr['peak_memory_bytes'] / 2**20:.1f} MiB "
         f"({pr['peak_memory_above_baseline_bytes'] / 2**20:.1f} MiB above the process baseline), {pr['wall_seconds']:.1f} s",
-        f"- host: {profile['provenance']['host']}",
+        f"- build host: {_host(profile['provenance']['host'])}",
         "",
         "## Artifacts",
         "",
-        "| format | dtype | bytes | verified | timed in | PPL dense | PPL pruned | decode ms/tok dense (min/med) | decode ms/tok pruned (min/med) | prefill tok/s dense→pruned | speedup measured [95% interval] / ideal | check |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "Decode ms/token as the plot draws it: dense = median of its runs; pruned = dense / the paired speedup "
+        "(the check's statistic; the per-side medians are in profile.json).",
+        "",
+        "| format | dtype | bytes dense → pruned | verified | timed in | PPL dense | PPL pruned [95% interval] | decode ms/tok dense → pruned | prefill tok/s dense→pruned | speedup measured [95% interval] / ideal | check |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for a in profile["artifacts"]:
         ld, lp = a["latency"]["dense"], a["latency"]["pruned"]
-        sp = a["speedup"]
+        sp, pp = a["speedup"], a["perplexity"]
+        bars = decode_bars(ld["decode_ms_per_token_runs"], sp)
+        piv = pp.get("pruned_interval")
         lines.append(
-            f"| {a['format']} | {a['dtype']} | {a['bytes']:,} | {a['verify'].get('passed')} | "
-            f"{lp.get('protocol', {}).get('runtime', '-')} | {_fmt(a['perplexity']['dense'], '.3f')} | {_fmt(a['perplexity']['pruned'], '.3f')} | "
-            f"{ld['decode_ms_per_token_min']:.3f} / {ld['decode_ms_per_token_median']:.3f} | "
-            f"{lp['decode_ms_per_token_min']:.3f} / {lp['decode_ms_per_token_median']:.3f} | "
+            f"| {a['format']} | {a['dtype']} | {_fmt((a.get('reference_dense') or {}).get('bytes'), ',')} → {a['bytes']:,} | "
+            f"{a['verify'].get('passed')} | {lp.get('protocol', {}).get('runtime', '-')} | {_fmt(pp['dense'], '.3f')} | "
+            f"{_fmt(pp['pruned'], '.3f')}{f' [{piv[0]:.3f}, {piv[1]:.3f}]' if piv else ''} | "
+            f"{bars['dense']:.3f} → {bars['pruned']:.3f} | "
             f"{ld['prefill_tokens_per_s_max']:.0f} → {lp['prefill_tokens_per_s_max']:.0f} | "
             f"{sp['decode_measured']:.2f} {_interval(sp)} / {sp['decode_ideal']:.2f} | {_status(sp)} |"
         )
     lines += _text_path_lines(profile["artifacts"])
+    lines += [""] + samples_lines(profile)
     p0 = profile["artifacts"][0]["perplexity"]["protocol"] if profile["artifacts"] else {}
-    lines += ["", f"Perplexity protocol: {json.dumps(p0)}. Latency protocol: "
+    ivm = profile["artifacts"][0]["perplexity"].get("method") if profile["artifacts"] else None
+    lines += ["", f"Perplexity protocol: {json.dumps(p0)}{f'; interval: {ivm}' if ivm else ''}. Latency protocol: "
               f"{json.dumps(profile['artifacts'][0]['latency']['pruned'].get('protocol')) if profile['artifacts'] else '-'}."]
     warns = [a for a in profile["artifacts"] if not a["speedup"].get("passed")]
     if warns:
@@ -119,13 +114,14 @@ def write_report(build_dir: Path, profile: dict) -> Path:  # long: the report in
     for m in profile.get("measured_on_device", []):
         same = " (the build host, not a separate device)" if m.get("same_host_as_build") else ""
         lines += ["", f"## Measured on {m['host']['cpu']}{same} by edgeprune bench, {m['time']}", "",
-                  "| artifact | decode ms/token dense → pruned (median) | speedup [95% interval] / ideal | check | "
+                  "| artifact | decode ms/token dense → pruned (as plotted) | speedup [95% interval] / ideal | check | "
                   "prefill tok/s pruned (max) | estimate decode ms/token |", "|---|---|---|---|---|---|"]
         for a in m["artifacts"]:
             e = est_by.get((a["format"], a["dtype"]), {})
             lat, sp = a["latency"], a.get("speedup") or {}
-            dense = _fmt((a.get("latency_dense") or {}).get("decode_ms_per_token_median"), ".3f")
-            lines.append(f"| {a['format']} {a['dtype']} | {dense} → {lat['decode_ms_per_token_median']:.3f} | "
+            runs = (a.get("latency_dense") or {}).get("decode_ms_per_token_runs")
+            bars = decode_bars(runs, sp) if runs and sp else {}
+            lines.append(f"| {a['format']} {a['dtype']} | {_fmt(bars.get('dense'), '.3f')} → {_fmt(bars.get('pruned'), '.3f')} | "
                          f"{_fmt(sp.get('decode_measured'), '.2f')} {_interval(sp)} / {_fmt(sp.get('decode_ideal'), '.2f')} | "
                          f"{_status(sp) if sp else '-'} | {lat['prefill_tokens_per_s_max']:.0f} | "
                          f"{_fmt(e.get('decode_ms_per_token_pruned'), '.3f')} |")
@@ -134,89 +130,6 @@ def write_report(build_dir: Path, profile: dict) -> Path:  # long: the report in
     path = build_dir / "report.md"
     path.write_text("\n".join(lines))
     return path
-
-
-def plot_latency_and_ppl(build_dir: Path, profile: dict) -> list[str]:
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return []
-    arts = profile["artifacts"]
-    if not arts:
-        return []
-    labels = [f"{a['format']} {a['dtype']}" for a in arts]
-    x = list(range(len(arts)))
-    fig, ax = plt.subplots(1, 2, figsize=(11, 4))
-    for off, which, color in ((-0.2, "dense", "tab:gray"), (0.2, "pruned", "tab:green")):
-        med = [a["latency"][which]["decode_ms_per_token_median"] for a in arts]
-        runs = [a["latency"][which].get("decode_ms_per_token_runs") or [m] for a, m in zip(arts, med)]
-        err = [[m - min(r) for m, r in zip(med, runs)], [max(r) - m for m, r in zip(med, runs)]]
-        ax[0].bar([i + off for i in x], med, 0.4, yerr=err, capsize=3, color=color, label=f"{which} (median, min-max)")
-    ideal = [a["latency"]["dense"]["decode_ms_per_token_median"] / a["speedup"]["decode_ideal"] for a in arts]
-    ax[0].scatter([i + 0.2 for i in x], ideal, marker="_", s=400, color="black", zorder=3, label="ideal pruned")
-    for i, a in enumerate(arts):
-        ax[0].annotate(a["speedup"].get("status", ""), (i, max(a["latency"]["dense"]["decode_ms_per_token_median"], 1e-9)),
-                       ha="center", va="bottom", fontsize=8)
-    ax[0].set_yscale("log")
-    ax[0].set_xticks(x, labels)
-    ax[0].set_ylabel("decode ms/token (log scale)")
-    host = profile["provenance"]["host"]["cpu"]
-    ax[0].set_title(f"decode latency on {host[:40]}\n(target {profile['target']['name']})", fontsize=9)
-    ax[0].legend(fontsize=7, loc="upper left", bbox_to_anchor=(0, -0.15), ncol=3)
-    ax[1].bar([i - 0.2 for i in x], [a["perplexity"]["dense"] or 0 for a in arts], 0.4, color="tab:gray", label="dense")
-    ax[1].bar([i + 0.2 for i in x], [a["perplexity"]["pruned"] or 0 for a in arts], 0.4, color="tab:green", label="pruned")
-    for i, a in enumerate(arts):
-        r = a["perplexity"].get("ratio")
-        if r:
-            ax[1].annotate(f"x{r:.2f}", (i + 0.2, a["perplexity"]["pruned"]), ha="center", va="bottom", fontsize=8)
-    ax[1].set_xticks(x, labels)
-    ax[1].set_ylabel("perplexity (through the runtime)")
-    ratio = profile["prune"].get("ratio_achieved")
-    ax[1].set_title(f"perplexity, dense vs pruned ({profile['prune']['method']}, ratio {ratio:.2f})", fontsize=9)
-    ax[1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(0, -0.15), ncol=2)
-    fig.tight_layout()
-    fig.savefig(build_dir / "latency_ppl.png", dpi=90)
-    plt.close(fig)
-    return ["latency_ppl.png"]
-
-
-def plot_bench(build_dir: Path, record: dict, target: str) -> str | None:
-    """`bench`'s own plot: dense vs pruned decode as measured on this host (log axis, spread,
-    ideal, verdict), so a device run is drawn, not only written down."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return None
-    arts = record["artifacts"]
-    x = list(range(len(arts)))
-    fig, ax = plt.subplots(figsize=(6.5, 4))
-    for off, key, label, color in ((-0.2, "latency_dense", "dense", "tab:gray"), (0.2, "latency", "pruned", "tab:green")):
-        med = [a[key]["decode_ms_per_token_median"] for a in arts]
-        runs = [a[key].get("decode_ms_per_token_runs") or [m] for a, m in zip(arts, med)]
-        err = [[m - min(r) for m, r in zip(med, runs)], [max(r) - m for m, r in zip(med, runs)]]
-        ax.bar([i + off for i in x], med, 0.4, yerr=err, capsize=3, color=color, label=f"{label} (median, min-max)")
-    ideal = [a["latency_dense"]["decode_ms_per_token_median"] / a["speedup"]["decode_ideal"] for a in arts]
-    ax.scatter([i + 0.2 for i in x], ideal, marker="_", s=400, color="black", zorder=3, label="ideal pruned")
-    for i, a in enumerate(arts):
-        ax.annotate(a["speedup"]["status"], (i, a["latency_dense"]["decode_ms_per_token_median"]), ha="center",
-                    va="bottom", fontsize=8)
-    ax.set_yscale("log")
-    ax.set_xticks(x, [f"{a['format']} {a['dtype']}" for a in arts])
-    ax.set_ylabel("decode ms/token (log scale)")
-    same = " (the build host)" if record.get("same_host_as_build") else ""
-    ax.set_title(f"edgeprune bench on {record['host']['cpu'][:40]}{same}\ntarget {target}, {record['time']}", fontsize=9)
-    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(0, -0.12), ncol=3)
-    fig.tight_layout()
-    name = "bench_latency.png"
-    fig.savefig(build_dir / name, dpi=90)
-    plt.close(fig)
-    return name
 
 
 def _text_path_lines(artifacts: list[dict]) -> list[str]:

@@ -85,3 +85,17 @@ def free_cores(samples: int = 5) -> int:
         busy = max(busy, running - 1)  # this process is one of them
         time.sleep(0.05)
     return max(1, cores - busy)
+
+
+def decode_bars(dense_ms: list[float], sp: dict) -> dict:
+    """The decode ms/token a plot or a table shows for one dense/pruned pair, derived from the
+    check so that no bar contradicts its verdict. The median of each side's runs and the
+    median of the paired ratios are different statistics: on a noisy run the pruned median can
+    sit above the dense one while the paired speedup says 1.13x faster. So: dense = the median
+    of the dense runs (whiskers: the bootstrap 95% interval of that median); pruned = dense /
+    the check's speedup (whiskers: dense / the check's 95% interval); ideal = dense / ideal."""
+    med, lo, hi = interval(dense_ms) if len(dense_ms) > 1 else (dense_ms[0], dense_ms[0], dense_ms[0])
+    s, (s_lo, s_hi) = sp["decode_measured"], sp.get("decode_interval") or [sp["decode_measured"]] * 2
+    return {"dense": med, "dense_interval": [lo, hi], "pruned": med / s, "pruned_interval": [med / s_hi, med / s_lo],
+            "ideal_pruned": med / sp["decode_ideal"], "speedup": s, "speedup_interval": [s_lo, s_hi],
+            "ideal": sp["decode_ideal"], "status": sp.get("status")}

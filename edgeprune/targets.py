@@ -43,13 +43,18 @@ SCHEMA: dict[str, object] = {
     "artifacts": {"runtimes": list, "formats": list},
     "pruning": {"method": str, "ratio": (float, str), "align": int},
     "latency": {"context": int, "new_tokens": int},
+    "quality": {"max_ppl_ratio": float},
 }
 FORMAT_KEYS = {"format", "dtype"}
 # A format entry may list the dtypes the build falls back to, in order, when its dtype does
 # not fit the pruned model (edgeprune/dtype_fit.py): e.g. fallback = ["q8_0", "f16"].
 FORMAT_OPTIONAL = {"fallback"}
-# Keys a target may leave out (the device estimate then leaves its overhead term unscaled).
-OPTIONAL = {"hardware.cpu_cores", "hardware.cpu_clock_ghz"}
+# Keys a target may leave out (the device estimate then leaves its overhead term unscaled; the
+# verdict's quality bar is then `DEFAULT_MAX_PPL_RATIO`).
+OPTIONAL = {"hardware.cpu_cores", "hardware.cpu_clock_ghz", "quality", "quality.max_ppl_ratio"}
+# The verdict's quality bar when a target declares none: pruned/dense perplexity above 1.5x is
+# where small models start to write visibly worse text (edgeprune/verdict.py raises the alarm).
+DEFAULT_MAX_PPL_RATIO = 1.5
 
 
 class TargetError(EdgePruneError):
@@ -89,6 +94,11 @@ class Target:
     @property
     def budget_bytes(self) -> int:
         return int(self.data["memory"]["budget_bytes"])
+
+    @property
+    def max_ppl_ratio(self) -> float:
+        """The quality bar of the verdict: pruned/dense perplexity above it is a NO-GO."""
+        return float(self.data.get("quality", {}).get("max_ppl_ratio", DEFAULT_MAX_PPL_RATIO))
 
     @property
     def bandwidth(self) -> float:
@@ -147,11 +157,15 @@ def load_target_file(path: Path) -> Target:
         raise TargetError(f"{path}: pruning.ratio must be a number in (0, 1) or \"auto\", got {r!r}")
     for key, lo in POSITIVE.items():
         section, name = key.split(".")
-        if key in OPTIONAL and name not in data[section]:
+        if key in OPTIONAL and name not in data.get(section, {}):
             continue
         v = data[section][name]
         if isinstance(v, bool) or not isinstance(v, (int, float)) or not v > lo or v != v:
             raise TargetError(f"{path}: {key} must be a number > {lo}, got {v!r}")
+    q = data.get("quality", {}).get("max_ppl_ratio", DEFAULT_MAX_PPL_RATIO)
+    if isinstance(q, bool) or not isinstance(q, (int, float)) or not 1 <= q < float("inf"):
+        raise TargetError(f"{path}: quality.max_ppl_ratio must be a number >= 1 (pruned/dense perplexity allowed), "
+                          f"got {q!r}; e.g. max_ppl_ratio = 1.5")
     _check_method(path, data["pruning"]["method"])
     return Target(data["name"], path, data)
 

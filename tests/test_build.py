@@ -85,8 +85,16 @@ def test_build_stories_complete_profile(stories, tmp_path):
             assert a["speedup"]["decode_measured"] <= 1.5 * a["speedup"]["decode_ideal"]
     prov = prof["provenance"]
     assert prov["seed"] == 0 and len(prov["calibration"]["sha256"]) == 64 and prov["min_runtime_versions"]
-    assert (out / "report.md").read_text().startswith("# edgeprune build report")
-    assert (out / "plan.png").is_file() and not (out / ".edgeprune-incomplete").exists()
+    report = (out / "report.md").read_text()
+    assert report.startswith("# edgeprune build report") and report.splitlines()[2].startswith("- **")
+    v = prof["verdict"]
+    assert v["decided_by"] == "build" and len(v["artifacts"]) == len(prof["artifacts"])
+    assert all(r["decision"] in ("GO", "NO-GO", "UNCERTAIN") and r["fit"]["kv_cache_bytes"] > 0 for r in v["artifacts"])
+    assert all(len(a["samples"]) == 3 and all(s["dense"] is not None for s in a["samples"]) for a in prof["artifacts"])
+    assert all(a["perplexity"]["ratio_interval"][0] <= a["perplexity"]["ratio"] <= a["perplexity"]["ratio_interval"][1]
+               for a in prof["artifacts"])
+    assert prof["plots"] == ["plan.png", "latency.png", "perplexity.png"] and prov["resumes"] == []
+    assert all((out / n).is_file() for n in prof["plots"]) and not (out / ".edgeprune-incomplete").exists()
     # a finished build is not overwritten silently
     p = cli("build", "--model", stories, "--target", t, "--ratio", "0.2", "--out", out, "--calib", "tinystories", check=False)
     assert p.returncode == 2 and "--force" in p.stderr
@@ -110,7 +118,8 @@ def test_build_stories_complete_profile(stories, tmp_path):
     assert m["same_host_as_build"] is True  # bench ran where the build ran, and says so
     assert all("latency_dense" in a and a["speedup"]["status"] in ("pass", "miss", "inconclusive") for a in m["artifacts"])
     assert "the build host, not a separate device" in (out / "report.md").read_text()
-    assert (out / "bench_latency.png").is_file() and "bench_latency.png" in prof2["plots"]
+    assert prof2["verdict"]["decided_by"].startswith("bench on ") and prof2["plots"] == prof["plots"]
+    assert all(r["speed"]["source"] == "bench" for r in prof2["verdict"]["artifacts"])
 
 
 def test_bench_bad_artifacts(tmp_path):

@@ -8,7 +8,7 @@ import pytest
 
 from edgeprune import dtype_fit
 from edgeprune.models import LayerShape
-from edgeprune.report import _verdict, speed_words
+from edgeprune.report import speed_words
 from edgeprune.speedup import verdict
 from edgeprune.targets import TargetError, load_target
 
@@ -107,9 +107,14 @@ def test_a_pruned_artifact_bigger_than_dense_is_never_faster():
     assert sp["status"] == "miss" and "below 1" in sp["reason"]
     words = speed_words(sp)
     assert "NOT faster" in words and " faster (" not in words and "ideal 0.95x" in words
+    from edgeprune.verdict import NO_GO, decide, verdict_lines
+
     art = {"format": "gguf", "dtype": "q4_k_m", "bytes": 677_824, "reference_dense": {"bytes": 647_872}, "speedup": sp,
            "perplexity": {"dense": 10.0, "pruned": 11.0, "ratio": 1.1}}
-    text = _verdict({"provenance": {"host": {"cpu": "x"}}, "artifacts": [art], "target": {"name": "t", "memory": {}}})
-    assert "647,872 -> 677,824 B" in text and "x faster" not in text
+    profile = {"provenance": {"host": {"cpu": "x"}}, "artifacts": [art],
+               "target": {"name": "t", "memory": {"budget_bytes": 10**9}, "latency": {"context": 128}}}
+    v = decide(profile, {"gguf q4_k_m": 1000})
+    assert v["artifacts"][0]["decision"] == NO_GO and v["artifacts"][0]["reasons"][0].startswith("not faster")
+    assert "x faster" not in "\n".join(verdict_lines({**profile, "verdict": v}))
     assert "1.30x faster" in speed_words(_sp(1.3, 1.25, 1.35, 1.4))
     assert "faster" not in speed_words(_sp(0.9, 0.85, 0.95, 1.4)).replace("not faster", "")
