@@ -2,7 +2,7 @@
 
     import edgeprune
     model = edgeprune.load("build/model")          # a transformers PreTrainedModel
-    result = edgeprune.prune("my-llama", "comp", ratio=0.2, calib="wikitext2", out="pruned/")
+    result = edgeprune.prune("my-llama", "search", ratio=0.2, calib="wikitext2", out="pruned/")
 
 Attributes are imported lazily, so that `edgeprune bench` runs on a device where only
 the runtime (llama-cpp-python or onnxruntime) and numpy are installed, without torch.

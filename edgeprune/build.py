@@ -29,8 +29,12 @@ class BuildError(EdgePruneError):
     pass
 
 
+QUIET = {"on": False}  # build --quiet: stage lines and progress bars off (warnings still show)
+
+
 def log(msg: str) -> None:
-    print(f"[edgeprune build] {msg}", file=sys.stderr)
+    if not QUIET["on"] or msg.startswith("WARNING"):
+        print(f"[edgeprune build] {msg}", file=sys.stderr)
 
 
 @dataclass
@@ -167,7 +171,7 @@ def stage_prune(b: Build) -> None:
 
     res = prune(b.model_dir, b.method, ratio=b.ratio, layers=get(b.method).build_layers, calib=b.calib,
                 n_samples=o["nsamples"], seq_len=o["seq_len"], seed=o["seed"], device=o["device"], data_dir=o["data_dir"],
-                out=b.out_dir / "model", resume=True, force=True, align=b.align, checked=True,
+                out=b.out_dir / "model", resume=True, force=True, align=b.align, checked=True, progress=not QUIET["on"],
                 search_evals=o.get("search_evals", 128))
     b.done["prune"] = {**res.report, "stage_seconds": time.perf_counter() - t0}
     b.save_state()
@@ -272,8 +276,14 @@ def build(model: str | None = None, target: str = "cpu-x86", ratio: float | None
           calib: str | None = None, out: str = "build", force: bool = False, resume: bool = False,
           data_dir=None, nsamples: int = 32, seq_len: int = 128, seed: int = 0, device: str = "cpu",
           search_evals: int = 128, align: int | None = None, command: str = "",
-          gguf_pre: str | None = None) -> dict:
-    """Run every stage of a build into `out`; returns the console summary and the profile."""
+          gguf_pre: str | None = None, formats: str | None = None, quiet: bool = False) -> dict:
+    """Run every stage of a build into `out`; returns the console summary and the profile.
+    `formats` (`gguf:q8_0,onnx:f32`) replaces the target's artifact list."""
+    QUIET["on"] = quiet
+    if formats:
+        from .targets import with_formats
+
+        target = with_formats(load_target(target), formats)
     b = _start(model, target, ratio, method, calib, out, force, resume,
                dict(data_dir=data_dir, nsamples=nsamples, seq_len=seq_len, seed=seed, device=device, command=command,
                     search_evals=search_evals, align=align, gguf_pre=gguf_pre))
@@ -300,7 +310,7 @@ def _start(model, target, ratio, method, calib, out, force, resume, opts: dict) 
     from .demo import ensure_demo_model
     from .pipeline import preflight
 
-    tgt = load_target(target)
+    tgt = target if isinstance(target, Target) else load_target(target)
     align = check_align(opts.get("align"), tgt)
     out_dir = Path(out).absolute()
     demo = model is None
@@ -326,7 +336,8 @@ def _start(model, target, ratio, method, calib, out, force, resume, opts: dict) 
     the_ratio, why = choose_ratio(tgt, ad, ratio)
     b = Build(tgt, out_dir, model_dir, demo, calib, defaulted, method, the_ratio, why, opts, align=align)
     args = {"model": str(model_dir), "target": tgt.name, "ratio": the_ratio, "method": method, "calib": calib,
-            "nsamples": opts["nsamples"], "seq_len": opts["seq_len"], "seed": opts["seed"], "align": align}
+            "nsamples": opts["nsamples"], "seq_len": opts["seq_len"], "seed": opts["seed"], "align": align,
+            "formats": [[f["format"], f["dtype"]] for f in tgt.formats]}
     inputs = fingerprint(model_dir, calib, tgt.path, opts["data_dir"])
     run = {"command": opts["command"], "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
     b.state = {"args": args, "inputs": inputs, "done": {}, "commands": [run]}

@@ -1,9 +1,10 @@
 """Save and load pruned (and plain) Hugging Face checkpoints.
 
 A pruned model is saved as a normal Hugging Face directory. Uniform widths give a plain
-`llama`/`qwen2`/... config that any tool loads. Per-layer widths give
-`model_type = edgeprune_<family>` with the widths in `edgeprune_layers` and the modeling
-code shipped beside it (`auto_map`), so plain `from_pretrained` fails loudly unless
+`llama`/`qwen2`/... config that any tool loads. Per-layer widths keep the family's
+`model_type` (so `AutoTokenizer.from_pretrained(dir)` needs no custom code) with the widths
+in `edgeprune_layers` and the modeling code shipped beside it (`auto_map`): plain
+`AutoModelForCausalLM.from_pretrained` fails loudly on the mismatched widths unless
 `trust_remote_code=True`, and never silently re-initialises a mismatched weight.
 
 Writes are atomic: files go to a hidden sibling directory which is renamed into place
@@ -104,10 +105,10 @@ def _write_manifest(directory: Path, extra: dict) -> None:
 
 
 def finish_config(cfg: dict, family: str, nonuniform: bool, directory: Path) -> dict:
-    """Per-layer widths: our own model_type, with the modeling code shipped beside it."""
+    """Per-layer widths: the family's model_type, the modeling code shipped beside it."""
     if nonuniform:
         cls_cfg, cls_model = pruned_modeling.CLASSES[family]
-        cfg["model_type"] = f"edgeprune_{family}"
+        cfg["model_type"] = cls_cfg.model_type
         cfg["architectures"] = [cls_model.__name__]
         cfg["auto_map"] = {
             "AutoConfig": f"modeling_edgeprune.{cls_cfg.__name__}",
@@ -226,7 +227,8 @@ def load_config(path: str | Path):
     d = read_config_dict(path)
     check_kinds(d, Path(path) / "config.json")
     model_type = d.get("model_type", "")
-    if model_type.startswith("edgeprune_"):
+    nonuniform = bool(d.get("edgeprune_layers")) or model_type.startswith("edgeprune_")
+    if nonuniform:
         pruned_modeling.register_with_transformers()
         _check_manifest(Path(path))
     elif (Path(path) / MANIFEST).exists():
@@ -238,6 +240,8 @@ def load_config(path: str | Path):
 
     get_adapter(SimpleNamespace(**d))  # unsupported architecture -> one clear line
     check_config(d, Path(path) / "config.json")  # every field the adapter reads, typed and in range
+    if nonuniform:  # the per-layer config class, never the family's uniform one
+        return pruned_modeling.config_class(model_type).from_pretrained(str(path))
     return AutoConfig.from_pretrained(str(path))
 
 

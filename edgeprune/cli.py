@@ -179,14 +179,21 @@ def _imatrix_for(a) -> dict:
 
 
 def cmd_build(a) -> int:
+    if a.dry_run:  # torch-free up to the config: creates nothing
+        from .dry_run import dry_run, text
+
+        res = dry_run(a.model, a.target, a.ratio, a.method, a.calib, a.out, formats=a.formats, align=a.align,
+                      nsamples=a.nsamples, seq_len=a.seq_len, search_evals=a.search_evals)
+        print(json.dumps(res) if a.json else text(res))
+        return 0
     _setup_torch(a.threads, getattr(a, 'device', 'cpu'))
     from .build import build
 
     res = build(model=a.model, target=a.target, ratio=a.ratio, method=a.method, calib=a.calib, out=a.out,
                 force=a.force, resume=a.resume, data_dir=a.data_dir, nsamples=a.nsamples, seq_len=a.seq_len,
                 seed=a.seed, device=a.device, search_evals=a.search_evals, align=a.align, command=" ".join(sys.argv),
-                gguf_pre=a.gguf_pre)
-    print(res["summary"])
+                gguf_pre=a.gguf_pre, formats=a.formats, quiet=a.quiet or a.json)
+    print(json.dumps({"out": str(a.out), "summary": res["summary"], "profile": res["profile"]}) if a.json else res["summary"])
     return 0
 
 
@@ -199,11 +206,26 @@ def cmd_bench(a) -> int:
 
 
 def cmd_targets(a) -> int:
-    from .targets import list_targets
+    from .targets import describe, list_targets, load_target
 
+    if a.json:
+        print(json.dumps({"targets": [describe(load_target(t["path"])) for t in list_targets()]}))
+        return 0
     for t in list_targets():
         print(f"{t['name']:<18} {', '.join(t['aliases']) or '-':<12} {t['description']}")
     return 0
+
+
+def _third_party_logs(verbose: bool) -> None:
+    """onnxruntime's, llama.cpp's and transformers' own log lines are quiet unless -v (their
+    errors still show; edgeprune reports what they would have said that matters)."""
+    import os
+
+    os.environ["EDGEPRUNE_VERBOSE"] = "1" if verbose else ""
+    if not verbose:
+        os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+        os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+        os.environ.setdefault("ORT_LOGGING_LEVEL", "3")
 
 
 # ---- parser -----------------------------------------------------------------------
@@ -218,6 +240,7 @@ def main(argv: list[str] | None = None) -> int:
         return int(e.code or 0)
     from .errors import EdgePruneError
 
+    _third_party_logs(getattr(args, "verbose", False))
     warnings.formatwarning = lambda msg, cat, *_a, **_k: f"edgeprune: warning: {msg}\n"
     from . import crash
     from .guard import set_stage

@@ -66,20 +66,43 @@ class OneLineParser(argparse.ArgumentParser):
         sys.exit(2)
 
 
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Every option's default in its help, once: appended as "(default: X)" unless the help
+    already says what the default is (a target's value, an input's dtype)."""
+
+    def _get_help_string(self, action):
+        h = action.help or ""
+        if "default" in h or action.default in (None, False, argparse.SUPPRESS) or not action.option_strings:
+            return h
+        return f"{h} (default: %(default)s)"
+
+
+def _sub(sub, name: str, help: str, description: str | None = None) -> argparse.ArgumentParser:
+    """A subcommand whose --help opens with what it does and shows every default."""
+    return sub.add_parser(name, help=help, description=description or help[0].upper() + help[1:] + ".",
+                          formatter_class=HelpFormatter, epilog=ENVIRONMENT)
+
+
+def _verbose(sp) -> None:
+    sp.add_argument("-v", "--verbose", action="store_true",
+                    help="show third-party log lines (onnxruntime, llama.cpp, transformers), quiet otherwise")
+
+
 def _common(sp, data: bool = True) -> None:
     sp.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
     sp.add_argument("--threads", type=_positive, default=None, help="torch threads (default: the cores no other process is busy on, max 8)")
     if data:
         sp.add_argument("--data-dir", default=None, help="folder with named datasets (default $EDGEPRUNE_DATA or ../shared/data)")
+    _verbose(sp)
 
 
 def _eval_args(sub) -> argparse.ArgumentParser:
-    e = sub.add_parser("eval", help="perplexity and zero-shot task accuracy of a dense or pruned model")
+    e = _sub(sub, "eval", "perplexity and zero-shot task accuracy of a dense or pruned model")
     e.add_argument("--model", help="model directory (default: the embedded demo model)")
     e.add_argument("--data", help="named set (wikitext2, ptb, c4, tinystories, alpaca, shakespeare, demo) or a file/dir")
     e.add_argument("--seq-len", type=_positive, default=512, help="window length (default 512)")
     e.add_argument("--max-windows", type=_positive, default=None, help="cap the number of windows (default: all)")
-    e.add_argument("--batch-size", type=_positive, default=4)
+    e.add_argument("--batch-size", type=_positive, default=4, help="windows per forward pass")
     e.add_argument("--tasks", default=None, help="lm-eval zero-shot tasks, e.g. boolq,piqa,hellaswag (the 'eval' extra); "
                    "tinystories_cloze is a local one. Perplexity then runs only if --data is given")
     e.add_argument("--tasks-dir", default=None, help="folder of your own lm-eval task YAMLs (e.g. over local files)")
@@ -91,7 +114,7 @@ def _eval_args(sub) -> argparse.ArgumentParser:
 
 
 def _prune_args(sub) -> argparse.ArgumentParser:
-    pr = sub.add_parser("prune", help="prune a model and save the physically smaller checkpoint")
+    pr = _sub(sub, "prune", "prune a model and save the physically smaller checkpoint")
     pr.add_argument("--model", help="model directory or hub id (default: the embedded demo model)")
     from .methods import DEFAULT, help_text
 
@@ -114,20 +137,20 @@ def _prune_args(sub) -> argparse.ArgumentParser:
                     "(default 128; each is one streamed pass over the held-back windows)")
     pr.add_argument("--solver", choices=("cholesky", "lsmr"), default="cholesky", help="mask solver (lsmr: CuPy on CUDA)")
     pr.add_argument("--offload", action="store_true", help="keep calibration activations on disk")
-    pr.add_argument("--batch-size", type=_positive, default=8)
+    pr.add_argument("--batch-size", type=_positive, default=8, help="calibration windows per forward pass")
     pr.add_argument("--dtype", choices=("bf16", "f16", "f32"), default=None,
                     help="dtype of the saved checkpoint (default: the input's, e.g. bf16 stays bf16)")
     pr.add_argument("--out", required=True, help="output directory")
     pr.add_argument("--force", action="store_true", help="overwrite a finished result in --out")
     pr.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
     pr.add_argument("--quiet", action="store_true", help="no progress bars")
-    pr.add_argument("--json", action="store_true")
+    pr.add_argument("--json", action="store_true", help="print exactly one JSON object on stdout")
     _common(pr)
     return pr
 
 
 def _export_args(sub) -> argparse.ArgumentParser:
-    ex = sub.add_parser("export", help="export to ONNX or GGUF, then verify in the runtime")
+    ex = _sub(sub, "export", "export to ONNX or GGUF, then verify in the runtime")
     ex.add_argument("model", help="model directory (dense or pruned)")
     ex.add_argument("--format", required=True, help="onnx or gguf")
     from exporters.dtypes import ALIASES, allowed
@@ -138,7 +161,7 @@ def _export_args(sub) -> argparse.ArgumentParser:
     ex.add_argument("--no-verify", action="store_true", help="skip verification (loudly)")
     ex.add_argument("--force", action="store_true", help="overwrite an existing artifact at --out")
     ex.add_argument("--quiet", action="store_true", help="no progress bars (per tensor, per layer)")
-    ex.add_argument("--json", action="store_true")
+    ex.add_argument("--json", action="store_true", help="print exactly one JSON object on stdout")
     ex.add_argument("--imatrix", default=None, metavar="CALIB",
                     help="k-quants only: weigh llama.cpp's rounding by this set's activations (a named set such as "
                          "wikitext2, or a text file; its calibration portion), like llama-imatrix")
@@ -154,50 +177,64 @@ def _export_args(sub) -> argparse.ArgumentParser:
 def _build_args(sub) -> argparse.ArgumentParser:
     from .methods import REGISTRY
 
-    b = sub.add_parser("build", help="prune, export, verify and profile for a device target")
+    b = _sub(sub, "build", "prune, export, verify and profile for a device target",
+             "Prune a model, export it in the target's formats, verify every artifact in its runtime against "
+             "PyTorch and profile it (perplexity, latency dense vs pruned, speedup check, device estimate).")
     b.add_argument("--model", help="model directory (default: the embedded demo model)")
     b.add_argument("--target", default="cpu-x86", help="target name or TOML path (default cpu-x86; see `edgeprune targets`)")
-    b.add_argument("--ratio", type=_ratio, default=None, help="override the target's default ratio")
-    b.add_argument("--method", default=None, help=f"override the target's method: {', '.join(REGISTRY)}")
+    b.add_argument("--ratio", type=_ratio, default=None, help="fraction of non-embedding parameters removed "
+                   "(the parameter budget; default: the target's value)")
+    b.add_argument("--method", default=None, help=f"{', '.join(REGISTRY)} (default: the target's value)")
+    b.add_argument("--formats", default=None, metavar="FMT:DTYPE,...", help="replace the target's artifact list, e.g. "
+                   "gguf:q8_0,onnx:f32 (default: the target's value)")
     b.add_argument("--calib", default=None, help="calibration (and evaluation) set: named set or file "
                    "(default wikitext2; demo for the demo model)")
     b.add_argument("--nsamples", type=_positive, default=32, help="calibration windows (default 32)")
     b.add_argument("--seq-len", type=_positive, default=128, help="calibration window length (default 128)")
     b.add_argument("--seed", type=int, default=0, help="seed of the calibration windows (default 0)")
     b.add_argument("--search-evals", type=_positive, default=128, help="search: candidate allocations evaluated (default 128)")
-    b.add_argument("--align", type=_positive, default=None, help="override the target's align: kept widths are rounded to "
-                   "a multiple of it (see prune --align; 1: none)")
+    b.add_argument("--align", type=_positive, default=None, help="kept widths are rounded to a multiple of it "
+                   "(see prune --align; 1: none; default: the target's value)")
     b.add_argument("--out", default="build", help="build directory (default build/)")
     b.add_argument("--force", action="store_true", help="replace a finished build in --out (only one edgeprune wrote)")
     b.add_argument("--resume", action="store_true", help="continue an interrupted build with the same arguments")
     b.add_argument("--gguf-pre", default=None, metavar="NAME",
                     help="GGUF: llama.cpp's pre-tokenizer name, for a byte-level tokenizer whose pre-tokenizer edgeprune "
                          "does not recognise (it refuses rather than guess); the text check still verifies it")
+    b.add_argument("--dry-run", action="store_true", help="resolve target, budget, method, formats and dtypes, "
+                   "estimate memory and time, and create nothing")
+    b.add_argument("--json", action="store_true", help="print exactly one JSON object (the summary and profile) on stdout")
+    b.add_argument("--quiet", action="store_true", help="no progress bars or stage lines (warnings still show)")
     _common(b)
     return b
 
 
 def _bench_args(sub) -> argparse.ArgumentParser:
-    be = sub.add_parser("bench", help="measure latency of an artifact or build dir with its runtime (no torch)")
-    be.add_argument("path")
+    be = _sub(sub, "bench", "measure latency of an artifact or build dir with its runtime (no torch)",
+              "Re-measure a build on the device itself, dense vs pruned, interleaved, with the build's speedup check; "
+              "on a build directory it updates profile.json and report.md. Needs only numpy and the runtime.")
+    be.add_argument("path", help="a build directory, a .gguf file or an ONNX folder")
     be.add_argument("--context", type=_positive, default=None, help="prompt tokens (default: the target's, else 128)")
     be.add_argument("--new-tokens", type=_positive, default=32, help="decoded tokens per repetition (default 32)")
     be.add_argument("--reps", type=_positive, default=5, help="repetitions (default 5)")
     be.add_argument("--threads", type=_positive, default=None, help="runtime threads (default: the cores no other process is busy on)")
-    be.add_argument("--json", action="store_true")
+    be.add_argument("--json", action="store_true", help="print exactly one JSON object on stdout")
+    _verbose(be)
     return be
 
 
 def _inspect_args(sub) -> argparse.ArgumentParser:
-    i = sub.add_parser("inspect", help="show a model's or plan's per-layer widths")
-    i.add_argument("path")
-    i.add_argument("--json", action="store_true")
+    i = _sub(sub, "inspect", "show a model's or plan's per-layer widths")
+    i.add_argument("path", help="a model directory (dense or pruned) or a plan file")
+    i.add_argument("--json", action="store_true", help="print exactly one JSON object on stdout")
     i.add_argument("--plot", default=None, help="write a PNG of layer importance and kept widths")
     return i
 
 
 def _targets_args(sub) -> argparse.ArgumentParser:
-    t = sub.add_parser("targets", help="list the device targets")
+    t = _sub(sub, "targets", "list the device targets",
+             "List the built-in device targets (name, aliases, description); --target also takes a TOML path.")
+    t.add_argument("--json", action="store_true", help="print every target's settings as one JSON object")
     return t
 
 
@@ -208,7 +245,7 @@ SUBCOMMANDS = {"eval": _eval_args, "prune": _prune_args, "export": _export_args,
 def build_parser(handlers: dict[str, Callable]) -> argparse.ArgumentParser:
     """The parser; `handlers` maps each subcommand to the function that runs it."""
     p = OneLineParser(prog="edgeprune", description="Prune, export, verify and profile LLMs for edge devices.",
-                                epilog=ENVIRONMENT)
+                      epilog=ENVIRONMENT, formatter_class=HelpFormatter)
     p.add_argument("--version", action="version", version="edgeprune 0.1.0")
     sub = p.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
     for name, add in SUBCOMMANDS.items():

@@ -59,7 +59,7 @@ def check_config(d: dict, path: Path) -> None:
     """Refuse a config.json the adapters cannot read, naming the field and the fix."""
     fix = FIX  # d is a dict: checkpoint.read_config_dict made sure
     check_kinds(d, path)
-    if (d.get("model_type") or "").startswith("edgeprune_") and isinstance(d.get("edgeprune_layers"), list):
+    if isinstance(d.get("edgeprune_layers"), list):
         _check_layers(d, path)
     for key in POSITIVE_INTS + OPTIONAL_POSITIVE_INTS:
         v = d.get(key)

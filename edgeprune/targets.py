@@ -209,6 +209,30 @@ def load_target(name_or_path: str) -> Target:
     raise TargetError(f"unknown target '{name_or_path}'; choose one of: {', '.join(names)} (or a TOML path)")
 
 
+def with_formats(tgt: Target, spec: str) -> Target:
+    """The target with its artifact list replaced by `--formats gguf:q8_0,onnx:f32` (each
+    format:dtype checked against the dtype table; no fallback: the dtypes asked for)."""
+    from exporters.dtypes import allowed
+
+    formats = []
+    for item in (x.strip() for x in spec.split(",")):
+        fmt, _, dtype = item.partition(":")
+        if fmt not in ("gguf", "onnx") or not dtype:
+            raise TargetError(f"--formats: {item!r} is not FORMAT:DTYPE with FORMAT gguf or onnx; e.g. --formats gguf:q8_0,onnx:f32")
+        if dtype not in allowed(fmt):
+            raise TargetError(f"--formats: {dtype!r} is not a {fmt} dtype; choose one of: {', '.join(allowed(fmt))}")
+        if {"format": fmt, "dtype": dtype} not in formats:
+            formats.append({"format": fmt, "dtype": dtype})
+    data = {**tgt.data, "artifacts": {**tgt.data["artifacts"], "formats": formats}}
+    return Target(tgt.name, tgt.path, data)
+
+
+def describe(t: Target) -> dict:
+    """What `targets --json` prints for one target: its name, file and every setting."""
+    return {"name": t.name, "aliases": t.data["aliases"], "description": t.data["description"], "path": str(t.path),
+            **{k: v for k, v in t.data.items() if k not in ("name", "aliases", "description")}}
+
+
 def list_targets() -> list[dict]:
     out = []
     for f in _builtin():

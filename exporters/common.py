@@ -24,9 +24,28 @@ def require(module: str, extra: str, purpose: str):
     import importlib
 
     try:
-        return importlib.import_module(module)
+        mod = importlib.import_module(module)
     except ImportError:
         raise MissingExtraError(module.split(".")[0].replace("_", "-"), extra, purpose) from None
+    quiet_runtime_logs(module)
+    return mod
+
+
+def quiet_runtime_logs(module: str) -> None:
+    """llama.cpp's info and warning lines ("padding V cache", llama_context ...) and onnxruntime's
+    default logger are off unless the CLI ran with -v (EDGEPRUNE_VERBOSE); errors still show."""
+    import logging
+
+    if os.environ.get("EDGEPRUNE_VERBOSE"):
+        return
+    if module == "llama_cpp":
+        from llama_cpp import _logger
+
+        _logger.logger.setLevel(logging.ERROR)
+    elif module == "onnxruntime":
+        import onnxruntime
+
+        onnxruntime.set_default_logger_severity(3)
 
 
 def check_out_path(out: Path, force: bool) -> None:

@@ -91,7 +91,7 @@ class OnnxSession:
 
 def _llama_cpp():
     lc = require("llama_cpp", "gguf", "running GGUF artifacts")
-    # llama.cpp's AMX kernel crashes with SIGILL on Q8_0 on some VMs (RUNTIMES.md):
+    # llama.cpp's AMX kernel crashes with SIGILL on Q8_0 on some VMs (docs/EXPORTERS.md):
     # turn the extra buffer types off in every model we load.
     low = lc.llama_cpp
     if not getattr(low, "_edgeprune_patched", False):

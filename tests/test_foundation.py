@@ -64,7 +64,7 @@ def test_nonuniform_surgery_save_reload(tiny_models, tmp_path, family):
     assert gen.shape == (1, 9)
     d = edgeprune.save(m, tmp_path / "pruned", tokenizer_from=tiny_models[family], plan=plan)
     cfg = json.loads((d / "config.json").read_text())
-    assert cfg["model_type"] == f"edgeprune_{ad.family}"
+    assert cfg["model_type"] == m.config.model_type and cfg["edgeprune_layers"]  # the family's own type
     back = edgeprune.load(d)
     assert (back(IDS).logits - out).abs().max() <= 1e-6
     assert Plan.load(d).removed_layers == [2]
@@ -76,18 +76,58 @@ def test_plain_from_pretrained_never_silently_reinitialises(tiny_models, tmp_pat
     m = edgeprune.load(tiny_models["llama"])
     edgeprune.apply_plan(m, _nonuniform_plan(m))
     d = edgeprune.save(m, tmp_path / "p")
-    # A fresh process that never imported edgeprune: unknown model type -> loud failure.
+    # A fresh process that never imported edgeprune: the family's uniform model, every narrowed
+    # weight mismatched -> loud failure.
     import subprocess
     import sys
 
     code = f"from transformers import AutoModelForCausalLM; AutoModelForCausalLM.from_pretrained({str(d)!r})"
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, stdin=subprocess.DEVNULL)
-    assert p.returncode != 0 and ("trust_remote_code" in p.stderr or "edgeprune_llama" in p.stderr)
-    # Once edgeprune registered its classes (this process), plain loading is correct.
-    plain = AutoModelForCausalLM.from_pretrained(str(d))
-    assert (plain(IDS).logits - m(IDS).logits).abs().max() <= 1e-6
+    assert p.returncode != 0 and "mismatch" in (p.stderr + p.stdout).lower()
+    # In this process too (edgeprune imported): plain loading still refuses, never re-initialises.
+    with pytest.raises(Exception, match="(?i)mismatch"):
+        AutoModelForCausalLM.from_pretrained(str(d))
     remote = AutoModelForCausalLM.from_pretrained(str(d), trust_remote_code=True)
     assert (remote(IDS).logits - m(IDS).logits).abs().max() <= 1e-6
+
+
+LOAD_LIKE_A_USER = """
+import logging, warnings, io
+from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers.utils import logging as hf_logging
+buf = io.StringIO()
+h = logging.StreamHandler(buf)
+hf_logging.get_logger().addHandler(h)
+with warnings.catch_warnings(record=True) as w:
+    warnings.simplefilter("always")
+    tok = AutoTokenizer.from_pretrained(DIR)
+    print("TOKENIZER", type(tok).__name__, len(tok("hello world")["input_ids"]) > 0)
+    model = AutoModelForCausalLM.from_pretrained(DIR, trust_remote_code=True)
+    print("MODEL", type(model).__name__)
+print("WARNINGS", [str(x.message) for x in w])
+print("LOGS", repr(buf.getvalue()))
+"""
+
+
+def test_transformers_user_loads_tokenizer_and_model_cleanly(tiny_models, tmp_path):
+    """What a transformers user types: the tokenizer needs no custom code (no prompt, nothing
+    asked on stdin), and the model loads with `trust_remote_code=True` without the spurious
+    "You are using a model of type X to instantiate a model of type Y" line."""
+    import subprocess
+    import sys
+
+    m = edgeprune.load(tiny_models["llama"])
+    edgeprune.apply_plan(m, _nonuniform_plan(m))
+    d = edgeprune.save(m, tmp_path / "p", tokenizer_from=tiny_models["llama"])
+    code = f"DIR = {str(d)!r}\n" + LOAD_LIKE_A_USER
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, stdin=subprocess.DEVNULL,
+                       timeout=300)
+    out = p.stdout + p.stderr
+    assert p.returncode == 0, out
+    assert "TOKENIZER" in p.stdout and "True" in p.stdout.split("TOKENIZER")[1].splitlines()[0], out
+    assert "EdgePrune" in p.stdout.split("MODEL")[1].splitlines()[0], out
+    assert "custom code" not in out and "trust_remote_code" not in out, out
+    assert "to instantiate a model of type" not in out, out
 
 
 def test_gqa_invalid_plan_is_refused(tiny_models):

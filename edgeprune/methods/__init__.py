@@ -27,6 +27,7 @@ class Method:
     resumable: bool = False  # its plan stage resumes per layer after an interruption
     cuda: bool = True  # runs on --device cuda through the shared layer driver
     build_layers: str | None = None  # what `build` passes as --layers
+    evaluates_candidates: bool = False  # costs one streamed pass per --search-evals candidate
 
     @property
     def plan(self):
@@ -40,7 +41,7 @@ REGISTRY: dict[str, Method] = {m.name: m for m in (
            takes_layers=True, exact_ratio=True, resumable=True, build_layers="auto"),
     Method("search", "search:plan_search", "global search of each layer's and module's width over OBS candidate "
            "ladders (heads, KV groups, FFN channels, whole layers), KL fitness (Týr/DarwinLM style)",
-           exact_ratio=True, resumable=True),
+           exact_ratio=True, resumable=True, evaluates_candidates=True),
     Method("slimgpt", "slimgpt:plan_slimgpt", "group OBS on heads and channels with compensation (SlimGPT)"),
     Method("comp-slimgpt", "hybrid:plan_comp_slimgpt", "COMP's layer removal, then SlimGPT's OBS on the kept layers",
            takes_layers=True, build_layers="auto"),
@@ -52,7 +53,7 @@ REGISTRY: dict[str, Method] = {m.name: m for m in (
     Method("magnitude", "magnitude:plan_magnitude", "weight magnitude per group, uniform (no data)", needs_calibration=False),
 )}
 # What `prune` uses without --method, and what the targets name: the best measured method
-# (README, Methods: "Why `search` is the default"; benchmarks/quality_table.py).
+# (docs/METHODS.md: "Why `search` is the default"; benchmarks/quality_table.py).
 DEFAULT = "search"
 # Kept for callers that only need the names or the calibration flag.
 METHODS: dict[str, Method] = dict(REGISTRY)

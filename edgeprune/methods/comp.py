@@ -1,4 +1,4 @@
-"""COMP: hybrid-granularity post-training pruning (arXiv 2501.14713), layer-streamed.
+"""COMP: hybrid-granularity post-training pruning (arXiv 2501.15255), layer-streamed.
 
 1. Layer stage: remove `--layers` layers of lowest importance 1 - cos(in, out),
    iteratively (after each removal the layers behind it are re-scored).
@@ -12,9 +12,9 @@
    goes, raised until the layer meets its ratio. The fitted mask is folded into the
    weights as a per-column scale.
 
-Choices the paper leaves open (METHODS.md) and what we do:
+Choices the paper (arXiv 2501.15255) leaves open and what we do (docs/METHODS.md):
   - importance reading: `diag` (default) or `obs`: on the gutenberg benchmark model they tie
-    within 0.3% perplexity at 20/30/50% and diag is ~30% faster (README, benchmarks/results);
+    within 0.3% perplexity at 20/30/50% and diag is ~30% faster (docs/METHODS.md, benchmarks/results);
   - heads are removed as whole KV groups (k/v rows go too, and the KV cache shrinks);
   - τ is chosen exactly from each dense's variance trajectory (computed once, in steps
     of ~1/32 of the width) as the smallest τ meeting the layer's ratio; removal then

@@ -1,6 +1,6 @@
 """Shared least-squares math for the mask-tuning and OBS methods.
 
-COMP's mask problem (METHODS.md §3): with A = (W^T W) ⊙ (X X^T) and b = A·1, the kept
+COMP's mask problem (arXiv 2501.15255, the neuron stage's mask re-fit): with A = (W^T W) ⊙ (X X^T) and b = A·1, the kept
 masks solve A_KK m_K = b_K. We damp it towards the unpruned mask,
 (A_KK + λI) m_K = b_K + λ·1 with λ = damp · mean(diag A), so that keeping everything
 returns m = 1 exactly and few calibration tokens stay solvable.
@@ -126,7 +126,7 @@ def mask_trajectory(
     its heads' head_dim columns). Returns the removal order and, after each step, (units
     removed so far, variance of the kept masks). Importance carries the current mask:
     diagonal `Σ m_j² A_jj` or OBS-style `m_uᵀ [(A_KK+λI)^-1]_uu^-1 m_u`, the exact loss
-    increase of dropping unit u with the other masks re-fitted (METHODS.md §4).
+    increase of dropping unit u with the other masks re-fitted (the OBS saliency of SlimGPT, NeurIPS 2024).
     """
     U, g = units.shape
     lam = damping(A, damp)

@@ -2,10 +2,14 @@
 
 This file is self-contained (torch + transformers only) because `edgeprune.save` copies it
 into every non-uniform checkpoint as `modeling_edgeprune.py` and points `auto_map` at it.
-Such a checkpoint has `model_type = "edgeprune_<family>"`, so plain
-`AutoModelForCausalLM.from_pretrained(dir)` fails loudly ("unrecognized model") instead of
-silently re-initialising mismatched weights, while `trust_remote_code=True` (or
-`edgeprune.load`) builds each layer with its own widths and loads the weights strictly.
+Such a checkpoint keeps its family's own `model_type` (`llama`, `qwen2`, ...), so tools that
+only read the config or the tokenizer (`AutoTokenizer.from_pretrained(dir)`) need no custom
+code; its per-layer widths are in `edgeprune_layers`. Plain
+`AutoModelForCausalLM.from_pretrained(dir)` builds the family's uniform model, finds every
+narrowed weight mismatched and fails loudly (transformers refuses mismatched sizes unless
+`ignore_mismatched_sizes`), while `trust_remote_code=True` (or `edgeprune.load`) builds each
+layer with its own widths and loads the weights strictly. Checkpoints written before kept
+`model_type = "edgeprune_<family>"`; `register_with_transformers` still reads them.
 """
 from __future__ import annotations
 
@@ -59,14 +63,18 @@ def resize_layer(layer: nn.Module, shape: dict, head_dim: int) -> None:
         mlp.intermediate_size = f
 
 
-def _make_classes(family: str):
+def _make_classes(family: str, legacy: bool = False):
+    """The config and model classes of one family. The config class keeps the family's
+    `model_type`, so loading it through `auto_map` raises no "model of type X to instantiate
+    a model of type Y" warning; `legacy` makes the pair for `edgeprune_<family>` checkpoints."""
     module_name, config_name, model_name = FAMILIES[family]
     mod = importlib.import_module(module_name)
     base_config = getattr(importlib.import_module(module_name.replace("modeling_", "configuration_")), config_name)
     base_model = getattr(mod, model_name)
+    suffix, model_type = ("Legacy", f"edgeprune_{family}") if legacy else ("", base_config.model_type)
 
     config_cls = type(
-        f"EdgePrune{config_name}", (base_config,), {"model_type": f"edgeprune_{family}", "__module__": __name__}
+        f"EdgePrune{config_name}{suffix}", (base_config,), {"model_type": model_type, "__module__": __name__}
     )
 
     def __init__(self, config):
@@ -75,7 +83,7 @@ def _make_classes(family: str):
         self.post_init()
 
     model_cls = type(
-        f"EdgePrune{model_name}",
+        f"EdgePrune{model_name}{suffix}",
         (base_model,),
         {"config_class": config_cls, "__init__": __init__, "__module__": __name__},
     )
@@ -85,19 +93,32 @@ def _make_classes(family: str):
 # One pair of classes per family, generated from FAMILIES (adding a family is one line there),
 # published under their own names, which is what a checkpoint's `auto_map` points at.
 CLASSES = {family: _make_classes(family) for family in FAMILIES}
-globals().update({cls.__name__: cls for pair in CLASSES.values() for cls in pair})
+LEGACY = {family: _make_classes(family, legacy=True) for family in FAMILIES}
+globals().update({cls.__name__: cls for pair in (*CLASSES.values(), *LEGACY.values()) for cls in pair})
+
+
+def config_class(model_type: str):
+    """The config class that reads a non-uniform checkpoint of `model_type` (`llama`, or a
+    legacy `edgeprune_llama`)."""
+    for family, (cfg, _) in CLASSES.items():
+        if model_type == cfg.model_type:
+            return cfg
+        if model_type == f"edgeprune_{family}":
+            return LEGACY[family][0]
+    raise ValueError(f"no edgeprune classes for model_type {model_type!r}")
 
 
 def register_with_transformers() -> None:
     """Let Auto* classes resolve `edgeprune_<family>` in this process (idempotent)."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    for config_cls, model_cls in CLASSES.values():
+    for config_cls, model_cls in LEGACY.values():
         try:
             AutoConfig.register(config_cls.model_type, config_cls)
         except ValueError:
             pass  # already registered
-        try:
+    for config_cls, model_cls in (*CLASSES.values(), *LEGACY.values()):
+        try:  # so that from_config(an instance of our config class) builds the per-layer model
             AutoModelForCausalLM.register(config_cls, model_cls)
         except ValueError:
             pass
