@@ -38,7 +38,7 @@ from .slimgpt import dynamic_group_sizes, obs_compensate, obs_remove, set_cost, 
 
 FFN_LEVELS = 16  # an FFN rung every 1/16 of the width
 MAX_MODULE_CUT = 0.875  # deeper than this a module is better dropped with its layer
-LADDER_VERSION = 2  # a record written by another version is built again, never misread
+LADDER_VERSION = 3  # a record written by another version is built again, never misread (3: seed_stats)
 Sink = Callable[[str, torch.Tensor], None]  # takes each rung's compensated weight as it is made (to disk)
 
 
