@@ -161,20 +161,35 @@ def to_alloc(c: _Context, counts: Counts) -> Alloc:
     return tuple(out)
 
 
-def portfolio_seeds(ad, shapes: list[LayerShape], lad: Ladders, req: PruneRequest, budget: float
-                    ) -> tuple[dict[str, Alloc], dict[str, str]]:
-    """Every registered method's allocation (by its declared rule) on the ladders, unrepaired,
-    and, for those that cannot give one here, why not."""
+def method_counts(ad, shapes: list[LayerShape], lad: Ladders, req: PruneRequest, budget: float
+                  ) -> tuple[dict[str, Counts], dict[str, str]]:
+    """Every registered method's allocation by its declared rule (`Method.seed`), and, for
+    those that cannot give one here, why not."""
     from . import REGISTRY
 
     c = _Context(ad, shapes, lad, req, budget)
-    seeds: dict[str, Alloc] = {}
+    counts: dict[str, Counts] = {}
     skipped: dict[str, str] = {}
     for m in REGISTRY.values():
         if m.seed is None:
             continue
         try:
-            seeds[m.name] = to_alloc(c, RULES[m.seed](c))
+            counts[m.name] = RULES[m.seed](c)
         except PlanError as e:
             skipped[m.name] = str(e).split(";")[0]
+    return counts, skipped
+
+
+def portfolio_seeds(ad, shapes: list[LayerShape], lad: Ladders, req: PruneRequest, budget: float
+                    ) -> tuple[dict[str, Alloc], dict[str, str]]:
+    """Every registered method's allocation on the ladders (unrepaired: `evolve` repairs every
+    seed the same way), and why any method could not give one."""
+    c = _Context(ad, shapes, lad, req, budget)
+    counts, skipped = method_counts(ad, shapes, lad, req, budget)
+    seeds: dict[str, Alloc] = {}
+    for name, got in counts.items():
+        try:
+            seeds[name] = to_alloc(c, got)
+        except PlanError as e:
+            skipped[name] = str(e).split(";")[0]
     return seeds, skipped
