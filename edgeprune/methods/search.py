@@ -156,7 +156,7 @@ def evolve(lad: Ladders, budget: float, fitness: KLFitness, req: PruneRequest, l
     seeds["comp-eq10"] = from_ratios(lad, layer_ratios(imp, {i: params[i] for i in imp}, budget, req.max_layer_ratio), params)
     seeds.update(portfolio or {})  # the portfolio (seeds.py): repaired and scored like the rest
     seeds = {k: repair(lad, v, budget, tol) for k, v in seeds.items()}
-    score(list(seeds.values()))
+    score(list(dict.fromkeys(seeds.values())))  # methods that allocate alike cost one evaluation
     best = min(seeds.values(), key=lambda a: cache[a])
     origin = next(k for k, v in seeds.items() if v == best)
     rng = random.Random(req.seed)
