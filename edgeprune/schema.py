@@ -208,7 +208,7 @@ SEARCH_LOG = {"evaluated": [([(Whole(-1), Whole(-1))], Number())]}  # a choice p
 
 RESUME_ARGS = dict
 RESUME_INPUTS = Map(str)
-LADDER_VERSION = 2  # a ladder record written by another version is built again, never misread
+LADDER_VERSION = 3  # a ladder record written by another version is built again, never misread (3: seed_stats)
 
 # What an interrupted prune leaves in `--out/.work` and a resume reads back (search's ladders
 # and log included): checked together before a resume changes anything.

@@ -28,6 +28,7 @@ class Method:
     cuda: bool = True  # runs on --device cuda through the shared layer driver
     build_layers: str | None = None  # what `build` passes as --layers
     evaluates_candidates: bool = False  # costs one streamed pass per --search-evals candidate
+    seed: str | None = None  # the allocation rule it gives `search` as a seed (a key of methods/seeds.py RULES)
 
     @property
     def plan(self):
@@ -38,19 +39,20 @@ class Method:
 
 REGISTRY: dict[str, Method] = {m.name: m for m in (
     Method("comp", "comp:plan_comp", "hybrid: layers then neurons, least-squares re-fit (COMP)",
-           takes_layers=True, exact_ratio=True, resumable=True, build_layers="auto"),
+           takes_layers=True, exact_ratio=True, resumable=True, build_layers="auto", seed="comp"),
     Method("search", "search:plan_search", "global search of each layer's and module's width over OBS candidate "
            "ladders (heads, KV groups, FFN channels, whole layers), KL fitness (Týr/DarwinLM style)",
            exact_ratio=True, resumable=True, evaluates_candidates=True),
-    Method("slimgpt", "slimgpt:plan_slimgpt", "group OBS on heads and channels with compensation (SlimGPT)"),
+    Method("slimgpt", "slimgpt:plan_slimgpt", "group OBS on heads and channels with compensation (SlimGPT)", seed="log-ipr"),
     Method("comp-slimgpt", "hybrid:plan_comp_slimgpt", "COMP's layer removal, then SlimGPT's OBS on the kept layers",
-           takes_layers=True, build_layers="auto"),
+           takes_layers=True, build_layers="auto", seed="comp-slimgpt"),
     Method("shortgpt", "shortgpt:plan_shortgpt", "whole-layer removal by block influence (ShortGPT)",
-           takes_layers=True, ratio_optional=True),
-    Method("wanda-sp", "wanda:plan_wanda_sp", "structured Wanda: |W| x ||X|| per group, uniform"),
-    Method("flap", "flap:plan_flap", "fluctuation metric, global structure, bias compensation (FLAP)"),
-    Method("taylor", "taylor:plan_taylor", "first-order Taylor importance per group, uniform"),
-    Method("magnitude", "magnitude:plan_magnitude", "weight magnitude per group, uniform (no data)", needs_calibration=False),
+           takes_layers=True, ratio_optional=True, seed="layers"),
+    Method("wanda-sp", "wanda:plan_wanda_sp", "structured Wanda: |W| x ||X|| per group, uniform", seed="uniform"),
+    Method("flap", "flap:plan_flap", "fluctuation metric, global structure, bias compensation (FLAP)", seed="flap"),
+    Method("taylor", "taylor:plan_taylor", "first-order Taylor importance per group, uniform", seed="uniform"),
+    Method("magnitude", "magnitude:plan_magnitude", "weight magnitude per group, uniform (no data)", needs_calibration=False,
+           seed="uniform"),
 )}
 # What `prune` uses without --method, and what the targets name: the best measured method
 # (docs/METHODS.md: "Why `search` is the default"; benchmarks/quality_table.py).

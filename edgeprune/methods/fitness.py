@@ -85,12 +85,26 @@ class KLFitness:
         return torch.log_softmax(logits, dim=-1)
 
     def _kl(self, acts: Activations) -> float:
-        total, n = 0.0, 0
+        sums = self._kl_sums(acts)
+        value = sum(t for t, _ in sums) / max(sum(n for _, n in sums), 1)
+        return value if math.isfinite(value) else float("inf")  # a broken candidate never wins
+
+    @torch.no_grad()
+    def per_batch(self, allocs: list[Alloc]) -> list[list[float]]:
+        """Each candidate's mean KL per batch of windows (per window at batch size 1): what a
+        variance penalty or a split of the held-back windows reads (benchmarks/fitness_gap.py)."""
+        hidden = self._hidden(allocs)
+        return [[t / max(n, 1) for t, n in self._kl_sums(hidden[a])] for a in allocs]
+
+    def _kl_sums(self, acts: Activations) -> list[tuple[float, int]]:
+        """(Σ KL, tokens) per batch of windows."""
+        out = []
         for hd, hp in zip(self.dense, self._final(acts)):
+            total, n = 0.0, 0
             for s in range(0, hd.shape[0], TOKEN_BLOCK):
                 lp_d, lp_p = self._logprobs(hd[s : s + TOKEN_BLOCK]), self._logprobs(hp[s : s + TOKEN_BLOCK])
                 kl = (lp_d.exp() * (lp_d - lp_p)).sum(-1)
                 total += float(kl.sum())
                 n += kl.numel()
-        value = total / max(n, 1)
-        return value if math.isfinite(value) else float("inf")  # a broken candidate never wins
+            out.append((total, n))
+        return out

@@ -6,7 +6,8 @@
    compensated weights on disk (`ladder`).
 2. Seeds: the exact knapsack on the measured errors, SlimGPT's log schedule, COMP's Eq. 10
    (ratios in inverse proportion to 1 - cos(in, out)) and a uniform split, each put on the
-   ladders under the exact parameter budget (`allocate`).
+   ladders under the exact parameter budget (`allocate`); and the portfolio: every registered
+   method's allocation (`Method.seed`) mapped onto the nearest rungs (`seeds`).
 3. Evolution: (1 + λ) level-switch search from the best seed, coarse to fine (several
    switches per child at first, one at the end), the fitness KL(dense ‖ candidate) on
    held-back calibration windows (`fitness`). Bounded: --search-evals candidates in all.
@@ -35,6 +36,7 @@ from .comp import layer_ratios
 from .fitness import KLFitness
 from .ladder import LadderStore, attention_path, attention_rungs, ffn_rungs, head_cols, initial_heads, ladder_record
 from .linalg import inverse_spd
+from .seeds import layer_stats, portfolio_seeds
 from .slimgpt import dynamic_group_sizes, hessian, ipr_ratios, obs_remove, weight64
 
 POPULATION = 8  # children per generation
@@ -57,10 +59,12 @@ def plan_search(source: LayerSource, calib: torch.Tensor, req: PruneRequest) -> 
         if capacity(lad) < budget:  # without protected layers: only at ratios near 1 (one layer is kept)
             raise PlanError(f"--ratio {ratio} leaves less than one layer's deepest cut; lower --ratio")
         fitness = KLFitness(source, calib[n - held:], lad, store, req.batch_size)
+        portfolio, skipped = portfolio_seeds(ad, source.shapes, lad, req, budget)  # every method's allocation (seeds.py)
         try:
-            best, log = evolve(lad, budget, fitness, req, work / "search.json", tol)
+            best, log = evolve(lad, budget, fitness, req, work / "search.json", tol, portfolio)
         finally:
             fitness.close()
+        log["seeds_skipped"] = skipped
         plan = Plan(method="search", tensors=req.tensor_store(), model_type=ad.family, num_layers=L, ratio_requested=ratio,
                     removed_layers=[i for i, c in enumerate(best) if c == DROP],
                     options={"search_evals": req.search_evals, "population": POPULATION, "seed": req.seed,
@@ -101,7 +105,8 @@ def build_ladders(source: LayerSource, windows: torch.Tensor, req: PruneRequest,
             del W_o
             W_f = weight64(ad, layer, "down", cols["down"].gram.device)
             ffn = ffn_rungs(W_f, hessian(cols["down"].gram, req.damp), ad, norm, req.align, sink)
-            rec = {**ladder_record(ad, s, attn, ffn, drop / norm), "importance": cosine_importance(cur, out)}
+            rec = {**ladder_record(ad, s, attn, ffn, drop / norm), "importance": cosine_importance(cur, out),
+                   "seed_stats": layer_stats(ad, layer, cols)}  # what the portfolio's rules read (seeds.py)
             store.put_record(i, rec)
         records.append(rec)
         return out
@@ -121,9 +126,10 @@ def _norms(x_acts, y_acts) -> tuple[float, float]:
 
 
 def evolve(lad: Ladders, budget: float, fitness: KLFitness, req: PruneRequest, log_path: Path,
-           tol: float | None = None) -> tuple[Alloc, dict]:
-    """Seeds, then (1 + λ) level-switch generations under a bounded number of evaluations;
-    every candidate lands within `tol` parameters of the budget where its aligned rungs allow."""
+           tol: float | None = None, portfolio: dict[str, Alloc] | None = None) -> tuple[Alloc, dict]:
+    """Seeds (the search's own and the `portfolio`: other methods' allocations), then (1 + λ)
+    level-switch generations under a bounded number of evaluations; every candidate lands
+    within `tol` parameters of the budget where its aligned rungs allow."""
     cache: dict[Alloc, float] = {}
     if log_path.is_file():  # resume: the same seed replays the same candidates
         from edgeprune import schema
@@ -152,8 +158,9 @@ def evolve(lad: Ladders, budget: float, fitness: KLFitness, req: PruneRequest, l
         seeds[f"{'slimgpt-' if rule == 'log' else ''}{rule}"] = from_ratios(lad, ipr_ratios(L, params, budget, rule, req.max_layer_ratio), params)
     imp = {i: r["importance"] for i, r in enumerate(lad.records) if i not in lad.fixed}
     seeds["comp-eq10"] = from_ratios(lad, layer_ratios(imp, {i: params[i] for i in imp}, budget, req.max_layer_ratio), params)
+    seeds.update(portfolio or {})  # the portfolio (seeds.py): repaired and scored like the rest
     seeds = {k: repair(lad, v, budget, tol) for k, v in seeds.items()}
-    score(list(seeds.values()))
+    score(list(dict.fromkeys(seeds.values())))  # methods that allocate alike cost one evaluation
     best = min(seeds.values(), key=lambda a: cache[a])
     origin = next(k for k, v in seeds.items() if v == best)
     rng = random.Random(req.seed)
