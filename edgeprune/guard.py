@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import time
 from pathlib import Path
 
 from .errors import OutputError
@@ -173,15 +174,22 @@ class OutLock:
         self.path = lock_paths(self.out)[1 if beside else 0]
 
     def acquire(self) -> "OutLock":
-        for _ in range(3):
+        for _ in range(30):
             try:
                 fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
             except FileExistsError:
                 refuse_locked(self.out)
+                if self._being_written():
+                    time.sleep(0.1)  # another run has just created it and not yet written its pid
+                    continue
                 self.path.unlink(missing_ok=True)  # stale: its process is gone
                 continue
-            with os.fdopen(fd, "w") as f:
-                json.dump({"pid": os.getpid()}, f)
+            try:
+                with os.fdopen(fd, "w") as f:
+                    json.dump({"pid": os.getpid()}, f)
+            except OSError:  # a full disk: no lock file left behind to confuse the next run
+                self.path.unlink(missing_ok=True)
+                raise
             try:
                 refuse_locked(self.out)  # the other place: a prune or build writing this directory
             except OutputError:
@@ -190,6 +198,12 @@ class OutLock:
             return self
         refuse_locked(self.out)
         raise OutputError(f"could not take the lock {self.path}; remove it if no edgeprune run is writing there")
+
+    def _being_written(self) -> bool:
+        try:
+            return not self.path.read_text().strip() and time.time() - self.path.stat().st_mtime < 2
+        except OSError:
+            return False
 
     def release(self) -> None:
         try:

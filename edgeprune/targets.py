@@ -58,7 +58,12 @@ DEFAULT_MAX_PPL_RATIO = 1.5
 
 
 class TargetError(EdgePruneError):
-    pass
+    """A target that cannot be used; a message without its own fix gets the general one."""
+
+    FIX = "edit that key in the TOML (the shipped targets, listed by `edgeprune targets`, are complete examples)"
+
+    def __init__(self, message: str):
+        super().__init__(message if ";" in message else f"{message}; {self.FIX}")
 
 
 @dataclass(frozen=True)
@@ -199,7 +204,7 @@ def load_target(name_or_path: str) -> Target:
     p = Path(name_or_path)
     if p.suffix == ".toml" or p.exists():
         if not p.is_file():
-            raise TargetError(f"target file {p} does not exist")
+            raise TargetError(f"target file {p} does not exist; pass an existing TOML or a name from `edgeprune targets`")
         return load_target_file(p)
     for f in _builtin():
         t = load_target_file(f)

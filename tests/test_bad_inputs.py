@@ -398,6 +398,11 @@ CASES = [
                                                                "gguf", "--out", str(t / "m.gguf")], "edgeprune.json is not a valid edgeprune manifest"),
     ("a pruned checkpoint's manifest without files", lambda r, t: [*PRUNE, "--model", str(_manifest_edited(
         r, t, '{"format": "edgeprune-checkpoint"}')), "--calib", str(r / "calib.txt"), "--out", str(t / "o")], "(files is missing)"),
+    ("head_dim disagreeing with the weights", lambda r, t: ["export", str(_edited_config(r, t, "hd", head_dim=32)), "--format", "gguf",
+                                                           "--out", str(t / "m.gguf")], "the weights do not match their config"),
+    ("num_key_value_heads not dividing the heads", lambda r, t: [*PRUNE, "--model", str(_edited_config(r, t, "kv", num_key_value_heads=3)),
+                                                                 "--calib", str(r / "calib.txt"), "--out", str(t / "o")],
+     "num_attention_heads 4 is not a multiple of num_key_value_heads 3"),
     ("prune --out is a file", lambda r, t: [*PRUNE, "--model", str(r / "good"), "--calib", str(r / "calib.txt"),
                                             "--out", str(_plain_file(t))], "exists and is a file"),
     ("build --out is a file", lambda r, t: ["build", "--model", str(r / "good"), "--calib", str(r / "calib.txt"), "--method",

@@ -131,3 +131,24 @@ def test_an_unwritable_out_parent_is_refused_before_any_work(cmd, base, tmp_path
         assert main(argv) == 2
         assert f"{ro} is not writable" in _one_error(capsys)
         assert list(ro.iterdir()) == []
+
+
+@pytest.mark.parametrize("cmd", ["prune", "export gguf"])
+def test_two_runs_started_together_into_one_out(cmd, base, tmp_path):
+    """Two real processes racing for the same --out: one finishes, the other is refused in one
+    line (naming the first one's pid, or finding its result), and what is left is one whole result."""
+    out = tmp_path / ("m.gguf" if cmd == "export gguf" else "o")
+    argv = [sys.executable, "-m", "edgeprune", *_argv(cmd, base, out), "--threads", "1"]
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    runs = [subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env) for _ in range(2)]
+    results = sorted((p.wait(timeout=300), p.stderr.read()) for p in runs)
+    assert [rc for rc, _ in results] == [0, 2], results
+    err = results[1][1]
+    errors = [line for line in err.splitlines() if line.startswith("edgeprune: error:")]
+    assert len(errors) == 1 and "Traceback" not in err, err
+    assert any(k in errors[0] for k in ("being written by another edgeprune run (pid", "already", "interrupted run")), err
+    if cmd == "export gguf":
+        assert sorted(q.name for q in tmp_path.iterdir()) == ["m.gguf", "m.gguf.verify.json"]
+    else:
+        assert (out / "edgeprune.json").is_file() and not (out / ".edgeprune-incomplete").exists()
+        assert not (out / ".edgeprune-lock").exists()
