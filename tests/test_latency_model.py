@@ -155,3 +155,25 @@ def test_real_measurement_structure(tmp_path):
     assert lm.model_ms([None, None]) == pytest.approx(lm.fixed_ms())
     assert lmod.LatencyModel.from_json(json.loads(json.dumps(lm.to_json()))) == lm
     assert len(list(tmp_path.glob("gguf-f32-*.json"))) == 1
+
+
+def test_bench_latency_table_refuses_bad_inputs_before_work(tmp_path, monkeypatch, capsys):
+    from edgeprune.cli import main
+
+    def no_measure(*a, **k):
+        raise AssertionError("measured before the inputs were checked")
+
+    monkeypatch.setattr(lmod, "measure_model", no_measure)
+    model = tmp_path / "m"
+    model.mkdir()
+    (model / "config.json").write_text(json.dumps({**WIDTHS, "model_type": "llama", "architectures": ["LlamaForCausalLM"]}))
+    cases = [(["--latency-table", str(tmp_path / "no" / "t.json"), "--model", str(model), "--target", "cpu-x86"], "existing folder"),
+             (["--latency-table", str(tmp_path / "t.json"), "--model", str(model)], "needs --target"),
+             (["--latency-table", str(tmp_path / "t.json"), "--model", str(tmp_path), "--target", "cpu-x86"], "no config.json"),
+             (["--latency-table", str(tmp_path / "t.json"), "--target", "cpu-x86"], "needs the model"),
+             ([], "bench needs a path")]
+    for args, why in cases:
+        assert main(["bench", *args]) == 2
+        err = capsys.readouterr().err
+        assert why in err and err.count("\n") == 1 and err.startswith("edgeprune: error:")
+    assert not (tmp_path / "t.json").exists()
