@@ -143,6 +143,7 @@ def test_unsupported_dtype_refused_before_work(tmp_path):
     assert not any(tmp_path.iterdir())
 
 
+@pytest.mark.slow  # ~45 s on the shared 2-core VM: it writes and times 12 llama.cpp probes
 def test_real_measurement_structure(tmp_path):
     """One small real build in llama.cpp: structure only, no speed figures."""
     pytest.importorskip("llama_cpp")
