@@ -212,14 +212,21 @@ def _build_args(sub) -> argparse.ArgumentParser:
 def _bench_args(sub) -> argparse.ArgumentParser:
     be = _sub(sub, "bench", "measure latency of an artifact or build dir with its runtime (no torch)",
               "Re-measure a build on the device itself, dense vs pruned, interleaved, with the build's speedup check; "
-              "on a build directory it updates profile.json and report.md. Needs only numpy and the runtime.")
-    be.add_argument("path", help="a build directory, a .gguf file or an ONNX folder")
+              "on a build directory it updates profile.json and report.md. Needs only numpy and the runtime. "
+              "With --latency-table it instead times the latency model's probe shapes here, for build --latency-table.")
+    be.add_argument("path", nargs="?", default=None, help="a build directory, a .gguf file or an ONNX folder "
+                    "(with --latency-table: a build directory whose base model is here, or use --model)")
     be.add_argument("--context", type=_positive, default=None, help="prompt tokens (default: the target's, else 128)")
     be.add_argument("--new-tokens", type=_positive, default=32, help="decoded tokens per repetition (default 32)")
     be.add_argument("--reps", type=_positive, default=5, help="repetitions (default 5)")
     be.add_argument("--threads", type=_positive, default=None, help="runtime threads (default: the cores no other process is busy on)")
     be.add_argument("--json", action="store_true", help="print exactly one JSON object on stdout")
     _verbose(be)
+    be.add_argument("--latency-table", default=None, metavar="OUT.json",
+                    help="measure the latency model (decode ms/token per layer shape) here, on the device, for "
+                         "`build --latency-table`; needs --model and --target, and torch to write the probes")
+    be.add_argument("--model", default=None, help="with --latency-table: the dense model directory (its config.json)")
+    be.add_argument("--target", default=None, help="with --latency-table: the target whose formats and context to time")
     return be
 
 
