@@ -20,6 +20,37 @@ def _ratio(s: str) -> float:
     return r
 
 
+def _number(s: str) -> float:
+    try:
+        v = float(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{s}' is not a number") from None
+    if math.isnan(v) or math.isinf(v) or v <= 0:
+        raise argparse.ArgumentTypeError(f"{s} must be a positive number")
+    return v
+
+
+def _budget_args(sp, build: bool) -> None:
+    """The budget, exactly one of three (argparse refuses two in one line)."""
+    g = sp.add_mutually_exclusive_group()
+    where = ("the target's first artifact runtime and dtype, at its context" if build else
+             "--latency-runtime at 128 tokens of context")
+    g.add_argument("--ratio", type=_ratio, default=None, help="fraction of non-embedding parameters to remove"
+                   + (" (overrides the target's budget)" if build else ""))
+    g.add_argument("--speedup", type=_number, default=None, metavar="S",
+                   help=f"decode speedup over the dense model to reach, predicted by a latency model of {where}, measured "
+                        "on this build host unless --latency-table is given (e.g. 1.3)")
+    g.add_argument("--latency-ms", type=_number, default=None, metavar="X",
+                   help=f"decode milliseconds per token to reach, in {where} (predicted as for --speedup)")
+    sp.add_argument("--latency-table", default=None, metavar="FILE",
+                    help="a latency table measured on the device (`edgeprune bench --latency-table`), used in place of "
+                         "measuring on this host")
+    if not build:
+        sp.add_argument("--latency-runtime", default="gguf:f32", metavar="FORMAT:DTYPE",
+                        help="the runtime and dtype a --speedup / --latency-ms budget is predicted in: gguf:DTYPE "
+                             "(llama.cpp) or onnx:DTYPE (ONNX Runtime), on this build host (default gguf:f32)")
+
+
 def _layers(s: str) -> int | str:
     if s == "auto":
         return s
@@ -96,7 +127,7 @@ def _prune_args(sub) -> argparse.ArgumentParser:
     from .methods import DEFAULT, help_text
 
     pr.add_argument("--method", default=DEFAULT, help=help_text())
-    pr.add_argument("--ratio", type=_ratio, help="fraction of non-embedding parameters to remove")
+    _budget_args(pr, build=False)
     pr.add_argument("--layers", type=_layers, help="layers to remove (shortgpt), or COMP's layer stage: N or auto")
     pr.add_argument("--calib", help="calibration set: named set or file (default wikitext2; demo for the demo model)")
     pr.add_argument("--nsamples", type=_positive, default=32, help="calibration windows (default 32)")
@@ -157,7 +188,7 @@ def _build_args(sub) -> argparse.ArgumentParser:
     b = sub.add_parser("build", help="prune, export, verify and profile for a device target")
     b.add_argument("--model", help="model directory (default: the embedded demo model)")
     b.add_argument("--target", default="cpu-x86", help="target name or TOML path (default cpu-x86; see `edgeprune targets`)")
-    b.add_argument("--ratio", type=_ratio, default=None, help="override the target's default ratio")
+    _budget_args(b, build=True)
     b.add_argument("--method", default=None, help=f"override the target's method: {', '.join(REGISTRY)}")
     b.add_argument("--calib", default=None, help="calibration (and evaluation) set: named set or file "
                    "(default wikitext2; demo for the demo model)")

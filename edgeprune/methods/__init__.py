@@ -27,6 +27,9 @@ class Method:
     resumable: bool = False  # its plan stage resumes per layer after an interruption
     cuda: bool = True  # runs on --device cuda through the shared layer driver
     build_layers: str | None = None  # what `build` passes as --layers
+    # allocates under a cost per layer and choice, so a --speedup / --latency-ms budget is its own
+    # (predicted decode time); the others get the parameter ratio the latency model predicts reaches it
+    cost_budget: bool = False
 
     @property
     def plan(self):
@@ -40,7 +43,7 @@ REGISTRY: dict[str, Method] = {m.name: m for m in (
            takes_layers=True, exact_ratio=True, resumable=True, build_layers="auto"),
     Method("search", "search:plan_search", "global search of each layer's and module's width over OBS candidate "
            "ladders (heads, KV groups, FFN channels, whole layers), KL fitness (Týr/DarwinLM style)",
-           exact_ratio=True, resumable=True),
+           exact_ratio=True, resumable=True, cost_budget=True),
     Method("slimgpt", "slimgpt:plan_slimgpt", "group OBS on heads and channels with compensation (SlimGPT)"),
     Method("comp-slimgpt", "hybrid:plan_comp_slimgpt", "COMP's layer removal, then SlimGPT's OBS on the kept layers",
            takes_layers=True, build_layers="auto"),
