@@ -32,9 +32,9 @@ def measure_context(tgt, cfg) -> int:
 def latency_for(tgt, ad, cfg, first_dtype: str, table=None, saved: dict | None = None):
     """The latency model of the target's first artifact: reloaded from the build state on
     --resume, else from `table` or measured on this host."""
-    from .latency_model import LatencyModel
-
     if saved:
+        from .latency_model import LatencyModel
+
         return LatencyModel.from_json(saved)
     fmt = tgt.formats[0]["format"]
     return build_model(ad, fmt, first_dtype, measure_context(tgt, cfg), table)

@@ -75,13 +75,14 @@ class PruneResult:
 
 def check_request(m, ratio, layers, budget=None) -> None:
     """The one place a ratio / --layers request is validated, against the method's capabilities
-    (a speed budget is the ratio's place for a method that allocates by cost)."""
+    (a speed budget takes the ratio's place: a method that allocates by cost reads it, the others
+    get the ratio it is translated to)."""
     if layers is not None and not m.takes_layers:
         takers = ", ".join(n for n, x in REGISTRY.items() if x.takes_layers)
         raise PlanError(f"--layers is read by {takers} only, not {m.name}; drop --layers or choose one of those")
     if budget is not None and budget.is_speed and layers not in (None, "auto") and m.ratio_optional:
         raise PlanError(f"--layers {layers} and {budget.flag} both set how much {m.name} removes; pass one of them")
-    if budget is not None and budget.is_speed and m.cost_budget and ratio is None:
+    if budget is not None and budget.is_speed and ratio is None:
         return
     if ratio is None and m.ratio_optional and layers not in (None, "auto"):
         return
@@ -94,7 +95,8 @@ def check_request(m, ratio, layers, budget=None) -> None:
 def make_plan(model, method: str, req: PruneRequest, calib: torch.Tensor | None, device="cpu") -> tuple[Plan, dict]:
     """Run a method under the peak-memory meter; check the achieved ratio."""
     m = get(method)
-    check_request(m, req.ratio, req.layers if req.layers != "auto" or m.takes_layers else None, req.budget)
+    check_request(m, req.ratio, req.layers if req.layers != "auto" or m.takes_layers else None,
+                  req.budget if m.cost_budget else None)
     if m.needs_calibration and calib is not None and calib.numel() < MIN_CALIB_TOKENS:
         warnings.warn(f"only {calib.numel()} calibration tokens (< {MIN_CALIB_TOKENS}); the plan may be noisy. "
                       "Raise --nsamples for a steadier result", stacklevel=2)
