@@ -154,28 +154,6 @@ def _read_state(path: Path) -> dict:
     return st
 
 
-def _speed_budget(b: Build, ad, dense_fit: dict) -> None:
-    """The first artifact's latency model (kept in the build state for --resume) and the budget
-    checked against it; a parameter-only method's translated ratio becomes the build's ratio."""
-    from .build_budget import latency_for, resolve_for_build
-    from .methods import get
-
-    first = b.tgt.formats[0]
-    dtype = dense_fit[f"{first['format']}-{first['dtype']}"]["chosen"]
-    set_stage("build latency model")
-    b.latency = latency_for(b.tgt, ad, load_config(b.model_dir), dtype, b.opts.get("latency_table"),
-                            b.state.get("latency_model"))
-    res = resolve_for_build(b.budget, b.tgt, ad, get(b.method).cost_budget, b.latency, b.align)
-    b.state["latency_model"] = b.latency.to_json()
-    b.ratio = res.ratio
-
-
-def _budget_words(b: Build) -> str:
-    if b.budget is None:
-        return f"ratio {b.ratio} ({b.why})"
-    return f"{b.budget.words().lstrip('-')} ({b.why})" + (f", as ratio {b.ratio}" if b.ratio is not None else "")
-
-
 # ---- the stages -------------------------------------------------------------------------
 def stage_prune(b: Build) -> None:
     """Calibrate, plan, apply and save the pruned checkpoint into `model/` (resumable per layer)."""
@@ -352,7 +330,7 @@ def _start(model, target, ratio, method, calib, out, force, resume, opts: dict) 
         from exporters.vocab import preflight as tokenizer_preflight
 
         tokenizer_preflight(model_dir, opts.get("gguf_pre"))  # a vocabulary llama.cpp cannot hold is refused first
-    from .build_budget import choose
+    from .budget_stages import budget_words, choose
 
     budget, why = choose(tgt, ratio, *opts["speed"])
     if budget is not None and not budget.is_speed:
@@ -376,7 +354,9 @@ def _start(model, target, ratio, method, calib, out, force, resume, opts: dict) 
     else:
         preflight(model_dir, method, calib, opts["nsamples"], opts["seq_len"], opts["seed"], opts["data_dir"])
     if budget is not None:  # the latency model, then the budget refused when out of reach, before the directory
-        _speed_budget(b, ad, dense_fit)
+        from .budget_stages import build_budget
+
+        build_budget(b, ad, dense_fit)
     if not (resume and state_path.is_file()) and out_dir.exists() and force:
         shutil.rmtree(out_dir)  # check_output_dir made sure edgeprune wrote it
     b.created = not out_dir.exists()
@@ -384,7 +364,7 @@ def _start(model, target, ratio, method, calib, out, force, resume, opts: dict) 
     b.lock = OutLock(out_dir).acquire()
     (out_dir / INCOMPLETE).write_text("edgeprune build in progress\n")
     b.save_state()  # the arguments and input hashes, before any stage: a resume compares them
-    log(f"target {tgt.name}; method {method}; {_budget_words(b)}; align {align}"
+    log(f"target {tgt.name}; method {method}; {budget_words(b)}; align {align}"
         + (" (--align)" if opts.get("align") is not None else " (the target's)"))
     _warn_alignment(tgt, ad, align, dense_fit)
     log(f"calibration data: {calib} (calibration portion); evaluation data: {calib} (held-out evaluation portion)"

@@ -123,6 +123,8 @@ def make_plan(model, method: str, req: PruneRequest, calib: torch.Tensor | None,
         "calibration_tokens": int(calib.numel()) if calib is not None else 0,
     }
     if req.latency is not None:
+        from .budget_stages import record_budget
+
         record_budget(plan, report, req, adapter, ratio)
     plan.stats["report"] = report
     note = ratio_note(m, req, ratio, plan)
@@ -130,22 +132,6 @@ def make_plan(model, method: str, req: PruneRequest, calib: torch.Tensor | None,
         warnings.warn(note, stacklevel=2)
         report["ratio_note"] = note
     return plan, report
-
-
-def record_budget(plan: Plan, report: dict, req: PruneRequest, adapter, ratio: float) -> None:
-    """The budget and the plan's predicted decode time (dense and pruned ms/token, speedup), in
-    the plan and the prune report."""
-    from .budget import Budget, Resolved, predicted
-
-    res = req.extra.get("budget") or Resolved(req.budget or Budget("ratio", float(req.ratio)), req.latency, req.ratio)
-    removed = set(plan.removed_layers)
-    shapes = [None if i in removed else plan.result_shape(i, adapter) for i in range(plan.num_layers)]
-    pred = predicted(req.latency, list(adapter.layer_shapes()), shapes)
-    lm = req.latency
-    pred["model"] = {k: getattr(lm, k, None) for k in ("runtime", "fmt", "dtype", "context", "threads", "source",
-                                                        "relative_error")}
-    plan.options["budget"] = report["budget"] = {**res.record(), "ratio": ratio}
-    plan.stats["latency_predicted"] = report["latency_predicted"] = pred
 
 
 def ratio_note(m, req: PruneRequest, ratio: float, plan: Plan) -> str | None:
@@ -215,7 +201,9 @@ def prune(  # long: one keyword argument per CLI option
             "request": {k: (list(v) if isinstance(v, tuple) else v) for k, v in sorted(request.items()) if k != "progress"}}
     if speed:
         args.update(budget=budget.to_json(), latency_runtime=latency_runtime, latency_table=str(latency_table or ""))
-        _speed_budget(model_dir, method, req, latency_model, latency_runtime, latency_table)
+        from .budget_stages import prune_budget
+
+        prune_budget(model_dir, method, req, latency_model, latency_runtime, latency_table)
     resuming = bool(out_path and resume and (out_path / INCOMPLETE).exists() and (out_path / ".work").is_dir())
     windows = None
     set_stage("prune checks")
@@ -232,31 +220,6 @@ def prune(  # long: one keyword argument per CLI option
     finally:
         if lock is not None:
             lock.release()
-
-
-def _speed_budget(model_dir, method: str, req: PruneRequest, lm, runtime: str, table) -> None:
-    """The latency model (given, from a device table, or measured on this host), then the budget
-    checked against it before any work; a method that cannot allocate by cost gets the ratio it
-    predicts reaches the budget."""
-    from .budget import build_model, parse_runtime, resolve
-    from .checkpoint import load_config
-    from .latency import DEFAULT_CONTEXT
-    from .models import get_adapter
-
-    ad = get_adapter(load_config(model_dir) if isinstance(model_dir, (str, Path)) else model_dir.config)
-    if lm is None:
-        fmt, dtype = parse_runtime(runtime)
-        set_stage("prune latency model")
-        lm = build_model(ad, fmt, dtype, DEFAULT_CONTEXT, table, req.progress)
-    m = get(method)
-    res = resolve(req.budget, ad, m.cost_budget, lm, req.protected(ad.num_layers), req.align,
-                  f" in {getattr(lm, 'runtime', runtime)} {getattr(lm, 'dtype', '')} at {getattr(lm, 'context', '')} "
-                  f"tokens of context ({'a device table' if getattr(lm, 'source', 'host') == 'table' else 'this host'})")
-    req.latency, req.ratio, req.extra["budget"] = lm, res.ratio, res
-    if res.translated:
-        warnings.warn(f"{m.name} allocates by parameters only: {req.budget.words()} is given to it as --ratio {res.ratio} "
-                      f"(uniform widths predicted at {res.target_ms:.3f} ms/token or less); --method search allocates "
-                      "by predicted time itself", stacklevel=3)
 
 
 def _plan_and_save(model_dir, method: str, req: PruneRequest, windows, work: Path | None, out_path: Path | None,

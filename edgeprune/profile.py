@@ -69,7 +69,7 @@ def evaluation(model_dir: Path, cfg, calib: str, data_dir) -> tuple:
 
 def measure_pair(dense: Path, pruned: Path, windows, tgt, cfg, vocab: int) -> dict:
     """Perplexity of both through their runtime, and their interleaved latency."""
-    from .build_budget import measure_context
+    from .budget_stages import measure_context
     from .latency import measure
 
     context = measure_context(tgt, cfg)
@@ -196,7 +196,7 @@ def assemble(b) -> dict:  # long: the profile's sections, in schema order
 def budget_sections(b) -> dict:
     """profile.json `budget` (kind, requested, the ratio it became) and `latency_model` (source,
     held-out relative error, runtime, dtype, context, threads; null under a ratio budget)."""
-    from .build_budget import budget_record, latency_model_record
+    from .budget_stages import budget_record, latency_model_record
 
     rep = b.done["prune"]
     return {"budget": budget_record(b.budget, b.ratio, rep["ratio_achieved"], rep),
@@ -204,7 +204,7 @@ def budget_sections(b) -> dict:
 
 
 def _add_prediction(entry: dict, b) -> None:
-    from .build_budget import artifact_prediction
+    from .budget_stages import artifact_prediction
 
     pred = artifact_prediction(entry, b.latency, b.done["prune"])
     if pred is not None:

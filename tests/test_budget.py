@@ -120,7 +120,7 @@ def test_build_refuses_unreachable_budget_before_its_directory(tiny_models, tmp_
     from edgeprune import build as bld
 
     monkeypatch.setattr(bmod, "build_model", lambda *a, **k: FakeLatency())
-    monkeypatch.setattr("edgeprune.build_budget.build_model", lambda *a, **k: FakeLatency())
+    monkeypatch.setattr("edgeprune.budget_stages.build_model", lambda *a, **k: FakeLatency())
     with pytest.raises(PlanError, match="--speedup 10 is out of reach in cpu-x86's first artifact"):
         bld.build(model=str(tiny_models["llama"]), target="cpu-x86", speedup=10.0, out=str(tmp_path / "b"), calib="demo")
     assert not (tmp_path / "b").exists()
@@ -240,7 +240,7 @@ def test_ratio_budget_adds_nothing_to_the_plan(tiny_models, monkeypatch):
 
 # ---- what the profile and the report record --------------------------------------------------------
 def test_profile_records_budget_model_and_prediction():
-    from edgeprune.build_budget import artifact_prediction, budget_record, latency_model_record
+    from edgeprune.budget_stages import artifact_prediction, budget_record, latency_model_record
     from edgeprune.report import budget_lines
 
     lm = FakeLatency()
