@@ -171,7 +171,7 @@ def stage_prune(b: Build) -> None:
     res = prune(b.model_dir, b.method, **speed, layers=get(b.method).build_layers, calib=b.calib,
                 n_samples=o["nsamples"], seq_len=o["seq_len"], seed=o["seed"], device=o["device"], data_dir=o["data_dir"],
                 out=b.out_dir / "model", resume=True, force=True, align=b.align, checked=True,
-                search_evals=o.get("search_evals", 128))
+                search_evals=o.get("search_evals", 128), **({"extra": {"ladder_dir": o["ladder_dir"]}} if o.get("ladder_dir") else {}))
     b.done["prune"] = {**res.report, "stage_seconds": time.perf_counter() - t0}
     b.save_state()
 
@@ -206,6 +206,14 @@ def stage_export(b: Build) -> None:
                 continue
             base.mkdir(exist_ok=True)
             path = base / (f"model-{f['dtype']}.gguf" if f["format"] == "gguf" else f"onnx-{f['dtype']}")
+            if which == "dense" and b.opts.get("reference_from"):
+                from .sweep import link_reference
+
+                linked = link_reference(b, key, path)
+                if linked is not None:
+                    exports[f"{which}:{key}"] = linked
+                    b.save_state()
+                    continue
             log(f"export {which} {key} -> {path.relative_to(b.out_dir)}")
             try:
                 exports[f"{which}:{key}"] = export(src, f["format"], path, dtype=f["dtype"], force=True,
@@ -276,13 +284,14 @@ def build(model: str | None = None, target: str = "cpu-x86", ratio: float | None
           data_dir=None, nsamples: int = 32, seq_len: int = 128, seed: int = 0, device: str = "cpu",
           search_evals: int = 128, align: int | None = None, command: str = "",
           gguf_pre: str | None = None, speedup: float | None = None, latency_ms: float | None = None,
-          latency_table: str | None = None) -> dict:
+          latency_table: str | None = None, ladder_dir: str | None = None, reference_from: str | None = None) -> dict:
     """Run every stage of a build into `out`; returns the console summary and the profile.
     The budget is at most one of `ratio`, `speedup`, `latency_ms` (else the target's)."""
     b = _start(model, target, ratio, method, calib, out, force, resume,
                dict(data_dir=data_dir, nsamples=nsamples, seq_len=seq_len, seed=seed, device=device, command=command,
                     search_evals=search_evals, align=align, gguf_pre=gguf_pre,
-                    speed=(speedup, latency_ms), latency_table=latency_table))
+                    speed=(speedup, latency_ms), latency_table=latency_table,
+                    ladder_dir=ladder_dir, reference_from=reference_from))  # both: `edgeprune sweep` shares them
     try:
         for stage in STAGES:
             set_stage(f"build {stage.__name__.removeprefix('stage_')}")

@@ -198,6 +198,17 @@ def cmd_build(a) -> int:
     return 0
 
 
+def cmd_sweep(a) -> int:
+    _setup_torch(a.threads, getattr(a, 'device', 'cpu'))
+    from .sweep import markdown, sweep
+
+    res = sweep(a.model, a.target, a.speedups, a.ratios, a.out, force=a.force, resume=a.resume, method=a.method,
+                calib=a.calib, data_dir=a.data_dir, device=a.device, search_evals=a.search_evals,
+                latency_table=a.latency_table, command=" ".join(sys.argv))
+    print(markdown(res) + f"sweep: {a.out}/sweep.json, sweep.md, pareto.png ({res['wall_seconds']:.0f} s)")
+    return 0
+
+
 def cmd_bench(a) -> int:
     from .bench import bench
 
@@ -219,7 +230,7 @@ def main(argv: list[str] | None = None) -> int:
     from .cli_args import build_parser
 
     handlers = {"eval": cmd_eval, "prune": cmd_prune, "export": cmd_export, "build": cmd_build, "bench": cmd_bench,
-                "inspect": cmd_inspect, "targets": cmd_targets}
+                "inspect": cmd_inspect, "targets": cmd_targets, "sweep": cmd_sweep}
     try:
         args = build_parser(handlers).parse_args(argv)
     except SystemExit as e:  # --help, --version (0) and argparse's one-line refusals (2)

@@ -227,13 +227,37 @@ def _inspect_args(sub) -> argparse.ArgumentParser:
     return i
 
 
+def _floats(s: str) -> list[float]:
+    try:
+        return [float(x) for x in s.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{s}' is not a comma-separated list of numbers, e.g. 1.1,1.2,1.3") from None
+
+
+def _sweep_args(sub) -> argparse.ArgumentParser:
+    sw = sub.add_parser("sweep", help="build at several budgets (one ladder build shared) and draw PPL against measured speed")
+    sw.add_argument("--model", help="model directory (default: the embedded demo model)")
+    sw.add_argument("--target", default="cpu-x86", help="target name or TOML path (default cpu-x86)")
+    sw.add_argument("--speedups", type=_floats, default=[1.1, 1.2, 1.3, 1.4], help="decode speedups to build at (default 1.1,1.2,1.3,1.4)")
+    sw.add_argument("--ratios", type=_floats, default=[], help="parameter ratios to build at beside them, e.g. 0.1,0.2 (default none)")
+    sw.add_argument("--method", default=None, help="override the target's method")
+    sw.add_argument("--calib", default=None, help="calibration (and evaluation) set, as for build")
+    sw.add_argument("--latency-table", default=None, metavar="FILE", help="a latency table measured on the device")
+    sw.add_argument("--search-evals", type=_positive, default=128, help="search: candidate allocations evaluated per budget")
+    sw.add_argument("--out", default="sweep", help="sweep directory (default sweep/)")
+    sw.add_argument("--force", action="store_true", help="replace a finished sweep in --out")
+    sw.add_argument("--resume", action="store_true", help="continue an interrupted sweep (finished budgets are kept)")
+    _common(sw)
+    return sw
+
+
 def _targets_args(sub) -> argparse.ArgumentParser:
     t = sub.add_parser("targets", help="list the device targets")
     return t
 
 
 SUBCOMMANDS = {"eval": _eval_args, "prune": _prune_args, "export": _export_args, "build": _build_args,
-               "bench": _bench_args, "inspect": _inspect_args, "targets": _targets_args}
+               "bench": _bench_args, "inspect": _inspect_args, "targets": _targets_args, "sweep": _sweep_args}
 
 
 def build_parser(handlers: dict[str, Callable]) -> argparse.ArgumentParser:

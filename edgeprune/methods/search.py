@@ -57,7 +57,8 @@ def plan_search(source: LayerSource, calib: torch.Tensor, req: PruneRequest) -> 
         raise PlanError(f"--ratio {ratio} cannot be reached with layers {sorted(fixed)} protected; lower --ratio or --protect fewer layers")
     work = req.state.dir.parent if req.state is not None else Path(tempfile.mkdtemp(prefix="edgeprune-search-"))
     try:
-        store = LadderStore(work / "ladder")
+        # the ladders do not depend on the budget: `edgeprune sweep` shares one build of them
+        store = LadderStore(Path(req.extra["ladder_dir"]) if req.extra.get("ladder_dir") else work / "ladder")
         lad = Ladders(build_ladders(source, calib[: n - held], req, store), fixed)
         if speed:
             lad = Ladders(lad.records, fixed, latency_costs(lad.records, req.latency.layer_ms), req.budget.flag, 1e-9)
