@@ -44,14 +44,17 @@ def link_reference(b, key: str, path: Path) -> dict | None:
     rec = json.loads(state.read_text())["done"].get("export", {}).get(f"dense:{key}") if state.is_file() else None
     if rec is None:
         return None
+    # the same name in the first build's reference/ (a GGUF file, or an ONNX folder whose model.onnx the record names)
+    src = Path(src_dir) / path.parent.name / path.name
+    inner = Path(rec["path"]).relative_to(src) if Path(rec["path"]) != src else None
     if path.is_symlink() or path.exists():
         shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink()
-    os.symlink(rec["path"], path, target_is_directory=Path(rec["path"]).is_dir())
-    for side in (".verify.json",):  # the dense export's verify report, beside it as the build writes it
-        if Path(rec["path"] + side).is_file():
-            Path(str(path) + side).unlink(missing_ok=True)
-            os.symlink(rec["path"] + side, str(path) + side)
-    return {**rec, "path": str(path), "linked_from": rec["path"]}
+    os.symlink(src, path, target_is_directory=src.is_dir())
+    side = Path(str(src) + ".verify.json")  # a GGUF's verify report sits beside it
+    if side.is_file():
+        Path(str(path) + ".verify.json").unlink(missing_ok=True)
+        os.symlink(side, str(path) + ".verify.json")
+    return {**rec, "path": str(path / inner if inner else path), "linked_from": rec["path"]}
 
 
 def sweep(model: str | None, target: str, speedups: list[float], ratios: list[float], out: str, force: bool = False,

@@ -57,5 +57,13 @@ def test_dense_reference_is_linked_from_the_first_build(tmp_path):
     got = link_reference(SimpleNamespace(opts={"reference_from": str(first)}), "gguf-f32", dst)
     assert got["path"] == str(dst) and got["linked_from"] == str(f) and dst.read_bytes() == b"gguf"
     assert (tmp_path / "second" / "reference" / "model-f32.gguf.verify.json").is_file()
-    assert link_reference(SimpleNamespace(opts={"reference_from": str(first)}), "onnx-f32", dst) is None
+    onnx = first / "reference" / "onnx-f32"
+    onnx.mkdir()
+    (onnx / "model.onnx").write_bytes(b"onnx")
+    state = json.loads((first / "build_state.json").read_text())
+    state["done"]["export"]["dense:onnx-f32"] = {"path": str(onnx / "model.onnx"), "bytes": 4}
+    (first / "build_state.json").write_text(json.dumps(state))
+    got = link_reference(SimpleNamespace(opts={"reference_from": str(first)}), "onnx-f32", dst.parent / "onnx-f32")
+    assert got["path"] == str(dst.parent / "onnx-f32" / "model.onnx") and (dst.parent / "onnx-f32").is_dir()
+    assert link_reference(SimpleNamespace(opts={"reference_from": str(first)}), "gguf-q8_0", dst) is None
     assert link_reference(SimpleNamespace(opts={}), "gguf-f32", dst) is None
