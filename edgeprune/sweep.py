@@ -64,7 +64,8 @@ def sweep(model: str | None, target: str, speedups: list[float], ratios: list[fl
 
     points_asked = budgets_of(speedups, ratios)
     out_dir = Path(out).absolute()
-    check_output_dir(out_dir, force=force, resume=resume)
+    if not (resume and (out_dir / "sweep.json").is_file()):  # --resume also refills a finished sweep's refused points
+        check_output_dir(out_dir, force=force, resume=resume)
     if force and out_dir.exists() and not resume:
         shutil.rmtree(out_dir)
     out_dir.mkdir(exist_ok=True)
@@ -167,7 +168,7 @@ def plot(res: dict, path: Path) -> str | None:
             a = next(x for x in p["artifacts"] if x["artifact"] == name)
             iv = a["decode_ms_interval"] or [a["decode_ms"]] * 2
             speed = p["budget"]["kind"] != "ratio"
-            ax.errorbar(a["decode_ms"], a["ppl"], xerr=[[a["decode_ms"] - iv[0]], [iv[1] - a["decode_ms"]]], fmt="none",
+            ax.errorbar(a["decode_ms"], a["ppl"], xerr=[[max(0.0, a["decode_ms"] - iv[0])], [max(0.0, iv[1] - a["decode_ms"])]], fmt="none",
                         ecolor="gray", capsize=3, zorder=1)
             ax.scatter(a["decode_ms"], a["ppl"], s=30 + 300 * a["bytes"] / big, marker="o" if speed else "s",
                        color="tab:green" if speed else "tab:blue", edgecolor="black" if p["chosen"] else "none",
