@@ -106,9 +106,10 @@ def point_of(profile: dict, kind: str, v: float, name: str) -> dict:
         dense = a["latency"]["dense"]["decode_ms_per_token_median"]
         sp = a["speedup"]
         lo, hi = sp["decode_interval"]
+        ms, m = a["latency"]["pruned"]["decode_ms_per_token_median"], sp["decode_measured"]
         arts.append({"artifact": f"{a['format']} {a['dtype']}", "bytes": a["bytes"], "ppl": a["perplexity"]["pruned"],
                      "ppl_dense": a["perplexity"]["dense"], "decode_ms": a["latency"]["pruned"]["decode_ms_per_token_median"],
-                     "decode_ms_dense": dense, "decode_ms_interval": [dense / hi, dense / lo] if lo > 0 else None,
+                     "decode_ms_dense": dense, "decode_ms_interval": [ms * m / hi, ms * m / lo] if lo > 0 else None,  # the paired ratio's relative interval
                      "speedup": sp["decode_measured"], "speedup_interval": [lo, hi], "ideal": sp["decode_ideal"],
                      "status": sp["status"], "bytes_dense": a["reference_dense"]["bytes"],
                      "predicted": a.get("latency_predicted")})
@@ -121,13 +122,20 @@ def summarise(points: list[dict], first: dict | None, target: str, model) -> dic
 
     tgt = load_target(target)
     default = ("speedup", tgt.speedup) if tgt.speedup is not None else ("ratio", tgt.ratio)
+    ref = {}
     for p in points:
         p["chosen"] = (p["budget"]["kind"], p["budget"]["requested"]) == default
+        for a in p.get("artifacts", []):
+            # every build timed its own dense model on a noisy machine: the plot puts all points on the
+            # first one's dense median, each at its own paired speedup (and interval)
+            d = ref.setdefault(a["artifact"], a["decode_ms_dense"])
+            lo, hi = a["speedup_interval"]
+            a["plot_ms"] = {"dense": d, "pruned": d / a["speedup"], "interval": [d / hi, d / lo] if lo > 0 else None}
     host = first["provenance"]["host"] if first else {}
     return {"target": tgt.name, "model": str(model or "the embedded demo model"), "host": host,
             "default_budget": {"kind": default[0], "requested": default[1]}, "points": points,
             "measured": "decode ms/token: median over each build's interleaved dense/pruned repetitions; interval: "
-                        "the dense median over the 95% bootstrap interval of the paired speedup"}
+                        "that median scaled by the 95% bootstrap interval of the paired speedup (relative to its median)"}
 
 
 def markdown(res: dict) -> str:
@@ -166,22 +174,22 @@ def plot(res: dict, path: Path) -> str | None:
     for ax, name in zip(axes[0], names):
         for p in pts:
             a = next(x for x in p["artifacts"] if x["artifact"] == name)
-            iv = a["decode_ms_interval"] or [a["decode_ms"]] * 2
+            x, iv = a["plot_ms"]["pruned"], a["plot_ms"]["interval"] or [a["plot_ms"]["pruned"]] * 2
             speed = p["budget"]["kind"] != "ratio"
-            ax.errorbar(a["decode_ms"], a["ppl"], xerr=[[max(0.0, a["decode_ms"] - iv[0])], [max(0.0, iv[1] - a["decode_ms"])]], fmt="none",
+            ax.errorbar(x, a["ppl"], xerr=[[max(0.0, x - iv[0])], [max(0.0, iv[1] - x)]], fmt="none",
                         ecolor="gray", capsize=3, zorder=1)
-            ax.scatter(a["decode_ms"], a["ppl"], s=30 + 300 * a["bytes"] / big, marker="o" if speed else "s",
+            ax.scatter(x, a["ppl"], s=30 + 300 * a["bytes"] / big, marker="o" if speed else "s",
                        color="tab:green" if speed else "tab:blue", edgecolor="black" if p["chosen"] else "none",
                        linewidth=2, zorder=2, label="latency budget" if speed else "parameter budget")
-            ax.annotate(f"{p['budget']['kind'][0]}{p['budget']['requested']:g}", (a["decode_ms"], a["ppl"]), fontsize=7,
+            ax.annotate(f"{p['budget']['kind'][0]}{p['budget']['requested']:g}", (x, a["ppl"]), fontsize=7,
                         xytext=(4, 4), textcoords="offset points")
         a0 = pts[0]["artifacts"][names.index(name)]
-        ax.scatter(a0["decode_ms_dense"], a0["ppl_dense"], s=30 + 300 * a0["bytes_dense"] / big, marker="*", color="gray",
+        ax.scatter(a0["plot_ms"]["dense"], a0["ppl_dense"], s=30 + 300 * a0["bytes_dense"] / big, marker="*", color="gray",
                    label="dense", zorder=2)
         handles, labels = ax.get_legend_handles_labels()
         uniq = dict(zip(labels, handles))
         ax.legend(uniq.values(), uniq.keys(), fontsize=7)
-        ax.set_xlabel("measured decode ms/token (median, 95% interval)")
+        ax.set_xlabel("decode ms/token (dense / paired speedup, 95%)", fontsize=8)
         ax.set_ylabel("perplexity (through the runtime)")
         ax.set_title(name, fontsize=9)
     fig.suptitle(f"{res['target']} budgets on {res['host'].get('cpu', '?')[:48]} (build host); "
