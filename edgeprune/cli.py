@@ -212,6 +212,16 @@ def cmd_sweep(a) -> int:
 def cmd_bench(a) -> int:
     from .bench import bench
 
+    if a.latency_table:
+        from .latency_table_cmd import latency_table
+
+        res = latency_table(a.latency_table, a.model, a.path, a.target, a.threads, a.context)
+        print(json.dumps(res) if a.json else res["text"])
+        return 0
+    if not a.path:
+        from .errors import EdgePruneError
+
+        raise EdgePruneError("bench needs a path: an artifact (.gguf, ONNX folder) or a build directory")
     res = bench(a.path, context=a.context, new_tokens=a.new_tokens, reps=a.reps, threads=a.threads)
     print(json.dumps(res) if a.json else res.get("text", json.dumps(res, indent=1)))
     return 0

@@ -210,12 +210,18 @@ def _build_args(sub) -> argparse.ArgumentParser:
 
 def _bench_args(sub) -> argparse.ArgumentParser:
     be = sub.add_parser("bench", help="measure latency of an artifact or build dir with its runtime (no torch)")
-    be.add_argument("path")
+    be.add_argument("path", nargs="?", default=None, help="artifact or build directory (with --latency-table: "
+                    "a build directory whose base model is here, or use --model)")
     be.add_argument("--context", type=_positive, default=None, help="prompt tokens (default: the target's, else 128)")
     be.add_argument("--new-tokens", type=_positive, default=32, help="decoded tokens per repetition (default 32)")
     be.add_argument("--reps", type=_positive, default=5, help="repetitions (default 5)")
     be.add_argument("--threads", type=_positive, default=None, help="runtime threads (default: the cores no other process is busy on)")
     be.add_argument("--json", action="store_true")
+    be.add_argument("--latency-table", default=None, metavar="OUT.json",
+                    help="measure the latency model (decode ms/token per layer shape) here, on the device, for "
+                         "`build --latency-table`; needs --model and --target, and torch to write the probes")
+    be.add_argument("--model", default=None, help="with --latency-table: the dense model directory (its config.json)")
+    be.add_argument("--target", default=None, help="with --latency-table: the target whose formats and context to time")
     return be
 
 
