@@ -48,10 +48,12 @@ class Build:
     calib: str
     defaulted: bool
     method: str
-    ratio: float
+    ratio: float | None  # the parameter ratio asked of the method (None: search under a speed budget)
     why: str
     opts: dict
     align: int = 1  # --align, else the target's
+    budget: object = None  # a speed budget (budget.Budget) or None: the ratio
+    latency: object = None  # the latency model of the target's first artifact (speed budgets)
     state: dict = field(default_factory=dict)
     profile: dict = field(default_factory=dict)
     lock: OutLock | None = None
@@ -169,10 +171,13 @@ def stage_prune(b: Build) -> None:
     t0 = time.perf_counter()
     from .methods import get
 
-    res = prune(b.model_dir, b.method, ratio=b.ratio, layers=get(b.method).build_layers, calib=b.calib,
+    speed = {"speedup": None, "latency_ms": None, "ratio": b.ratio}
+    if b.budget is not None:  # prune translates it again for a parameter-only method (same model, same ratio)
+        speed = {"ratio": None, b.budget.kind: b.budget.requested, "latency_model": b.latency}
+    res = prune(b.model_dir, b.method, **speed, layers=get(b.method).build_layers, calib=b.calib,
                 n_samples=o["nsamples"], seq_len=o["seq_len"], seed=o["seed"], device=o["device"], data_dir=o["data_dir"],
                 out=b.out_dir / "model", resume=True, force=True, align=b.align, checked=True, progress=not QUIET["on"],
-                search_evals=o.get("search_evals", 128))
+                search_evals=o.get("search_evals", 128), **({"extra": {"ladder_dir": o["ladder_dir"]}} if o.get("ladder_dir") else {}))
     b.done["prune"] = {**res.report, "stage_seconds": time.perf_counter() - t0}
     b.save_state()
 
@@ -207,6 +212,14 @@ def stage_export(b: Build) -> None:
                 continue
             base.mkdir(exist_ok=True)
             path = base / (f"model-{f['dtype']}.gguf" if f["format"] == "gguf" else f"onnx-{f['dtype']}")
+            if which == "dense" and b.opts.get("reference_from"):
+                from .sweep import link_reference
+
+                linked = link_reference(b, key, path)
+                if linked is not None:
+                    exports[f"{which}:{key}"] = linked
+                    b.save_state()
+                    continue
             log(f"export {which} {key} -> {path.relative_to(b.out_dir)}")
             try:
                 exports[f"{which}:{key}"] = export(src, f["format"], path, dtype=f["dtype"], force=True,
@@ -276,8 +289,11 @@ def build(model: str | None = None, target: str = "cpu-x86", ratio: float | None
           calib: str | None = None, out: str = "build", force: bool = False, resume: bool = False,
           data_dir=None, nsamples: int = 32, seq_len: int = 128, seed: int = 0, device: str = "cpu",
           search_evals: int = 128, align: int | None = None, command: str = "",
-          gguf_pre: str | None = None, formats: str | None = None, quiet: bool = False) -> dict:
+          gguf_pre: str | None = None, formats: str | None = None, quiet: bool = False,
+          speedup: float | None = None, latency_ms: float | None = None,
+          latency_table: str | None = None, ladder_dir: str | None = None, reference_from: str | None = None) -> dict:
     """Run every stage of a build into `out`; returns the console summary and the profile.
+    The budget is at most one of `ratio`, `speedup`, `latency_ms` (else the target's);
     `formats` (`gguf:q8_0,onnx:f32`) replaces the target's artifact list."""
     QUIET["on"] = quiet
     if formats:
@@ -286,7 +302,9 @@ def build(model: str | None = None, target: str = "cpu-x86", ratio: float | None
         target = with_formats(load_target(target), formats)
     b = _start(model, target, ratio, method, calib, out, force, resume,
                dict(data_dir=data_dir, nsamples=nsamples, seq_len=seq_len, seed=seed, device=device, command=command,
-                    search_evals=search_evals, align=align, gguf_pre=gguf_pre))
+                    search_evals=search_evals, align=align, gguf_pre=gguf_pre,
+                    speed=(speedup, latency_ms), latency_table=latency_table,
+                    ladder_dir=ladder_dir, reference_from=reference_from))  # both: `edgeprune sweep` shares them
     try:
         for stage in STAGES:
             set_stage(f"build {stage.__name__.removeprefix('stage_')}")
@@ -300,7 +318,8 @@ def build(model: str | None = None, target: str = "cpu-x86", ratio: float | None
     b.state["complete"] = True
     b.save_state()
     (b.out_dir / INCOMPLETE).unlink(missing_ok=True)
-    lines = [f"build complete: {b.out_dir} (target {b.tgt.name}, {b.method} ratio {b.ratio}: {b.why})"]
+    asked = b.budget.words().lstrip("-") if b.budget is not None else f"ratio {b.ratio}"
+    lines = [f"build complete: {b.out_dir} (target {b.tgt.name}, {b.method} {asked}: {b.why})"]
     return {"summary": "\n".join(lines + prof.summary_lines(b.profile, b.out_dir)), "profile": b.profile}
 
 
@@ -333,11 +352,18 @@ def _start(model, target, ratio, method, calib, out, force, resume, opts: dict) 
         from exporters.vocab import preflight as tokenizer_preflight
 
         tokenizer_preflight(model_dir, opts.get("gguf_pre"))  # a vocabulary llama.cpp cannot hold is refused first
-    the_ratio, why = choose_ratio(tgt, ad, ratio)
-    b = Build(tgt, out_dir, model_dir, demo, calib, defaulted, method, the_ratio, why, opts, align=align)
+    from .budget_stages import budget_words, choose
+
+    budget, why = choose(tgt, ratio, *opts["speed"])
+    if budget is not None and not budget.is_speed:
+        budget = None  # --ratio: today's path
+    the_ratio, why = choose_ratio(tgt, ad, ratio) if budget is None else (None, why)
+    b = Build(tgt, out_dir, model_dir, demo, calib, defaulted, method, the_ratio, why, opts, align=align, budget=budget)
     args = {"model": str(model_dir), "target": tgt.name, "ratio": the_ratio, "method": method, "calib": calib,
             "nsamples": opts["nsamples"], "seq_len": opts["seq_len"], "seed": opts["seed"], "align": align,
             "formats": [[f["format"], f["dtype"]] for f in tgt.formats]}
+    if budget is not None:
+        args.update(budget=budget.to_json(), latency_table=str(opts.get("latency_table") or ""))
     inputs = fingerprint(model_dir, calib, tgt.path, opts["data_dir"])
     run = {"command": opts["command"], "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
     b.state = {"args": args, "inputs": inputs, "done": {}, "commands": [run]}
@@ -354,14 +380,18 @@ def _start(model, target, ratio, method, calib, out, force, resume, opts: dict) 
         log(f"resuming; finished stages: {', '.join(old['done']) or 'none'}")
     else:
         preflight(model_dir, method, calib, opts["nsamples"], opts["seq_len"], opts["seed"], opts["data_dir"])
-        if out_dir.exists() and force:
-            shutil.rmtree(out_dir)  # check_output_dir made sure edgeprune wrote it
+    if budget is not None:  # the latency model, then the budget refused when out of reach, before the directory
+        from .budget_stages import build_budget
+
+        build_budget(b, ad, dense_fit)
+    if not (resume and state_path.is_file()) and out_dir.exists() and force:
+        shutil.rmtree(out_dir)  # check_output_dir made sure edgeprune wrote it
     b.created = not out_dir.exists()
     out_dir.mkdir(exist_ok=True)
     b.lock = OutLock(out_dir).acquire()
     (out_dir / INCOMPLETE).write_text("edgeprune build in progress\n")
     b.save_state()  # the arguments and input hashes, before any stage: a resume compares them
-    log(f"target {tgt.name}; method {method}; ratio {the_ratio} ({why}); align {align}"
+    log(f"target {tgt.name}; method {method}; {budget_words(b)}; align {align}"
         + (" (--align)" if opts.get("align") is not None else " (the target's)"))
     _warn_alignment(tgt, ad, align, dense_fit)
     log(f"calibration data: {calib} (calibration portion); evaluation data: {calib} (held-out evaluation portion)"

@@ -98,11 +98,21 @@ def cmd_eval(a) -> int:
 def _print_prune_report(rep: dict) -> None:
     d, p = rep["params_dense_nonembedding"], rep["params_pruned_nonembedding"]
     print(f"{rep['method']}: removed {rep['ratio_achieved']:.4f} of non-embedding parameters "
-          f"({d:,} -> {p:,}; requested {rep['ratio_requested']}); total parameters "
+          f"({d:,} -> {p:,}; requested {_requested(rep)}); total parameters "
           f"{rep['params_dense_total']:,} -> {rep['params_pruned_total']:,}; layers removed {rep['layers_removed']}; "
           f"peak memory {rep['peak_memory']['peak_bytes'] / 2**20:.1f} MiB (whole process; "
           + ", ".join(f"{k} {v['peak_bytes'] / 2**20:.0f}" for k, v in rep['peak_memory']['stages'].items())
           + f" MiB per stage); {rep['wall_seconds']:.1f} s")
+
+
+def _requested(rep: dict) -> str:
+    """The budget as asked, and for a speed budget the decode time predicted for the plan."""
+    b, p = rep.get("budget"), rep.get("latency_predicted")
+    if not b or b["kind"] == "ratio":
+        return str(rep["ratio_requested"])
+    asked = f"--speedup {b['requested']:g}" if b["kind"] == "speedup" else f"--latency-ms {b['requested']:g}"
+    return (f"{asked}: predicted {p['dense_ms_per_token']:.3f} -> {p['pruned_ms_per_token']:.3f} ms/token, "
+            f"{p['speedup']:.2f}x in {p['model'].get('runtime')} {p['model'].get('dtype')}")
 
 
 def _request_kwargs(a) -> dict:
@@ -119,7 +129,9 @@ def cmd_prune(a) -> int:
     from .pipeline import prune
 
     model_dir = _model_arg(a.model)
-    res = prune(model_dir, a.method, ratio=a.ratio, layers=a.layers, calib=_data_default(model_dir, a.calib),
+    res = prune(model_dir, a.method, ratio=a.ratio, speedup=a.speedup, latency_ms=a.latency_ms,
+                latency_runtime=a.latency_runtime, latency_table=a.latency_table,
+                layers=a.layers, calib=_data_default(model_dir, a.calib),
                 n_samples=a.nsamples, seq_len=a.seq_len, seed=a.seed, device=a.device, data_dir=a.data_dir,
                 out=a.out, force=a.force, resume=a.resume, dtype=a.dtype, **_request_kwargs(a))
     rep = res.report
@@ -189,11 +201,23 @@ def cmd_build(a) -> int:
     _setup_torch(a.threads, getattr(a, 'device', 'cpu'))
     from .build import build
 
-    res = build(model=a.model, target=a.target, ratio=a.ratio, method=a.method, calib=a.calib, out=a.out,
+    res = build(model=a.model, target=a.target, ratio=a.ratio, speedup=a.speedup, latency_ms=a.latency_ms,
+                latency_table=a.latency_table, method=a.method, calib=a.calib, out=a.out,
                 force=a.force, resume=a.resume, data_dir=a.data_dir, nsamples=a.nsamples, seq_len=a.seq_len,
                 seed=a.seed, device=a.device, search_evals=a.search_evals, align=a.align, command=" ".join(sys.argv),
                 gguf_pre=a.gguf_pre, formats=a.formats, quiet=a.quiet or a.json)
     print(json.dumps({"out": str(a.out), "summary": res["summary"], "profile": res["profile"]}) if a.json else res["summary"])
+    return 0
+
+
+def cmd_sweep(a) -> int:
+    _setup_torch(a.threads, getattr(a, 'device', 'cpu'))
+    from .sweep import markdown, sweep
+
+    res = sweep(a.model, a.target, a.speedups, a.ratios, a.out, force=a.force, resume=a.resume, method=a.method,
+                calib=a.calib, data_dir=a.data_dir, device=a.device, search_evals=a.search_evals,
+                latency_table=a.latency_table, command=" ".join(sys.argv))
+    print(markdown(res) + f"sweep: {a.out}/sweep.json, sweep.md, pareto.png ({res['wall_seconds']:.0f} s)")
     return 0
 
 
@@ -243,7 +267,7 @@ def main(argv: list[str] | None = None) -> int:
     from .cli_args import build_parser
 
     handlers = {"eval": cmd_eval, "prune": cmd_prune, "export": cmd_export, "build": cmd_build, "bench": cmd_bench,
-                "inspect": cmd_inspect, "targets": cmd_targets}
+                "inspect": cmd_inspect, "targets": cmd_targets, "sweep": cmd_sweep}
     try:
         args = build_parser(handlers).parse_args(argv)
     except SystemExit as e:  # --help, --version (0) and argparse's one-line refusals (2)

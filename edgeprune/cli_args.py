@@ -20,6 +20,37 @@ def _ratio(s: str) -> float:
     return r
 
 
+def _number(s: str) -> float:
+    try:
+        v = float(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{s}' is not a number") from None
+    if math.isnan(v) or math.isinf(v) or v <= 0:
+        raise argparse.ArgumentTypeError(f"{s} must be a positive number")
+    return v
+
+
+def _budget_args(sp, build: bool) -> None:
+    """The budget, exactly one of three (argparse refuses two in one line)."""
+    g = sp.add_mutually_exclusive_group()
+    where = ("the target's first artifact runtime and dtype, at its context" if build else
+             "--latency-runtime at 128 tokens of context")
+    g.add_argument("--ratio", type=_ratio, default=None, help="fraction of non-embedding parameters to remove (the parameter budget"
+                   + ("; default: the target's value)" if build else ")"))
+    g.add_argument("--speedup", type=_number, default=None, metavar="S",
+                   help=f"decode speedup over the dense model to reach, predicted by a latency model of {where}, measured "
+                        "on this build host unless --latency-table is given (e.g. 1.3)")
+    g.add_argument("--latency-ms", type=_number, default=None, metavar="X",
+                   help=f"decode milliseconds per token to reach, in {where} (predicted as for --speedup)")
+    sp.add_argument("--latency-table", default=None, metavar="FILE",
+                    help="a latency table measured on the device (`edgeprune bench --latency-table`), used in place of "
+                         "measuring on this host")
+    if not build:
+        sp.add_argument("--latency-runtime", default="gguf:f32", metavar="FORMAT:DTYPE",
+                        help="the runtime and dtype a --speedup / --latency-ms budget is predicted in: gguf:DTYPE "
+                             "(llama.cpp) or onnx:DTYPE (ONNX Runtime), on this build host (default gguf:f32)")
+
+
 def _layers(s: str) -> int | str:
     if s == "auto":
         return s
@@ -119,7 +150,7 @@ def _prune_args(sub) -> argparse.ArgumentParser:
     from .methods import DEFAULT, help_text
 
     pr.add_argument("--method", default=DEFAULT, help=help_text())
-    pr.add_argument("--ratio", type=_ratio, help="fraction of non-embedding parameters to remove")
+    _budget_args(pr, build=False)
     pr.add_argument("--layers", type=_layers, help="layers to remove (shortgpt), or COMP's layer stage: N or auto")
     pr.add_argument("--calib", help="calibration set: named set or file (default wikitext2; demo for the demo model)")
     pr.add_argument("--nsamples", type=_positive, default=32, help="calibration windows (default 32)")
@@ -182,8 +213,7 @@ def _build_args(sub) -> argparse.ArgumentParser:
              "PyTorch and profile it (perplexity, latency dense vs pruned, speedup check, device estimate).")
     b.add_argument("--model", help="model directory (default: the embedded demo model)")
     b.add_argument("--target", default="cpu-x86", help="target name or TOML path (default cpu-x86; see `edgeprune targets`)")
-    b.add_argument("--ratio", type=_ratio, default=None, help="fraction of non-embedding parameters removed "
-                   "(the parameter budget; default: the target's value)")
+    _budget_args(b, build=True)
     b.add_argument("--method", default=None, help=f"{', '.join(REGISTRY)} (default: the target's value)")
     b.add_argument("--formats", default=None, metavar="FMT:DTYPE,...", help="replace the target's artifact list, e.g. "
                    "gguf:q8_0,onnx:f32 (default: the target's value)")
@@ -238,6 +268,33 @@ def _inspect_args(sub) -> argparse.ArgumentParser:
     return i
 
 
+def _floats(s: str) -> list[float]:
+    try:
+        return [float(x) for x in s.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{s}' is not a comma-separated list of numbers, e.g. 1.1,1.2,1.3") from None
+
+
+def _sweep_args(sub) -> argparse.ArgumentParser:
+    sw = _sub(sub, "sweep", "build at several budgets (one ladder build shared) and draw PPL against measured speed",
+              "Build the model at several speed and parameter budgets for one target, sharing the search's ladders and "
+              "the dense reference exports, and write sweep.json, sweep.md and pareto.png (perplexity against measured "
+              "decode ms/token).")
+    sw.add_argument("--model", help="model directory (default: the embedded demo model)")
+    sw.add_argument("--target", default="cpu-x86", help="target name or TOML path (default cpu-x86)")
+    sw.add_argument("--speedups", type=_floats, default=[1.1, 1.2, 1.3, 1.4], help="decode speedups to build at (default 1.1,1.2,1.3,1.4)")
+    sw.add_argument("--ratios", type=_floats, default=[], help="parameter ratios to build at beside them, e.g. 0.1,0.2 (default none)")
+    sw.add_argument("--method", default=None, help="override the target's method")
+    sw.add_argument("--calib", default=None, help="calibration (and evaluation) set, as for build")
+    sw.add_argument("--latency-table", default=None, metavar="FILE", help="a latency table measured on the device")
+    sw.add_argument("--search-evals", type=_positive, default=128, help="search: candidate allocations evaluated per budget")
+    sw.add_argument("--out", default="sweep", help="sweep directory (default sweep/)")
+    sw.add_argument("--force", action="store_true", help="replace a finished sweep in --out")
+    sw.add_argument("--resume", action="store_true", help="continue an interrupted sweep (finished budgets are kept)")
+    _common(sw)
+    return sw
+
+
 def _targets_args(sub) -> argparse.ArgumentParser:
     t = _sub(sub, "targets", "list the device targets",
              "List the built-in device targets (name, aliases, description); --target also takes a TOML path.")
@@ -246,7 +303,7 @@ def _targets_args(sub) -> argparse.ArgumentParser:
 
 
 SUBCOMMANDS = {"eval": _eval_args, "prune": _prune_args, "export": _export_args, "build": _build_args,
-               "bench": _bench_args, "inspect": _inspect_args, "targets": _targets_args}
+               "bench": _bench_args, "inspect": _inspect_args, "targets": _targets_args, "sweep": _sweep_args}
 
 
 def build_parser(handlers: dict[str, Callable]) -> argparse.ArgumentParser:

@@ -80,11 +80,17 @@ class PruneResult:
     report: dict = field(default_factory=dict)
 
 
-def check_request(m, ratio, layers) -> None:
-    """The one place a ratio / --layers request is validated, against the method's capabilities."""
+def check_request(m, ratio, layers, budget=None) -> None:
+    """The one place a ratio / --layers request is validated, against the method's capabilities
+    (a speed budget takes the ratio's place: a method that allocates by cost reads it, the others
+    get the ratio it is translated to)."""
     if layers is not None and not m.takes_layers:
         takers = ", ".join(n for n, x in REGISTRY.items() if x.takes_layers)
         raise PlanError(f"--layers is read by {takers} only, not {m.name}; drop --layers or choose one of those")
+    if budget is not None and budget.is_speed and layers not in (None, "auto") and m.ratio_optional:
+        raise PlanError(f"--layers {layers} and {budget.flag} both set how much {m.name} removes; pass one of them")
+    if budget is not None and budget.is_speed and ratio is None:
+        return
     if ratio is None and m.ratio_optional and layers not in (None, "auto"):
         return
     if ratio is None:
@@ -96,7 +102,8 @@ def check_request(m, ratio, layers) -> None:
 def make_plan(model, method: str, req: PruneRequest, calib: torch.Tensor | None, device="cpu") -> tuple[Plan, dict]:
     """Run a method under the peak-memory meter; check the achieved ratio."""
     m = get(method)
-    check_request(m, req.ratio, req.layers if req.layers != "auto" or m.takes_layers else None)
+    check_request(m, req.ratio, req.layers if req.layers != "auto" or m.takes_layers else None,
+                  req.budget if m.cost_budget else None)
     if m.needs_calibration and calib is not None and calib.numel() < MIN_CALIB_TOKENS:
         warnings.warn(f"only {calib.numel()} calibration tokens (< {MIN_CALIB_TOKENS}); the plan may be noisy. "
                       "Raise --nsamples for a steadier result", stacklevel=2)
@@ -122,6 +129,10 @@ def make_plan(model, method: str, req: PruneRequest, calib: torch.Tensor | None,
         "wall_seconds": wall,
         "calibration_tokens": int(calib.numel()) if calib is not None else 0,
     }
+    if req.latency is not None:
+        from .budget_stages import record_budget
+
+        record_budget(plan, report, req, adapter, ratio)
     plan.stats["report"] = report
     record_widths(plan, adapter)  # every method's plan carries its true kept widths (plan.png, inspect)
     note = ratio_note(m, req, ratio, plan)
@@ -164,17 +175,30 @@ def prune(  # long: one keyword argument per CLI option
     resume: bool = False,
     dtype: str | None = None,
     checked: bool = False,
+    speedup: float | None = None,
+    latency_ms: float | None = None,
+    latency_runtime: str = "gguf:f32",
+    latency_table: str | Path | None = None,
+    latency_model=None,
     **request,
 ) -> PruneResult:
     """Prune a checkpoint directory; with `out`, stream the physically pruned model there.
 
+    The budget is one of `ratio`, `speedup` or `latency_ms` (decode ms/token): a speed budget is
+    predicted by `latency_model`, else by one measured on this host for `latency_runtime`
+    (FORMAT:DTYPE, at 128 tokens of context) or read from `latency_table` (measured on the
+    device), and refused before any work when no plan reaches it.
     With `out`, nothing is loaded whole: planning and the apply+save are layer-streamed and
     the checkpoint keeps the source dtype (or `dtype`: bf16, f16, f32). Without `out` the
     pruned model is returned in memory (float32), for the Python API on small models.
     """
+    from .budget import parse
+
     out_dtype = parse_dtype(dtype) if dtype else None
-    req = PruneRequest(ratio=ratio, layers=layers, seed=seed, **request)
-    check_request(get(method), ratio, layers)  # the ratio is validated here, once, before any work
+    budget = parse(ratio, speedup, latency_ms)
+    speed = budget is not None and budget.is_speed
+    req = PruneRequest(ratio=ratio, layers=layers, seed=seed, budget=budget if speed else None, **request)
+    check_request(get(method), ratio, layers, req.budget)  # the ratio is validated here, once, before any work
     out_path = Path(out).absolute() if out else None
     on_disk = isinstance(model_dir, (str, Path))
     if out_path is not None:
@@ -183,6 +207,11 @@ def prune(  # long: one keyword argument per CLI option
     args = {"model": str(Path(model_dir).absolute()) if on_disk else "in-memory", "method": method, "ratio": ratio,
             "layers": layers, "calib": str(calib), "n_samples": n_samples, "seq_len": seq_len, "seed": seed, "dtype": dtype,
             "request": {k: (list(v) if isinstance(v, tuple) else v) for k, v in sorted(request.items()) if k != "progress"}}
+    if speed:
+        args.update(budget=budget.to_json(), latency_runtime=latency_runtime, latency_table=str(latency_table or ""))
+        from .budget_stages import prune_budget
+
+        prune_budget(model_dir, method, req, latency_model, latency_runtime, latency_table)
     resuming = bool(out_path and resume and (out_path / INCOMPLETE).exists() and (out_path / ".work").is_dir())
     windows = None
     set_stage("prune checks")

@@ -81,9 +81,10 @@ def evaluation(model_dir: Path, cfg, calib: str, data_dir) -> tuple:
 
 def measure_pair(dense: Path, pruned: Path, windows, tgt, cfg, vocab: int) -> dict:
     """Perplexity of both through their runtime, and their interleaved latency."""
+    from .budget_stages import measure_context
     from .latency import measure
 
-    context = max(8, min(tgt.context, int(getattr(cfg, "max_position_embeddings", 2048)) - tgt.new_tokens - 8))
+    context = measure_context(tgt, cfg)
     ppl = [runtime_perplexity_windows(dense, windows), runtime_perplexity_windows(pruned, windows)]
     lat = measure({"dense": dense, "pruned": pruned}, context, tgt.new_tokens, LATENCY_REPS, vocab=vocab)
     return {"ppl": [p["perplexity"] for p in ppl], "ppl_window_nll": [p["window_nll"] for p in ppl], "latency": lat}
@@ -181,6 +182,7 @@ def assemble(b) -> dict:  # long: the profile's sections, in schema order
             print(f"[edgeprune build] {'WARNING' if sp['status'] == 'miss' else 'note'}: {key} speedup check "
                   f"{sp['status'].upper()}: {sp['decode_measured']:.2f}x vs ideal {sp['decode_ideal']:.2f}x; {sp['reason']}",
                   file=sys.stderr)
+        _add_prediction(entry, b)
         artifacts.append(entry)
         estimates.append(estimate_for(b.tgt, entry, ad, ad_p, b.done["host"]))
     o = b.opts
@@ -188,6 +190,7 @@ def assemble(b) -> dict:  # long: the profile's sections, in schema order
         "schema_version": SCHEMA_VERSION,
         "target": {"name": b.tgt.name, "file": str(b.tgt.path), **b.tgt.data},
         "prune": prune_section(b.method, b.ratio, b.why, rep),
+        **budget_sections(b),
         "memory": memory_figures(rep, exports),
         "checkpoint": {"path": "model", "base_model": str(getattr(cfg, "_name_or_path", "") or b.model_dir), "format": "huggingface"},
         "artifacts": artifacts,
@@ -212,6 +215,24 @@ def assemble(b) -> dict:  # long: the profile's sections, in schema order
               heading(profile, method=False))
     profile["plots"] = ["plan.png"] + draw(b.out_dir, profile)
     return profile
+
+
+def budget_sections(b) -> dict:
+    """profile.json `budget` (kind, requested, the ratio it became) and `latency_model` (source,
+    held-out relative error, runtime, dtype, context, threads; null under a ratio budget)."""
+    from .budget_stages import budget_record, latency_model_record
+
+    rep = b.done["prune"]
+    return {"budget": budget_record(b.budget, b.ratio, rep["ratio_achieved"], rep),
+            "latency_model": latency_model_record(b.latency)}
+
+
+def _add_prediction(entry: dict, b) -> None:
+    from .budget_stages import artifact_prediction
+
+    pred = artifact_prediction(entry, b.latency, b.done["prune"])
+    if pred is not None:
+        entry["latency_predicted"] = pred
 
 
 def memory_figures(rep: dict, exports: dict) -> dict:

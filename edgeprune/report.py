@@ -88,6 +88,7 @@ def write_report(build_dir: Path, profile: dict) -> Path:  # long: the report in
             f"{sp['decode_measured']:.2f} {_interval(sp)} / {sp['decode_ideal']:.2f} | {_status(sp)} |"
         )
     lines += _text_path_lines(profile["artifacts"])
+    lines += budget_lines(profile)
     lines += [""] + samples_lines(profile)
     p0 = profile["artifacts"][0]["perplexity"]["protocol"] if profile["artifacts"] else {}
     ivm = profile["artifacts"][0]["perplexity"].get("method") if profile["artifacts"] else None
@@ -148,3 +149,25 @@ def _text_path_lines(artifacts: list[dict]) -> list[str]:
                        f"as transformers does, {sum(r['passed'] for r in runs)}/{len(runs)} completions equal; "
                        f"{first.get('prompt', '')!r} -> {first.get('runtime_text', '')!r} ({verdict})")
     return out if len(out) > 3 else []
+
+
+def budget_lines(profile: dict) -> list[str]:
+    """The budget as asked and the latency model's prediction against the measurement, in one
+    or two lines (nothing under a plain ratio budget without a latency model)."""
+    b, lm = profile.get("budget") or {}, profile.get("latency_model")
+    if not b or b.get("kind") == "ratio" and not lm:
+        return []
+    asked = {"speedup": f"decode speedup {b['requested']:g}x", "latency_ms": f"{b['requested']:g} ms/token"}.get(
+        b["kind"], f"ratio {b['requested']}")
+    out = [f"Budget: {asked} (became ratio {b['ratio']:.4f})"
+           + (f"; latency model: {lm.get('runtime')} {lm.get('dtype')}, context {lm.get('context')}, "
+              f"{lm.get('threads')} threads, from {'a device table' if lm.get('source') == 'table' else 'this build host'}, "
+              f"{_fmt(lm.get('relative_error'), '.1%')} error on held-out shapes." if lm else ".")]
+    for a in profile["artifacts"]:
+        p = a.get("latency_predicted")
+        if p:
+            out.append(f"Predicted vs measured ({a['format']} {a['dtype']}): decode {p['dense_ms_per_token']['predicted']:.3f} -> "
+                       f"{p['pruned_ms_per_token']['predicted']:.3f} ms/token predicted, {p['dense_ms_per_token']['measured']:.3f} -> "
+                       f"{p['pruned_ms_per_token']['measured']:.3f} measured; speedup {p['speedup']['predicted']:.2f}x predicted, "
+                       f"{p['speedup']['measured']:.2f}x measured.")
+    return [""] + out

@@ -41,7 +41,7 @@ SCHEMA: dict[str, object] = {
     "hardware": {"bandwidth_gb_s": float, "peak_tflops": float, "compute_note": str, "cpu_cores": int,
                  "cpu_clock_ghz": float},
     "artifacts": {"runtimes": list, "formats": list},
-    "pruning": {"method": str, "ratio": (float, str), "align": int},
+    "pruning": {"method": str, "ratio": (float, str), "speedup": float, "align": int},
     "latency": {"context": int, "new_tokens": int},
     "quality": {"max_ppl_ratio": float},
 }
@@ -51,7 +51,10 @@ FORMAT_KEYS = {"format", "dtype"}
 FORMAT_OPTIONAL = {"fallback"}
 # Keys a target may leave out (the device estimate then leaves its overhead term unscaled; the
 # verdict's quality bar is then `DEFAULT_MAX_PPL_RATIO`).
-OPTIONAL = {"hardware.cpu_cores", "hardware.cpu_clock_ghz", "quality", "quality.max_ppl_ratio"}
+OPTIONAL = {"hardware.cpu_cores", "hardware.cpu_clock_ghz", "pruning.ratio", "pruning.speedup",
+            "quality", "quality.max_ppl_ratio"}
+# The default budget: exactly one of these (edgeprune/budget.py), checked in `_check_budget`.
+BUDGET_KEYS = ("ratio", "speedup")
 # The verdict's quality bar when a target declares none: pruned/dense perplexity above 1.5x is
 # where small models start to write visibly worse text (edgeprune/verdict.py raises the alarm).
 DEFAULT_MAX_PPL_RATIO = 1.5
@@ -77,8 +80,15 @@ class Target:
         return list(self.data["artifacts"]["formats"])
 
     @property
-    def ratio(self) -> float | str:
-        return self.data["pruning"]["ratio"]
+    def ratio(self) -> float | str | None:
+        """The default parameter ratio (a number or "auto"), or None when the target sets a speedup."""
+        return self.data["pruning"].get("ratio")
+
+    @property
+    def speedup(self) -> float | None:
+        """The default decode speedup over dense in the first artifact's runtime, or None."""
+        v = self.data["pruning"].get("speedup")
+        return None if v is None else float(v)
 
     @property
     def method(self) -> str:
@@ -157,9 +167,7 @@ def load_target_file(path: Path) -> Target:
             raise TargetError(f"{path}: artifacts.formats fallback must be a list of dtype names, got {fb!r}")
         for x in fb:
             _check_dtype(path, {**f, "dtype": x})
-    r = data["pruning"]["ratio"]
-    if isinstance(r, bool) or isinstance(r, str) and r != "auto" or isinstance(r, (int, float)) and not 0 < r < 1:
-        raise TargetError(f"{path}: pruning.ratio must be a number in (0, 1) or \"auto\", got {r!r}")
+    _check_budget(path, data["pruning"])
     for key, lo in POSITIVE.items():
         section, name = key.split(".")
         if key in OPTIONAL and name not in data.get(section, {}):
@@ -179,6 +187,22 @@ def load_target_file(path: Path) -> Target:
 # only after the whole build; a negative one gives negative latencies).
 POSITIVE = {"hardware.bandwidth_gb_s": 0, "hardware.peak_tflops": 0, "memory.budget_bytes": 0, "pruning.align": 0,
             "latency.context": 0, "latency.new_tokens": 0, "hardware.cpu_cores": 0, "hardware.cpu_clock_ghz": 0}
+
+
+def _check_budget(path: Path, pruning: dict) -> None:
+    """Exactly one default budget: `ratio` (a number in (0, 1) or "auto") or `speedup` (above 1)."""
+    given = [k for k in BUDGET_KEYS if k in pruning]
+    if len(given) != 1:
+        raise TargetError(f"{path}: [pruning] must set exactly one of ratio and speedup (got "
+                          f"{' and '.join(given) or 'neither'}); e.g. ratio = 0.2 or speedup = 1.3")
+    r = pruning.get("ratio")
+    if "ratio" in pruning and (isinstance(r, bool) or isinstance(r, str) and r != "auto"
+                               or isinstance(r, (int, float)) and not 0 < r < 1):
+        raise TargetError(f"{path}: pruning.ratio must be a number in (0, 1) or \"auto\", got {r!r}")
+    v = pruning.get("speedup")
+    if "speedup" in pruning and not (isinstance(v, (int, float)) and not isinstance(v, bool) and v > 1 and v == v
+                                     and v != float("inf")):
+        raise TargetError(f"{path}: pruning.speedup must be a number above 1 (decode speedup over dense), got {v!r}")
 
 
 def _check_dtype(path: Path, f: dict) -> None:

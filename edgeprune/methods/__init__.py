@@ -29,6 +29,9 @@ class Method:
     build_layers: str | None = None  # what `build` passes as --layers
     evaluates_candidates: bool = False  # costs one streamed pass per --search-evals candidate
     seed: str | None = None  # the allocation rule it gives `search` as a seed (a key of methods/seeds.py RULES)
+    # allocates under a cost per layer and choice, so a --speedup / --latency-ms budget is its own
+    # (predicted decode time); the others get the parameter ratio the latency model predicts reaches it
+    cost_budget: bool = False
 
     @property
     def plan(self):
@@ -42,7 +45,7 @@ REGISTRY: dict[str, Method] = {m.name: m for m in (
            takes_layers=True, exact_ratio=True, resumable=True, build_layers="auto", seed="comp"),
     Method("search", "search:plan_search", "global search of each layer's and module's width over OBS candidate "
            "ladders (heads, KV groups, FFN channels, whole layers), KL fitness (Týr/DarwinLM style)",
-           exact_ratio=True, resumable=True, evaluates_candidates=True),
+           exact_ratio=True, resumable=True, evaluates_candidates=True, cost_budget=True),
     Method("slimgpt", "slimgpt:plan_slimgpt", "group OBS on heads and channels with compensation (SlimGPT)", seed="log-ipr"),
     Method("comp-slimgpt", "hybrid:plan_comp_slimgpt", "COMP's layer removal, then SlimGPT's OBS on the kept layers",
            takes_layers=True, build_layers="auto", seed="comp-slimgpt"),

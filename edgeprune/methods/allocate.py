@@ -1,7 +1,11 @@
 """How much each layer and module keeps: allocations over the candidate ladders.
 
 An allocation gives every layer one choice: (attention rung, FFN rung), or DROP (the whole
-layer goes). Its cost is the parameters it removes, its proxy the sum of the rungs'
+layer goes). What a choice buys is its *saving*: the parameters it removes (a --ratio budget),
+or, with a cost table (`latency_costs`), the decode milliseconds per token the latency model
+predicts it saves (a --speedup / --latency-ms budget: a dropped layer saves its whole time, a
+width that makes the runtime fall back to a slower kernel saves what the model says, maybe
+nothing). Every function below works on that one saving; its proxy is the sum of the rungs'
 normalised errors. Three ways to make one, all under the same exact budget:
   - `knapsack`: the least total proxy error removing at least the budget (a multiple-choice
     knapsack, solved exactly by dynamic programming over ~1000 budget steps);
@@ -32,6 +36,9 @@ class Ladders:
 
     records: list[dict]
     fixed: frozenset[int] = frozenset()  # protected layers: always (0, 0)
+    costs: list[dict[Choice, float]] | None = None  # per layer, each choice's saving; None: parameters removed
+    flag: str = "--ratio"  # the budget's option, for the refusal's fix
+    grain: float = 1.0  # the smallest saving worth a step of the knapsack's grid (one parameter)
 
     def attn(self, i: int) -> list[dict]:
         return self.records[i]["attn"]
@@ -44,13 +51,17 @@ class Ladders:
             return self.records[i]["drop"]["removed"]
         return self.attn(i)[c[0]]["removed"] + self.ffn(i)[c[1]]["removed"]
 
+    def saved(self, i: int, c: Choice) -> float:
+        """What choice `c` of layer `i` buys against the budget (parameters, or predicted ms)."""
+        return self.removed(i, c) if self.costs is None else self.costs[i][c]
+
     def error(self, i: int, c: Choice) -> float:
         if c == DROP:
             return self.records[i]["drop"]["error"]
         return self.attn(i)[c[0]]["error"] + self.ffn(i)[c[1]]["error"]
 
-    def total(self, alloc: Alloc) -> int:
-        return sum(self.removed(i, c) for i, c in enumerate(alloc))
+    def total(self, alloc: Alloc) -> float:
+        return sum(self.saved(i, c) for i, c in enumerate(alloc))
 
     def proxy(self, alloc: Alloc) -> float:
         return sum(self.error(i, c) for i, c in enumerate(alloc))
@@ -66,14 +77,34 @@ class Ladders:
 
     def slack(self) -> int:
         """The largest single FFN rung step: how far above the budget an allocation may land."""
-        return max((b["removed"] - a["removed"] for i in range(len(self.records))
-                    for a, b in zip(self.ffn(i), self.ffn(i)[1:])), default=0)
+        return max((self.saved(i, (0, f + 1)) - self.saved(i, (0, f)) for i in range(len(self.records))
+                    for f in range(len(self.ffn(i)) - 1)), default=0)
+
+    def refusal(self) -> str:
+        return f"the candidate ladders cannot remove that much at this --align; lower {self.flag} or --align"
+
+
+def latency_costs(records: list[dict], layer_ms) -> list[dict[Choice, float]]:
+    """Each (layer, choice)'s predicted decode ms/token saved: the layer's dense time less its
+    time at the rung's widths (`layer_ms(heads, kv_heads, ffn)`, the latency model's); DROP
+    saves the whole layer."""
+    out = []
+    for r in records:
+        a0, f0 = r["attn"][0], r["ffn"][0]
+        dense = layer_ms(len(a0["keep"]), len(a0["kv_keep"]), len(f0["keep"]))
+        row: dict[Choice, float] = {DROP: dense}
+        for a, ar in enumerate(r["attn"]):
+            for f, fr in enumerate(r["ffn"]):
+                row[(a, f)] = dense - layer_ms(len(ar["keep"]), len(ar["kv_keep"]), len(fr["keep"]))
+        out.append(row)
+    return out
 
 
 def knapsack(lad: Ladders, budget: float, steps: int = 1000) -> Alloc:
-    """Least total proxy error with at least `budget` parameters removed (exact DP on a grid
-    of `steps`; each choice's parameters are rounded down, so the real total is ≥ budget)."""
-    q = max(1.0, budget / steps)
+    """Least total proxy error with at least `budget` saved (exact DP on a grid of `steps`;
+    each choice's saving is rounded down, so the real total is ≥ budget; a choice that saves
+    nothing or less counts as zero, and `repair` measures the true total)."""
+    q = max(lad.grain, budget / steps)
     B = math.ceil(budget / q)
     best = np.full(B + 1, np.inf)
     best[0] = 0.0
@@ -82,7 +113,7 @@ def knapsack(lad: Ladders, budget: float, steps: int = 1000) -> Alloc:
         opts = lad.choices(i)
         new, pick, origin = np.full(B + 1, np.inf), np.full(B + 1, -1), np.full(B + 1, -1)
         for k, c in enumerate(opts):
-            s, cand = min(B, int(lad.removed(i, c) // q)), best + lad.error(i, c)
+            s, cand = min(B, max(0, int(lad.saved(i, c) // q))), best + lad.error(i, c)
             moved = np.full(B + 1, np.inf)
             src = np.full(B + 1, -1)
             moved[s:] = cand[: B + 1 - s]
@@ -96,7 +127,7 @@ def knapsack(lad: Ladders, budget: float, steps: int = 1000) -> Alloc:
         backs.append((opts, pick, origin))
         best = new
     if not np.isfinite(best[B]):
-        raise PlanError("the candidate ladders cannot remove that much at this --align; lower --ratio or --align")
+        raise PlanError(lad.refusal())
     alloc, b = [], B
     for opts, pick, origin in reversed(backs):
         alloc.append(opts[pick[b]])
@@ -133,7 +164,7 @@ def _moves(lad: Ladders, alloc: Alloc, deeper: bool) -> list[tuple[int, Choice, 
             cand += [(levels[ai - 1], c[1])] if ai > 0 else []
             cand += [(c[0], c[1] - 1)] if c[1] > 0 else []
         for n in cand:
-            out.append((i, n, lad.removed(i, n) - lad.removed(i, c), lad.error(i, n) - lad.error(i, c)))
+            out.append((i, n, lad.saved(i, n) - lad.saved(i, c), lad.error(i, n) - lad.error(i, c)))
     return out
 
 
@@ -147,7 +178,7 @@ def repair(lad: Ladders, alloc: Alloc, budget: float, tol: float | None = None) 
     while lad.total(tuple(cur)) < budget:
         opts = [m for m in _moves(lad, tuple(cur), True) if m[2] > 0] or _drops(lad, tuple(cur))
         if not opts:
-            raise PlanError("the candidate ladders cannot remove that much at this --align; lower --ratio or --align")
+            raise PlanError(lad.refusal())
         i, n, _, _ = min(opts, key=lambda m: (m[3] / m[2], m[0]))
         cur[i] = n
     while True:
@@ -165,8 +196,8 @@ def _drops(lad: Ladders, alloc: Alloc) -> list[tuple[int, Choice, int, float]]:
     kept = [i for i, c in enumerate(alloc) if c != DROP]
     if len(kept) < 2:
         return []
-    return [(i, DROP, lad.removed(i, DROP) - lad.removed(i, alloc[i]), lad.error(i, DROP) - lad.error(i, alloc[i]))
-            for i in kept if i not in lad.fixed and lad.removed(i, DROP) > lad.removed(i, alloc[i])]
+    return [(i, DROP, lad.saved(i, DROP) - lad.saved(i, alloc[i]), lad.error(i, DROP) - lad.error(i, alloc[i]))
+            for i in kept if i not in lad.fixed and lad.saved(i, DROP) > lad.saved(i, alloc[i])]
 
 
 def _restores(lad: Ladders, alloc: Alloc) -> list[tuple[int, Choice, int, float]]:
@@ -175,7 +206,7 @@ def _restores(lad: Ladders, alloc: Alloc) -> list[tuple[int, Choice, int, float]
     for i, c in enumerate(alloc):
         if c == DROP:
             n = (lad.attn_levels(i)[-1], len(lad.ffn(i)) - 1)
-            out.append((i, n, lad.removed(i, n) - lad.removed(i, DROP), lad.error(i, n) - lad.error(i, DROP)))
+            out.append((i, n, lad.saved(i, n) - lad.saved(i, DROP), lad.error(i, n) - lad.error(i, DROP)))
     return out
 
 
@@ -215,8 +246,8 @@ def _nearest(lad: Ladders, alloc: Alloc, budget: float, tol: float) -> Alloc:
     largest choice above the budget: where moving a rung or two cannot land, a combination of
     several may. Returns `alloc` if nothing is nearer."""
     L = len(lad.records)
-    q = max(1.0, tol / (4 * L))
-    top = max(lad.removed(i, c) for i in range(L) for c in lad.choices(i))
+    q = max(lad.grain, tol / (4 * L))
+    top = max(lad.saved(i, c) for i in range(L) for c in lad.choices(i))
     B = int((budget + top) // q) + 1
     best = np.full(B + 1, np.inf)
     best[0] = 0.0
@@ -225,8 +256,8 @@ def _nearest(lad: Ladders, alloc: Alloc, budget: float, tol: float) -> Alloc:
         opts = lad.choices(i)
         new, pick, origin = np.full(B + 1, np.inf), np.full(B + 1, -1), np.full(B + 1, -1)
         for k, c in enumerate(opts):
-            s = int(round(lad.removed(i, c) / q))
-            if s > B:
+            s = int(round(lad.saved(i, c) / q))
+            if s > B or s < 0:
                 continue
             moved = np.full(B + 1, np.inf)
             moved[s:] = best[: B + 1 - s] + lad.error(i, c)

@@ -18,6 +18,7 @@ from ..models import DecoderAdapter, LayerShape, expected_nonembedding
 from ..plan import LayerPlan, Plan
 
 if TYPE_CHECKING:
+    from ..budget import Budget
     from ..pipeline import ResumeState
 from ..streaming import Activations, LayerSource, walk
 
@@ -27,6 +28,8 @@ class PruneRequest:
     """Everything a method may read; methods ignore what does not apply to them."""
 
     ratio: float | None = None
+    budget: "Budget | None" = None  # a --speedup / --latency-ms budget (edgeprune/budget.py); None: the ratio
+    latency: Any = None  # the latency model a speed budget is predicted with (latency_model.LatencyModel)
     layers: int | str | None = None  # number of layers to remove, or "auto"
     align: int = 1  # round kept FFN widths to a multiple (hardware efficiency)
     protect: tuple[int, ...] | None = None  # layers kept free of pruning; None: the method's own default

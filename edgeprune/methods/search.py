@@ -30,7 +30,7 @@ import torch
 from ..errors import PlanError
 from ..plan import LayerPlan, Plan
 from ..streaming import LayerSource, done, run_collecting, walk
-from .allocate import DROP, Alloc, Ladders, from_ratios, knapsack, mutate, repair
+from .allocate import DROP, Alloc, Ladders, from_ratios, knapsack, latency_costs, mutate, repair
 from .base import RATIO_TOLERANCE, PruneRequest, bar, cosine_importance, dense_params
 from .comp import layer_ratios
 from .fitness import KLFitness
@@ -44,22 +44,33 @@ POPULATION = 8  # children per generation
 
 def plan_search(source: LayerSource, calib: torch.Tensor, req: PruneRequest) -> Plan:
     ad, L = source.adapter, source.num_layers
-    ratio, n = float(req.ratio), calib.shape[0]
+    speed, n = req.budget is not None and req.budget.is_speed, calib.shape[0]
+    ratio = None if speed else float(req.ratio)
     if n < 2:
         raise PlanError("search holds back part of the calibration windows for its fitness and needs at least 2; raise --nsamples")
     held = max(1, n // 2)  # half the windows: the fitness ranks better on more tokens (measured on stories260K)
-    budget, tol = ratio * dense_params(ad), RATIO_TOLERANCE * dense_params(ad)
     fixed = frozenset(req.protected(L))
-    if fixed and sum(ad.layer_param_count(sh) for i, sh in enumerate(source.shapes) if i not in fixed) < budget:
+    if speed:  # the budget is decode ms/token saved, as the latency model predicts (reachability checked before any work)
+        dense_ms = req.latency.model_ms(list(source.shapes))
+        budget, tol = dense_ms - req.budget.target_ms(dense_ms), None
+    else:
+        budget, tol = ratio * dense_params(ad), RATIO_TOLERANCE * dense_params(ad)
+    if not speed and fixed and sum(ad.layer_param_count(sh) for i, sh in enumerate(source.shapes) if i not in fixed) < budget:
         raise PlanError(f"--ratio {ratio} cannot be reached with layers {sorted(fixed)} protected; lower --ratio or --protect fewer layers")
     work = req.state.dir.parent if req.state is not None else Path(tempfile.mkdtemp(prefix="edgeprune-search-"))
     try:
-        store = LadderStore(work / "ladder")
+        # the ladders do not depend on the budget: `edgeprune sweep` shares one build of them
+        store = LadderStore(Path(req.extra["ladder_dir"]) if req.extra.get("ladder_dir") else work / "ladder")
         lad = Ladders(build_ladders(source, calib[: n - held], req, store), fixed)
-        if capacity(lad) < budget:  # without protected layers: only at ratios near 1 (one layer is kept)
-            raise PlanError(f"--ratio {ratio} leaves less than one layer's deepest cut; lower --ratio")
+        if speed:
+            lad = Ladders(lad.records, fixed, latency_costs(lad.records, req.latency.layer_ms), req.budget.flag, 1e-9)
+        if capacity(lad) < budget:  # without protected layers: only at budgets near the whole model (one layer is kept)
+            raise PlanError(f"{req.budget.words() if speed else f'--ratio {ratio}'} leaves less than one layer's deepest cut; "
+                            f"lower {lad.flag}")
         fitness = KLFitness(source, calib[n - held:], lad, store, req.batch_size)
-        portfolio, skipped = portfolio_seeds(ad, source.shapes, lad, req, budget)  # every method's allocation (seeds.py)
+        # every method's allocation (seeds.py) splits parameters: under a time budget, as many as the knapsack removes
+        pbudget = budget if lad.costs is None else sum(lad.removed(i, c) for i, c in enumerate(knapsack(lad, budget)))
+        portfolio, skipped = portfolio_seeds(ad, source.shapes, lad, req, pbudget)
         try:
             best, log = evolve(lad, budget, fitness, req, work / "search.json", tol, portfolio)
         finally:
@@ -69,7 +80,8 @@ def plan_search(source: LayerSource, calib: torch.Tensor, req: PruneRequest) -> 
                     removed_layers=[i for i, c in enumerate(best) if c == DROP],
                     options={"search_evals": req.search_evals, "population": POPULATION, "seed": req.seed,
                              "heldback_windows": held, "fitness": "KL(dense || pruned) per token, held-back calibration windows",
-                             "damp": req.damp, "align": req.align, "protect": sorted(lad.fixed)})
+                             "damp": req.damp, "align": req.align, "protect": sorted(lad.fixed),
+                             "cost": "predicted decode ms/token saved (latency model)" if speed else "parameters removed"})
         final_stage(source, calib, req, plan, lad, best, budget, tol)
         plan.stats["search"] = log
         return plan
@@ -79,10 +91,10 @@ def plan_search(source: LayerSource, calib: torch.Tensor, req: PruneRequest) -> 
 
 
 def capacity(lad: Ladders) -> int:
-    """The most parameters an allocation can remove: every free layer at its deepest rungs or
-    dropped, whichever removes more, with at least one layer kept."""
-    deep = {i: max(lad.removed(i, c) for c in lad.choices(i) if c != DROP) if i not in lad.fixed else 0 for i in range(len(lad.records))}
-    drop = {i: lad.removed(i, DROP) if i not in lad.fixed else 0 for i in range(len(lad.records))}
+    """The most an allocation can save (parameters, or predicted ms): every free layer at its
+    deepest rungs or dropped, whichever saves more, with at least one layer kept."""
+    deep = {i: max(lad.saved(i, c) for c in lad.choices(i) if c != DROP) if i not in lad.fixed else 0 for i in range(len(lad.records))}
+    drop = {i: lad.saved(i, DROP) if i not in lad.fixed else 0 for i in range(len(lad.records))}
     total = sum(max(deep[i], drop[i]) for i in deep)
     if lad.fixed:
         return total
@@ -154,10 +166,13 @@ def evolve(lad: Ladders, budget: float, fitness: KLFitness, req: PruneRequest, l
 
     params = {i: r["drop"]["removed"] for i, r in enumerate(lad.records)}
     seeds = {"knapsack": knapsack(lad, budget)}
+    # The fixed rules split parameters; under a time budget they split as many as the knapsack
+    # removes, and `repair` then brings each to the budget in predicted time.
+    pb = budget if lad.costs is None else sum(lad.removed(i, c) for i, c in enumerate(seeds["knapsack"]))
     for rule in ("log", "uniform"):
-        seeds[f"{'slimgpt-' if rule == 'log' else ''}{rule}"] = from_ratios(lad, ipr_ratios(L, params, budget, rule, req.max_layer_ratio), params)
+        seeds[f"{'slimgpt-' if rule == 'log' else ''}{rule}"] = from_ratios(lad, ipr_ratios(L, params, pb, rule, req.max_layer_ratio), params)
     imp = {i: r["importance"] for i, r in enumerate(lad.records) if i not in lad.fixed}
-    seeds["comp-eq10"] = from_ratios(lad, layer_ratios(imp, {i: params[i] for i in imp}, budget, req.max_layer_ratio), params)
+    seeds["comp-eq10"] = from_ratios(lad, layer_ratios(imp, {i: params[i] for i in imp}, pb, req.max_layer_ratio), params)
     seeds.update(portfolio or {})  # the portfolio (seeds.py): repaired and scored like the rest
     seeds = {k: repair(lad, v, budget, tol) for k, v in seeds.items()}
     score(list(dict.fromkeys(seeds.values())))  # methods that allocate alike cost one evaluation
@@ -187,12 +202,14 @@ def final_counts(lad: Ladders, alloc: Alloc, budget: float, per_ch: int, align: 
                  tol: float | None = None) -> dict[int, int]:
     """FFN channels to remove per kept layer: the rungs', less what overshoots the budget
     (handed back, in whole --align steps, by the layers cut deepest). An allocation at or
-    under the budget keeps its rungs. With `tol`: when what is left over exceeds it and one
-    more step lands nearer (under the budget), that step is handed back too."""
+    under the budget keeps its rungs, and so does one under a time budget (its widths are the
+    ones the latency model priced; a width between rungs was never predicted). With `tol`: when
+    what is left over exceeds it and one more step lands nearer (under the budget), that step is
+    handed back too."""
     counts = {i: len(lad.ffn(i)[0]["keep"]) - len(lad.ffn(i)[c[1]]["keep"]) for i, c in enumerate(alloc) if c != DROP}
     step = max(1, align)
     over = lad.total(alloc) - budget
-    if over <= 0:
+    if over <= 0 or lad.costs is not None:
         return counts
     for i in sorted(counts, key=lambda i: (-counts[i], i)):
         give = min(counts[i], int(over // (per_ch * step)) * step)

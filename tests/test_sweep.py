@@ -1,0 +1,69 @@
+"""`edgeprune sweep`: budgets validated before any work, the points read off each build's
+profile, the dense reference linked (not exported again), and the table and plot written."""
+from __future__ import annotations
+
+import json
+from types import SimpleNamespace
+
+import pytest
+
+from edgeprune.errors import EdgePruneError, PlanError
+from edgeprune.sweep import budgets_of, link_reference, markdown, plot, point_of, summarise
+
+
+def _profile(ratio: float, dense_ms: float, pruned_ms: float, ppl: float) -> dict:
+    art = {"format": "gguf", "dtype": "f32", "bytes": int(1e6 * (1 - ratio)), "perplexity": {"dense": 10.0, "pruned": ppl},
+           "latency": {"dense": {"decode_ms_per_token_median": dense_ms}, "pruned": {"decode_ms_per_token_median": pruned_ms}},
+           "speedup": {"decode_measured": dense_ms / pruned_ms, "decode_interval": [0.95 * dense_ms / pruned_ms, 1.05 * dense_ms / pruned_ms],
+                       "decode_ideal": 1 / (1 - ratio), "status": "pass"},
+           "reference_dense": {"bytes": 1_000_000}}
+    return {"artifacts": [art], "prune": {"ratio_achieved": ratio, "method": "search", "layers_removed": []},
+            "provenance": {"host": {"cpu": "test cpu"}}}
+
+
+def test_budgets_are_validated_before_any_work():
+    assert budgets_of([1.2], [0.1]) == [("speedup", 1.2), ("ratio", 0.1)]
+    with pytest.raises(PlanError, match="no speedup"):
+        budgets_of([1.0], [])
+    with pytest.raises(EdgePruneError, match="no budget"):
+        budgets_of([], [])
+
+
+def test_points_table_and_plot(tmp_path):
+    pts = [point_of(_profile(0.2, 2.0, 1.6, 11.0), "speedup", 1.25, "speedup-1.25"),
+           point_of(_profile(0.2, 2.0, 1.8, 10.5), "ratio", 0.2, "ratio-0.2")]
+    a = pts[0]["artifacts"][0]
+    assert a["decode_ms"] == 1.6 and a["decode_ms_interval"] == pytest.approx([1.6 / 1.05, 1.6 / 0.95])
+    res = summarise(pts + [{"budget": {"kind": "speedup", "requested": 9.0}, "dir": "x", "refused": "out of reach"}],
+                    _profile(0.2, 2.0, 1.6, 11.0), "cpu-x86", None)
+    assert all(p["chosen"] == (p["budget"] == res["default_budget"]) for p in res["points"])
+    assert sum(p["chosen"] for p in res["points"]) == 1  # cpu-x86's default is one of the two
+    md = markdown(res)
+    assert "| speedup 1.25 | 0.200 | gguf f32 | 800,000 | 11.000 | 1.600 [1.524, 1.684] |" in md
+    assert "refused: out of reach" in md
+    assert plot(res, tmp_path / "pareto.png") == "pareto.png" and (tmp_path / "pareto.png").stat().st_size > 1000
+
+
+def test_dense_reference_is_linked_from_the_first_build(tmp_path):
+    first = tmp_path / "first"
+    (first / "reference").mkdir(parents=True)
+    f = first / "reference" / "model-f32.gguf"
+    f.write_bytes(b"gguf")
+    (first / "reference" / "model-f32.gguf.verify.json").write_text("{}")
+    rec = {"path": str(f), "bytes": 4, "verify": {"passed": True}}
+    (first / "build_state.json").write_text(json.dumps({"done": {"export": {"dense:gguf-f32": rec}}}))
+    (tmp_path / "second" / "reference").mkdir(parents=True)
+    dst = tmp_path / "second" / "reference" / "model-f32.gguf"
+    got = link_reference(SimpleNamespace(opts={"reference_from": str(first)}), "gguf-f32", dst)
+    assert got["path"] == str(dst) and got["linked_from"] == str(f) and dst.read_bytes() == b"gguf"
+    assert (tmp_path / "second" / "reference" / "model-f32.gguf.verify.json").is_file()
+    onnx = first / "reference" / "onnx-f32"
+    onnx.mkdir()
+    (onnx / "model.onnx").write_bytes(b"onnx")
+    state = json.loads((first / "build_state.json").read_text())
+    state["done"]["export"]["dense:onnx-f32"] = {"path": str(onnx / "model.onnx"), "bytes": 4}
+    (first / "build_state.json").write_text(json.dumps(state))
+    got = link_reference(SimpleNamespace(opts={"reference_from": str(first)}), "onnx-f32", dst.parent / "onnx-f32")
+    assert got["path"] == str(dst.parent / "onnx-f32" / "model.onnx") and (dst.parent / "onnx-f32").is_dir()
+    assert link_reference(SimpleNamespace(opts={"reference_from": str(first)}), "gguf-q8_0", dst) is None
+    assert link_reference(SimpleNamespace(opts={}), "gguf-f32", dst) is None
