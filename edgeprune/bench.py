@@ -68,8 +68,9 @@ def bench(path: str, context: int | None = None, new_tokens: int | None = None, 
                 skipped.append({"format": a["format"], "dtype": a["dtype"], "path": a["path"], "skipped": str(e)})
                 print(f"edgeprune: note: skipping {a['path']}: {e}", file=sys.stderr)
                 continue
-            ideal = a["speedup"]["decode_ideal"]
-            sp = check(lat["dense"]["decode_ms_per_token_runs"], lat["pruned"]["decode_ms_per_token_runs"], ideal)
+            ideal = a["speedup"].get("bytes_ideal", a["speedup"]["decode_ideal"])
+            requested = a["speedup"]["decode_ideal"] if a["speedup"].get("reference") == "requested speedup" else None
+            sp = check(lat["dense"]["decode_ms_per_token_runs"], lat["pruned"]["decode_ms_per_token_runs"], ideal, requested)
             entries.append({"format": a["format"], "dtype": a["dtype"], "path": a["path"], "latency": lat["pruned"],
                             "latency_dense": lat["dense"], "speedup": sp})
         if not entries:

@@ -354,7 +354,7 @@ def _start(model, target, ratio, method, calib, out, force, resume, opts: dict) 
         tokenizer_preflight(model_dir, opts.get("gguf_pre"))  # a vocabulary llama.cpp cannot hold is refused first
     from .budget_stages import budget_words, choose
 
-    budget, why = choose(tgt, ratio, *opts["speed"])
+    budget, why = choose(tgt, ratio, *opts.get("speed", (None, None)))
     if budget is not None and not budget.is_speed:
         budget = None  # --ratio: today's path
     the_ratio, why = choose_ratio(tgt, ad, ratio) if budget is None else (None, why)

@@ -90,7 +90,8 @@ def measure_pair(dense: Path, pruned: Path, windows, tgt, cfg, vocab: int) -> di
     return {"ppl": [p["perplexity"] for p in ppl], "ppl_window_nll": [p["window_nll"] for p in ppl], "latency": lat}
 
 
-def artifact_entry(f: dict, ep: dict, ed: dict, measured: dict, out_dir: Path, ad, ad_p, ppl_protocol: dict) -> dict:
+def artifact_entry(f: dict, ep: dict, ed: dict, measured: dict, out_dir: Path, ad, ad_p, ppl_protocol: dict,
+                   requested: float | None = None) -> dict:
     """One artifact's profile entry: sizes, verification, perplexity, latency, speedup check."""
     from .evaluate import ppl_intervals
     from .speedup import check
@@ -101,7 +102,7 @@ def artifact_entry(f: dict, ep: dict, ed: dict, measured: dict, out_dir: Path, a
     weights = {"dense": linear_weight_bytes(Path(ed["path"]), f["format"], f["dtype"], ad),
                "pruned": linear_weight_bytes(Path(ep["path"]), f["format"], f["dtype"], ad_p)}
     runs = {k: lat[k].get("decode_ms_per_token_runs") or [lat[k]["decode_ms_per_token_min"]] for k in ("dense", "pruned")}
-    sp = check(runs["dense"], runs["pruned"], weights["dense"] / weights["pruned"])
+    sp = check(runs["dense"], runs["pruned"], weights["dense"] / weights["pruned"], requested)
     return {
         "format": f["format"], "dtype": f["dtype"], "path": str(Path(ep["path"]).relative_to(out_dir)),
         "bytes": ep["bytes"], "verify": ep["verify"], "verify_report": ep.get("verify_report"),
@@ -176,7 +177,7 @@ def assemble(b) -> dict:  # long: the profile's sections, in schema order
     for f in b.formats:
         key = f"{f['format']}-{f['dtype']}"
         entry = artifact_entry(f, exports[f"pruned:{key}"], exports[f"dense:{key}"], b.done["profile"][key], b.out_dir,
-                               ad, ad_p, protocol)
+                               ad, ad_p, protocol, requested_speedup(b))
         sp = entry["speedup"]
         if sp["status"] != "pass":
             print(f"[edgeprune build] {'WARNING' if sp['status'] == 'miss' else 'note'}: {key} speedup check "
@@ -225,6 +226,19 @@ def budget_sections(b) -> dict:
     rep = b.done["prune"]
     return {"budget": budget_record(b.budget, b.ratio, rep["ratio_achieved"], rep),
             "latency_model": latency_model_record(b.latency)}
+
+
+def requested_speedup(b) -> float | None:
+    """The speedup a speed budget asked for (a --latency-ms budget as the predicted dense time
+    over it), which every artifact's check is held to; None under a parameter budget."""
+    budget = getattr(b, "budget", None)
+    if budget is None or not budget.is_speed:
+        return None
+    if budget.kind == "speedup":
+        return float(budget.requested)
+    pred = b.done["prune"].get("latency_predicted") or {}
+    dense = pred.get("dense_ms_per_token")
+    return float(dense) / float(budget.requested) if dense else None
 
 
 def _add_prediction(entry: dict, b) -> None:

@@ -31,3 +31,16 @@ def test_interval_contains_the_median_and_is_seeded():
     med, lo, hi = interval(r)
     assert lo <= med <= hi
     assert interval(r) == (med, lo, hi)
+
+
+def test_a_speed_budget_is_checked_against_the_speedup_asked_for():
+    """Under --speedup S the check holds the measurement to S, not the bytes ideal, which is kept."""
+    from edgeprune.speedup import check
+
+    dense = [2.0, 2.02, 1.98, 2.01, 2.0, 1.99, 2.0]
+    pruned = [d / 1.25 for d in dense]
+    by_bytes = check(dense, pruned, ideal=1.6)  # 1.25x against 0.9 x 1.6 = 1.44: a miss
+    asked = check(dense, pruned, ideal=1.6, requested=1.2)  # 1.25x against 0.9 x 1.2 = 1.08: a pass
+    assert by_bytes["status"] == "miss" and asked["status"] == "pass"
+    assert asked["bytes_ideal"] == 1.6 and asked["decode_ideal"] == 1.2 and asked["reference"] == "requested speedup"
+    assert check(dense, [d / 1.0 for d in dense], ideal=1.6, requested=1.2)["status"] == "miss"
