@@ -87,7 +87,7 @@ def _random_view(cfg, empty_dir: Path):
     from .models.pruned_modeling import CLASSES
 
     with torch.device("meta"):
-        meta = CLASSES[cfg.model_type[len("edgeprune_"):]][1](cfg)
+        meta = CLASSES[cfg.model_type.removeprefix("edgeprune_")][1](cfg)  # the family's type (legacy: edgeprune_<family>)
     shapes = {k: tuple(v.shape) for k, v in meta.state_dict().items()}
     gen = torch.Generator().manual_seed(0)
 

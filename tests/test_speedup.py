@@ -44,3 +44,11 @@ def test_a_speed_budget_is_checked_against_the_speedup_asked_for():
     assert by_bytes["status"] == "miss" and asked["status"] == "pass"
     assert asked["bytes_ideal"] == 1.6 and asked["decode_ideal"] == 1.2 and asked["reference"] == "requested speedup"
     assert check(dense, [d / 1.0 for d in dense], ideal=1.6, requested=1.2)["status"] == "miss"
+
+
+def test_a_speed_budget_passes_on_its_lower_bound_however_wide():
+    from edgeprune.speedup import verdict
+
+    assert verdict(1.42, 1.30, 1.73, 1.2, ceiling=2.0, one_sided=True)[0] == "pass"
+    assert verdict(1.42, 1.30, 1.73, 1.2, ceiling=2.0)[0] == "inconclusive"  # the bytes-ideal check: too wide
+    assert verdict(1.09, 0.98, 1.19, 1.2, ceiling=2.0, one_sided=True)[0] == "inconclusive"  # straddles 1.08
