@@ -14,6 +14,7 @@ import math
 import torch
 from torch import nn
 
+from .. import dist
 from ..reference import final_norm
 from ..streaming import Activations, LayerSource
 from ..surgery import slice_layer
@@ -92,5 +93,6 @@ class KLFitness:
                 kl = (lp_d.exp() * (lp_d - lp_p)).sum(-1)
                 total += float(kl.sum())
                 n += kl.numel()
+        total, n = dist.sum_floats(total, n)  # every rank's held-back tokens
         value = total / max(n, 1)
         return value if math.isfinite(value) else float("inf")  # a broken candidate never wins

@@ -29,6 +29,7 @@ from typing import Callable, Iterator
 
 import torch
 
+from .. import dist
 from ..models import DecoderAdapter, LayerShape
 from ..plan import LayerPlan, Plan
 from .allocate import Choice, Ladders
@@ -167,11 +168,18 @@ class LadderStore:
     def __init__(self, directory: Path):
         self.dir = Path(directory)
         self.dir.mkdir(parents=True, exist_ok=True)
+        self._remote: set[int] = set()  # layers whose rungs only rank 0's store holds (resumed)
 
     def record(self, i: int) -> dict | None:
+        """Layer i's finished ladder, or None. In a distributed run rank 0's store decides
+        (it alone resumes): a layer rank 0 had finished is fetched from it (`tensor`), the
+        others' private stores hold only what they built in this run."""
         p = self.dir / f"L{i}.json"
-        rec = json.loads(p.read_text()) if p.is_file() else None
-        return rec if rec is not None and rec.get("version") == LADDER_VERSION else None
+        rec = json.loads(p.read_text()) if p.is_file() and dist.is_writer() else None
+        rec = dist.broadcast_object(rec if rec is not None and rec.get("version") == LADDER_VERSION else None)
+        if rec is not None and dist.active():
+            self._remote.add(i)
+        return rec
 
     def put_tensor(self, i: int, key: str, tensor: torch.Tensor) -> None:
         """One rung's weight, written at once: float16 on disk (the fitness only ranks candidates;
@@ -192,6 +200,9 @@ class LadderStore:
     def tensor(self, i: int, key: str) -> torch.Tensor:
         from safetensors.torch import load_file
 
+        if i in self._remote:  # every rank asks for the same rungs in the same order
+            return dist.broadcast_object(load_file(str(self.dir / f"L{i}.{key}.safetensors"))["w"].float()
+                                         if dist.is_writer() else None)
         return load_file(str(self.dir / f"L{i}.{key}.safetensors"))["w"].float()
 
 
