@@ -27,6 +27,7 @@ def prune_all(model: str, out: str, methods: list[str]) -> int:
     from edgeprune.pipeline import prune
 
     dist.init("cpu")
+    Path(out).mkdir(parents=True, exist_ok=True)
     try:
         for m in methods:
             prune(model, m, out=Path(out) / m, **REQUEST)
