@@ -11,6 +11,12 @@ per-layer slope between the two depths extrapolates each figure to the full dept
 
     python benchmarks/scale.py --shapes llama-3.2-1b,qwen2.5-7b,llama-3.1-8b --depths 2,4
     python benchmarks/scale.py --shapes llama-3.1-8b --methods comp --protect none   # COMP's plan stage
+
+With `--nproc N`, data-parallel pruning instead: each method's prune as one process and as N
+ranks under `torchrun --nproc-per-node N` (`--threads` per rank), interleaved per method and
+repetition, with the wall time, the plan stage's time and the peak of every rank:
+
+    python benchmarks/scale.py --nproc 2 --shapes llama-3.2-1b --depths 2 --methods slimgpt,search --threads 1
 """
 from __future__ import annotations
 
@@ -82,6 +88,67 @@ def measure(a, shape: str, depth: int, calib: Path) -> list[dict]:
     return rows
 
 
+def measure_nproc(a, shape: str, depth: int, calib: Path) -> list[dict]:
+    """1 process against `a.nproc` ranks, per method, interleaved (1, N, 1, N, ...)."""
+    import socket
+
+    model = ensure_model(Path(a.work), shape, depth)
+    rows = []
+    for method in a.methods.split(","):
+        for rep in range(a.reps):
+            for n in (1, a.nproc):
+                with socket.socket() as sk:
+                    sk.bind(("127.0.0.1", 0))
+                    port = sk.getsockname()[1]
+                launch = ([sys.executable, "-m", "edgeprune"] if n == 1 else
+                          ["torchrun", "--nproc-per-node", str(n), "--master-port", str(port), "-m", "edgeprune"])
+                out = Path(a.work) / f"{shape}-L{depth}-{method}-n{n}"
+                cmd = [*launch, "prune", "--model", str(model), "--method", method, "--ratio", str(a.ratio),
+                       "--calib", str(calib), "--nsamples", str(a.nsamples), "--seq-len", str(a.seq_len), "--out", str(out),
+                       "--force", "--json", "--quiet", "--threads", str(a.threads)]
+                if method == "search" and a.search_evals:
+                    cmd += ["--search-evals", str(a.search_evals)]
+                rep_json, outside, wall = run(cmd)
+                ranks = rep_json.get("distributed", {}).get("peak_memory_per_rank", [rep_json["peak_memory"]])
+                row = dict(shape=shape, depth=depth, method=method, rep=rep, nproc=n, wall=wall,
+                           plan_s=rep_json["wall_seconds"], peaks=[r["peak_bytes"] / GiB for r in ranks],
+                           peak_max=max(r["peak_bytes"] for r in ranks) / GiB, outside=outside / GiB)
+                rows.append(row)
+                print(f"{method} nproc {n} rep {rep}: wall {wall:.1f} s, plan {row['plan_s']:.1f} s, peak per rank "
+                      + ", ".join(f"{g:.2f}" for g in row["peaks"]) + " GiB", file=sys.stderr, flush=True)
+    return rows
+
+
+def nproc_table(rows: list[dict], nproc: int) -> list[dict]:
+    """Per method: walls of 1 and N processes (min..max over repetitions), the speedup, and a
+    verdict: 'inconclusive' when the repetitions' spread exceeds the difference, 'single run'
+    when there was one repetition (no interval)."""
+    table = []
+    for shape, depth, method in dict.fromkeys((r["shape"], r["depth"], r["method"]) for r in rows):
+        at = {n: [r for r in rows if (r["shape"], r["depth"], r["method"], r["nproc"]) == (shape, depth, method, n)]
+              for n in (1, nproc)}
+        w1, wn = [r["wall"] for r in at[1]], [r["wall"] for r in at[nproc]]
+        spread = (max(w1) - min(w1)) + (max(wn) - min(wn))
+        verdict = "single run" if len(w1) < 2 else ("inconclusive" if spread >= abs(min(w1) - min(wn)) else "")
+        table.append(dict(shape=shape, depth=depth, method=method, wall1=f"{min(w1):.1f}..{max(w1):.1f}",
+                          walln=f"{min(wn):.1f}..{max(wn):.1f}", speedup=min(w1) / min(wn),
+                          plan1=min(r["plan_s"] for r in at[1]), plann=min(r["plan_s"] for r in at[nproc]),
+                          peak1=max(r["peak_max"] for r in at[1]),
+                          peakn=" / ".join(f"{max(r['peaks'][k] for r in at[nproc]):.2f}" for k in range(nproc)),
+                          verdict=verdict))
+    return table
+
+
+def _emit_nproc(name: str, command: str, args: dict, rows: list[dict]) -> None:
+    n = args["nproc"]
+    cols = [("shape", "width of"), ("depth", "layers"), ("method", "method"), ("wall1", "wall s, 1 proc"),
+            ("walln", f"wall s, {n} ranks"), ("speedup", "speedup"), ("plan1", "plan s, 1"), ("plann", f"plan s, {n}"),
+            ("peak1", "peak GiB, 1"), ("peakn", f"peak GiB per rank, {n}"), ("verdict", "note")]
+    md = markdown_table(nproc_table(rows, n), cols)
+    print(md)
+    write_results(name, {"command": command, "args": args, "rows": rows}, md)
+
+
 def extrapolate(rows: list[dict], d1: int, d2: int) -> list[dict]:
     from edgeprune.synthetic import FULL_DEPTH
 
@@ -123,10 +190,14 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--work", default="/tmp/edgeprune-scale")
     p.add_argument("--name", default="scale")
+    p.add_argument("--nproc", type=int, default=0, help="compare 1 process with N ranks under torchrun (per method)")
+    p.add_argument("--reps", type=int, default=1, help="--nproc: interleaved repetitions of each (1 vs N)")
     p.add_argument("--table-from", default=None, help="re-make the table from a results JSON (no measuring)")
     a = p.parse_args()
     if a.table_from:
         saved = json.loads(Path(a.table_from).read_text())
+        if saved["args"].get("nproc"):
+            return _emit_nproc(a.name, saved["command"], saved["args"], saved["rows"])
         d1, d2 = (int(x) for x in saved["args"]["depths"].split(","))
         _emit(a.name, saved["command"], saved["args"], saved["rows"], d1, d2)
         return
@@ -135,6 +206,10 @@ def main() -> None:
     Path(a.work).mkdir(parents=True, exist_ok=True)
     calib = Path(a.work) / "calib.txt"
     calib.write_text(demo_text("calib", limit=400_000))
+    if a.nproc:
+        rows = [r for shape in a.shapes.split(",") for depth in map(int, a.depths.split(","))
+                for r in measure_nproc(a, shape, depth, calib)]
+        return _emit_nproc(a.name, " ".join(sys.argv), vars(a), rows)
     d1, d2 = (int(x) for x in a.depths.split(","))
     rows = []
     for shape in a.shapes.split(","):

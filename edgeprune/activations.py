@@ -78,6 +78,17 @@ class GramCollector:
     def remove(self) -> None:
         self._h.remove()
 
+    def reduce(self) -> None:
+        """Sum the Gram, the channel sums and the token count over every rank (a no-op in one
+        process): each rank saw its slice of the windows, the methods read the whole set."""
+        from . import dist
+
+        if not dist.active():
+            return
+        dist.all_reduce_sum(self.gram)
+        dist.all_reduce_sum(self.sum)
+        self.count = int(dist.sum_floats(self.count)[0])
+
     @property
     def mean(self) -> torch.Tensor:
         return self.sum / max(self.count, 1)

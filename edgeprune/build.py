@@ -15,6 +15,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from . import dist
 from . import profile as prof
 from .checkpoint import INCOMPLETE, check_output_dir, load_config
 from .errors import EdgePruneError, ToleranceError
@@ -165,21 +166,35 @@ def stage_prune(b: Build) -> None:
     """Calibrate, plan, apply and save the pruned checkpoint into `model/` (resumable per layer)."""
     from .pipeline import prune
 
-    if "prune" in b.done:
-        return
-    o = b.opts
-    t0 = time.perf_counter()
     from .methods import get
 
+    o = b.opts
     speed = {"speedup": None, "latency_ms": None, "ratio": b.ratio}
     if b.budget is not None:  # prune translates it again for a parameter-only method (same model, same ratio)
         speed = {"ratio": None, b.budget.kind: b.budget.requested, "latency_model": b.latency}
-    res = prune(b.model_dir, b.method, **speed, layers=get(b.method).build_layers, calib=b.calib,
-                n_samples=o["nsamples"], seq_len=o["seq_len"], seed=o["seed"], device=o["device"], data_dir=o["data_dir"],
-                out=b.out_dir / "model", resume=True, force=True, align=b.align, checked=True, progress=not QUIET["on"],
-                search_evals=o.get("search_evals", 128), **({"extra": {"ladder_dir": o["ladder_dir"]}} if o.get("ladder_dir") else {}))
+    kw = None if "prune" in b.done else dict(
+        model_dir=b.model_dir, method=b.method, **speed, layers=get(b.method).build_layers, calib=b.calib,
+        n_samples=o["nsamples"], seq_len=o["seq_len"], seed=o["seed"], device=o["device"], data_dir=o["data_dir"],
+        out=b.out_dir / "model", resume=True, force=True, align=b.align, checked=True, progress=not QUIET["on"],
+        search_evals=o.get("search_evals", 128), **({"extra": {"ladder_dir": o["ladder_dir"]}} if o.get("ladder_dir") else {}))
+    dist.broadcast_object(kw)  # a distributed build's other ranks prune with these arguments (`follow`)
+    if kw is None:
+        return
+    t0 = time.perf_counter()
+    res = prune(**kw)
     b.done["prune"] = {**res.report, "stage_seconds": time.perf_counter() - t0}
     b.save_state()
+
+
+def follow(device: str) -> None:
+    """A distributed build on a rank other than 0: rank 0 checks the request, owns the build
+    directory and runs every stage; this rank takes part in the prune stage only (with the
+    arguments rank 0 sends, on its own device), then leaves rank 0 to export and profile."""
+    from .pipeline import prune
+
+    kw = dist.broadcast_object(None)
+    if kw is not None:
+        prune(**{**kw, "device": device, "progress": False})
 
 
 def stage_dtypes(b: Build) -> None:

@@ -124,8 +124,23 @@ def _request_kwargs(a) -> dict:
     return kw
 
 
+def _join(a) -> None:
+    """Under torchrun (WORLD_SIZE > 1): join the process group, take this rank's device
+    (cuda:LOCAL_RANK), and keep every rank but 0 quiet (rank 0 prints and logs)."""
+    from . import dist
+
+    if not dist.requested():
+        return
+    a.device = dist.init(a.device)
+    if not dist.is_writer():
+        warnings.simplefilter("ignore")
+        a.quiet = True
+
+
 def cmd_prune(a) -> int:
     _setup_torch(a.threads, getattr(a, 'device', 'cpu'))
+    _join(a)
+    from . import dist
     from .pipeline import prune
 
     model_dir = _model_arg(a.model)
@@ -134,6 +149,8 @@ def cmd_prune(a) -> int:
                 layers=a.layers, calib=_data_default(model_dir, a.calib),
                 n_samples=a.nsamples, seq_len=a.seq_len, seed=a.seed, device=a.device, data_dir=a.data_dir,
                 out=a.out, force=a.force, resume=a.resume, dtype=a.dtype, **_request_kwargs(a))
+    if not dist.is_writer():
+        return 0
     rep = res.report
     if a.json:
         print(json.dumps(rep))
@@ -199,7 +216,13 @@ def cmd_build(a) -> int:
         print(json.dumps(res) if a.json else text(res))
         return 0
     _setup_torch(a.threads, getattr(a, 'device', 'cpu'))
-    from .build import build
+    _join(a)
+    from . import dist
+    from .build import build, follow
+
+    if not dist.is_writer():  # the other ranks take part in the prune stage only
+        follow(a.device)
+        return 0
 
     res = build(model=a.model, target=a.target, ratio=a.ratio, speedup=a.speedup, latency_ms=a.latency_ms,
                 latency_table=a.latency_table, method=a.method, calib=a.calib, out=a.out,
@@ -272,25 +295,32 @@ def main(argv: list[str] | None = None) -> int:
         args = build_parser(handlers).parse_args(argv)
     except SystemExit as e:  # --help, --version (0) and argparse's one-line refusals (2)
         return int(e.code or 0)
-    from .errors import EdgePruneError
+    from .errors import DataError, EdgePruneError
 
     _third_party_logs(getattr(args, "verbose", False))
     warnings.formatwarning = lambda msg, cat, *_a, **_k: f"edgeprune: warning: {msg}\n"
     from . import crash
     from .guard import set_stage
 
+    from . import dist
+
     set_stage(None)
     try:
         return args.fn(args) or 0
-    except EdgePruneError as e:
-        print(f"edgeprune: error: {e}", file=sys.stderr)
+    except EdgePruneError as e:  # rank 0 says a user error (the others skip the checks); a rank's
+        if dist.is_writer() or isinstance(e, DataError):  # own windows may hold NaN: that rank says so
+            print(f"edgeprune: error: {dist.tag()}{e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(crash.interrupted(args.cmd, args), file=sys.stderr)
         return 130
     except Exception as e:  # not foreseen: one line, the traceback in a file, exit 1
-        print(crash.unexpected(e, args.cmd, args), file=sys.stderr)
+        if not dist.peer_lost(e):  # a collective that broke because another rank stopped: that rank said why
+            print(crash.unexpected(e, args.cmd, args).replace("edgeprune: error: ", f"edgeprune: error: {dist.tag()}", 1),
+                  file=sys.stderr)
         return 1
+    finally:
+        dist.close()
 
 
 if __name__ == "__main__":

@@ -43,7 +43,9 @@ def save_traceback(exc: BaseException, cmd: str, args) -> Path:
 
     text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
     out = _out_of(args)
-    if out is not None and out.is_dir() and written_by_edgeprune(out):
+    from . import dist
+
+    if out is not None and dist.is_writer() and out.is_dir() and written_by_edgeprune(out):  # rank 0 owns --out
         path = out / ERROR_LOG
         try:
             path.write_text(text)

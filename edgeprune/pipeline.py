@@ -15,8 +15,10 @@ from pathlib import Path
 
 import torch
 
+from . import dist
 from .data import tokenizer_for  # noqa: F401  (re-exported: callers import it from here)
 from .checkpoint import INCOMPLETE, check_output_dir, load
+from .dist_run import Follower, peaks, share_state
 from .errors import PlanError
 from .memory import PeakMemory, stage_report
 from .methods import DEFAULT, REGISTRY, PruneRequest, get
@@ -198,10 +200,12 @@ def prune(  # long: one keyword argument per CLI option
     budget = parse(ratio, speedup, latency_ms)
     speed = budget is not None and budget.is_speed
     req = PruneRequest(ratio=ratio, layers=layers, seed=seed, budget=budget if speed else None, **request)
+    req.progress = req.progress and dist.is_writer()  # one progress display: rank 0's
     check_request(get(method), ratio, layers, req.budget)  # the ratio is validated here, once, before any work
     out_path = Path(out).absolute() if out else None
     on_disk = isinstance(model_dir, (str, Path))
-    if out_path is not None:
+    writer = dist.is_writer()  # in a distributed run only rank 0 looks at --out (dist_run)
+    if out_path is not None and writer:
         refuse_overlap(out_path, {"--model": model_dir if on_disk else None, "--calib": calib})
         check_output_dir(out_path, force=force, resume=resume)
     args = {"model": str(Path(model_dir).absolute()) if on_disk else "in-memory", "method": method, "ratio": ratio,
@@ -211,33 +215,48 @@ def prune(  # long: one keyword argument per CLI option
         args.update(budget=budget.to_json(), latency_runtime=latency_runtime, latency_table=str(latency_table or ""))
         from .budget_stages import prune_budget
 
-        prune_budget(model_dir, method, req, latency_model, latency_runtime, latency_table)
-    resuming = bool(out_path and resume and (out_path / INCOMPLETE).exists() and (out_path / ".work").is_dir())
+        if dist.is_writer():  # rank 0 measures (or reads) the latency model; the others take its result
+            prune_budget(model_dir, method, req, latency_model, latency_runtime, latency_table)
+        req.latency, req.ratio, req.extra["budget"] = dist.broadcast_object((req.latency, req.ratio, req.extra.get("budget")))
+    resuming = dist.broadcast_object(
+        bool(writer and out_path and resume and (out_path / INCOMPLETE).exists() and (out_path / ".work").is_dir()))
     windows = None
     set_stage("prune checks")
-    if not checked:  # `build` runs preflight() itself before creating its directory
+    if not writer:  # rank 0 checks (and says what is wrong); the others take its windows
+        pass
+    elif not checked:  # `build` runs preflight() itself before creating its directory
         windows = preflight(model_dir, method, calib, n_samples, seq_len, seed, data_dir, req.progress,
                             req.protect, req.offload, windows=not resuming, layers=layers)
     elif get(method).needs_calibration and not resuming:  # bad text fails before --out exists
         windows = calibration(model_dir, calib, n_samples, seq_len, seed, data_dir)
-    inputs = fingerprint(model_dir, calib, data_dir=data_dir) if out_path is not None else {}
-    work, lock = _prepare_out(out_path, force, resuming, args, req, inputs)
+    follower = Follower() if out_path is not None and not writer else None
+    if follower is not None:
+        work, lock = None, None
+        follower.attach(req)
+    else:
+        inputs = fingerprint(model_dir, calib, data_dir=data_dir) if out_path is not None else {}
+        work, lock = _prepare_out(out_path, force, resuming, args, req, inputs)
+        share_state(req)
     try:
-        return _plan_and_save(model_dir, method, req, windows, work, out_path, resuming, out_dtype, device,
-                              dict(calib=str(calib), n_samples=n_samples, seq_len=seq_len, seed=seed, data_dir=data_dir))
+        return _plan_and_save(model_dir, method, req, windows, work, out_path if writer else None, resuming, out_dtype,
+                              device, dict(calib=str(calib), n_samples=n_samples, seq_len=seq_len, seed=seed,
+                                           data_dir=data_dir, out=out_path))
     finally:
         if lock is not None:
             lock.release()
+        if follower is not None:
+            follower.close()
 
 
 def _plan_and_save(model_dir, method: str, req: PruneRequest, windows, work: Path | None, out_path: Path | None,
                    resuming: bool, out_dtype, device: str, opts: dict) -> PruneResult:
     """Plan under the memory meter, then apply and save (or apply in memory)."""
-    if windows is None and get(method).needs_calibration:
+    if windows is None and get(method).needs_calibration and dist.is_writer():
         windows = calibration(model_dir, opts["calib"], opts["n_samples"], opts["seq_len"], opts["seed"],
                               opts["data_dir"], work)
     elif work is not None and windows is not None:
         torch.save(windows, work / "calib.pt")
+    windows = dist.broadcast_object(windows)  # rank 0's windows (read back from its work dir on resume)
     torch.manual_seed(opts["seed"])
     set_stage(f"prune plan ({method})")
     try:
@@ -249,6 +268,12 @@ def _plan_and_save(model_dir, method: str, req: PruneRequest, windows, work: Pat
     stages = {"plan": report["peak_memory"]["stages"]["plan"]}
     t0 = time.perf_counter()
     set_stage("prune apply and save")
+    if dist.active():
+        report["distributed"] = {"world_size": dist.world(), "backend": torch.distributed.get_backend(),
+                                 "peak_memory_per_rank": peaks(report["peak_memory"])}
+    if opts["out"] is not None and out_path is None:  # a follower rank: rank 0 saves; wait for it
+        dist.barrier()
+        return PruneResult(plan, None, report)
     with PeakMemory(device) as mem:
         if out_path is not None:
             saved = save_pruned(model_dir, plan, out_path, dtype=out_dtype, force=True, progress=req.progress)
@@ -260,6 +285,8 @@ def _plan_and_save(model_dir, method: str, req: PruneRequest, windows, work: Pat
     stages["apply_save"] = mem
     report["peak_memory"] = stage_report(stages, device)
     report["apply_save_seconds"] = time.perf_counter() - t0
+    if out_path is not None:
+        dist.barrier()  # the followers end once the checkpoint is saved (or with rank 0's failure)
     return PruneResult(plan, model, report)
 
 

@@ -18,6 +18,7 @@ from typing import Callable, Iterable, Iterator
 import torch
 from torch import nn
 
+from . import dist
 from .checkpoint import load_config
 from .errors import DataError, ModelError
 from .models import DecoderAdapter, LayerShape, get_adapter
@@ -78,8 +79,11 @@ class LayerSource:
         return acts
 
     def start(self, windows: torch.Tensor, batch_size: int, on_disk: bool = False, workdir=None) -> Activations:
-        """Every pass begins here: embed the windows, then drop the embedding matrix."""
-        acts = self.embed_all(windows, batch_size, on_disk, workdir)
+        """Every pass begins here: embed the windows, then drop the embedding matrix. In a
+        distributed run this rank embeds only its contiguous slice of the windows; the
+        statistics gathered on them are summed across ranks by the driver (`run_collecting`,
+        and the methods' scalar sums), so every method sees the whole set's."""
+        acts = self.embed_all(windows[dist.shard(windows.shape[0])], batch_size, on_disk, workdir)
         self.release_embedding()
         return acts
 
@@ -228,13 +232,15 @@ def done(out: Activations, acts: Activations) -> None:
 def run_collecting(source: LayerSource, layer: nn.Module, acts: Activations, roles: tuple[str, ...],
                    full: bool = True) -> tuple[Activations, dict[str, GramCollector]]:
     """Forward `acts` through `layer` while accumulating the input Gram of each role's linear
-    (only its diagonal with full=False)."""
+    (only its diagonal with full=False), summed over every rank's windows."""
     cols = {r: GramCollector(source.adapter.module(layer, r), full=full) for r in roles}
     try:
         out = source.run(layer, acts)
     finally:
         for c in cols.values():
             c.remove()
+    for c in cols.values():
+        c.reduce()
     return out, cols
 
 

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any, MutableMapping
 import torch
 from tqdm.auto import tqdm
 
+from .. import dist
 from ..errors import PlanError
 from ..models import DecoderAdapter, LayerShape, expected_nonembedding
 from ..plan import LayerPlan, Plan
@@ -86,12 +87,14 @@ def check_layer_count(n: int, num_layers: int, available: int) -> None:
 
 
 def cosine_importance(x: Activations, y: Activations) -> float:
-    """1 - mean cosine(input, output) over all calibration tokens (windows have no padding)."""
+    """1 - mean cosine(input, output) over all calibration tokens (windows have no padding),
+    every rank's tokens included."""
     total, n = 0.0, 0
     for a, b in zip(x, y):
         c = torch.nn.functional.cosine_similarity(a.double(), b.double(), dim=-1)
         total += float(c.sum())
         n += c.numel()
+    total, n = dist.sum_floats(total, n)
     return 1.0 - total / n
 
 

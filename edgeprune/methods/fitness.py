@@ -14,6 +14,7 @@ import math
 import torch
 from torch import nn
 
+from .. import dist
 from ..reference import final_norm
 from ..streaming import Activations, LayerSource
 from ..surgery import slice_layer
@@ -86,7 +87,8 @@ class KLFitness:
 
     def _kl(self, acts: Activations) -> float:
         sums = self._kl_sums(acts)
-        value = sum(t for t, _ in sums) / max(sum(n for _, n in sums), 1)
+        total, n = dist.sum_floats(sum(t for t, _ in sums), sum(n for _, n in sums))  # every rank's held-back tokens
+        value = total / max(n, 1)
         return value if math.isfinite(value) else float("inf")  # a broken candidate never wins
 
     @torch.no_grad()

@@ -29,6 +29,7 @@ from typing import Callable, Iterator
 
 import torch
 
+from .. import dist
 from ..models import DecoderAdapter, LayerShape
 from ..plan import LayerPlan, Plan
 from .allocate import Choice, Ladders
@@ -167,18 +168,26 @@ class LadderStore:
     def __init__(self, directory: Path):
         self.dir = Path(directory)
         self.dir.mkdir(parents=True, exist_ok=True)
+        self._remote: set[int] = set()  # layers whose rungs only rank 0's store holds (resumed)
 
     def record(self, i: int) -> dict | None:
+        """Layer i's finished ladder, or None. In a distributed run rank 0's store decides
+        (it alone resumes): a layer rank 0 had finished is fetched from it (`tensor`), the
+        others' private stores hold only what they built in this run."""
         from edgeprune import schema
 
         p = self.dir / f"L{i}.json"
-        if not p.is_file():
-            return None
-        fix = f"delete it to build that layer's ladder again, or {schema.RESTART}"
-        rec = schema.read(p, dict, "ladder record", fix)
-        if rec.get("version") != LADDER_VERSION:  # another version's ladder: built again
-            return None
-        schema.check(rec, schema.LADDER, p, "ladder record", fix)
+        rec = None
+        if p.is_file() and dist.is_writer():
+            fix = f"delete it to build that layer's ladder again, or {schema.RESTART}"
+            rec = schema.read(p, dict, "ladder record", fix)
+            if rec.get("version") == LADDER_VERSION:
+                schema.check(rec, schema.LADDER, p, "ladder record", fix)
+            else:  # another version's ladder: built again
+                rec = None
+        rec = dist.broadcast_object(rec)
+        if rec is not None and dist.active():
+            self._remote.add(i)
         return rec
 
     def put_tensor(self, i: int, key: str, tensor: torch.Tensor) -> None:
@@ -200,6 +209,9 @@ class LadderStore:
     def tensor(self, i: int, key: str) -> torch.Tensor:
         from safetensors.torch import load_file
 
+        if i in self._remote:  # every rank asks for the same rungs in the same order
+            return dist.broadcast_object(load_file(str(self.dir / f"L{i}.{key}.safetensors"))["w"].float()
+                                         if dist.is_writer() else None)
         return load_file(str(self.dir / f"L{i}.{key}.safetensors"))["w"].float()
 
 

@@ -27,6 +27,7 @@ from pathlib import Path
 
 import torch
 
+from .. import dist
 from ..errors import PlanError
 from ..plan import LayerPlan, Plan
 from ..streaming import LayerSource, done, run_collecting, walk
@@ -134,6 +135,7 @@ def _norms(x_acts, y_acts) -> tuple[float, float]:
     for x, y in zip(x_acts, y_acts):
         norm += float(y.double().pow(2).sum())
         drop += float((y.double() - x.double()).pow(2).sum())
+    norm, drop = dist.sum_floats(norm, drop)  # every rank's tokens
     return max(norm, 1e-30), drop
 
 
@@ -149,6 +151,7 @@ def evolve(lad: Ladders, budget: float, fitness: KLFitness, req: PruneRequest, l
         saved = schema.read(log_path, schema.SEARCH_LOG, "search log",
                           f"delete it to evaluate the candidates again, or {schema.RESTART}")
         cache = {tuple(map(tuple, a)): v for a, v in saved["evaluated"]}
+    cache = dist.broadcast_object(cache)  # rank 0's log: every rank replays the same candidates
     progress = bar(range(req.search_evals), "search: candidates", req)
     L = len(lad.records)
 

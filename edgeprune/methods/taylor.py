@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import torch
 
+from .. import dist
 from ..plan import Plan
 from ..streaming import LayerSource
 from .base import PruneRequest, bar, scored_layer_plan, uniform_split
@@ -32,10 +33,15 @@ def plan_taylor(source: LayerSource, calib: torch.Tensor, req: PruneRequest) -> 
     model.zero_grad(set_to_none=True)
     for p in model.parameters():
         p.requires_grad_(True)
-    for s in bar(range(0, calib.shape[0], req.batch_size), "taylor gradients", req):
-        ids = calib[s : s + req.batch_size].to(source.device)
+    mine = calib[dist.shard(calib.shape[0])]  # this rank's windows; the loss is weighted by the whole set
+    for s in bar(range(0, mine.shape[0], req.batch_size), "taylor gradients", req):
+        ids = mine[s : s + req.batch_size].to(source.device)
         loss = model(input_ids=ids, labels=ids, use_cache=False).loss * ids.shape[0] / calib.shape[0]
         loss.backward()
+    for p in model.parameters():  # the gradient of the whole set's loss: the sum of the ranks'
+        if p.grad is None:
+            p.grad = torch.zeros_like(p)
+        dist.all_reduce_sum(p.grad)
     plan = Plan(method="taylor", model_type=ad.family, num_layers=source.num_layers, ratio_requested=ratio,
                 options={"align": req.align, "gradient": "full model, first order"})
     hd = ad.head_dim

@@ -26,7 +26,8 @@ def plan_wanda_sp(source: LayerSource, calib: torch.Tensor, req: PruneRequest) -
         s = ad.shape_of(layer)
         col_o, col_f = cols["o"], cols["down"]
         g, c = uniform_split(ad, s, ratio * ad.layer_param_count(s), req.align)
-        so = wanda_scores(ad.module(layer, "o").weight.detach(), col_o.sq_norm.cpu()).view(s.num_kv_heads, -1).sum(1)
-        sf = wanda_scores(ad.module(layer, "down").weight.detach(), col_f.sq_norm.cpu())
+        # scored on the CPU (vectors only): the weights come off the activations' device
+        so = wanda_scores(ad.module(layer, "o").weight.detach().cpu(), col_o.sq_norm.cpu()).view(s.num_kv_heads, -1).sum(1)
+        sf = wanda_scores(ad.module(layer, "down").weight.detach().cpu(), col_f.sq_norm.cpu())
         plan.layers[i] = scored_layer_plan(s, so, sf, g, c, {"target_ratio": ratio})
     return plan
