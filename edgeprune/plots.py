@@ -106,7 +106,7 @@ def plot_latency(build_dir: Path, profile: dict) -> str | None:  # long: bars, w
         ax.set_ylabel("decode ms/token (lower is faster)")
     handles = [Patch(color=DENSE, label="dense: median of its runs (whisker: 95% interval of the median)"),
                Patch(color=PRUNED, label="pruned: dense / the check's paired speedup (whisker: the check's 95% interval)"),
-               Line2D([], [], color="black", ls="--", label="ideal pruned: dense / ideal speedup (bytes read per token)"),
+               Line2D([], [], color="black", ls="--", label="ideal pruned: dense / ideal speedup (bytes read per token; under a speed budget, the speedup asked for)"),
                Patch(facecolor=PRUNED, alpha=0.55, hatch="//", edgecolor="white",
                      label="device estimate (hatched; whisker: the model's error on the build host)")]
     spare = list(axes.flat[len(groups):])

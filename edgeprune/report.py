@@ -44,6 +44,14 @@ def _fmt(x, spec=".3g") -> str:
     return "-" if x is None else format(x, spec)
 
 
+def _budget_words(profile: dict, pr: dict) -> str:
+    """The budget as the user stated it: a speed budget has no requested ratio."""
+    b = profile.get("budget") or {}
+    if b.get("kind") in ("speedup", "latency_ms"):
+        return f"budget --{b['kind'].replace('_', '-')} {b['requested']:g}"
+    return f"ratio requested {pr['ratio_requested']}"
+
+
 def write_report(build_dir: Path, profile: dict) -> Path:  # long: the report in reading order
     from .speedup import decode_bars
     from .verdict import samples_lines, verdict_lines
@@ -58,7 +66,7 @@ def write_report(build_dir: Path, profile: dict) -> Path:  # long: the report in
         f"{', the default: pass --calib for in-domain text' if cal.get('defaulted') else ''}); evaluation data: "
         f"{(profile['provenance'].get('evaluation') or {}).get('data', cal.get('data'))} (held-out evaluation portion)",
         f"- model: `{profile['checkpoint'].get('base_model')}` -> `{profile['checkpoint']['path']}`",
-        f"- method **{pr['method']}**, ratio requested {pr['ratio_requested']} ({pr.get('ratio_reason', '')}), "
+        f"- method **{pr['method']}**, {_budget_words(profile, pr)} ({pr.get('ratio_reason', '')}), "
         f"achieved {pr['ratio_achieved']:.4f} of non-embedding parameters",
         f"- parameters: {pr['params_dense']:,} -> {pr['params_pruned']:,} non-embedding; "
         f"{pr['params_dense_total']:,} -> {pr['params_pruned_total']:,} total",
