@@ -38,8 +38,18 @@ def _check_plot(plot: str | None) -> None:
 
 
 def inspect_path(path: str, plot: str | None = None) -> dict:
+    """A model directory, a plan, a build directory, a `.gguf` file or an ONNX folder."""
+    from . import inspect_artifacts as ia
+
     p = Path(path)
     _check_plot(plot)
+    kind = ia.kind_of(p)
+    if kind == "gguf":
+        return ia.inspect_gguf(p)
+    if kind == "onnx":
+        return ia.inspect_onnx(p)
+    if kind == "build":
+        return ia.inspect_build(p, lambda m: inspect_path(m, plot))
     if p.is_file() and p.name.endswith(".json") or (p.is_dir() and (p / PLAN_JSON).is_file() and not (p / "config.json").is_file()):
         plan = Plan.load(p)
         rows = _plan_rows(plan)
