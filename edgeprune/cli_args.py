@@ -262,7 +262,7 @@ def _bench_args(sub) -> argparse.ArgumentParser:
 
 def _inspect_args(sub) -> argparse.ArgumentParser:
     i = _sub(sub, "inspect", "show the per-layer widths of a model, plan, build directory, .gguf file or ONNX folder")
-    i.add_argument("path", help="a model directory (dense or pruned) or a plan file")
+    i.add_argument("path", help="a model directory (dense or pruned), a plan file, a build directory, a .gguf file or an ONNX folder")
     i.add_argument("--json", action="store_true", help="print exactly one JSON object on stdout")
     i.add_argument("--plot", default=None, help="write a PNG of layer importance and kept widths")
     return i
