@@ -287,7 +287,7 @@ CASES = [
                                              "--target", str(_target(t, **{"bandwidth_gb_s = 51.2": "bandwidth_gb_s = 0"}))],
      "hardware.bandwidth_gb_s must be a number > 0"),
     ("target: integer ratio", lambda r, t: ["build", "--model", str(r / "good"), "--out", str(t / "b"),
-                                            "--target", str(_target(t, **{"ratio = 0.2": "ratio = 1"}))], "pruning.ratio"),
+                                            "--target", str(_target(t, **{"speedup = 1.2": "ratio = 1"}))], "pruning.ratio"),
     ("target: dtype typo", lambda r, t: ["build", "--model", str(r / "good"), "--out", str(t / "b"),
                                          "--target", str(_target(t, **{'dtype = "q8_0"': 'dtype = "q8"'}))],
      "is not a gguf dtype"),

@@ -55,7 +55,7 @@ def test_target_errors(tmp_path):
 
 
 def test_budget_that_cannot_be_met(stories, tmp_path):
-    t = _toml(tmp_path, **{"budget_bytes = 8_000_000_000": "budget_bytes = 1000", "ratio = 0.2": 'ratio = "auto"'})
+    t = _toml(tmp_path, **{"budget_bytes = 8_000_000_000": "budget_bytes = 1000", "speedup = 1.2": 'ratio = "auto"'})
     p = cli("build", "--model", stories, "--target", t, "--out", tmp_path / "b", "--calib", "tinystories", check=False)
     assert p.returncode == 2 and "budget" in p.stderr and "Traceback" not in p.stderr
 
