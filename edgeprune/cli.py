@@ -212,7 +212,8 @@ def cmd_build(a) -> int:
         from .dry_run import dry_run, text
 
         res = dry_run(a.model, a.target, a.ratio, a.method, a.calib, a.out, formats=a.formats, align=a.align,
-                      nsamples=a.nsamples, seq_len=a.seq_len, search_evals=a.search_evals)
+                      nsamples=a.nsamples, seq_len=a.seq_len, search_evals=a.search_evals, speedup=a.speedup,
+                      latency_ms=a.latency_ms)
         print(json.dumps(res) if a.json else text(res))
         return 0
     _setup_torch(a.threads, getattr(a, 'device', 'cpu'))

@@ -15,7 +15,7 @@ from .targets import load_target, with_formats
 
 def dry_run(model: str | None, target: str, ratio: float | None, method: str | None, calib: str | None, out: str,
             formats: str | None = None, align: int | None = None, nsamples: int = 32, seq_len: int = 128,
-            search_evals: int = 128) -> dict:
+            search_evals: int = 128, speedup: float | None = None, latency_ms: float | None = None) -> dict:
     from . import profile as prof
     from .demo import demo_model_dir
     from .methods import get
@@ -35,13 +35,21 @@ def dry_run(model: str | None, target: str, ratio: float | None, method: str | N
     check_output_dir(out_dir, force=True, resume=True)  # what is there is reported, not refused
     ad = get_adapter(load_config(model_dir))
     chosen = _check_dtypes(tgt, ad, align)
-    r, why = choose_ratio(tgt, ad, ratio)
+    from .budget_stages import choose
+
+    budget, why = choose(tgt, ratio, speedup, latency_ms)
+    if budget is not None and budget.is_speed:  # the ratio comes from the latency model, measured in the build
+        r, why = None, (f"{budget.words()} ({why}): the parameter ratio is decided in the build by the latency model "
+                        "(about 30 s of probes); sizes below are the dense ones, an upper bound")
+        res["budget"] = budget.to_json()
+    else:
+        r, why = choose_ratio(tgt, ad, ratio)
     non_emb, emb = prof.sizes(ad)
     kv = prof.kv_cache_bytes(ad, tgt.context)
     arts = []
     for f in tgt.formats:
         dtype = chosen[f"{f['format']}-{f['dtype']}"]["chosen"]
-        nbytes = int((emb + (1 - r) * non_emb) * prof.bytes_per_weight(dtype))
+        nbytes = int((emb + (1 - (r or 0.0)) * non_emb) * prof.bytes_per_weight(dtype))
         arts.append({"format": f["format"], "dtype": dtype, "estimated_bytes": nbytes,
                      "fits_budget": nbytes + kv <= tgt.budget_bytes})
     widest = max(max(s.intermediate_size for s in ad.layer_shapes()), ad.hidden_size)

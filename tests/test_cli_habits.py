@@ -57,7 +57,8 @@ def test_dry_run_creates_nothing(tiny_models, tmp_path, monkeypatch, capsys):
     assert main(["build", "--dry-run", "--json", "--model", str(tiny_models["llama"]), "--target", "cpu-x86",
                  "--formats", "gguf:q8_0,onnx:f32", "--calib", "demo", "--out", str(out)]) == 0
     res = json.loads(capsys.readouterr().out)
-    assert res["dry_run"] and res["method"] == "search" and res["ratio"] == 0.2
+    assert res["dry_run"] and res["method"] == "search" and res["ratio"] is None  # cpu-x86: speedup = 1.2
+    assert res["budget"] == {"kind": "speedup", "requested": 1.2} and "latency model" in res["ratio_reason"]
     assert [(a["format"], a["dtype"]) for a in res["artifacts"]] == [("gguf", "q8_0"), ("onnx", "f32")]
     assert all(a["estimated_bytes"] > 0 for a in res["artifacts"]) and res["estimate"]["plan_flop"] > 0
     assert not out.exists() and os.listdir(cache) == []
@@ -80,7 +81,7 @@ def test_targets_json_has_every_setting(capsys):
     names = {t["name"] for t in res["targets"]}
     assert {"cpu-x86", "raspberry-pi-5", "jetson-orin-nano"} <= names
     for t in res["targets"]:
-        assert t["artifacts"]["formats"] and t["hardware"]["bandwidth_gb_s"] > 0 and "ratio" in t["pruning"]
+        assert t["artifacts"]["formats"] and t["hardware"]["bandwidth_gb_s"] > 0 and ("ratio" in t["pruning"]) != ("speedup" in t["pruning"])
 
 
 def test_third_party_logs_quiet_unless_verbose(monkeypatch):
