@@ -15,11 +15,28 @@ alone writes (`is_writer`). Only torch.distributed collectives carry data betwee
 from __future__ import annotations
 
 import os
+import sys
 from datetime import timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
-import torch.distributed as tdist
+if TYPE_CHECKING:
+    import torch
+
+# torch is imported only where a collective runs: `edgeprune bench` imports this module (the CLI's
+# error handling asks `is_writer`) on devices that have no torch.
+
+
+class _Lazy:
+    """`torch` and `torch.distributed`, imported on first use."""
+
+    def __getattr__(self, name: str):
+        import torch as _torch
+        import torch.distributed as _tdist
+
+        return getattr(_tdist if self is tdist else _torch, name)
+
+
+torch, tdist = _Lazy(), _Lazy()
 
 # How long a collective waits for a rank that neither answers nor exits (a hung rank). A rank
 # that exits is noticed at once: its peers' sockets close.
@@ -52,6 +69,8 @@ def _local_device(device: str) -> str:
 
 
 def active() -> bool:
+    if "torch" not in sys.modules:  # no process group exists without torch imported
+        return False
     return tdist.is_available() and tdist.is_initialized()
 
 
