@@ -98,9 +98,12 @@ class WeightStore:
     def _safetensors_keys(self, path: Path) -> list[str]:
         """Parse the header (the format's own layout: u64 length, JSON); check the file holds
         every byte the header promises."""
-        from .schema import safetensors_header
+        from .schema import SchemaError, safetensors_header
 
-        n, header = safetensors_header(path, "re-download or re-save it")
+        try:
+            n, header = safetensors_header(path, "re-download or re-save it")
+        except SchemaError as e:  # a checkpoint's file: the model is what is wrong
+            raise ModelError(str(e)) from None
         for k, v in header.items():
             _check_stored_dtype(v["dtype"], k, path)
             self._meta[k] = (tuple(v["shape"]), v["dtype"], 8 + n + v["data_offsets"][0], 8 + n + v["data_offsets"][1])
