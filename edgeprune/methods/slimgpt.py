@@ -55,10 +55,9 @@ def set_cost(W: torch.Tensor, Hinv: torch.Tensor, S: torch.Tensor, LS: torch.Ten
 def unit_costs(W: torch.Tensor, Hinv: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
     """OBS cost tr(W_u [H⁻¹]_uu⁻¹ W_uᵀ) of removing each unit alone; `cols` is [U, g] column
     indices. One batched Cholesky over the per-unit diagonal blocks (SlimGPT's grouped form)."""
-    U, g = cols.shape
-    pos = cols.reshape(-1)
-    blocks = Hinv[pos.unsqueeze(1), pos.unsqueeze(0)].view(U, g, U, g)
-    blocks = blocks.diagonal(dim1=0, dim2=2).permute(2, 0, 1)  # [U, g, g] per-unit diagonal blocks
+    # Only the U diagonal blocks are gathered ([U, g, g]): gathering the whole (U·g)² block and
+    # taking its diagonal cost 2.5 s per step at 8,192 channels (benchmarks/scale.py, issue 23).
+    blocks = Hinv[cols.unsqueeze(2), cols.unsqueeze(1)]
     Wu = W[:, cols].permute(1, 0, 2)  # [U, out, g]
     sol = torch.cholesky_solve(Wu.transpose(1, 2), torch.linalg.cholesky(blocks))  # [U, g, out]
     return (Wu.transpose(1, 2) * sol).sum((1, 2))
