@@ -74,7 +74,7 @@ def measure(a, shape: str, depth: int, calib: Path) -> list[dict]:
         for stage, m in pm["stages"].items():
             rows.append(dict(shape=shape, depth=depth, command=f"prune {method}", stage=stage, peak=m["peak_bytes"]))
         rows.append(dict(shape=shape, depth=depth, command=f"prune {method}", stage="whole (reported)", peak=pm["peak_bytes"],
-                         outside=outside, wall=wall))
+                         outside=outside, wall=wall, **_search_seconds(out)))
         if k == 0 and a.export:
             fmt, dtype = a.export.split(":")
             art = Path(a.work) / f"{shape}-L{depth}-{method}.{'gguf' if fmt == 'gguf' else 'onnx'}"
@@ -86,6 +86,15 @@ def measure(a, shape: str, depth: int, calib: Path) -> list[dict]:
             rows.append(dict(shape=shape, depth=depth, command=f"export {a.export}", stage="whole (reported)",
                              peak=rep["peak_memory"]["peak_bytes"], outside=outside, wall=wall, artifact_bytes=rep["bytes"]))
     return rows
+
+
+def _search_seconds(out: Path) -> dict:
+    """search's wall seconds per stage (ladders, fitness, re-fit), as its plan records them."""
+    plan = out / "edgeprune_plan.json"
+    got = json.loads(plan.read_text()).get("stats", {}).get("search", {}).get("seconds") if plan.is_file() else None
+    if got:
+        print(f"search stages at {out.name}: " + ", ".join(f"{k} {v:.1f} s" for k, v in got.items()), file=sys.stderr, flush=True)
+    return {"search_seconds": got} if got else {}
 
 
 def measure_nproc(a, shape: str, depth: int, calib: Path) -> list[dict]:

@@ -174,3 +174,29 @@ def test_ladder_records_of_another_version_are_built_again(tmp_path):
     old.pop("version")
     (tmp_path / "L0.json").write_text(json.dumps(old))
     assert store.record(0) is None
+
+
+@pytest.mark.parametrize("spread", [1e-3, 0.3, 3.0])
+def test_the_one_pass_kl_is_the_two_pass_kl(spread):
+    """The fitness keeps the dense model as pᵀW and Σ p log p (one vocabulary pass per
+    candidate): its KL is the explicit Σ p (log p − log q) within float32 rounding, for
+    candidates near and far from the dense model, across vocabulary blocks."""
+    from edgeprune.methods import fitness
+
+    g = torch.Generator().manual_seed(0)
+    vocab, d, tokens = 2 * fitness.VOCAB_BLOCK + 123, 32, fitness.TOKEN_BLOCK + 17
+    f = fitness.KLFitness.__new__(fitness.KLFitness)
+    f.head = torch.randn(vocab, d, generator=g).to(torch.bfloat16)
+    hd = torch.randn(tokens, d, generator=g)
+    hq = hd + spread * torch.randn(tokens, d, generator=g)
+    f.dense = [f._dense_terms(hd)]
+    f._final = lambda acts: [hq]
+    lp_d = torch.log_softmax(hd.double() @ f.head.double().T, -1)
+    lp_q = torch.log_softmax(hq.double() @ f.head.double().T, -1)
+    want = float((lp_d.exp() * (lp_d - lp_q)).sum())
+    (got, n), = f._kl_sums(None)
+    assert n == tokens
+    # the float32 logits' rounding (the same as the two-pass form's) bounds it; the dense model's own KL is 0
+    assert got == pytest.approx(want, rel=5e-3, abs=1e-7 * tokens)
+    f._final = lambda acts: [hd]
+    assert f._kl_sums(None)[0][0] == 0.0

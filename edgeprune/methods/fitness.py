@@ -5,6 +5,13 @@ layer is read once per generation, each distinct choice at that layer is built f
 (sliced, with the ladder's compensated weights from disk) and run once for every distinct
 *prefix* of choices (candidates that agree on layers 0..i share those activations). Memory
 is one layer, its candidate copies, and one activation set per distinct prefix.
+
+The dense side goes through the lm_head once, not once per candidate: per token,
+KL(p ‖ q) = Σ p log p − Σ p z + logsumexp(z) with z = W h the candidate's logits, and
+Σ p z = h · (pᵀW), so the dense model is kept as pᵀW (one hidden-size vector per token, what
+its hidden state cost before) and Σ p log p. Each candidate then costs one vocabulary pass
+(its logsumexp), where it cost two; the reformulation is exact, the float32 rounding of the
+logits is the same, and the sums are float64 (tests/test_search.py bounds the difference).
 """
 from __future__ import annotations
 
@@ -34,7 +41,7 @@ class KLFitness:
         self.norm = final_norm(source)
         self.head = source.lm_head_weight()
         dense = tuple((0, 0) for _ in range(source.num_layers))
-        self.dense = self._final(self._hidden([dense])[dense])
+        self.dense = [self._dense_terms(h) for h in self._final(self._hidden([dense])[dense])]
 
     @torch.no_grad()
     def __call__(self, allocs: list[Alloc]) -> list[float]:
@@ -80,10 +87,39 @@ class KLFitness:
             acts.close()
         return out
 
-    def _logprobs(self, h: torch.Tensor) -> torch.Tensor:
-        logits = torch.cat([h.float() @ self.head[s : s + VOCAB_BLOCK].to(h.device, torch.float32).T
-                            for s in range(0, self.head.shape[0], VOCAB_BLOCK)], dim=1)
-        return torch.log_softmax(logits, dim=-1)
+    def _head_blocks(self, device):
+        for s in range(0, self.head.shape[0], VOCAB_BLOCK):
+            yield self.head[s : s + VOCAB_BLOCK].to(device, torch.float32)
+
+    def _dense_terms(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Per token of one batch: m = pᵀW (float32), s = Σ p and r = h·m − s·logsumexp(W h) (float64;
+        r is Σ p log p computed by the very routine a candidate's terms go through, so the
+        dense model's own KL is exactly 0 and rounding scales with the distance to it)."""
+        ms, sums = [], []
+        for t in range(0, h.shape[0], TOKEN_BLOCK):
+            x = h[t : t + TOKEN_BLOCK].float()
+            lp = torch.log_softmax(torch.cat([x @ w.T for w in self._head_blocks(x.device)], dim=1), dim=-1)
+            p = lp.exp()
+            sums.append(p.double().sum(-1))
+            m = torch.zeros(x.shape, dtype=torch.float64, device=x.device)
+            for k, w in enumerate(self._head_blocks(x.device)):
+                m += (p[:, k * VOCAB_BLOCK : k * VOCAB_BLOCK + w.shape[0]] @ w).double()
+            ms.append(m.float())  # kept at the hidden states' size; r below uses this very m
+        m, s = torch.cat(ms), torch.cat(sums)
+        return m, s, self._cross(h, m, s)
+
+    def _cross(self, h: torch.Tensor, m: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+        """Σ p log q per token for the candidate's hidden states h: h·(pᵀW) − Σp · logsumexp(W h)."""
+        out = []
+        for t in range(0, h.shape[0], TOKEN_BLOCK):
+            x = h[t : t + TOKEN_BLOCK].float()
+            # logits in float32 (the flops), their exponentials summed in float64 (the rounding)
+            blocks = [x @ w.T for w in self._head_blocks(x.device)]
+            top = torch.stack([b.max(-1).values for b in blocks]).max(0).values.double()
+            total = sum((b.double() - top[:, None]).exp().sum(-1) for b in blocks)
+            lse = top + total.log()
+            out.append((x.double() * m[t : t + TOKEN_BLOCK].double()).sum(-1) - s[t : t + TOKEN_BLOCK] * lse)
+        return torch.cat(out)
 
     def _kl(self, acts: Activations) -> float:
         sums = self._kl_sums(acts)
@@ -101,12 +137,8 @@ class KLFitness:
     def _kl_sums(self, acts: Activations) -> list[tuple[float, int]]:
         """(Σ KL, tokens) per batch of windows."""
         out = []
-        for hd, hp in zip(self.dense, self._final(acts)):
-            total, n = 0.0, 0
-            for s in range(0, hd.shape[0], TOKEN_BLOCK):
-                lp_d, lp_p = self._logprobs(hd[s : s + TOKEN_BLOCK]), self._logprobs(hp[s : s + TOKEN_BLOCK])
-                kl = (lp_d.exp() * (lp_d - lp_p)).sum(-1)
-                total += float(kl.sum())
-                n += kl.numel()
+        for (m, s, ref), hp in zip(self.dense, self._final(acts)):
+            kl = ref - self._cross(hp, m, s)
+            total, n = float(kl.sum()), kl.numel()
             out.append((total, n))
         return out

@@ -23,6 +23,7 @@ import json
 import random
 import shutil
 import tempfile
+import time
 from pathlib import Path
 
 import torch
@@ -62,12 +63,14 @@ def plan_search(source: LayerSource, calib: torch.Tensor, req: PruneRequest) -> 
     try:
         # the ladders do not depend on the budget: `edgeprune sweep` shares one build of them
         store = LadderStore(Path(req.extra["ladder_dir"]) if req.extra.get("ladder_dir") else work / "ladder")
+        clock = [time.perf_counter()]  # each stage's wall seconds, in the plan (benchmarks/scale.py reads them)
         lad = Ladders(build_ladders(source, calib[: n - held], req, store), fixed)
         if speed:
             lad = Ladders(lad.records, fixed, latency_costs(lad.records, req.latency.layer_ms), req.budget.flag, 1e-9)
         if capacity(lad) < budget:  # without protected layers: only at budgets near the whole model (one layer is kept)
             raise PlanError(f"{req.budget.words() if speed else f'--ratio {ratio}'} leaves less than one layer's deepest cut; "
                             f"lower {lad.flag}")
+        clock.append(time.perf_counter())
         fitness = KLFitness(source, calib[n - held:], lad, store, req.batch_size)
         # every method's allocation (seeds.py) splits parameters: under a time budget, as many as the knapsack removes
         pbudget = budget if lad.costs is None else sum(lad.removed(i, c) for i, c in enumerate(knapsack(lad, budget)))
@@ -77,6 +80,7 @@ def plan_search(source: LayerSource, calib: torch.Tensor, req: PruneRequest) -> 
         finally:
             fitness.close()
         log["seeds_skipped"] = skipped
+        clock.append(time.perf_counter())
         plan = Plan(method="search", tensors=req.tensor_store(), model_type=ad.family, num_layers=L, ratio_requested=ratio,
                     removed_layers=[i for i, c in enumerate(best) if c == DROP],
                     options={"search_evals": req.search_evals, "population": POPULATION, "seed": req.seed,
@@ -84,6 +88,8 @@ def plan_search(source: LayerSource, calib: torch.Tensor, req: PruneRequest) -> 
                              "damp": req.damp, "align": req.align, "protect": sorted(lad.fixed),
                              "cost": "predicted decode ms/token saved (latency model)" if speed else "parameters removed"})
         final_stage(source, calib, req, plan, lad, best, budget, tol)
+        clock.append(time.perf_counter())
+        log["seconds"] = dict(zip(("ladders", "fitness", "refit"), (round(b - a, 2) for a, b in zip(clock, clock[1:]))))
         plan.stats["search"] = log
         return plan
     finally:
