@@ -182,3 +182,45 @@ def test_every_method_on_cuda(method):
     for i, lp in cpu.layers.items():
         assert (lp.heads_keep, lp.kv_keep, lp.ffn_keep) == (gpu.layers[i].heads_keep, gpu.layers[i].kv_keep,
                                                             gpu.layers[i].ffn_keep), (method, i)
+
+
+BUILD = ["--target", "cpu-x86", "--method", "slimgpt", "--ratio", "0.3", "--formats", "gguf:f32", "--calib", "tinystories",
+         "--nsamples", "16", "--seq-len", "64", "--seed", "0", "--threads", "1", "--quiet"]
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("torchrun") is None, reason="torchrun is not on PATH")
+def test_torchrun_build(tmp_path):
+    """torchrun --nproc-per-node 2 -m edgeprune build ...: both ranks prune, rank 0 alone writes
+    the build (checkpoint, artifact, profile), and its checkpoint is the one-process build's."""
+    need_shared()
+    pytest.importorskip("llama_cpp", reason="the 'gguf' extra is not installed")
+    model = SHARED / "models" / "stories260K" / "hf"
+    one = subprocess.Popen([sys.executable, "-m", "edgeprune", "build", "--model", str(model), "--out", str(tmp_path / "b1"),
+                            *BUILD], env=_env(None), cwd=ROOT, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    two = subprocess.Popen(["torchrun", "--nproc-per-node", "2", "--master-port", str(_port()), "-m", "edgeprune", "build",
+                            "--model", str(model), "--out", str(tmp_path / "b2"), *BUILD],
+                           env=_env(None), cwd=ROOT, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    _ok(finish([one, two]))
+    prof = json.loads((tmp_path / "b2" / "profile.json").read_text())
+    assert [a["format"] for a in prof["artifacts"]] == ["gguf"] and prof["artifacts"][0]["verify"]["passed"]
+    plan = json.loads((tmp_path / "b2" / "model" / "edgeprune_plan.json").read_text())
+    assert plan["stats"]["report"]["distributed"]["world_size"] == 2
+    assert not (tmp_path / "b2" / ".edgeprune-incomplete").exists()
+    same_checkpoint(tmp_path / "b1" / "model", tmp_path / "b2" / "model")
+
+
+@pytest.mark.slow
+def test_search_resumes_from_two_ranks_on_one(pruned, tmp_path):
+    """search interrupted on 2 ranks (ladders and candidates done, the re-fit two layers in),
+    resumed in one process: the one-process checkpoint (ladder rungs, candidate log and
+    finished layers are read from rank 0's work directory whatever the world size)."""
+    model = SHARED / "models" / "stories260K" / "hf"
+    out = tmp_path / "out"
+    cli = ["prune", "--model", str(model), "--method", "search", "--out", str(out), *CLI_REQUEST]
+    results = finish(launch([str(WORKER), "fail", "0", "put", "--", *cli], 2))
+    assert all(rc != 0 for rc, _ in results) and "injected failure" in results[0][1]
+    assert (out / ".work" / "search.json").is_file()
+    assert len(list((out / ".work" / "layers").glob("layer*.json"))) == 2
+    _ok(finish(launch(["-m", "edgeprune", *cli, "--resume"], None)))
+    same_checkpoint(pruned[1] / "search", out)
