@@ -206,6 +206,20 @@ class LadderStore:
         tmp.write_text(json.dumps({**record, "version": LADDER_VERSION}))
         tmp.replace(self.dir / f"L{i}.json")
 
+    def stored(self, i: int, key: str) -> torch.Tensor:
+        """One rung's weight exactly as stored (what a distributed ladder pass broadcasts)."""
+        from safetensors.torch import load_file
+
+        return load_file(str(self.dir / f"L{i}.{key}.safetensors"))["w"]
+
+    def put_stored(self, i: int, key: str, tensor: torch.Tensor) -> None:
+        """Write a weight `stored` read on another rank, unchanged."""
+        from safetensors.torch import save_file
+
+        path = self.dir / f"L{i}.{key}.safetensors"
+        save_file({"w": tensor.contiguous()}, str(path.with_suffix(".tmp")))
+        path.with_suffix(".tmp").replace(path)
+
     def tensor(self, i: int, key: str) -> torch.Tensor:
         from safetensors.torch import load_file
 

@@ -33,12 +33,13 @@ from ..errors import PlanError
 from ..plan import LayerPlan, Plan
 from ..streaming import LayerSource, done, run_collecting, walk
 from .allocate import DROP, Alloc, Ladders, from_ratios, knapsack, latency_costs, mutate, repair
-from .base import RATIO_TOLERANCE, PruneRequest, bar, cosine_importance, dense_params
+from .base import RATIO_TOLERANCE, PruneRequest, bar, dense_params
 from .comp import layer_ratios
 from .fitness import KLFitness
-from .ladder import LadderStore, attention_path, attention_rungs, ffn_rungs, head_cols, initial_heads, ladder_record
+from .ladder import LadderStore, attention_path, head_cols, initial_heads
+from .ladder_build import build_ladders
 from .linalg import inverse_spd
-from .seeds import layer_stats, portfolio_seeds
+from .seeds import portfolio_seeds
 from .slimgpt import dynamic_group_sizes, hessian, ipr_ratios, obs_remove, weight64
 
 POPULATION = 8  # children per generation
@@ -106,43 +107,6 @@ def capacity(lad: Ladders) -> int:
     if lad.fixed:
         return total
     return total - min(max(deep[i], drop[i]) - deep[i] for i in deep)
-
-
-def build_ladders(source: LayerSource, windows: torch.Tensor, req: PruneRequest, store: LadderStore) -> list[dict]:
-    """Every layer's ladder, on the dense model's inputs (kept from an earlier run if there)."""
-    ad, records = source.adapter, []
-
-    def edit(i: int, layer, cur):
-        rec = store.record(i)
-        out, cols = run_collecting(source, layer, cur, ("o", "down"), full=rec is None)
-        if rec is None:
-            s = ad.shape_of(layer)
-            norm, drop = _norms(cur, out)
-            W_o = weight64(ad, layer, "o", cols["o"].gram.device)
-            sink = lambda key, t: store.put_tensor(i, key, t)  # noqa: E731
-            attn = attention_rungs(W_o, hessian(cols["o"].gram, req.damp), ad, s, norm, req.align, sink)
-            del W_o
-            W_f = weight64(ad, layer, "down", cols["down"].gram.device)
-            ffn = ffn_rungs(W_f, hessian(cols["down"].gram, req.damp), ad, norm, req.align, sink)
-            rec = {**ladder_record(ad, s, attn, ffn, drop / norm), "importance": cosine_importance(cur, out),
-                   "seed_stats": layer_stats(ad, layer, cols)}  # what the portfolio's rules read (seeds.py)
-            store.put_record(i, rec)
-        records.append(rec)
-        return out
-
-    acts = source.start(windows, req.batch_size, req.offload)
-    done(walk(source, acts, bar(range(source.num_layers), "search: ladders", req), edit=edit), acts)
-    return records
-
-
-def _norms(x_acts, y_acts) -> tuple[float, float]:
-    """Σ‖y‖² and Σ‖y − x‖² over every token (the layer's output and its whole contribution)."""
-    norm = drop = 0.0
-    for x, y in zip(x_acts, y_acts):
-        norm += float(y.double().pow(2).sum())
-        drop += float((y.double() - x.double()).pow(2).sum())
-    norm, drop = dist.sum_floats(norm, drop)  # every rank's tokens
-    return max(norm, 1e-30), drop
 
 
 def evolve(lad: Ladders, budget: float, fitness: KLFitness, req: PruneRequest, log_path: Path,
