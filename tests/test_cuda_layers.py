@@ -19,6 +19,7 @@ def _run(tmp_path, device):
                            "--out", str(tmp_path / "r")], capture_output=True, text=True, cwd=ROOT, timeout=600)
 
 
+@pytest.mark.slow  # 3 methods x 2 depths: about a minute on a loaded 2-core machine
 def test_cuda_layers_script_runs_on_the_cpu(tmp_path):
     p = _run(tmp_path, "cpu")
     assert p.returncode == 0, p.stderr[-2000:]
