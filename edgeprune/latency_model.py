@@ -29,7 +29,9 @@ from .models import LayerShape
 
 MODEL_VERSION = 1  # a cached table made by another version is measured again
 RUNTIMES = {"gguf": "llama.cpp", "onnx": "onnxruntime-genai"}
-SUPPORTED = {"gguf": ("f32", "f16", "bf16", "q8_0", "q4_0"), "onnx": ("f32", "f16")}
+# every exported dtype: k-quants are probed through llama.cpp's quantizer, int4 through ORT's
+# MatMulNBits quantiser (latency_probe.write_probe), each exactly as the export writes them
+SUPPORTED = {"gguf": ("f32", "f16", "bf16", "q8_0", "q4_0", "q6_k", "q5_k_m", "q4_k_m"), "onnx": ("f32", "f16", "int4")}
 REPS, NEW_TOKENS = 7, 32
 ONNX_TERMS = ("layer", "weights", "kv")  # ONNX probes are slow to export: fewer probes, fewer terms
 

@@ -138,9 +138,36 @@ def test_table_round_trip_and_mismatch_refusal(tmp_path, monkeypatch):
 
 
 def test_unsupported_dtype_refused_before_work(tmp_path):
-    with pytest.raises(lmod.LatencyTableError, match="no latency model for gguf q4_k_m"):
-        lmod.latency_model(adapter(), "gguf", "q4_k_m", 64, 2, cache_dir=tmp_path)
+    with pytest.raises(lmod.LatencyTableError, match="no latency model for onnx q8_0"):
+        lmod.latency_model(adapter(), "onnx", "q8_0", 64, 2, cache_dir=tmp_path)
     assert not any(tmp_path.iterdir())
+
+
+def test_every_exported_dtype_has_a_latency_model():
+    """k-quants and int4 are probed at their own dtype (no --ratio-only refusal left)."""
+    from exporters.dtypes import TABLE
+
+    for name, d in TABLE.items():
+        for fmt in d.formats:
+            lmod.check_request(fmt, name)
+
+
+@pytest.mark.slow  # two quantiser runs; ~15 s each on the shared VM
+@pytest.mark.parametrize("dtype", ["q4_k_m", "q6_k"])
+def test_kquant_probe_is_written_by_llamas_quantizer(tmp_path, dtype):
+    """A k-quant probe is llama.cpp's own mix (its file type), as the export writes it."""
+    pytest.importorskip("llama_cpp")
+    import gguf
+
+    from edgeprune.latency_probe import write_probe
+    from exporters.dtypes import get
+    from edgeprune.models import LayerShape
+
+    ad = adapter(num_hidden_layers=2, intermediate_size=256)
+    path = write_probe(ad, "gguf", dtype, [LayerShape(256, 4, 2), LayerShape(128, 2, 1)], tmp_path / "p", 128)
+    r = gguf.GGUFReader(str(path))
+    ftype = int(r.fields["general.file_type"].parts[-1][0])
+    assert ftype == get(dtype).llama_ftype
 
 
 @pytest.mark.slow  # ~45 s on the shared 2-core VM: it writes and times 12 llama.cpp probes
