@@ -35,14 +35,21 @@ def _round(x: float, step: int) -> int:
     return max(step, int(round(x / step)) * step)
 
 
-def design(dense: LayerShape, layers: int, block: int, layer_bytes: float, few: bool) -> list[Probe]:
-    """The timed configurations: fitted ones vary one term at a time, held-out ones mix."""
+def design(dense: LayerShape, layers: int, block: int, layer_bytes: float, few: bool, shallow: bool = False) -> list[Probe]:
+    """The timed configurations: fitted ones vary one term at a time, held-out ones mix.
+    `shallow` (ORT: its export costs ~10 s a layer on a busy 2-core host) times the whole design
+    on 2-layer probes, then adds the full-depth dense model as a held-out probe, so the error
+    reported covers the extrapolation in depth that the shallow probes leave to the fit."""
     F, H, KV = dense.intermediate_size, dense.num_heads, dense.num_kv_heads
     g = H // KV
     step = max(block, 8)
     K = max(2, min(layers, int(MAX_PROBE_BYTES // max(layer_bytes, 1))))
     half = max(1, K // 2)
     S = lambda p, k, f: LayerShape(int(f), p * k, k)  # noqa: E731  (query heads per group, groups, FFN)
+    if shallow and K > 2:
+        two = [p for p in design(dense, 2, block, layer_bytes, few) if p.name not in ("dense-half", "mix-b")]  # 1-layer repeats
+        c = S(g, max(1, KV - 1), _round(5 * F / 8, step) + (block // 2 if block > 1 else 0))
+        return two + [Probe("mix-b", [c, dense, c], True), Probe("dense-full", [dense] * K, True)]
     out = [Probe("dense", [dense] * K), Probe("dense-1", [dense]), Probe("ffn/8", [S(g, KV, _round(F / 8, step))] * K),
            Probe("min", [S(1, 1, _round(F / 4, step))] * K)]
     if not few:

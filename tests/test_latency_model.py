@@ -137,6 +137,28 @@ def test_table_round_trip_and_mismatch_refusal(tmp_path, monkeypatch):
         lmod.latency_model(ad, "gguf", "q8_0", 64, 2, table=table)
 
 
+def test_ort_design_is_shallow_with_a_full_depth_check():
+    """ORT probes (slow to export) time the whole design on 2 layers; the full-depth dense model
+    is held out, so the reported error includes the extrapolation in depth."""
+    from edgeprune.latency_probe import design
+
+    dense = LayerShape(128, 4, 2)
+    probes = design(dense, 6, 1, 1.0, few=False, shallow=True)
+    fitted = [p for p in probes if not p.held_out]
+    assert all(len(p.shapes) <= 2 for p in fitted) and len(fitted) >= 6
+    assert any(p.held_out and p.shapes == [dense] * 6 for p in probes)
+    assert len({tuple(p.shapes) for p in probes}) == len(probes)  # no configuration timed twice
+    lm = empty_model("onnx", "f32", num_hidden_layers=6)
+    timed = [(p.name, p.shapes, lm_true(lm, p.shapes), p.held_out) for p in probes]
+    lmod.fit_model(lm, timed)
+    assert lm.relative_error < 1e-6  # a model the terms describe is recovered from the shallow probes
+
+
+def lm_true(lm, shapes) -> float:
+    fs = [lm._feats(s.num_heads, s.num_kv_heads, s.intermediate_size) for s in shapes]
+    return float(design_row(fs, TERMS) @ np.array([TRUE["fixed"], *(TRUE[t] for t in TERMS)]))
+
+
 def test_unsupported_dtype_refused_before_work(tmp_path):
     with pytest.raises(lmod.LatencyTableError, match="no latency model for onnx q8_0"):
         lmod.latency_model(adapter(), "onnx", "q8_0", 64, 2, cache_dir=tmp_path)
