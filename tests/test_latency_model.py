@@ -227,3 +227,19 @@ def test_bench_latency_table_refuses_bad_inputs_before_work(tmp_path, monkeypatc
         err = capsys.readouterr().err
         assert why in err and err.count("\n") == 1 and err.startswith("edgeprune: error:")
     assert not (tmp_path / "t.json").exists()
+
+
+@pytest.mark.slow  # one ONNX export (~20-60 s on the shared VM)
+def test_int4_probe_is_matmulnbits_and_times_in_ort(tmp_path):
+    """An ONNX int4 probe is quantised as the export quantises it (MatMulNBits) and runs in ORT GenAI."""
+    pytest.importorskip("onnxruntime_genai")
+    import onnx
+
+    from edgeprune.latency_probe import time_probes, write_probe
+
+    ad = adapter(num_hidden_layers=2)
+    p = write_probe(ad, "onnx", "int4", [LayerShape(128, 4, 2), LayerShape(64, 2, 1)], tmp_path / "p0", 128)
+    m = onnx.load(str(p / "model.onnx"))
+    assert any(n.op_type == "MatMulNBits" for n in m.graph.node)
+    ms = time_probes({"a": p}, "a", 32, 8, 2, 1, ad.vocab_size)["a"]
+    assert ms > 0
