@@ -3,10 +3,11 @@ budget checked against it before any work; what the plan records (budget, predic
 a build's budget (the command line's, else the target's default); and what the profile records
 (budget, latency model, predicted against measured decode time per artifact).
 
-A speed budget (--speedup / --latency-ms, or `speedup = S` in the target) is predicted in the
-target's first artifact: its runtime and the dtype the dense widths leave it, at the context the
-build's own speedup check measures, by a latency model measured on this host (cached) or read
-from --latency-table (measured on the device). It is refused before the build directory exists
+A speed budget (--speedup / --latency-ms, or `speedup = S` in the target) is predicted in
+every artifact of the target: each runtime and the dtype the dense widths leave it, at the
+context the build's own speedup check measures, by latency models measured on this host
+(cached) or read from --latency-table (measured on the device), held together so the runtime
+that speeds up least binds (`latency_binding.py`). It is refused before the build directory exists
 when no plan can reach it.
 """
 from __future__ import annotations
@@ -50,8 +51,8 @@ def prune_budget(model_dir, method: str, req, lm, runtime: str, table) -> None:
 
 def _where(lm, runtime: str = "") -> str:
     src = "a latency table measured on the device" if getattr(lm, "source", "host") == "table" else "this build host"
-    return (f"{getattr(lm, 'runtime', runtime)} {getattr(lm, 'dtype', '')} at {getattr(lm, 'context', '?')} tokens of "
-            f"context on {src}")
+    what = " ".join(x for x in (str(getattr(lm, "runtime", runtime)), str(getattr(lm, "dtype", "") or "")) if x)
+    return f"{what} at {getattr(lm, 'context', '?')} tokens of context on {src}"
 
 
 def record_budget(plan, report: dict, req, adapter, ratio: float) -> None:
@@ -61,6 +62,8 @@ def record_budget(plan, report: dict, req, adapter, ratio: float) -> None:
     removed = set(plan.removed_layers)
     shapes = [None if i in removed else plan.result_shape(i, adapter) for i in range(plan.num_layers)]
     pred = predicted(req.latency, list(adapter.layer_shapes()), shapes)
+    if hasattr(req.latency, "per_runtime"):  # held in every artifact runtime: each one's own prediction
+        pred["per_runtime"] = req.latency.per_runtime(shapes)
     pred["model"] = {k: getattr(req.latency, k, None) for k in ("runtime", "fmt", "dtype", "context", "threads", "source",
                                                                  "relative_error")}
     plan.options["budget"] = report["budget"] = {**res.record(), "ratio": ratio}
@@ -86,35 +89,41 @@ def measure_context(tgt, cfg) -> int:
     return max(8, min(tgt.context, int(getattr(cfg, "max_position_embeddings", 2048)) - tgt.new_tokens - 8))
 
 
-def latency_for(tgt, ad, cfg, first_dtype: str, table=None, saved: dict | None = None):
-    """The latency model of the target's first artifact: reloaded from the build state on
-    --resume, else from `table` or measured on this host."""
-    if saved:
-        from .latency_model import LatencyModel
+def latency_for(tgt, ad, cfg, dtypes: list[tuple[str, str]], table=None, saved: dict | None = None):
+    """The latency model of every artifact (format, dtype the dense widths leave it), held
+    together (`latency_binding`: the budget must hold in each runtime): reloaded from the build
+    state on --resume, else from `table` or measured on this host (cached per runtime and dtype)."""
+    from .latency_binding import combine, load
 
-        return LatencyModel.from_json(saved)
-    fmt = tgt.formats[0]["format"]
-    return build_model(ad, fmt, first_dtype, measure_context(tgt, cfg), table)
+    if saved:
+        return load(saved)
+    ctx = measure_context(tgt, cfg)
+    return combine([build_model(ad, fmt, dtype, ctx, table) for fmt, dtype in dtypes], list(ad.layer_shapes()))
+
+
+def artifact_dtypes(tgt, dense_fit: dict) -> list[tuple[str, str]]:
+    """(format, dtype) of each artifact as the dense widths leave it, first artifact first."""
+    return [(f["format"], dense_fit[f"{f['format']}-{f['dtype']}"]["chosen"]) for f in tgt.formats]
 
 
 def resolve_for_build(b: Budget, tgt, ad, cost_budget: bool, lm, align: int) -> Resolved:
-    f = tgt.formats[0]
-    where = (f" in {tgt.name}'s first artifact ({f['format']} {getattr(lm, 'dtype', f['dtype'])}, "
-             f"{'the device table' if getattr(lm, 'source', 'host') == 'table' else 'measured on this build host'})")
+    runs = getattr(lm, "models", [lm])
+    what = ", ".join(f"{m.fmt} {m.dtype}" for m in runs)
+    src = "the device table" if getattr(lm, "source", "host") == "table" else "measured on this build host"
+    where = (f" in {tgt.name}'s artifacts ({what}, {src}; the slowest to speed up binds)" if len(runs) > 1 else
+             f" in {tgt.name}'s artifacts ({what}, {src})")
     return resolve(b, ad, cost_budget, lm, set(), align, where)
 
 
 def build_budget(b, ad, dense_fit: dict) -> None:
-    """The first artifact's latency model (kept in the build state for --resume) and the budget
-    checked against it; a parameter-only method's translated ratio becomes the build's ratio."""
+    """Every artifact's latency model (kept in the build state for --resume) and the budget
+    checked against them; a parameter-only method's translated ratio becomes the build's ratio."""
     from .checkpoint import load_config
     from .methods import get
 
-    first = b.tgt.formats[0]
-    dtype = dense_fit[f"{first['format']}-{first['dtype']}"]["chosen"]
     set_stage("build latency model")
-    b.latency = latency_for(b.tgt, ad, load_config(b.model_dir), dtype, b.opts.get("latency_table"),
-                            b.state.get("latency_model"))
+    b.latency = latency_for(b.tgt, ad, load_config(b.model_dir), artifact_dtypes(b.tgt, dense_fit),
+                            b.opts.get("latency_table"), b.state.get("latency_model"))
     res = resolve_for_build(b.budget, b.tgt, ad, get(b.method).cost_budget, b.latency, b.align)
     b.state["latency_model"] = b.latency.to_json()
     b.ratio = res.ratio
@@ -138,14 +147,30 @@ def budget_record(budget: Budget | None, ratio: float | None, achieved: float, p
 def latency_model_record(lm) -> dict | None:
     if lm is None:
         return None
-    return {k: getattr(lm, k, None) for k in ("source", "relative_error", "runtime", "fmt", "dtype", "context", "threads", "key")}
+    keys = ("source", "relative_error", "runtime", "fmt", "dtype", "context", "threads", "key")
+    rec = {k: getattr(lm, k, None) for k in keys}
+    if hasattr(lm, "models"):  # a Binding: each runtime's own model and its held-out error
+        rec["per_runtime"] = [{k: getattr(m, k, None) for k in keys} for m in lm.models]
+        rec["binding"] = "the plan's time in the runtime it speeds up least; relative_error is the worst runtime's"
+    return rec
+
+
+def _prediction_for(entry: dict, lm, pred: dict) -> dict | None:
+    """The prune report's prediction for this artifact's (format, dtype), or None."""
+    own = (pred.get("per_runtime") or {}).get(f"{entry['format']}-{entry['dtype']}")
+    if own is not None:
+        return own
+    if (entry["format"], entry["dtype"]) == (getattr(lm, "fmt", None), getattr(lm, "dtype", None)):
+        return pred
+    return None
 
 
 def artifact_prediction(entry: dict, lm, prune_report: dict) -> dict | None:
-    """Predicted against measured decode ms/token and speedup, for the artifact the latency
+    """Predicted against measured decode ms/token and speedup, for each artifact a latency
     model describes (its format and dtype); None for the others."""
     pred = prune_report.get("latency_predicted")
-    if lm is None or pred is None or (entry["format"], entry["dtype"]) != (getattr(lm, "fmt", None), getattr(lm, "dtype", None)):
+    pred = _prediction_for(entry, lm, pred) if lm is not None and pred is not None else None
+    if pred is None:
         return None
     lat, sp = entry["latency"], entry["speedup"]
     d, p = lat["dense"]["decode_ms_per_token_median"], lat["pruned"]["decode_ms_per_token_median"]

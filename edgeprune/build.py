@@ -54,7 +54,7 @@ class Build:
     opts: dict
     align: int = 1  # --align, else the target's
     budget: object = None  # a speed budget (budget.Budget) or None: the ratio
-    latency: object = None  # the latency model of the target's first artifact (speed budgets)
+    latency: object = None  # the latency model(s) of the target's artifacts (speed budgets; latency_binding)
     state: dict = field(default_factory=dict)
     profile: dict = field(default_factory=dict)
     lock: OutLock | None = None

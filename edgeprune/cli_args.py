@@ -33,7 +33,7 @@ def _number(s: str) -> float:
 def _budget_args(sp, build: bool) -> None:
     """The budget, exactly one of three (argparse refuses two in one line)."""
     g = sp.add_mutually_exclusive_group()
-    where = ("the target's first artifact runtime and dtype, at its context" if build else
+    where = ("every artifact runtime and dtype of the target (the slowest to speed up binds), at its context" if build else
              "--latency-runtime at 128 tokens of context")
     g.add_argument("--ratio", type=_ratio, default=None, help="fraction of non-embedding parameters to remove (the parameter budget"
                    + ("; default: the target's value)" if build else ")"))

@@ -40,7 +40,7 @@ def dry_run(model: str | None, target: str, ratio: float | None, method: str | N
     budget, why = choose(tgt, ratio, speedup, latency_ms)
     if budget is not None and budget.is_speed:  # the ratio comes from the latency model, measured in the build
         r, why = None, (f"{budget.words()} ({why}): the parameter ratio is decided in the build by the latency model "
-                        "(about 30 s of probes); sizes below are the dense ones, an upper bound")
+                        "(probes in each artifact runtime: minutes the first time, then cached); sizes below are the dense ones, an upper bound")
         res["budget"] = budget.to_json()
     else:
         r, why = choose_ratio(tgt, ad, ratio)

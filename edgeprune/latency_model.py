@@ -27,11 +27,12 @@ from .errors import EdgePruneError
 from .latency_fit import TERMS, active_terms, design_row, fit, layer_features, relative_errors
 from .models import LayerShape
 
-MODEL_VERSION = 1  # a cached table made by another version is measured again
+MODEL_VERSION = 2  # a cached table made by another version is measured again (2: ORT's shallow full design)
 RUNTIMES = {"gguf": "llama.cpp", "onnx": "onnxruntime-genai"}
-SUPPORTED = {"gguf": ("f32", "f16", "bf16", "q8_0", "q4_0"), "onnx": ("f32", "f16")}
+# every exported dtype: k-quants are probed through llama.cpp's quantizer, int4 through ORT's
+# MatMulNBits quantiser (latency_probe.write_probe), each exactly as the export writes them
+SUPPORTED = {"gguf": ("f32", "f16", "bf16", "q8_0", "q4_0", "q6_k", "q5_k_m", "q4_k_m"), "onnx": ("f32", "f16", "int4")}
 REPS, NEW_TOKENS = 7, 32
-ONNX_TERMS = ("layer", "weights", "kv")  # ONNX probes are slow to export: fewer probes, fewer terms
 
 
 class LatencyTableError(EdgePruneError):
@@ -193,7 +194,8 @@ def measure_model(adapter, fmt: str, dtype: str, context: int, threads: int, key
     w = key["widths"]
     dense = LayerShape.from_dict(w["dense"])
     layer_bytes = 4 * adapter.layer_param_count(dense)
-    probes = latency_probe.design(dense, w["num_layers"], get(dtype).block, layer_bytes, few=fmt == "onnx")
+    probes = latency_probe.design(dense, w["num_layers"], get(dtype).block, layer_bytes, few=False,
+                                 shallow=fmt == "onnx")
     tick, close = _ticker(progress, len(probes) + 1, f"latency model {fmt} {dtype}")
     try:
         times, runtime = latency_probe.run(adapter, fmt, dtype, probes, context, threads, REPS, NEW_TOKENS, tick)
@@ -210,8 +212,6 @@ def fit_model(lm: LatencyModel, timed: list[tuple[str, list[LayerShape], float, 
     """Fit `lm`'s coefficients on the non-held-out timings and score it on the held-out ones."""
     feats = [[lm._feats(s.num_heads, s.num_kv_heads, s.intermediate_size) for s in shapes] for _, shapes, _, _ in timed]
     terms = active_terms([f for f, t in zip(feats, timed) if not t[3]])
-    if lm.fmt == "onnx":
-        terms = tuple(t for t in terms if t in ONNX_TERMS)
     X = np.array([design_row(f, terms) for f in feats])
     y = np.array([t[2] for t in timed])
     train = np.array([not t[3] for t in timed])

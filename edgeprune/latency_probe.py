@@ -35,14 +35,21 @@ def _round(x: float, step: int) -> int:
     return max(step, int(round(x / step)) * step)
 
 
-def design(dense: LayerShape, layers: int, block: int, layer_bytes: float, few: bool) -> list[Probe]:
-    """The timed configurations: fitted ones vary one term at a time, held-out ones mix."""
+def design(dense: LayerShape, layers: int, block: int, layer_bytes: float, few: bool, shallow: bool = False) -> list[Probe]:
+    """The timed configurations: fitted ones vary one term at a time, held-out ones mix.
+    `shallow` (ORT: its export costs ~10 s a layer on a busy 2-core host) times the whole design
+    on 2-layer probes, then adds the full-depth dense model as a held-out probe, so the error
+    reported covers the extrapolation in depth that the shallow probes leave to the fit."""
     F, H, KV = dense.intermediate_size, dense.num_heads, dense.num_kv_heads
     g = H // KV
     step = max(block, 8)
     K = max(2, min(layers, int(MAX_PROBE_BYTES // max(layer_bytes, 1))))
     half = max(1, K // 2)
     S = lambda p, k, f: LayerShape(int(f), p * k, k)  # noqa: E731  (query heads per group, groups, FFN)
+    if shallow and K > 2:
+        two = [p for p in design(dense, 2, block, layer_bytes, few) if p.name not in ("dense-half", "mix-b")]  # 1-layer repeats
+        c = S(g, max(1, KV - 1), _round(5 * F / 8, step) + (block // 2 if block > 1 else 0))
+        return two + [Probe("mix-b", [c, dense, c], True), Probe("dense-full", [dense] * K, True)]
     out = [Probe("dense", [dense] * K), Probe("dense-1", [dense]), Probe("ffn/8", [S(g, KV, _round(F / 8, step))] * K),
            Probe("min", [S(1, 1, _round(F / 4, step))] * K)]
     if not few:
@@ -105,9 +112,16 @@ def write_probe(adapter, fmt: str, dtype: str, shapes: list[LayerShape], out: Pa
     empty = out.parent / "no-tokenizer"
     empty.mkdir(exist_ok=True)
     if fmt == "gguf":
-        from exporters.gguf_writer import write_gguf
+        from exporters.dtypes import get
 
-        write_gguf(_random_view(cfg, empty), out.with_suffix(".gguf"), dtype)
+        if get(dtype).llama_quantizer:  # k-quants: llama.cpp's own mix, its fallbacks included, as the export makes it
+            from exporters.gguf_kquant import write_llama_quantized
+
+            write_llama_quantized(_random_view(cfg, empty), out.with_suffix(".gguf"), dtype)
+        else:
+            from exporters.gguf_writer import write_gguf
+
+            write_gguf(_random_view(cfg, empty), out.with_suffix(".gguf"), dtype)
         return out.with_suffix(".gguf")
     import torch
 
@@ -119,7 +133,11 @@ def write_probe(adapter, fmt: str, dtype: str, shapes: list[LayerShape], out: Pa
 
     torch.manual_seed(0)
     model = CLASSES[adapter.family][1](cfg).eval()
-    write_onnx(model, out, dtype)
+    path = write_onnx(model, out, "f32" if dtype == "int4" else dtype)
+    if dtype == "int4":  # weight-only MatMulNBits, as the export quantises it
+        from exporters.onnx_int4 import quantize_int4
+
+        quantize_int4(path, int(adapter.vocab_size), external=False)
     write_package(out, WeightsView.from_model(model), None)
     return out
 

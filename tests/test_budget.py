@@ -121,7 +121,7 @@ def test_build_refuses_unreachable_budget_before_its_directory(tiny_models, tmp_
 
     monkeypatch.setattr(bmod, "build_model", lambda *a, **k: FakeLatency())
     monkeypatch.setattr("edgeprune.budget_stages.build_model", lambda *a, **k: FakeLatency())
-    with pytest.raises(PlanError, match="--speedup 10 is out of reach in cpu-x86's first artifact"):
+    with pytest.raises(PlanError, match="--speedup 10 is out of reach in cpu-x86's artifacts"):
         bld.build(model=str(tiny_models["llama"]), target="cpu-x86", speedup=10.0, out=str(tmp_path / "b"), calib="demo")
     assert not (tmp_path / "b").exists()
 

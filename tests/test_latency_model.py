@@ -137,10 +137,59 @@ def test_table_round_trip_and_mismatch_refusal(tmp_path, monkeypatch):
         lmod.latency_model(ad, "gguf", "q8_0", 64, 2, table=table)
 
 
+def test_ort_design_is_shallow_with_a_full_depth_check():
+    """ORT probes (slow to export) time the whole design on 2 layers; the full-depth dense model
+    is held out, so the reported error includes the extrapolation in depth."""
+    from edgeprune.latency_probe import design
+
+    dense = LayerShape(128, 4, 2)
+    probes = design(dense, 6, 1, 1.0, few=False, shallow=True)
+    fitted = [p for p in probes if not p.held_out]
+    assert all(len(p.shapes) <= 2 for p in fitted) and len(fitted) >= 6
+    assert any(p.held_out and p.shapes == [dense] * 6 for p in probes)
+    assert len({tuple(p.shapes) for p in probes}) == len(probes)  # no configuration timed twice
+    lm = empty_model("onnx", "f32", num_hidden_layers=6)
+    timed = [(p.name, p.shapes, lm_true(lm, p.shapes), p.held_out) for p in probes]
+    lmod.fit_model(lm, timed)
+    assert lm.relative_error < 1e-6  # a model the terms describe is recovered from the shallow probes
+
+
+def lm_true(lm, shapes) -> float:
+    fs = [lm._feats(s.num_heads, s.num_kv_heads, s.intermediate_size) for s in shapes]
+    return float(design_row(fs, TERMS) @ np.array([TRUE["fixed"], *(TRUE[t] for t in TERMS)]))
+
+
 def test_unsupported_dtype_refused_before_work(tmp_path):
-    with pytest.raises(lmod.LatencyTableError, match="no latency model for gguf q4_k_m"):
-        lmod.latency_model(adapter(), "gguf", "q4_k_m", 64, 2, cache_dir=tmp_path)
+    with pytest.raises(lmod.LatencyTableError, match="no latency model for onnx q8_0"):
+        lmod.latency_model(adapter(), "onnx", "q8_0", 64, 2, cache_dir=tmp_path)
     assert not any(tmp_path.iterdir())
+
+
+def test_every_exported_dtype_has_a_latency_model():
+    """k-quants and int4 are probed at their own dtype (no --ratio-only refusal left)."""
+    from exporters.dtypes import TABLE
+
+    for name, d in TABLE.items():
+        for fmt in d.formats:
+            lmod.check_request(fmt, name)
+
+
+@pytest.mark.slow  # two quantiser runs; ~15 s each on the shared VM
+@pytest.mark.parametrize("dtype", ["q4_k_m", "q6_k"])
+def test_kquant_probe_is_written_by_llamas_quantizer(tmp_path, dtype):
+    """A k-quant probe is llama.cpp's own mix (its file type), as the export writes it."""
+    pytest.importorskip("llama_cpp")
+    import gguf
+
+    from edgeprune.latency_probe import write_probe
+    from exporters.dtypes import get
+    from edgeprune.models import LayerShape
+
+    ad = adapter(num_hidden_layers=2, intermediate_size=256)
+    path = write_probe(ad, "gguf", dtype, [LayerShape(256, 4, 2), LayerShape(128, 2, 1)], tmp_path / "p", 128)
+    r = gguf.GGUFReader(str(path))
+    ftype = int(r.fields["general.file_type"].parts[-1][0])
+    assert ftype == get(dtype).llama_ftype
 
 
 @pytest.mark.slow  # ~45 s on the shared 2-core VM: it writes and times 12 llama.cpp probes
@@ -178,3 +227,19 @@ def test_bench_latency_table_refuses_bad_inputs_before_work(tmp_path, monkeypatc
         err = capsys.readouterr().err
         assert why in err and err.count("\n") == 1 and err.startswith("edgeprune: error:")
     assert not (tmp_path / "t.json").exists()
+
+
+@pytest.mark.slow  # one ONNX export (~20-60 s on the shared VM)
+def test_int4_probe_is_matmulnbits_and_times_in_ort(tmp_path):
+    """An ONNX int4 probe is quantised as the export quantises it (MatMulNBits) and runs in ORT GenAI."""
+    pytest.importorskip("onnxruntime_genai")
+    import onnx
+
+    from edgeprune.latency_probe import time_probes, write_probe
+
+    ad = adapter(num_hidden_layers=2)
+    p = write_probe(ad, "onnx", "int4", [LayerShape(128, 4, 2), LayerShape(64, 2, 1)], tmp_path / "p0", 128)
+    m = onnx.load(str(p / "model.onnx"))
+    assert any(n.op_type == "MatMulNBits" for n in m.graph.node)
+    ms = time_probes({"a": p}, "a", 32, 8, 2, 1, ad.vocab_size)["a"]
+    assert ms > 0

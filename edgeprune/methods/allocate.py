@@ -84,18 +84,21 @@ class Ladders:
         return f"the candidate ladders cannot remove that much at this --align; lower {self.flag} or --align"
 
 
-def latency_costs(records: list[dict], layer_ms) -> list[dict[Choice, float]]:
+def latency_costs(records: list[dict], layer_ms, saving=None) -> list[dict[Choice, float]]:
     """Each (layer, choice)'s predicted decode ms/token saved: the layer's dense time less its
     time at the rung's widths (`layer_ms(heads, kv_heads, ffn)`, the latency model's); DROP
-    saves the whole layer."""
+    saves the whole layer. With `saving(dense, shape)` (a `latency_binding.Binding`: what a
+    choice is sure to save in every artifact runtime; shape None is DROP) that is used instead."""
+    if saving is None:
+        saving = lambda d, s: layer_ms(*d) - (layer_ms(*s) if s is not None else 0.0)  # noqa: E731
     out = []
     for r in records:
         a0, f0 = r["attn"][0], r["ffn"][0]
-        dense = layer_ms(len(a0["keep"]), len(a0["kv_keep"]), len(f0["keep"]))
-        row: dict[Choice, float] = {DROP: dense}
+        dense = (len(a0["keep"]), len(a0["kv_keep"]), len(f0["keep"]))
+        row: dict[Choice, float] = {DROP: saving(dense, None)}
         for a, ar in enumerate(r["attn"]):
             for f, fr in enumerate(r["ffn"]):
-                row[(a, f)] = dense - layer_ms(len(ar["keep"]), len(ar["kv_keep"]), len(fr["keep"]))
+                row[(a, f)] = saving(dense, (len(ar["keep"]), len(ar["kv_keep"]), len(fr["keep"])))
         out.append(row)
     return out
 

@@ -67,7 +67,8 @@ def plan_search(source: LayerSource, calib: torch.Tensor, req: PruneRequest) -> 
         clock = [time.perf_counter()]  # each stage's wall seconds, in the plan (benchmarks/scale.py reads them)
         lad = Ladders(build_ladders(source, calib[: n - held], req, store), fixed)
         if speed:
-            lad = Ladders(lad.records, fixed, latency_costs(lad.records, req.latency.layer_ms), req.budget.flag, 1e-9)
+            lad = Ladders(lad.records, fixed, latency_costs(lad.records, req.latency.layer_ms,
+                                                             getattr(req.latency, "saving", None)), req.budget.flag, 1e-9)
         if capacity(lad) < budget:  # without protected layers: only at budgets near the whole model (one layer is kept)
             raise PlanError(f"{req.budget.words() if speed else f'--ratio {ratio}'} leaves less than one layer's deepest cut; "
                             f"lower {lad.flag}")
