@@ -144,6 +144,14 @@ def _eval_args(sub) -> argparse.ArgumentParser:
     return e
 
 
+def _method_options(sp, build: bool) -> None:
+    """The methods' own options, generated from their declarations (methods/__init__.py)."""
+    from .methods import OPTIONS, READERS
+    from .methods.options import add_flags
+
+    add_flags(sp, OPTIONS, READERS, build)
+
+
 def _prune_args(sub) -> argparse.ArgumentParser:
     pr = _sub(sub, "prune", "prune a model and save the physically smaller checkpoint")
     pr.add_argument("--model", help="model directory or hub id (default: the embedded demo model)")
@@ -158,15 +166,9 @@ def _prune_args(sub) -> argparse.ArgumentParser:
     pr.add_argument("--seed", type=int, default=0, help="seed of the calibration windows (default 0)")
     pr.add_argument("--align", type=_positive, default=1, help="round kept FFN widths, and attention widths (whole KV groups) where the dense width "
                     "allows, to a multiple: 256 for k-quants, 32 for q8_0 (default 1: none)")
-    pr.add_argument("--importance", choices=("obs", "diag"), default="diag", help="COMP neuron importance reading (default diag: see README)")
-    pr.add_argument("--pruned-inputs", action="store_true", help="COMP: prune each layer on the pruned model's inputs (ablation)")
-    pr.add_argument("--one-shot-layers", action="store_true", help="COMP: score layers once instead of iteratively (ablation)")
-    pr.add_argument("--no-mask-tuning", action="store_true", help="COMP: skip the least-squares mask re-fit (ablation)")
     pr.add_argument("--protect", type=_int_list, default=None, help="layers kept free of pruning, e.g. 0,1,-1 (the COMP paper's set at 32 layers); "
                          "COMP's default scales that set to the model's depth (none at 5 layers or fewer)")
-    pr.add_argument("--search-evals", type=_positive, default=128, help="search: candidate allocations evaluated "
-                    "(default 128; each is one streamed pass over the held-back windows)")
-    pr.add_argument("--solver", choices=("cholesky", "lsmr"), default="cholesky", help="mask solver (lsmr: CuPy on CUDA)")
+    _method_options(pr, build=False)
     pr.add_argument("--offload", action="store_true", help="keep calibration activations on disk")
     pr.add_argument("--batch-size", type=_positive, default=8, help="calibration windows per forward pass")
     pr.add_argument("--dtype", choices=("bf16", "f16", "f32"), default=None,
@@ -222,7 +224,7 @@ def _build_args(sub) -> argparse.ArgumentParser:
     b.add_argument("--nsamples", type=_positive, default=32, help="calibration windows (default 32)")
     b.add_argument("--seq-len", type=_positive, default=128, help="calibration window length (default 128)")
     b.add_argument("--seed", type=int, default=0, help="seed of the calibration windows (default 0)")
-    b.add_argument("--search-evals", type=_positive, default=128, help="search: candidate allocations evaluated (default 128)")
+    _method_options(b, build=True)
     b.add_argument("--align", type=_positive, default=None, help="kept widths are rounded to a multiple of it "
                    "(see prune --align; 1: none; default: the target's value)")
     b.add_argument("--out", default="build", help="build directory (default build/)")
@@ -287,7 +289,7 @@ def _sweep_args(sub) -> argparse.ArgumentParser:
     sw.add_argument("--method", default=None, help="override the target's method")
     sw.add_argument("--calib", default=None, help="calibration (and evaluation) set, as for build")
     sw.add_argument("--latency-table", default=None, metavar="FILE", help="a latency table measured on the device")
-    sw.add_argument("--search-evals", type=_positive, default=128, help="search: candidate allocations evaluated per budget")
+    _method_options(sw, build=True)
     sw.add_argument("--out", default="sweep", help="sweep directory (default sweep/)")
     sw.add_argument("--force", action="store_true", help="replace a finished sweep in --out")
     sw.add_argument("--resume", action="store_true", help="continue an interrupted sweep (finished budgets are kept)")

@@ -17,6 +17,7 @@ import torch
 
 from . import dist
 from .data import tokenizer_for  # noqa: F401  (re-exported: callers import it from here)
+from .atomic import write_text, write_with
 from .checkpoint import INCOMPLETE, check_output_dir, load
 from .dist_run import Follower, peaks, share_state
 from .errors import PlanError
@@ -68,11 +69,9 @@ class ResumeState:
         from safetensors.torch import save_file
 
         if tensors:
-            save_file({k: v.contiguous() for k, v in tensors.items()}, str(self.dir / f"layer{i}.safetensors.tmp"))
-            (self.dir / f"layer{i}.safetensors.tmp").replace(self.dir / f"layer{i}.safetensors")
-        tmp = self.dir / f"layer{i}.json.tmp"
-        tmp.write_text(json.dumps(asdict(lp)))
-        tmp.replace(self.dir / f"layer{i}.json")
+            write_with(self.dir / f"layer{i}.safetensors",
+                       lambda tmp: save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp)))
+        write_text(self.dir / f"layer{i}.json", json.dumps(asdict(lp)))
 
 
 @dataclass
@@ -136,6 +135,9 @@ def make_plan(model, method: str, req: PruneRequest, calib: torch.Tensor | None,
 
         record_budget(plan, report, req, adapter, ratio)
     plan.stats["report"] = report
+    for o in m.options:  # every option a user can set is in the plan's record (methods write theirs first)
+        if o.switch is not None and o.changes_plan:
+            plan.options.setdefault(o.name, req.options[o.name])
     record_widths(plan, adapter)  # every method's plan carries its true kept widths (plan.png, inspect)
     note = ratio_note(m, req, ratio, plan)
     if note:

@@ -36,6 +36,7 @@ from .base import RATIO_TOLERANCE, PruneRequest, bar, cosine_importance, dense_p
 from .comp import layer_ratios
 from .fitness import KLFitness
 from .ladder import LadderStore, attention_path, attention_rungs, ffn_rungs, head_cols, initial_heads, ladder_record
+from ..atomic import write_text
 from .linalg import inverse_spd
 from .seeds import layer_stats, portfolio_seeds
 from .slimgpt import dynamic_group_sizes, hessian, ipr_ratios, obs_remove, weight64
@@ -162,9 +163,7 @@ def evolve(lad: Ladders, budget: float, fitness: KLFitness, req: PruneRequest, l
         todo = [a for a in dict.fromkeys(allocs) if a not in cache]
         if todo:
             cache.update(zip(todo, fitness(todo)))
-            tmp = log_path.with_suffix(".tmp")
-            tmp.write_text(json.dumps({"evaluated": [[list(map(list, a)), v] for a, v in cache.items()]}))
-            tmp.replace(log_path)
+            write_text(log_path, json.dumps({"evaluated": [[list(map(list, a)), v] for a, v in cache.items()]}))
         progress.update(len(allocs))
 
     params = {i: r["drop"]["removed"] for i, r in enumerate(lad.records)}
