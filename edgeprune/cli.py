@@ -1,4 +1,7 @@
-"""Command line: argument parsing only. Calls the API, prints, maps errors to exit codes.
+"""Command line: one handler per subcommand (`cmd_<name>`), each calling the API and printing
+its result, and `main`, which maps errors to exit codes. The arguments themselves (every flag,
+its help and default) are declared in `cli_args.py`; a method's own flags are generated there
+from the options it declares (`methods/options.py`).
 
 Exit codes: 0 success, 2 a user error (one line on stderr: `edgeprune: error: ...`),
 130 interrupted. Machine-readable output (`--json`) goes to stdout alone; progress and

@@ -11,13 +11,15 @@ ENVIRONMENT = ("environment: EDGEPRUNE_CACHE (where the demo model is cached, de
 
 
 def _ratio(s: str) -> float:
+    from .budget import check_ratio
+    from .errors import PlanError
+
     try:
-        r = float(s)
+        return check_ratio(float(s), None)
     except ValueError:
         raise argparse.ArgumentTypeError(f"'{s}' is not a number; pass a fraction such as 0.2") from None
-    if math.isnan(r) or not 0 < r < 1:
-        raise argparse.ArgumentTypeError(f"{s} is outside (0, 1); it is the fraction of non-embedding parameters removed, e.g. 0.2")
-    return r
+    except PlanError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def _number(s: str) -> float:

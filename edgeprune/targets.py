@@ -199,9 +199,14 @@ def _check_budget(path: Path, pruning: dict) -> None:
         raise TargetError(f"{path}: [pruning] must set exactly one of ratio and speedup (got "
                           f"{' and '.join(given) or 'neither'}); e.g. ratio = 0.2 or speedup = 1.3")
     r = pruning.get("ratio")
-    if "ratio" in pruning and (isinstance(r, bool) or isinstance(r, str) and r != "auto"
-                               or isinstance(r, (int, float)) and not 0 < r < 1):
-        raise TargetError(f"{path}: pruning.ratio must be a number in (0, 1) or \"auto\", got {r!r}")
+    if "ratio" in pruning and r != "auto":
+        from .budget import check_ratio
+        from .errors import PlanError
+
+        try:
+            check_ratio(r, "pruning.ratio")
+        except PlanError as e:
+            raise TargetError(f"{path}: {e} (or \"auto\")") from None
     v = pruning.get("speedup")
     if "speedup" in pruning and not (isinstance(v, (int, float)) and not isinstance(v, bool) and v > 1 and v == v
                                      and v != float("inf")):

@@ -5,7 +5,6 @@ except the token embedding and lm_head; norms and biases count).
 """
 from __future__ import annotations
 
-import math
 import sys
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, MutableMapping
@@ -21,7 +20,7 @@ from .options import resolve
 
 if TYPE_CHECKING:
     from ..budget import Budget
-    from ..pipeline import ResumeState
+    from ..resume import ResumeState
 from ..streaming import Activations, LayerSource, walk
 
 
@@ -94,7 +93,7 @@ def achieved_ratio(plan: Plan, adapter: DecoderAdapter) -> float:
 def layers_for_ratio(adapter: DecoderAdapter, ratio: float) -> int:
     """Nearest whole number of layers (at least one) for a layer-removal method."""
     per_layer = adapter.layer_param_count(adapter.layer_shapes()[0])
-    n = max(1, round(ratio * dense_params(adapter) / per_layer))
+    n = max(1, round(param_budget(adapter, ratio) / per_layer))
     return n
 
 
@@ -221,10 +220,9 @@ def uniform_split(adapter: DecoderAdapter, shape: LayerShape, target: float, ali
 RATIO_TOLERANCE = 0.01
 
 
-def check_ratio(ratio: float | None) -> float:
-    if ratio is None or not isinstance(ratio, (int, float)) or math.isnan(ratio) or not 0 < ratio < 1:
-        raise PlanError(f"--ratio must be a number strictly between 0 and 1 (got {ratio}); e.g. --ratio 0.2")
-    return float(ratio)
+def param_budget(adapter: DecoderAdapter, ratio: float) -> float:
+    """The parameters a ratio asks to remove: `ratio` of the dense non-embedding count."""
+    return ratio * dense_params(adapter)
 
 
 def units_of_groups(shape: LayerShape, head_dim: int, device=None) -> torch.Tensor:

@@ -32,7 +32,7 @@ from ..errors import PlanError
 from ..plan import LayerPlan, Plan
 from ..streaming import LayerSource, done, run_collecting, walk
 from .allocate import DROP, Alloc, Ladders, from_ratios, knapsack, latency_costs, mutate, repair
-from .base import RATIO_TOLERANCE, PruneRequest, bar, cosine_importance, dense_params
+from .base import RATIO_TOLERANCE, PruneRequest, bar, cosine_importance, param_budget
 from .comp import layer_ratios
 from .fitness import KLFitness
 from .ladder import LadderStore, attention_path, attention_rungs, ffn_rungs, head_cols, initial_heads, ladder_record
@@ -56,7 +56,7 @@ def plan_search(source: LayerSource, calib: torch.Tensor, req: PruneRequest) -> 
         dense_ms = req.latency.model_ms(list(source.shapes))
         budget, tol = dense_ms - req.budget.target_ms(dense_ms), None
     else:
-        budget, tol = ratio * dense_params(ad), RATIO_TOLERANCE * dense_params(ad)
+        budget, tol = param_budget(ad, ratio), param_budget(ad, RATIO_TOLERANCE)
     if not speed and fixed and sum(ad.layer_param_count(sh) for i, sh in enumerate(source.shapes) if i not in fixed) < budget:
         raise PlanError(f"--ratio {ratio} cannot be reached with layers {sorted(fixed)} protected; lower --ratio or --protect fewer layers")
     work = req.state.dir.parent if req.state is not None else Path(tempfile.mkdtemp(prefix="edgeprune-search-"))
