@@ -15,7 +15,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import dist
+from . import defaults, dist
 from . import profile as prof
 from .atomic import write_text
 from .checkpoint import INCOMPLETE, check_output_dir, load_config
@@ -309,7 +309,8 @@ STAGES = (stage_prune, stage_dtypes, stage_export, stage_measure, stage_profile)
 
 def build(model: str | None = None, target: str = "cpu-x86", ratio: float | None = None, method: str | None = None,
           calib: str | None = None, out: str = "build", force: bool = False, resume: bool = False,
-          data_dir=None, nsamples: int = 32, seq_len: int = 128, seed: int = 0, device: str = "cpu",
+          data_dir=None, nsamples: int = defaults.NSAMPLES, seq_len: int = defaults.SEQ_LEN,
+          seed: int = defaults.SEED, device: str = "cpu",
           options: dict | None = None, align: int | None = None, command: str = "",
           gguf_pre: str | None = None, formats: str | None = None, quiet: bool = False,
           speedup: float | None = None, latency_ms: float | None = None,

@@ -146,6 +146,16 @@ def _eval_args(sub) -> argparse.ArgumentParser:
     return e
 
 
+def _calibration_args(sp, calib_help: str) -> None:
+    """The calibration windows, alike for prune and build (defaults: edgeprune/defaults.py)."""
+    from . import defaults
+
+    sp.add_argument("--calib", default=None, help=calib_help)
+    sp.add_argument("--nsamples", type=_positive, default=defaults.NSAMPLES, help="calibration windows")
+    sp.add_argument("--seq-len", type=_positive, default=defaults.SEQ_LEN, help="calibration window length")
+    sp.add_argument("--seed", type=int, default=defaults.SEED, help="seed of the calibration windows (default %(default)s)")
+
+
 def _method_options(sp, build: bool) -> None:
     """The methods' own options, generated from their declarations (methods/__init__.py)."""
     from .methods import OPTIONS, READERS
@@ -162,10 +172,7 @@ def _prune_args(sub) -> argparse.ArgumentParser:
     pr.add_argument("--method", default=DEFAULT, help=help_text())
     _budget_args(pr, build=False)
     pr.add_argument("--layers", type=_layers, help="layers to remove (shortgpt), or COMP's layer stage: N or auto")
-    pr.add_argument("--calib", help="calibration set: named set or file (default wikitext2; demo for the demo model)")
-    pr.add_argument("--nsamples", type=_positive, default=32, help="calibration windows (default 32)")
-    pr.add_argument("--seq-len", type=_positive, default=128, help="calibration window length (default 128)")
-    pr.add_argument("--seed", type=int, default=0, help="seed of the calibration windows (default 0)")
+    _calibration_args(pr, "calibration set: named set or file (default wikitext2; demo for the demo model)")
     pr.add_argument("--align", type=_positive, default=1, help="round kept FFN widths, and attention widths (whole KV groups) where the dense width "
                     "allows, to a multiple: 256 for k-quants, 32 for q8_0 (default 1: none)")
     pr.add_argument("--protect", type=_int_list, default=None, help="layers kept free of pruning, e.g. 0,1,-1 (the COMP paper's set at 32 layers); "
@@ -221,11 +228,7 @@ def _build_args(sub) -> argparse.ArgumentParser:
     b.add_argument("--method", default=None, help=f"{', '.join(REGISTRY)} (default: the target's value)")
     b.add_argument("--formats", default=None, metavar="FMT:DTYPE,...", help="replace the target's artifact list, e.g. "
                    "gguf:q8_0,onnx:f32 (default: the target's value)")
-    b.add_argument("--calib", default=None, help="calibration (and evaluation) set: named set or file "
-                   "(default wikitext2; demo for the demo model)")
-    b.add_argument("--nsamples", type=_positive, default=32, help="calibration windows (default 32)")
-    b.add_argument("--seq-len", type=_positive, default=128, help="calibration window length (default 128)")
-    b.add_argument("--seed", type=int, default=0, help="seed of the calibration windows (default 0)")
+    _calibration_args(b, "calibration (and evaluation) set: named set or file (default wikitext2; demo for the demo model)")
     _method_options(b, build=True)
     b.add_argument("--align", type=_positive, default=None, help="kept widths are rounded to a multiple of it "
                    "(see prune --align; 1: none; default: the target's value)")

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from . import defaults
 from .build import _check_dtypes, check_align, choose_ratio, method_options
 from .checkpoint import check_output_dir, load_config
 from .guard import refuse_overlap
@@ -14,7 +15,8 @@ from .targets import load_target, with_formats
 
 
 def dry_run(model: str | None, target: str, ratio: float | None, method: str | None, calib: str | None, out: str,
-            formats: str | None = None, align: int | None = None, nsamples: int = 32, seq_len: int = 128,
+            formats: str | None = None, align: int | None = None, nsamples: int = defaults.NSAMPLES,
+            seq_len: int = defaults.SEQ_LEN,
             options: dict | None = None, speedup: float | None = None, latency_ms: float | None = None) -> dict:
     from . import profile as prof
     from .demo import demo_model_dir

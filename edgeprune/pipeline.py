@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from . import dist
+from . import defaults, dist
 from .data import tokenizer_for  # noqa: F401  (re-exported: callers import it from here)
 from .atomic import write_text
 from .checkpoint import INCOMPLETE, check_output_dir, load
@@ -136,9 +136,9 @@ def prune(  # long: one keyword argument per CLI option
     ratio: float | None = None,
     layers: int | str | None = None,
     calib: str = "wikitext2",
-    n_samples: int = 32,
-    seq_len: int = 128,
-    seed: int = 0,
+    n_samples: int = defaults.NSAMPLES,
+    seq_len: int = defaults.SEQ_LEN,
+    seed: int = defaults.SEED,
     device: str = "cpu",
     data_dir: str | Path | None = None,
     out: str | Path | None = None,
