@@ -65,8 +65,7 @@ REGISTRY: dict[str, Method] = {m.name: m for m in (
     Method("search", "search:plan_search", "global search of each layer's and module's width over OBS candidate "
            "ladders (heads, KV groups, FFN channels, whole layers), KL fitness (Týr/DarwinLM style)",
            exact_ratio=True, resumable=True, evaluates_candidates=True, cost_budget=True,
-           options=(SEARCH_EVALS, Option("population", 8, "children per generation", int, minimum=1, build=True),
-                    DAMP, MAX_LAYER_RATIO)),
+           options=(SEARCH_EVALS, DAMP, MAX_LAYER_RATIO)),
     Method("slimgpt", "slimgpt:plan_slimgpt", "group OBS on heads and channels with compensation (SlimGPT)", seed="log-ipr",
            options=(DAMP, MAX_LAYER_RATIO)),
     Method("comp-slimgpt", "hybrid:plan_comp_slimgpt", "COMP's layer removal, then SlimGPT's OBS on the kept layers",

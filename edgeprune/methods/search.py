@@ -80,7 +80,7 @@ def plan_search(source: LayerSource, calib: torch.Tensor, req: PruneRequest) -> 
         log["seeds_skipped"] = skipped
         plan = Plan(method="search", tensors=req.tensor_store(), model_type=ad.family, num_layers=L, ratio_requested=ratio,
                     removed_layers=[i for i, c in enumerate(best) if c == DROP],
-                    options={"search_evals": req.search_evals, "population": req.population, "seed": req.seed,
+                    options={"search_evals": req.search_evals, "population": POPULATION, "seed": req.seed,
                              "heldback_windows": held, "fitness": "KL(dense || pruned) per token, held-back calibration windows",
                              "damp": req.damp, "align": req.align, "protect": sorted(lad.fixed),
                              "cost": "predicted decode ms/token saved (latency model)" if speed else "parameters removed"})
@@ -182,10 +182,10 @@ def evolve(lad: Ladders, budget: float, fitness: KLFitness, req: PruneRequest, l
     origin = next(k for k, v in seeds.items() if v == best)
     rng = random.Random(req.seed)
     left, gens, history = req.search_evals - spent[0], 0, [cache[best]]
-    total_gens = max(1, -(-max(left, 0) // req.population))
+    total_gens = max(1, -(-max(left, 0) // POPULATION))
     while left > 0:
         switches = max(1, round((L / 4) * (1 - gens / total_gens)))
-        kids = [mutate(lad, best, rng, switches, budget, tol) for _ in range(min(req.population, left))]
+        kids = [mutate(lad, best, rng, switches, budget, tol) for _ in range(min(POPULATION, left))]
         score(kids)
         left -= len(kids)
         gens += 1
