@@ -13,6 +13,7 @@ import sys
 import time
 from pathlib import Path
 
+from .atomic import write_text
 from .errors import EdgePruneError
 from .latency import DEFAULT_CONTEXT, DEFAULT_NEW_TOKENS, DEFAULT_REPS, host_info, measure
 from .speedup import check
@@ -85,9 +86,7 @@ def bench(path: str, context: int | None = None, new_tokens: int | None = None, 
         for plot in draw(p, profile):  # redrawn with this measurement beside the build's
             if plot not in profile.setdefault("plots", []):
                 profile["plots"].append(plot)
-        tmp = p / ".profile.json.tmp"
-        tmp.write_text(json.dumps(profile, indent=1))
-        tmp.replace(prof_path)
+        write_text(prof_path, json.dumps(profile, indent=1))
         from .report import write_report
 
         write_report(p, profile)

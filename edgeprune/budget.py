@@ -57,6 +57,15 @@ class Budget:
         return {"kind": self.kind, "requested": self.requested}
 
 
+def check_ratio(v, flag: str | None = "--ratio") -> float:
+    """The one check of a parameter ratio, wherever it comes from (the command line, a target's
+    `pruning.ratio`, the Python API), with one message; `flag` names it (None: argparse does)."""
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or math.isnan(v) or not 0 < v < 1:
+        raise PlanError(f"{flag + ' ' if flag else ''}{v} is outside (0, 1): a ratio is a number strictly between 0 and 1, "
+                        f"the fraction of non-embedding parameters removed; e.g. {flag or '--ratio'} 0.2")
+    return float(v)
+
+
 def parse(ratio: float | None = None, speedup: float | None = None, latency_ms: float | None = None) -> Budget | None:
     """Exactly one of the three, validated; None when none is given (the caller's default)."""
     given = {k: v for k, v in (("ratio", ratio), ("speedup", speedup), ("latency_ms", latency_ms)) if v is not None}
@@ -66,10 +75,10 @@ def parse(ratio: float | None = None, speedup: float | None = None, latency_ms: 
     if not given:
         return None
     kind, v = next(iter(given.items()))
+    if kind == "ratio":
+        return Budget(kind, check_ratio(v))
     if isinstance(v, bool) or not isinstance(v, (int, float)) or math.isnan(v) or math.isinf(v):
         raise PlanError(f"{FLAGS[kind]} must be a number (got {v!r}); e.g. {FLAGS[kind]} {_example(kind)}")
-    if kind == "ratio" and not 0 < v < 1:
-        raise PlanError(f"--ratio must be a number strictly between 0 and 1 (got {v}); e.g. --ratio 0.2")
     if kind == "speedup" and not v > 1:
         raise PlanError(f"--speedup {v:g} asks for no speedup over the dense model; pass a number above 1, e.g. --speedup 1.3")
     if kind == "latency_ms" and not v > 0:

@@ -15,8 +15,9 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import dist
+from . import defaults, dist
 from . import profile as prof
+from .atomic import write_text
 from .checkpoint import INCOMPLETE, check_output_dir, load_config
 from .errors import EdgePruneError, ToleranceError
 from .guard import OutLock, fingerprint, refuse_changed, refuse_overlap, set_stage
@@ -53,6 +54,7 @@ class Build:
     why: str
     opts: dict
     align: int = 1  # --align, else the target's
+    options: dict = field(default_factory=dict)  # the method options a build sets (BUILD_OPTIONS): flag, target, default
     budget: object = None  # a speed budget (budget.Budget) or None: the ratio
     latency: object = None  # the latency model(s) of the target's artifacts (speed budgets; latency_binding)
     state: dict = field(default_factory=dict)
@@ -78,10 +80,7 @@ class Build:
         return out
 
     def save_state(self) -> None:
-        path = self.out_dir / "build_state.json"
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(self.state, indent=1))
-        tmp.replace(path)
+        write_text(self.out_dir / "build_state.json", json.dumps(self.state, indent=1))
 
 
 def choose_ratio(target: Target, ad, requested: float | None) -> tuple[float, str]:
@@ -148,6 +147,14 @@ def check_align(align, tgt: Target) -> int:
     return align
 
 
+def method_options(tgt: Target, given: dict) -> dict:
+    """The method options a build passes to the prune: given, else the target's, else the default."""
+    from .methods import BUILD_OPTIONS
+    from .methods.options import for_target
+
+    return for_target(tgt.data["pruning"], given, BUILD_OPTIONS)
+
+
 def _read_state(path: Path) -> dict:
     """build_state.json as written by `save_state`, and every artifact it records as exported
     still there with a valid verify report (the export stage would skip it), or one line."""
@@ -176,7 +183,7 @@ def stage_prune(b: Build) -> None:
         model_dir=b.model_dir, method=b.method, **speed, layers=get(b.method).build_layers, calib=b.calib,
         n_samples=o["nsamples"], seq_len=o["seq_len"], seed=o["seed"], device=o["device"], data_dir=o["data_dir"],
         out=b.out_dir / "model", resume=True, force=True, align=b.align, checked=True, progress=not QUIET["on"],
-        search_evals=o.get("search_evals", 128), **({"extra": {"ladder_dir": o["ladder_dir"]}} if o.get("ladder_dir") else {}))
+        **b.options, **({"extra": {"ladder_dir": o["ladder_dir"]}} if o.get("ladder_dir") else {}))
     dist.broadcast_object(kw)  # a distributed build's other ranks prune with these arguments (`follow`)
     if kw is None:
         return
@@ -302,14 +309,16 @@ STAGES = (stage_prune, stage_dtypes, stage_export, stage_measure, stage_profile)
 
 def build(model: str | None = None, target: str = "cpu-x86", ratio: float | None = None, method: str | None = None,
           calib: str | None = None, out: str = "build", force: bool = False, resume: bool = False,
-          data_dir=None, nsamples: int = 32, seq_len: int = 128, seed: int = 0, device: str = "cpu",
-          search_evals: int = 128, align: int | None = None, command: str = "",
+          data_dir=None, nsamples: int = defaults.NSAMPLES, seq_len: int = defaults.SEQ_LEN,
+          seed: int = defaults.SEED, device: str = "cpu",
+          options: dict | None = None, align: int | None = None, command: str = "",
           gguf_pre: str | None = None, formats: str | None = None, quiet: bool = False,
           speedup: float | None = None, latency_ms: float | None = None,
           latency_table: str | None = None, ladder_dir: str | None = None, reference_from: str | None = None) -> dict:
     """Run every stage of a build into `out`; returns the console summary and the profile.
     The budget is at most one of `ratio`, `speedup`, `latency_ms` (else the target's);
-    `formats` (`gguf:q8_0,onnx:f32`) replaces the target's artifact list."""
+    `formats` (`gguf:q8_0,onnx:f32`) replaces the target's artifact list; `options` sets method
+    options a build takes (`methods.BUILD_OPTIONS`, e.g. {"search_evals": 8}) over the target's."""
     QUIET["on"] = quiet
     if formats:
         from .targets import with_formats
@@ -317,7 +326,7 @@ def build(model: str | None = None, target: str = "cpu-x86", ratio: float | None
         target = with_formats(load_target(target), formats)
     b = _start(model, target, ratio, method, calib, out, force, resume,
                dict(data_dir=data_dir, nsamples=nsamples, seq_len=seq_len, seed=seed, device=device, command=command,
-                    search_evals=search_evals, align=align, gguf_pre=gguf_pre,
+                    options=options or {}, align=align, gguf_pre=gguf_pre,
                     speed=(speedup, latency_ms), latency_table=latency_table,
                     ladder_dir=ladder_dir, reference_from=reference_from))  # both: `edgeprune sweep` shares them
     try:
@@ -373,10 +382,11 @@ def _start(model, target, ratio, method, calib, out, force, resume, opts: dict) 
     if budget is not None and not budget.is_speed:
         budget = None  # --ratio: today's path
     the_ratio, why = choose_ratio(tgt, ad, ratio) if budget is None else (None, why)
-    b = Build(tgt, out_dir, model_dir, demo, calib, defaulted, method, the_ratio, why, opts, align=align, budget=budget)
+    b = Build(tgt, out_dir, model_dir, demo, calib, defaulted, method, the_ratio, why, opts, align=align, budget=budget,
+              options=method_options(tgt, opts.get("options") or {}))
     args = {"model": str(model_dir), "target": tgt.name, "ratio": the_ratio, "method": method, "calib": calib,
             "nsamples": opts["nsamples"], "seq_len": opts["seq_len"], "seed": opts["seed"], "align": align,
-            "formats": [[f["format"], f["dtype"]] for f in tgt.formats]}
+            "formats": [[f["format"], f["dtype"]] for f in tgt.formats], "options": b.options}
     if budget is not None:
         args.update(budget=budget.to_json(), latency_table=str(opts.get("latency_table") or ""))
     inputs = fingerprint(model_dir, calib, tgt.path, opts["data_dir"])

@@ -1,4 +1,7 @@
-"""Command line: argument parsing only. Calls the API, prints, maps errors to exit codes.
+"""Command line: one handler per subcommand (`cmd_<name>`), each calling the API and printing
+its result, and `main`, which maps errors to exit codes. The arguments themselves (every flag,
+its help and default) are declared in `cli_args.py`; a method's own flags are generated there
+from the options it declares (`methods/options.py`).
 
 Exit codes: 0 success, 2 a user error (one line on stderr: `edgeprune: error: ...`),
 130 interrupted. Machine-readable output (`--json`) goes to stdout alone; progress and
@@ -116,9 +119,10 @@ def _requested(rep: dict) -> str:
 
 
 def _request_kwargs(a) -> dict:
-    kw = dict(align=a.align, importance=a.importance, identical_inputs=not a.pruned_inputs,
-              offload=a.offload, progress=not a.quiet, solver=a.solver, batch_size=a.batch_size,
-              iterative_layers=not a.one_shot_layers, mask_tuning=not a.no_mask_tuning, search_evals=a.search_evals)
+    from .methods import OPTIONS
+    from .methods.options import given
+
+    kw = dict(align=a.align, offload=a.offload, progress=not a.quiet, batch_size=a.batch_size, **given(a, OPTIONS))
     if a.protect is not None:
         kw["protect"] = a.protect
     return kw
@@ -207,12 +211,20 @@ def _imatrix_for(a) -> dict:
     return data
 
 
+def _build_options(a) -> dict:
+    """The method options given on a build / sweep command line (the rest: the target's, else defaults)."""
+    from .methods import BUILD_OPTIONS
+    from .methods.options import given
+
+    return given(a, BUILD_OPTIONS)
+
+
 def cmd_build(a) -> int:
     if a.dry_run:  # torch-free up to the config: creates nothing
         from .dry_run import dry_run, text
 
         res = dry_run(a.model, a.target, a.ratio, a.method, a.calib, a.out, formats=a.formats, align=a.align,
-                      nsamples=a.nsamples, seq_len=a.seq_len, search_evals=a.search_evals, speedup=a.speedup,
+                      nsamples=a.nsamples, seq_len=a.seq_len, options=_build_options(a), speedup=a.speedup,
                       latency_ms=a.latency_ms)
         print(json.dumps(res) if a.json else text(res))
         return 0
@@ -228,7 +240,7 @@ def cmd_build(a) -> int:
     res = build(model=a.model, target=a.target, ratio=a.ratio, speedup=a.speedup, latency_ms=a.latency_ms,
                 latency_table=a.latency_table, method=a.method, calib=a.calib, out=a.out,
                 force=a.force, resume=a.resume, data_dir=a.data_dir, nsamples=a.nsamples, seq_len=a.seq_len,
-                seed=a.seed, device=a.device, search_evals=a.search_evals, align=a.align, command=" ".join(sys.argv),
+                seed=a.seed, device=a.device, options=_build_options(a), align=a.align, command=" ".join(sys.argv),
                 gguf_pre=a.gguf_pre, formats=a.formats, quiet=a.quiet or a.json)
     print(json.dumps({"out": str(a.out), "summary": res["summary"], "profile": res["profile"]}) if a.json else res["summary"])
     return 0
@@ -239,7 +251,7 @@ def cmd_sweep(a) -> int:
     from .sweep import markdown, sweep
 
     res = sweep(a.model, a.target, a.speedups, a.ratios, a.out, force=a.force, resume=a.resume, method=a.method,
-                calib=a.calib, data_dir=a.data_dir, device=a.device, search_evals=a.search_evals,
+                calib=a.calib, data_dir=a.data_dir, device=a.device, options=_build_options(a),
                 latency_table=a.latency_table, command=" ".join(sys.argv))
     print(markdown(res) + f"sweep: {a.out}/sweep.json, sweep.md, pareto.png ({res['wall_seconds']:.0f} s)")
     return 0

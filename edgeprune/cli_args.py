@@ -11,13 +11,15 @@ ENVIRONMENT = ("environment: EDGEPRUNE_CACHE (where the demo model is cached, de
 
 
 def _ratio(s: str) -> float:
+    from .budget import check_ratio
+    from .errors import PlanError
+
     try:
-        r = float(s)
+        return check_ratio(float(s), None)
     except ValueError:
         raise argparse.ArgumentTypeError(f"'{s}' is not a number; pass a fraction such as 0.2") from None
-    if math.isnan(r) or not 0 < r < 1:
-        raise argparse.ArgumentTypeError(f"{s} is outside (0, 1); it is the fraction of non-embedding parameters removed, e.g. 0.2")
-    return r
+    except PlanError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def _number(s: str) -> float:
@@ -144,6 +146,24 @@ def _eval_args(sub) -> argparse.ArgumentParser:
     return e
 
 
+def _calibration_args(sp, calib_help: str) -> None:
+    """The calibration windows, alike for prune and build (defaults: edgeprune/defaults.py)."""
+    from . import defaults
+
+    sp.add_argument("--calib", default=None, help=calib_help)
+    sp.add_argument("--nsamples", type=_positive, default=defaults.NSAMPLES, help="calibration windows")
+    sp.add_argument("--seq-len", type=_positive, default=defaults.SEQ_LEN, help="calibration window length")
+    sp.add_argument("--seed", type=int, default=defaults.SEED, help="seed of the calibration windows (default %(default)s)")
+
+
+def _method_options(sp, build: bool) -> None:
+    """The methods' own options, generated from their declarations (methods/__init__.py)."""
+    from .methods import OPTIONS, READERS
+    from .methods.options import add_flags
+
+    add_flags(sp, OPTIONS, READERS, build)
+
+
 def _prune_args(sub) -> argparse.ArgumentParser:
     pr = _sub(sub, "prune", "prune a model and save the physically smaller checkpoint")
     pr.add_argument("--model", help="model directory or hub id (default: the embedded demo model)")
@@ -152,21 +172,12 @@ def _prune_args(sub) -> argparse.ArgumentParser:
     pr.add_argument("--method", default=DEFAULT, help=help_text())
     _budget_args(pr, build=False)
     pr.add_argument("--layers", type=_layers, help="layers to remove (shortgpt), or COMP's layer stage: N or auto")
-    pr.add_argument("--calib", help="calibration set: named set or file (default wikitext2; demo for the demo model)")
-    pr.add_argument("--nsamples", type=_positive, default=32, help="calibration windows (default 32)")
-    pr.add_argument("--seq-len", type=_positive, default=128, help="calibration window length (default 128)")
-    pr.add_argument("--seed", type=int, default=0, help="seed of the calibration windows (default 0)")
+    _calibration_args(pr, "calibration set: named set or file (default wikitext2; demo for the demo model)")
     pr.add_argument("--align", type=_positive, default=1, help="round kept FFN widths, and attention widths (whole KV groups) where the dense width "
                     "allows, to a multiple: 256 for k-quants, 32 for q8_0 (default 1: none)")
-    pr.add_argument("--importance", choices=("obs", "diag"), default="diag", help="COMP neuron importance reading (default diag: see README)")
-    pr.add_argument("--pruned-inputs", action="store_true", help="COMP: prune each layer on the pruned model's inputs (ablation)")
-    pr.add_argument("--one-shot-layers", action="store_true", help="COMP: score layers once instead of iteratively (ablation)")
-    pr.add_argument("--no-mask-tuning", action="store_true", help="COMP: skip the least-squares mask re-fit (ablation)")
     pr.add_argument("--protect", type=_int_list, default=None, help="layers kept free of pruning, e.g. 0,1,-1 (the COMP paper's set at 32 layers); "
                          "COMP's default scales that set to the model's depth (none at 5 layers or fewer)")
-    pr.add_argument("--search-evals", type=_positive, default=128, help="search: candidate allocations evaluated "
-                    "(default 128; each is one streamed pass over the held-back windows)")
-    pr.add_argument("--solver", choices=("cholesky", "lsmr"), default="cholesky", help="mask solver (lsmr: CuPy on CUDA)")
+    _method_options(pr, build=False)
     pr.add_argument("--offload", action="store_true", help="keep calibration activations on disk")
     pr.add_argument("--batch-size", type=_positive, default=8, help="calibration windows per forward pass")
     pr.add_argument("--dtype", choices=("bf16", "f16", "f32"), default=None,
@@ -217,12 +228,8 @@ def _build_args(sub) -> argparse.ArgumentParser:
     b.add_argument("--method", default=None, help=f"{', '.join(REGISTRY)} (default: the target's value)")
     b.add_argument("--formats", default=None, metavar="FMT:DTYPE,...", help="replace the target's artifact list, e.g. "
                    "gguf:q8_0,onnx:f32 (default: the target's value)")
-    b.add_argument("--calib", default=None, help="calibration (and evaluation) set: named set or file "
-                   "(default wikitext2; demo for the demo model)")
-    b.add_argument("--nsamples", type=_positive, default=32, help="calibration windows (default 32)")
-    b.add_argument("--seq-len", type=_positive, default=128, help="calibration window length (default 128)")
-    b.add_argument("--seed", type=int, default=0, help="seed of the calibration windows (default 0)")
-    b.add_argument("--search-evals", type=_positive, default=128, help="search: candidate allocations evaluated (default 128)")
+    _calibration_args(b, "calibration (and evaluation) set: named set or file (default wikitext2; demo for the demo model)")
+    _method_options(b, build=True)
     b.add_argument("--align", type=_positive, default=None, help="kept widths are rounded to a multiple of it "
                    "(see prune --align; 1: none; default: the target's value)")
     b.add_argument("--out", default="build", help="build directory (default build/)")
@@ -287,7 +294,7 @@ def _sweep_args(sub) -> argparse.ArgumentParser:
     sw.add_argument("--method", default=None, help="override the target's method")
     sw.add_argument("--calib", default=None, help="calibration (and evaluation) set, as for build")
     sw.add_argument("--latency-table", default=None, metavar="FILE", help="a latency table measured on the device")
-    sw.add_argument("--search-evals", type=_positive, default=128, help="search: candidate allocations evaluated per budget")
+    _method_options(sw, build=True)
     sw.add_argument("--out", default="sweep", help="sweep directory (default sweep/)")
     sw.add_argument("--force", action="store_true", help="replace a finished sweep in --out")
     sw.add_argument("--resume", action="store_true", help="continue an interrupted sweep (finished budgets are kept)")

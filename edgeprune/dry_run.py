@@ -6,7 +6,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .build import _check_dtypes, check_align, choose_ratio
+from . import defaults
+from .build import _check_dtypes, check_align, choose_ratio, method_options
 from .checkpoint import check_output_dir, load_config
 from .guard import refuse_overlap
 from .models import get_adapter
@@ -14,8 +15,9 @@ from .targets import load_target, with_formats
 
 
 def dry_run(model: str | None, target: str, ratio: float | None, method: str | None, calib: str | None, out: str,
-            formats: str | None = None, align: int | None = None, nsamples: int = 32, seq_len: int = 128,
-            search_evals: int = 128, speedup: float | None = None, latency_ms: float | None = None) -> dict:
+            formats: str | None = None, align: int | None = None, nsamples: int = defaults.NSAMPLES,
+            seq_len: int = defaults.SEQ_LEN,
+            options: dict | None = None, speedup: float | None = None, latency_ms: float | None = None) -> dict:
     from . import profile as prof
     from .demo import demo_model_dir
     from .methods import get
@@ -54,7 +56,7 @@ def dry_run(model: str | None, target: str, ratio: float | None, method: str | N
                      "fits_budget": nbytes + kv <= tgt.budget_bytes})
     widest = max(max(s.intermediate_size for s in ad.layer_shapes()), ad.hidden_size)
     work = 2 * widest**2 * 8 + 4 * non_emb // max(ad.num_layers, 1) + 2 * nsamples * seq_len * ad.hidden_size * 4
-    passes = 2 + (search_evals if get(method).evaluates_candidates else 0)
+    passes = 2 + (method_options(tgt, options or {})["search_evals"] if get(method).evaluates_candidates else 0)
     res.update(model=str(model_dir), calib=calib or ("demo" if model is None else "wikitext2"), ratio=r,
                ratio_reason=why, params_nonembedding=non_emb, params_embedding=emb, kv_cache_bytes=kv,
                budget_bytes=tgt.budget_bytes, artifacts=arts,

@@ -23,6 +23,7 @@ from typing import Callable
 
 import numpy as np
 
+from .atomic import write_text
 from .errors import EdgePruneError
 from .latency_fit import TERMS, active_terms, design_row, fit, layer_features, relative_errors
 from .models import LayerShape
@@ -160,9 +161,7 @@ def latency_model(adapter, fmt: str, dtype: str, context: int, threads: int, tab
                   "measuring again", file=sys.stderr)
     lm = measure_model(adapter, fmt, dtype, context, threads, key, progress)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(lm.to_json(), indent=1))
-    tmp.replace(path)
+    write_text(path, json.dumps(lm.to_json(), indent=1))
     return lm
 
 
@@ -261,6 +260,4 @@ def read_table(path: Path) -> list[LatencyModel]:
 def write_table(path: Path, models: list[LatencyModel]) -> None:
     """The file `edgeprune bench --latency-table OUT.json` writes (read by `from_table`)."""
     path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps({"edgeprune_latency_table": MODEL_VERSION, "models": [m.to_json() for m in models]}, indent=1))
-    tmp.replace(path)
+    write_text(path, json.dumps({"edgeprune_latency_table": MODEL_VERSION, "models": [m.to_json() for m in models]}, indent=1))

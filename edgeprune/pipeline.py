@@ -15,17 +15,20 @@ from pathlib import Path
 
 import torch
 
-from . import dist
+from . import defaults, dist
 from .data import tokenizer_for  # noqa: F401  (re-exported: callers import it from here)
+from .atomic import write_text
 from .checkpoint import INCOMPLETE, check_output_dir, load
 from .dist_run import Follower, peaks, share_state
 from .errors import PlanError
 from .memory import PeakMemory, stage_report
 from .methods import DEFAULT, REGISTRY, PruneRequest, get
-from .methods.base import RATIO_TOLERANCE, achieved_ratio, check_ratio, dense_params
+from .budget import check_ratio
+from .methods.base import RATIO_TOLERANCE, achieved_ratio, dense_params
 from .models import expected_nonembedding
 from .guard import OutLock, fingerprint, refuse_changed, refuse_overlap, set_stage
-from .plan import LayerPlan, Plan
+from .plan import Plan
+from .resume import ResumeState  # noqa: F401  (re-exported: tests and dist_worker patch it here)
 from .preflight import calibration, preflight, read_windows  # noqa: F401  (re-exported)
 from .streaming import open_source
 from .surgery import apply_plan
@@ -36,43 +39,6 @@ from .writeout import save_pruned
 
 # Below this many calibration tokens COMP's statistics get noisy (the paper used 10 x 128).
 MIN_CALIB_TOKENS = 1024
-
-
-class ResumeState:
-    """Per-layer decisions on disk, so an interrupted prune continues where it stopped."""
-
-    def __init__(self, directory: Path):
-        self.dir = directory
-        self.dir.mkdir(parents=True, exist_ok=True)
-
-    def get(self, i: int):
-        from safetensors.torch import load_file
-
-        from . import schema
-
-        j = self.dir / f"layer{i}.json"
-        if not j.is_file():
-            return None
-        d = schema.read(j, schema.LAYER_PLAN, "resume record", schema.RESTART)
-        t = self.dir / f"layer{i}.safetensors"
-        try:
-            tensors = load_file(str(t)) if t.is_file() else {}
-            return LayerPlan(**d), tensors
-        except Exception as e:  # a truncated tensor file, or a field LayerPlan does not take
-            raise schema.SchemaError(f"{t if t.is_file() else j} is not a valid resume record ({type(e).__name__}); "
-                                     f"{schema.RESTART}") from None
-
-    def put(self, i: int, lp: LayerPlan, tensors: dict) -> None:
-        from dataclasses import asdict
-
-        from safetensors.torch import save_file
-
-        if tensors:
-            save_file({k: v.contiguous() for k, v in tensors.items()}, str(self.dir / f"layer{i}.safetensors.tmp"))
-            (self.dir / f"layer{i}.safetensors.tmp").replace(self.dir / f"layer{i}.safetensors")
-        tmp = self.dir / f"layer{i}.json.tmp"
-        tmp.write_text(json.dumps(asdict(lp)))
-        tmp.replace(self.dir / f"layer{i}.json")
 
 
 @dataclass
@@ -98,7 +64,7 @@ def check_request(m, ratio, layers, budget=None) -> None:
     if ratio is None:
         raise PlanError(f"--method {m.name} needs --ratio R (fraction of non-embedding parameters)"
                         + (" or --layers N" if m.ratio_optional else ""))
-    check_ratio(ratio)
+    check_ratio(ratio)  # budget.check_ratio: the one message
 
 
 def make_plan(model, method: str, req: PruneRequest, calib: torch.Tensor | None, device="cpu") -> tuple[Plan, dict]:
@@ -136,6 +102,9 @@ def make_plan(model, method: str, req: PruneRequest, calib: torch.Tensor | None,
 
         record_budget(plan, report, req, adapter, ratio)
     plan.stats["report"] = report
+    for o in m.options:  # every option a user can set is in the plan's record (methods write theirs first)
+        if o.switch is not None and o.changes_plan:
+            plan.options.setdefault(o.name, req.options[o.name])
     record_widths(plan, adapter)  # every method's plan carries its true kept widths (plan.png, inspect)
     note = ratio_note(m, req, ratio, plan)
     if note:
@@ -167,9 +136,9 @@ def prune(  # long: one keyword argument per CLI option
     ratio: float | None = None,
     layers: int | str | None = None,
     calib: str = "wikitext2",
-    n_samples: int = 32,
-    seq_len: int = 128,
-    seed: int = 0,
+    n_samples: int = defaults.NSAMPLES,
+    seq_len: int = defaults.SEQ_LEN,
+    seed: int = defaults.SEED,
     device: str = "cpu",
     data_dir: str | Path | None = None,
     out: str | Path | None = None,
@@ -329,8 +298,8 @@ def _prepare_out(out_path: Path | None, force: bool, resuming: bool, args: dict,
     lock = OutLock(out_path).acquire()
     (out_path / INCOMPLETE).write_text("edgeprune prune in progress\n")
     work.mkdir(exist_ok=True)
-    (work / "args.json").write_text(json.dumps(args, indent=1))
-    (work / "inputs.json").write_text(json.dumps(inputs, indent=1))
+    write_text(work / "args.json", json.dumps(args, indent=1))
+    write_text(work / "inputs.json", json.dumps(inputs, indent=1))
     req.state = ResumeState(work / "layers")
     shutil.rmtree(work / "tensors", ignore_errors=True)  # re-fitted tensors of this run only
     req.tensors = DiskTensors(work / "tensors")

@@ -269,14 +269,13 @@ def write_profile(out_dir: Path, profile: dict) -> list[str]:
 
     from .report import write_report
 
+    from .atomic import write_text
     from .provenance import finite, non_finite
 
     bad = non_finite(profile)
     if bad:
         profile["non_finite_fields"] = bad
-    tmp = out_dir / ".profile.json.tmp"
-    tmp.write_text(json.dumps(finite(profile), indent=1, allow_nan=False))
-    tmp.replace(out_dir / "profile.json")
+    write_text(out_dir / "profile.json", json.dumps(finite(profile), indent=1, allow_nan=False))
     write_report(out_dir, profile)
     return bad
 

@@ -14,6 +14,8 @@ except ModuleNotFoundError:  # Python 3.10
     import tomli as tomllib  # type: ignore[no-redef]
 
 from .errors import EdgePruneError
+from .methods import BUILD_OPTIONS  # torch-free: the registry and the options it declares
+from .methods.options import toml_keys
 
 def _targets_dir() -> Path:
     """The built-in target TOMLs: the checkout's top-level targets/ folder when this package
@@ -41,7 +43,7 @@ SCHEMA: dict[str, object] = {
     "hardware": {"bandwidth_gb_s": float, "peak_tflops": float, "compute_note": str, "cpu_cores": int,
                  "cpu_clock_ghz": float},
     "artifacts": {"runtimes": list, "formats": list},
-    "pruning": {"method": str, "ratio": (float, str), "speedup": float, "align": int},
+    "pruning": {"method": str, "ratio": (float, str), "speedup": float, "align": int, **toml_keys(BUILD_OPTIONS)},
     "latency": {"context": int, "new_tokens": int},
     "quality": {"max_ppl_ratio": float},
 }
@@ -52,7 +54,7 @@ FORMAT_OPTIONAL = {"fallback"}
 # Keys a target may leave out (the device estimate then leaves its overhead term unscaled; the
 # verdict's quality bar is then `DEFAULT_MAX_PPL_RATIO`).
 OPTIONAL = {"hardware.cpu_cores", "hardware.cpu_clock_ghz", "pruning.ratio", "pruning.speedup",
-            "quality", "quality.max_ppl_ratio"}
+            "quality", "quality.max_ppl_ratio", *(f"pruning.{n}" for n in BUILD_OPTIONS)}
 # The default budget: exactly one of these (edgeprune/budget.py), checked in `_check_budget`.
 BUDGET_KEYS = ("ratio", "speedup")
 # The verdict's quality bar when a target declares none: pruned/dense perplexity above 1.5x is
@@ -180,6 +182,7 @@ def load_target_file(path: Path) -> Target:
         raise TargetError(f"{path}: quality.max_ppl_ratio must be a number >= 1 (pruned/dense perplexity allowed), "
                           f"got {q!r}; e.g. max_ppl_ratio = 1.5")
     _check_method(path, data["pruning"]["method"])
+    _check_options(path, data["pruning"])
     return Target(data["name"], path, data)
 
 
@@ -196,9 +199,14 @@ def _check_budget(path: Path, pruning: dict) -> None:
         raise TargetError(f"{path}: [pruning] must set exactly one of ratio and speedup (got "
                           f"{' and '.join(given) or 'neither'}); e.g. ratio = 0.2 or speedup = 1.3")
     r = pruning.get("ratio")
-    if "ratio" in pruning and (isinstance(r, bool) or isinstance(r, str) and r != "auto"
-                               or isinstance(r, (int, float)) and not 0 < r < 1):
-        raise TargetError(f"{path}: pruning.ratio must be a number in (0, 1) or \"auto\", got {r!r}")
+    if "ratio" in pruning and r != "auto":
+        from .budget import check_ratio
+        from .errors import PlanError
+
+        try:
+            check_ratio(r, "pruning.ratio")
+        except PlanError as e:
+            raise TargetError(f"{path}: {e} (or \"auto\")") from None
     v = pruning.get("speedup")
     if "speedup" in pruning and not (isinstance(v, (int, float)) and not isinstance(v, bool) and v > 1 and v == v
                                      and v != float("inf")):
@@ -211,6 +219,18 @@ def _check_dtype(path: Path, f: dict) -> None:
     if f["dtype"] not in allowed(f["format"]):
         raise TargetError(f"{path}: artifacts.formats dtype {f['dtype']!r} is not a {f['format']} dtype; "
                           f"choose one of: {', '.join(allowed(f['format']))}")
+
+
+def _check_options(path: Path, pruning: dict) -> None:
+    """The method options a target sets, checked by their own declarations (the CLI's words)."""
+    from .errors import PlanError
+
+    for n, o in BUILD_OPTIONS.items():
+        if n in pruning:
+            try:
+                o.check(pruning[n], f"pruning.{n}")
+            except PlanError as e:
+                raise TargetError(f"{path}: {e}") from None
 
 
 def _check_method(path: Path, method: str) -> None:

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import torch
 
+from .atomic import write_with
 from .errors import OutputError
 
 # One table: torch dtype <-> safetensors name (and bytes per element, from torch).
@@ -191,9 +192,7 @@ class DiskTensors(MutableMapping):
         from safetensors.torch import save_file
 
         p = self.dir / (key.replace("/", "_") + ".safetensors")
-        tmp = p.with_name(p.name + ".tmp")
-        save_file({key: t.detach().contiguous().cpu()}, str(tmp))
-        os.replace(tmp, p)
+        write_with(p, lambda tmp: save_file({key: t.detach().contiguous().cpu()}, str(tmp)))
         self._keys[key] = p
 
     def __getitem__(self, key: str) -> torch.Tensor:

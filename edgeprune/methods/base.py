@@ -5,7 +5,6 @@ except the token embedding and lm_head; norms and biases count).
 """
 from __future__ import annotations
 
-import math
 import sys
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, MutableMapping
@@ -17,16 +16,20 @@ from .. import dist
 from ..errors import PlanError
 from ..models import DecoderAdapter, LayerShape, expected_nonembedding
 from ..plan import LayerPlan, Plan
+from .options import resolve
 
 if TYPE_CHECKING:
     from ..budget import Budget
-    from ..pipeline import ResumeState
+    from ..resume import ResumeState
 from ..streaming import Activations, LayerSource, walk
 
 
 @dataclass
 class PruneRequest:
-    """Everything a method may read; methods ignore what does not apply to them."""
+    """What every method shares; a method's own options (declared with it in the registry,
+    `methods/__init__.py`) are in `options`, every declared one at its default unless given,
+    and read as attributes (`req.damp`). They may be given as keywords, as the Python API
+    always has: `PruneRequest(ratio=0.2, search_evals=8)`."""
 
     ratio: float | None = None
     budget: "Budget | None" = None  # a --speedup / --latency-ms budget (edgeprune/budget.py); None: the ratio
@@ -34,21 +37,20 @@ class PruneRequest:
     layers: int | str | None = None  # number of layers to remove, or "auto"
     align: int = 1  # round kept FFN widths to a multiple (hardware efficiency)
     protect: tuple[int, ...] | None = None  # layers kept free of pruning; None: the method's own default
-    importance: str = "diag"  # COMP neuron reading: "diag" (default, chosen by benchmark) or "obs"
-    identical_inputs: bool = True  # prune each layer on the dense model's inputs
-    mask_tuning: bool = True
-    iterative_layers: bool = True
-    max_layer_ratio: float = 0.85
-    damp: float = 0.01
-    solver: str = "cholesky"
     batch_size: int = 8
     offload: bool = False  # keep calibration activations on disk
     progress: bool = True
     seed: int = 0
-    search_evals: int = 128  # search: candidate allocations evaluated (its bound)
     state: "ResumeState | None" = None  # resumable per-layer state (COMP's plan stage)
     tensors: "MutableMapping[str, torch.Tensor] | None" = None  # re-fitted tensors: a disk-backed mapping at real size
     extra: dict[str, Any] = field(default_factory=dict)
+    options: dict[str, Any] = field(default_factory=dict)
+
+    def __getattr__(self, name: str) -> Any:  # only reached for names that are not fields: the method options
+        opts = self.__dict__.get("options", {})
+        if name in opts:
+            return opts[name]
+        raise AttributeError(f"PruneRequest has no field or method option {name!r}")
 
     def tensor_store(self):
         """The mapping a method's plan keeps its re-fitted tensors in (RAM unless given)."""
@@ -57,6 +59,22 @@ class PruneRequest:
     def protected(self, num_layers: int) -> set[int]:
         """The layers given with --protect (negative counts from the end); empty if none given."""
         return {p % num_layers for p in (self.protect or ()) if -num_layers <= p < num_layers}
+
+
+_fields_init = PruneRequest.__init__
+
+
+def _init(self, *args, options: dict[str, Any] | None = None, **kw) -> None:
+    """The shared fields as the dataclass takes them; any other keyword is a method option,
+    checked against its declaration and filled in with the defaults."""
+    from . import OPTIONS
+
+    named = {k: kw.pop(k) for k in list(kw) if k in OPTIONS}
+    _fields_init(self, *args, **kw)
+    self.options = resolve(OPTIONS, {**(options or {}), **named})
+
+
+PruneRequest.__init__ = _init  # type: ignore[method-assign]
 
 
 def bar(it, desc: str, req: PruneRequest, total: int | None = None):
@@ -75,7 +93,7 @@ def achieved_ratio(plan: Plan, adapter: DecoderAdapter) -> float:
 def layers_for_ratio(adapter: DecoderAdapter, ratio: float) -> int:
     """Nearest whole number of layers (at least one) for a layer-removal method."""
     per_layer = adapter.layer_param_count(adapter.layer_shapes()[0])
-    n = max(1, round(ratio * dense_params(adapter) / per_layer))
+    n = max(1, round(param_budget(adapter, ratio) / per_layer))
     return n
 
 
@@ -202,10 +220,9 @@ def uniform_split(adapter: DecoderAdapter, shape: LayerShape, target: float, ali
 RATIO_TOLERANCE = 0.01
 
 
-def check_ratio(ratio: float | None) -> float:
-    if ratio is None or not isinstance(ratio, (int, float)) or math.isnan(ratio) or not 0 < ratio < 1:
-        raise PlanError(f"--ratio must be a number strictly between 0 and 1 (got {ratio}); e.g. --ratio 0.2")
-    return float(ratio)
+def param_budget(adapter: DecoderAdapter, ratio: float) -> float:
+    """The parameters a ratio asks to remove: `ratio` of the dense non-embedding count."""
+    return ratio * dense_params(adapter)
 
 
 def units_of_groups(shape: LayerShape, head_dim: int, device=None) -> torch.Tensor:

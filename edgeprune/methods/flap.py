@@ -31,7 +31,7 @@ import torch
 from ..errors import PlanError
 from ..plan import Plan
 from ..streaming import LayerSource, stream_dense
-from .base import PruneRequest, bar, dense_params, group_layer_plan
+from .base import PruneRequest, bar, dense_params, group_layer_plan, param_budget
 
 
 @dataclass
@@ -70,12 +70,19 @@ def _channel_blocks(scores: torch.Tensor, align: int) -> list[list[int]]:
     return blocks[:-1]  # keep at least one aligned block
 
 
-def _select(source: LayerSource, stats: dict[int, _LayerStats], req: PruneRequest, ratio: float
+def rank_globally(ad, scores: dict[int, tuple[torch.Tensor, torch.Tensor]], req: PruneRequest, ratio: float
+                  ) -> tuple[dict[int, set[int]], dict[int, set[int]]]:
+    """FLAP's global ranking from each layer's (group scores, raw channel scores) alone: the
+    KV groups and FFN channels it removes per layer. `search` seeds with it (seeds.py) from the
+    scores its ladder pass kept, without FLAP's compensation statistics."""
+    return _select(ad, {i: _LayerStats(g, c, torch.zeros(0), torch.zeros(0)) for i, (g, c) in scores.items()}, req, ratio)
+
+
+def _select(ad, stats: dict[int, _LayerStats], req: PruneRequest, ratio: float
             ) -> tuple[dict[int, set[int]], dict[int, set[int]]]:
     """Global greedy on standardised scores: lowest first, until the removed parameters
     (net of the biases compensation adds) reach `ratio` of the non-embedding parameters.
     With --align, FFN channels go in blocks that keep each width a multiple of it."""
-    ad = source.adapter
     shapes = ad.layer_shapes()
     d = ad.hidden_size
     units: list[tuple[float, int, str, list[int]]] = []
@@ -84,7 +91,7 @@ def _select(source: LayerSource, stats: dict[int, _LayerStats], req: PruneReques
         zc = standardise(st.channel_scores)
         units += [(float(zc[b].mean()), i, "c", b) for b in _channel_blocks(st.channel_scores, req.align)]
     units.sort(key=lambda u: (u[0], u[1], u[2], u[3][0]))
-    target = ratio * dense_params(ad)
+    target = param_budget(ad, ratio)
     drop_g: dict[int, set[int]] = {i: set() for i in stats}
     drop_c: dict[int, set[int]] = {i: set() for i in stats}
     removed_in_layer = {i: 0.0 for i in stats}
@@ -149,7 +156,7 @@ def plan_flap(source: LayerSource, calib: torch.Tensor, req: PruneRequest) -> Pl
         groups = standardise(so.pow(2)).view(s.num_kv_heads, -1).mean(1)  # the authors' squared attention metric
         stats[i] = _LayerStats(groups, sd, co.mean.cpu(), cd.mean.cpu())
 
-    drop_g, drop_c = _select(source, stats, req, ratio)
+    drop_g, drop_c = _select(source.adapter, stats, req, ratio)
     shapes = ad.layer_shapes()
     for i in bar(sorted(stats), "flap (bias compensation)", req):
         if not drop_g[i] and not drop_c[i]:

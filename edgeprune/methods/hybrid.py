@@ -13,7 +13,7 @@ import torch
 from ..errors import PlanError
 from ..plan import Plan
 from ..streaming import LayerSource
-from .base import PruneRequest, check_layer_count, dense_params, remove_layers
+from .base import PruneRequest, check_layer_count, dense_params, param_budget, remove_layers
 from .comp import _auto_layers, scaled_protect
 from .slimgpt import ipr_ratios, neuron_stage
 
@@ -28,7 +28,7 @@ def plan_comp_slimgpt(source: LayerSource, calib: torch.Tensor, req: PruneReques
     acts = source.start(calib, req.batch_size, req.offload)
     removed, imp, history = remove_layers(source, acts, n_remove, set(range(L)) - protected, req, req.iterative_layers)
     params = {i: ad.layer_param_count(s) for i, s in enumerate(source.shapes)}
-    budget = ratio * dense_params(ad) - sum(params[i] for i in removed)
+    budget = param_budget(ad, ratio) - sum(params[i] for i in removed)
     if budget < -0.01 * dense_params(ad):
         acts.close()
         raise PlanError(f"removing {n_remove} layers already removes more than --ratio {ratio}; lower --layers")

@@ -34,6 +34,7 @@ from ..models import DecoderAdapter, LayerShape
 from ..plan import LayerPlan, Plan
 from .allocate import Choice, Ladders
 from .base import aligned_keep
+from ..atomic import write_text, write_with
 from ..schema import LADDER_VERSION  # noqa: F401  (the record's format lives with its schema)
 from .linalg import inverse_spd
 from .slimgpt import dynamic_group_sizes, obs_compensate, obs_remove, set_cost, unit_costs
@@ -197,14 +198,11 @@ class LadderStore:
 
         small = tensor.half()
         path = self.dir / f"L{i}.{key}.safetensors"
-        save_file({"w": (small if torch.isfinite(small).all() else tensor).contiguous()}, str(path.with_suffix(".tmp")))
-        path.with_suffix(".tmp").replace(path)
+        write_with(path, lambda tmp: save_file({"w": (small if torch.isfinite(small).all() else tensor).contiguous()}, str(tmp)))
 
     def put_record(self, i: int, record: dict) -> None:
         """The layer's record, written last: its presence says the layer's ladder is complete."""
-        tmp = self.dir / f"L{i}.json.tmp"
-        tmp.write_text(json.dumps({**record, "version": LADDER_VERSION}))
-        tmp.replace(self.dir / f"L{i}.json")
+        write_text(self.dir / f"L{i}.json", json.dumps({**record, "version": LADDER_VERSION}))
 
     def stored(self, i: int, key: str) -> torch.Tensor:
         """One rung's weight exactly as stored (what a distributed ladder pass broadcasts)."""
@@ -216,9 +214,7 @@ class LadderStore:
         """Write a weight `stored` read on another rank, unchanged."""
         from safetensors.torch import save_file
 
-        path = self.dir / f"L{i}.{key}.safetensors"
-        save_file({"w": tensor.contiguous()}, str(path.with_suffix(".tmp")))
-        path.with_suffix(".tmp").replace(path)
+        write_with(self.dir / f"L{i}.{key}.safetensors", lambda tmp: save_file({"w": tensor.contiguous()}, str(tmp)))
 
     def tensor(self, i: int, key: str) -> torch.Tensor:
         from safetensors.torch import load_file

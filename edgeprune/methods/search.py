@@ -33,11 +33,12 @@ from ..errors import PlanError
 from ..plan import LayerPlan, Plan
 from ..streaming import LayerSource, done, run_collecting, walk
 from .allocate import DROP, Alloc, Ladders, from_ratios, knapsack, latency_costs, mutate, repair
-from .base import RATIO_TOLERANCE, PruneRequest, bar, dense_params
+from .base import RATIO_TOLERANCE, PruneRequest, bar, param_budget
 from .comp import layer_ratios
 from .fitness import KLFitness
 from .ladder import LadderStore, attention_path, head_cols, initial_heads
 from .ladder_build import build_ladders
+from ..atomic import write_text
 from .linalg import inverse_spd
 from .seeds import portfolio_seeds
 from .slimgpt import dynamic_group_sizes, hessian, ipr_ratios, obs_remove, weight64
@@ -57,7 +58,7 @@ def plan_search(source: LayerSource, calib: torch.Tensor, req: PruneRequest) -> 
         dense_ms = req.latency.model_ms(list(source.shapes))
         budget, tol = dense_ms - req.budget.target_ms(dense_ms), None
     else:
-        budget, tol = ratio * dense_params(ad), RATIO_TOLERANCE * dense_params(ad)
+        budget, tol = param_budget(ad, ratio), param_budget(ad, RATIO_TOLERANCE)
     if not speed and fixed and sum(ad.layer_param_count(sh) for i, sh in enumerate(source.shapes) if i not in fixed) < budget:
         raise PlanError(f"--ratio {ratio} cannot be reached with layers {sorted(fixed)} protected; lower --ratio or --protect fewer layers")
     work = req.state.dir.parent if req.state is not None else Path(tempfile.mkdtemp(prefix="edgeprune-search-"))
@@ -133,9 +134,7 @@ def evolve(lad: Ladders, budget: float, fitness: KLFitness, req: PruneRequest, l
         todo = [a for a in dict.fromkeys(allocs) if a not in cache]
         if todo:
             cache.update(zip(todo, fitness(todo)))
-            tmp = log_path.with_suffix(".tmp")
-            tmp.write_text(json.dumps({"evaluated": [[list(map(list, a)), v] for a, v in cache.items()]}))
-            tmp.replace(log_path)
+            write_text(log_path, json.dumps({"evaluated": [[list(map(list, a)), v] for a, v in cache.items()]}))
         progress.update(len(allocs))
 
     params = {i: r["drop"]["removed"] for i, r in enumerate(lad.records)}

@@ -24,7 +24,6 @@ what the ladder pass already measured, never a method's own solver:
 """
 from __future__ import annotations
 
-from types import SimpleNamespace
 from typing import Callable
 
 import torch
@@ -128,16 +127,16 @@ def _comp_slimgpt(c: _Context) -> Counts:
 
 
 def _flap(c: _Context) -> Counts:
-    from .flap import _LayerStats, _select
+    from .flap import rank_globally
 
-    stats = {}
+    scores = {}
     for i in c.free:
         st = c.lad.records[i].get("seed_stats")
         if st is None:
             raise PlanError("the ladder records hold no FLAP scores")
-        stats[i] = _LayerStats(torch.tensor(st["flap_groups"]), torch.tensor(st["flap_channels"]), torch.zeros(0), torch.zeros(0))
-    drop_g, drop_c = _select(SimpleNamespace(adapter=c.ad), stats, c.req, c.budget / dense_params(c.ad))
-    return {i: (len(drop_g[i]), len(drop_c[i])) for i in stats}
+        scores[i] = (torch.tensor(st["flap_groups"]), torch.tensor(st["flap_channels"]))
+    drop_g, drop_c = rank_globally(c.ad, scores, c.req, c.budget / dense_params(c.ad))
+    return {i: (len(drop_g[i]), len(drop_c[i])) for i in scores}
 
 
 RULES: dict[str, Callable[[_Context], Counts]] = {

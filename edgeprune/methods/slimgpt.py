@@ -21,7 +21,7 @@ import torch
 
 from ..plan import Plan
 from ..streaming import LayerSource, done, run_collecting, walk
-from .base import PruneRequest, bar, dense_params, group_layer_plan, uniform_split, units_of_groups
+from .base import PruneRequest, bar, group_layer_plan, param_budget, uniform_split, units_of_groups
 from .comp import layer_ratios
 from .linalg import inverse_spd
 
@@ -115,7 +115,7 @@ def plan_slimgpt(source: LayerSource, calib: torch.Tensor, req: PruneRequest) ->
     ratio = float(req.ratio)  # validated once, in pipeline.check_request
     L = source.num_layers
     params = {i: ad.layer_param_count(s) for i, s in enumerate(source.shapes)}
-    ratios = ipr_ratios(L, params, ratio * dense_params(ad), req.extra.get("ipr", "log"), req.max_layer_ratio)
+    ratios = ipr_ratios(L, params, param_budget(ad, ratio), req.extra.get("ipr", "log"), req.max_layer_ratio)
     plan = Plan(method="slimgpt", tensors=req.tensor_store(), model_type=ad.family, num_layers=L, ratio_requested=ratio,
                 options={"ipr": req.extra.get("ipr", "log"), "damp": req.damp, "align": req.align})
     acts = source.start(calib, req.batch_size, req.offload)
