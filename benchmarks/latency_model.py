@@ -31,7 +31,7 @@ def main() -> None:
     from edgeprune.demo import ensure_demo_model
     from edgeprune.latency_model import SUPPORTED, latency_model
     from edgeprune.models import get_adapter
-    from edgeprune.speedup import free_cores
+    from edgeprune.latency import free_cores
     from edgeprune.targets import load_target
 
     model = Path(a.model) if a.model else ensure_demo_model()

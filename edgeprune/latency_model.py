@@ -28,8 +28,6 @@ from .latency_fit import TERMS, active_terms, design_row, fit, layer_features, r
 from .models import LayerShape
 
 MODEL_VERSION = 1  # a cached table made by another version is measured again
-RUNTIMES = {"gguf": "llama.cpp", "onnx": "onnxruntime-genai"}
-SUPPORTED = {"gguf": ("f32", "f16", "bf16", "q8_0", "q4_0"), "onnx": ("f32", "f16")}
 REPS, NEW_TOKENS = 7, 32
 ONNX_TERMS = ("layer", "weights", "kv")  # ONNX probes are slow to export: fewer probes, fewer terms
 
@@ -105,19 +103,38 @@ def host_id() -> str:
 
 
 def runtime_version(fmt: str) -> str:
-    if fmt == "gguf":
-        import llama_cpp
+    from exporters.formats import get
 
-        return f"llama-cpp-python {llama_cpp.__version__}"
-    import onnxruntime
+    return get(fmt).runtime_version()
 
-    from exporters.genai import available
 
-    return f"onnxruntime {onnxruntime.__version__}; onnxruntime-genai {available()}"
+def runtime_of(fmt: str) -> str:
+    from exporters.formats import get
+
+    return get(fmt).latency_runtime
+
+
+def _few(fmt: str) -> bool:
+    from exporters.formats import get
+
+    return get(fmt).few_probes
+
+
+def _terms_only(fmt: str) -> bool:
+    from exporters.formats import get
+
+    return get(fmt).latency_terms_only
+
+
+def supported() -> dict[str, tuple[str, ...]]:
+    """The (format, dtypes) a latency model can be measured for: each format's `latency_dtypes`."""
+    from exporters.formats import get, names
+
+    return {f: get(f).latency_dtypes for f in names() if get(f).latency_dtypes}
 
 
 def make_key(adapter, fmt: str, dtype: str, context: int, threads: int) -> dict:
-    return {"version": MODEL_VERSION, "runtime": RUNTIMES[fmt], "runtime_version": runtime_version(fmt),
+    return {"version": MODEL_VERSION, "runtime": runtime_of(fmt), "runtime_version": runtime_version(fmt),
             "fmt": fmt, "dtype": dtype, "widths": widths_of(adapter), "context": int(context),
             "threads": int(threads), "host": host_id()}
 
@@ -135,9 +152,9 @@ def default_cache_dir() -> Path:
 
 def check_request(fmt: str, dtype: str) -> None:
     """One line before any work for a format/dtype the latency model cannot time yet."""
-    if dtype not in SUPPORTED.get(fmt, ()):
+    if dtype not in supported().get(fmt, ()):
         raise LatencyTableError(f"no latency model for {fmt} {dtype} yet (supported: "
-                                + "; ".join(f"{f} {', '.join(d)}" for f, d in SUPPORTED.items()) + "); budget by --ratio")
+                                + "; ".join(f"{f} {', '.join(d)}" for f, d in supported().items()) + "); budget by --ratio")
 
 
 def latency_model(adapter, fmt: str, dtype: str, context: int, threads: int, table: Path | None = None,
@@ -193,13 +210,13 @@ def measure_model(adapter, fmt: str, dtype: str, context: int, threads: int, key
     w = key["widths"]
     dense = LayerShape.from_dict(w["dense"])
     layer_bytes = 4 * adapter.layer_param_count(dense)
-    probes = latency_probe.design(dense, w["num_layers"], get(dtype).block, layer_bytes, few=fmt == "onnx")
+    probes = latency_probe.design(dense, w["num_layers"], get(dtype).block, layer_bytes, few=_few(fmt))
     tick, close = _ticker(progress, len(probes) + 1, f"latency model {fmt} {dtype}")
     try:
         times, runtime = latency_probe.run(adapter, fmt, dtype, probes, context, threads, REPS, NEW_TOKENS, tick)
     finally:
         close()
-    lm = LatencyModel(RUNTIMES[fmt], fmt, dtype, int(context), int(threads), key, "host", float("nan"))
+    lm = LatencyModel(runtime_of(fmt), fmt, dtype, int(context), int(threads), key, "host", float("nan"))
     fit_model(lm, [(p.name, p.shapes, times[p.name], p.held_out) for p in probes])
     lm.runtime_description = runtime
     lm.build_seconds = time.perf_counter() - t0
@@ -210,7 +227,7 @@ def fit_model(lm: LatencyModel, timed: list[tuple[str, list[LayerShape], float, 
     """Fit `lm`'s coefficients on the non-held-out timings and score it on the held-out ones."""
     feats = [[lm._feats(s.num_heads, s.num_kv_heads, s.intermediate_size) for s in shapes] for _, shapes, _, _ in timed]
     terms = active_terms([f for f, t in zip(feats, timed) if not t[3]])
-    if lm.fmt == "onnx":
+    if _terms_only(lm.fmt):
         terms = tuple(t for t in terms if t in ONNX_TERMS)
     X = np.array([design_row(f, terms) for f in feats])
     y = np.array([t[2] for t in timed])
