@@ -16,7 +16,7 @@ from pathlib import Path
 
 from edgeprune.errors import ExportError
 
-MODULES = ("format_gguf", "format_onnx", "format_stub")  # one line per format: its module in exporters/
+MODULES = ("format_gguf", "format_onnx")  # one line per format: its module in exporters/
 
 _REGISTRY: dict[str, "Format"] = {}
 
