@@ -63,12 +63,13 @@ def check_out_path(out: Path, force: bool) -> None:
 
         refuse_foreign(out)
         refuse_locked(out)
-    elif out.is_file() and out.suffix == ".gguf" and out.stat().st_size >= 4:
-        with open(out, "rb") as f:
-            if f.read(4) != b"GGUF":
-                raise OutputError(f"{out} exists and is not a GGUF file; edgeprune will not overwrite it, choose another --out")
-    elif out.exists() and out.suffix != ".gguf" and not out.is_dir():
-        raise OutputError(f"{out} exists and is not an edgeprune artifact; choose another --out")
+    elif out.exists():
+        from .formats import of_path
+
+        form = of_path(out)
+        if form is None or not form.single_file:
+            raise OutputError(f"{out} exists and is not an edgeprune artifact; choose another --out")
+        form.refuse_foreign(out)
     if out.exists() and not force:
         raise OutputError(f"{out} already exists; pass --force to overwrite it")
 

@@ -19,6 +19,7 @@ class GGUF(Format):
     packages = (("gguf", "GGUF export"),)
     verify_packages = (("llama_cpp", "GGUF verification (llama-cpp-python)"),)
     kv_element_bytes = 2  # llama.cpp's default f16 cache
+    single_file = True
     describe = "a .gguf file"
     latency_dtypes = ("f32", "f16", "bf16", "q8_0", "q4_0")
     latency_runtime = "llama.cpp"
@@ -32,6 +33,13 @@ class GGUF(Format):
     def check_out(self, out: Path) -> None:
         if out.suffix != ".gguf":
             raise OutputError(f"--out {out.name} for GGUF must be a file name ending in .gguf, e.g. {out.name}.gguf")
+
+    def refuse_foreign(self, out: Path) -> None:
+        if out.stat().st_size >= 4:
+            with open(out, "rb") as f:
+                if f.read(4) != b"GGUF":
+                    raise OutputError(f"{out} exists and is not a GGUF file; edgeprune will not overwrite it, "
+                                      "choose another --out")
 
     def written(self, out: Path) -> tuple[Path, Path, int]:
         return out, out.with_name(out.name + ".verify.json"), out.stat().st_size

@@ -50,6 +50,7 @@ class Format:
     packages: tuple[tuple[str, str], ...] = ()
     verify_packages: tuple[tuple[str, str], ...] = ()
     kv_element_bytes: int = 2  # bytes per KV-cache element its runtime keeps by default
+    single_file: bool = False  # the artifact is one file (an --out that is a file may be one to overwrite)
     describe: str = ""  # what its artifact looks like, for the error naming every format
     latency_dtypes: tuple[str, ...] = ()  # the dtypes the latency model can probe and fit
     latency_runtime: str = ""  # the runtime the latency model times (its cache key)
@@ -67,6 +68,9 @@ class Format:
 
     def check_out(self, out: Path) -> None:
         """Refuse an --out this format cannot write (one line), before any work."""
+
+    def refuse_foreign(self, out: Path) -> None:
+        """Refuse to overwrite an existing single-file `out` that this format did not write."""
 
     def written(self, out: Path) -> tuple[Path, Path, int]:
         """(artifact path, verify report path, bytes on disk) once `out` is in place."""
