@@ -184,13 +184,12 @@ class Resolved:
 def parse_runtime(spec: str) -> tuple[str, str]:
     """--latency-runtime FORMAT:DTYPE (e.g. gguf:f32, gguf:q8_0, onnx:f32), validated against the dtype table."""
     from exporters.dtypes import allowed
-
-    from exporters.formats import names
+    from exporters.formats import get, names
 
     fmt, _, dtype = str(spec).partition(":")
     if fmt not in names() or dtype not in allowed(fmt):
-        raise PlanError(f"--latency-runtime {spec!r} is not FORMAT:DTYPE; use gguf:DTYPE (llama.cpp: "
-                        f"{', '.join(allowed('gguf'))}) or onnx:DTYPE ({', '.join(allowed('onnx'))}), e.g. gguf:f32")
+        choices = " or ".join(f"{f}:DTYPE ({get(f).runtime}: {', '.join(allowed(f))})" for f in names())
+        raise PlanError(f"--latency-runtime {spec!r} is not FORMAT:DTYPE; use {choices}, e.g. gguf:f32")
     return fmt, dtype
 
 

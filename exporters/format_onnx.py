@@ -74,6 +74,11 @@ class ONNX(Format):
                 return GenAISession(folder, threads=threads)  # the generator loop an ORT GenAI user runs
         return OnnxSession(path, threads=threads, low_memory=purpose == "verify")
 
+    def second_runtime(self, path: Path, prompts: list[list[int]], tokenizer=None):
+        from .verify import genai_side
+
+        return genai_side(path, prompts, tokenizer)  # the package's generator loop, as a GenAI user runs it
+
     def min_runtime(self, artifact: dict, path: Path) -> str:
         from .artifacts import onnx_min_runtime
 

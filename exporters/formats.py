@@ -114,6 +114,12 @@ class Format:
         defaults, the loop a user runs). Runtime logs are quiet unless -v (`common.require`)."""
         raise NotImplementedError
 
+    def second_runtime(self, path: Path, prompts: list[list[int]], tokenizer=None):
+        """(greedy tokens, why skipped, text-path runs) through a second runtime the artifact
+        is packaged for (ONNX: onnxruntime-genai's generator), verified beside the first;
+        (None, None, None) when there is none."""
+        return None, None, None
+
     def text_path(self, sess):
         """The runtime's own tokenizer and text generation over an open session (verification
         at the user's interface, `text_path.py`), or None when the runtime takes ids only."""

@@ -106,7 +106,9 @@ def verify_artifact(model, path, dtype: str, tokenizer=None, n_ctx: int = 512, p
     prompts = [_ids(tokenizer, text, vocab)[:64] for text in PROMPTS]
     ppl_ids = _ids(tokenizer, PPL_TEXT, vocab)[:n_ctx]
     rt = _runtime_side(path, n_ctx, prompts, ppl_ids, tokenizer)
-    og_gen, og_skip, og_text = _genai_side(path, prompts, tokenizer)
+    from .formats import for_path
+
+    og_gen, og_skip, og_text = for_path(path).second_runtime(path, prompts, tokenizer)
     seqs = prompts + [ids[:GEN_PROMPT] + g for ids, g in zip(prompts, rt["gen"])] + [ppl_ids]
     seqs += [ids[:GEN_PROMPT] + g for ids, g in zip(prompts, og_gen or [])]
     text_runs = (rt.get("text") or []) + ((og_text or {}).get("runs") or [])
@@ -204,10 +206,10 @@ def _text_verdicts(report: dict, rt: dict, og_text: dict | None, tokenizer, ref_
             report["passed"] = bool(report["passed"] and tp["passed"])
 
 
-def _genai_side(path, prompts: list[list[int]], tokenizer=None):
+def genai_side(path, prompts: list[list[int]], tokenizer=None):
     """Greedy tokens through onnxruntime-genai's generator when the folder is a GenAI package
     and the runtime is installed, and (with a tokenizer) its own text path; else (None, why
-    it was skipped, None) (GGUF: (None, None, None))."""
+    it was skipped, None) (no GenAI package: (None, None, None))."""
     from .genai import CONFIG, WHY_MIN_VERSION, GenAISession, available
 
     folder = Path(path) if Path(path).is_dir() else Path(path).parent
