@@ -29,9 +29,9 @@ def main() -> None:
     pin_threads(1)
     from edgeprune.checkpoint import load_config
     from edgeprune.demo import ensure_demo_model
-    from edgeprune.latency_model import SUPPORTED, latency_model
+    from edgeprune.latency_model import latency_model, supported
     from edgeprune.models import get_adapter
-    from edgeprune.speedup import free_cores
+    from edgeprune.latency import free_cores
     from edgeprune.targets import load_target
 
     model = Path(a.model) if a.model else ensure_demo_model()
@@ -43,7 +43,7 @@ def main() -> None:
     rows, models = [], []
     with tempfile.TemporaryDirectory() as cache:
         for f in tgt.formats:
-            if f["dtype"] not in SUPPORTED.get(f["format"], ()):
+            if f["dtype"] not in supported().get(f["format"], ()):
                 continue
             lm = latency_model(ad, f["format"], f["dtype"], ctx, threads, cache_dir=Path(cache), progress=True)
             models.append(lm.to_json())

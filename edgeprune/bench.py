@@ -105,7 +105,9 @@ def bench(path: str, context: int | None = None, new_tokens: int | None = None, 
                   for r in profile["verdict"]["artifacts"]]
         text = "\n".join(lines + [f"appended to {prof_path}; report.md and latency.png updated"])
         return {"build": str(p), "measured_on_device": record, "text": text}
-    if p.is_dir() and not (p / "model.onnx").is_file():
+    from exporters.formats import of_path
+
+    if p.is_dir() and of_path(p) is None:
         raise EdgePruneError(f"{p} is neither a build directory (no profile.json) nor an ONNX export (no model.onnx)")
     check_context([p], context or DEFAULT_CONTEXT, new_tokens)
     lat = measure({"artifact": p}, context or DEFAULT_CONTEXT, new_tokens, reps, threads)["artifact"]

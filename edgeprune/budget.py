@@ -193,11 +193,12 @@ class Resolved:
 def parse_runtime(spec: str) -> tuple[str, str]:
     """--latency-runtime FORMAT:DTYPE (e.g. gguf:f32, gguf:q8_0, onnx:f32), validated against the dtype table."""
     from exporters.dtypes import allowed
+    from exporters.formats import get, names
 
     fmt, _, dtype = str(spec).partition(":")
-    if fmt not in ("gguf", "onnx") or dtype not in allowed(fmt):
-        raise PlanError(f"--latency-runtime {spec!r} is not FORMAT:DTYPE; use gguf:DTYPE (llama.cpp: "
-                        f"{', '.join(allowed('gguf'))}) or onnx:DTYPE ({', '.join(allowed('onnx'))}), e.g. gguf:f32")
+    if fmt not in names() or dtype not in allowed(fmt):
+        choices = " or ".join(f"{f}:DTYPE ({get(f).runtime}: {', '.join(allowed(f))})" for f in names())
+        raise PlanError(f"--latency-runtime {spec!r} is not FORMAT:DTYPE; use {choices}, e.g. gguf:f32")
     return fmt, dtype
 
 
@@ -205,7 +206,7 @@ def build_model(ad: "DecoderAdapter", fmt: str, dtype: str, context: int, table=
     """The latency model of `fmt`/`dtype` at `context` with the threads the speedup check uses:
     measured on this host (cached), or read from a table measured on the device."""
     from .latency_model import latency_model
-    from .speedup import free_cores
+    from .latency import free_cores
 
     return latency_model(ad, fmt, dtype, context, free_cores(), table=table, progress=progress)
 

@@ -18,7 +18,7 @@ def _setup_torch(threads: int | None, device: str = "cpu") -> None:
     import torch
 
     if not threads:  # cores other processes are not using now: oversubscribed threads spin-wait
-        from .speedup import free_cores
+        from .latency import free_cores
 
         threads = min(free_cores(), 8)
     torch.set_num_threads(threads)
@@ -196,7 +196,7 @@ def _imatrix_for(a) -> dict:
     from .imatrix import from_calibration
 
     dtype = check_dtype(a.format, a.dtype)
-    if a.format != "gguf" or not get(dtype).llama_quantizer:
+    if not get(dtype).llama_quantizer:  # llama.cpp's mixes, which only GGUF carries (check_dtype)
         raise ExportError(f"--imatrix weights llama.cpp's k-quants only, not {a.format} {dtype}; "
                           "drop --imatrix or export --format gguf --dtype q4_k_m (or q5_k_m, q6_k)")
     check_out_path(Path(a.out).absolute(), a.force)

@@ -194,10 +194,11 @@ def _prune_args(sub) -> argparse.ArgumentParser:
 def _export_args(sub) -> argparse.ArgumentParser:
     ex = _sub(sub, "export", "export to ONNX or GGUF, then verify in the runtime")
     ex.add_argument("model", help="model directory (dense or pruned)")
-    ex.add_argument("--format", required=True, help="onnx or gguf")
     from exporters.dtypes import ALIASES, allowed
+    from exporters.formats import names
 
-    ex.add_argument("--dtype", default="f32", help=f"gguf: {', '.join(allowed('gguf'))}; onnx: {', '.join(allowed('onnx'))} "
+    ex.add_argument("--format", required=True, help=" or ".join(names()))
+    ex.add_argument("--dtype", default="f32", help="; ".join(f"{f}: {', '.join(allowed(f))}" for f in names()) + " "
                     f"(default f32; aliases: {', '.join(f'{k}={v}' for k, v in ALIASES.items())})")
     ex.add_argument("--out", required=True, help="GGUF: the .gguf file; ONNX: a directory")
     ex.add_argument("--no-verify", action="store_true", help="skip verification (loudly)")

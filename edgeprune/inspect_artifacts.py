@@ -19,14 +19,14 @@ class InspectError(EdgePruneError):
 
 
 def kind_of(p: Path) -> str | None:
-    """'build', 'gguf' or 'onnx' for what this module reads; None for a model or a plan."""
-    if p.is_file() and p.suffix == ".gguf":
-        return "gguf"
+    """'build' or a format's name ('gguf', 'onnx') for what this module reads; None for a
+    model or a plan."""
+    from exporters.formats import of_path
+
     if p.is_dir() and (p / "build_state.json").is_file() and (p / "model").is_dir():
         return "build"
-    if p.is_dir() and (p / "model.onnx").is_file() or p.is_file() and p.suffix == ".onnx":
-        return "onnx"
-    return None
+    f = of_path(p) if p.exists() else None
+    return f.name if f is not None else None
 
 
 def _verified(report: Path) -> str:
@@ -103,11 +103,13 @@ def inspect_onnx(p: Path) -> dict:
 
 def inspect_build(p: Path, model_inspector) -> dict:
     """The pruned checkpoint's widths (`model_inspector` on build/model) and each artifact."""
+    from exporters.formats import of_path
+
     model = model_inspector(str(p / "model"))
     arts = []
     for a in sorted((p / "artifacts").glob("*")) if (p / "artifacts").is_dir() else []:
-        k = kind_of(a)
-        if k in ("gguf", "onnx"):
-            arts.append(inspect_gguf(a) if k == "gguf" else inspect_onnx(a))
+        f = of_path(a)
+        if f is not None:
+            arts.append(f.inspect(a))
     text = [f"build: {p}", model["text"]] + [a["text"].splitlines()[0] for a in arts]
     return {"kind": "build", "model": model, "artifacts": arts, "text": "\n".join(text)}

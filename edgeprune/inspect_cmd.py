@@ -44,10 +44,10 @@ def inspect_path(path: str, plot: str | None = None) -> dict:
     p = Path(path)
     _check_plot(plot)
     kind = ia.kind_of(p)
-    if kind == "gguf":
-        return ia.inspect_gguf(p)
-    if kind == "onnx":
-        return ia.inspect_onnx(p)
+    if kind not in (None, "build"):
+        from exporters.formats import get
+
+        return get(kind).inspect(p)
     if kind == "build":
         return ia.inspect_build(p, lambda m: inspect_path(m, plot))
     if p.is_file() and p.name.endswith(".json") or (p.is_dir() and (p / PLAN_JSON).is_file() and not (p / "config.json").is_file()):

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import platform
 import statistics
+import time
 from pathlib import Path
 
 import numpy as np
@@ -18,20 +19,28 @@ DEFAULT_NEW_TOKENS = 32
 DEFAULT_REPS = 5
 
 
+def free_cores(samples: int = 5) -> int:
+    """Cores not taken by other runnable processes right now (Linux /proc/loadavg's
+    running-task count, the busiest of a few samples): the runtime gets that many threads,
+    since llama.cpp's spinning threads collapse when a core is taken."""
+    cores = os.cpu_count() or 1
+    busy = 0
+    for _ in range(samples):
+        try:
+            with open("/proc/loadavg") as f:
+                running = int(f.read().split()[3].split("/")[0])
+        except (OSError, ValueError, IndexError):
+            return cores
+        busy = max(busy, running - 1)  # this process is one of them
+        time.sleep(0.05)
+    return max(1, cores - busy)
+
+
 def _session(path: Path, context: int, new_tokens: int, threads: int | None):
-    from exporters.runtimes import GGUFSession, OnnxSession, open_artifact
+    """The runtime's own settings and loop (`Format.session`, purpose "latency")."""
+    from exporters.runtimes import open_artifact
 
-    if not (path.is_dir() or path.suffix in (".gguf", ".onnx")):
-        open_artifact(path)  # raises: neither ONNX nor GGUF
-    if str(path).endswith(".gguf"):
-        # realistic settings: default f16 KV cache and attention path
-        return GGUFSession(path, n_ctx=context + new_tokens + 8, threads=threads, exact=False)
-    from exporters.genai import CONFIG, GenAISession, available
-
-    folder = path if path.is_dir() else path.parent
-    if (folder / CONFIG).is_file() and available():
-        return GenAISession(folder, threads=threads)  # the generator loop an ORT GenAI user runs
-    return OnnxSession(path, threads=threads)
+    return open_artifact(path, "latency", n_ctx=context + new_tokens + 8, threads=threads)
 
 
 def _one_run(sess, ids: np.ndarray, new_tokens: int) -> tuple[float, float]:
@@ -68,11 +77,10 @@ def measure(paths: dict[str, Path], context: int = DEFAULT_CONTEXT, new_tokens: 
             max_reps: int | None = None) -> dict[str, dict]:
     """Latency of several artifacts (e.g. dense and pruned), repetitions interleaved.
 
-    Threads default to the cores no other process is using now (`speedup.free_cores`).
+    Threads default to the cores no other process is using now (`free_cores`).
     With two artifacts, repetitions continue past `reps` (up to `max_reps`, default 3 x reps)
     until the paired speedup's interval is narrow, so a noisy machine gets more samples.
     """
-    from .speedup import free_cores
 
     threads = threads or free_cores()
     sessions = {k: _session(Path(p), context, new_tokens, threads) for k, p in paths.items()}

@@ -29,10 +29,6 @@ from .latency_fit import TERMS, active_terms, design_row, fit, layer_features, r
 from .models import LayerShape
 
 MODEL_VERSION = 2  # a cached table made by another version is measured again (2: ORT's shallow full design)
-RUNTIMES = {"gguf": "llama.cpp", "onnx": "onnxruntime-genai"}
-# every exported dtype: k-quants are probed through llama.cpp's quantizer, int4 through ORT's
-# MatMulNBits quantiser (latency_probe.write_probe), each exactly as the export writes them
-SUPPORTED = {"gguf": ("f32", "f16", "bf16", "q8_0", "q4_0", "q6_k", "q5_k_m", "q4_k_m"), "onnx": ("f32", "f16", "int4")}
 REPS, NEW_TOKENS = 7, 32
 
 
@@ -107,19 +103,32 @@ def host_id() -> str:
 
 
 def runtime_version(fmt: str) -> str:
-    if fmt == "gguf":
-        import llama_cpp
+    from exporters.formats import get
 
-        return f"llama-cpp-python {llama_cpp.__version__}"
-    import onnxruntime
+    return get(fmt).runtime_version()
 
-    from exporters.genai import available
 
-    return f"onnxruntime {onnxruntime.__version__}; onnxruntime-genai {available()}"
+def runtime_of(fmt: str) -> str:
+    from exporters.formats import get
+
+    return get(fmt).latency_runtime
+
+
+def _shallow(fmt: str) -> bool:
+    from exporters.formats import get
+
+    return get(fmt).shallow_probes
+
+
+def supported() -> dict[str, tuple[str, ...]]:
+    """The (format, dtypes) a latency model can be measured for: each format's `latency_dtypes`."""
+    from exporters.formats import get, names
+
+    return {f: get(f).latency_dtypes for f in names() if get(f).latency_dtypes}
 
 
 def make_key(adapter, fmt: str, dtype: str, context: int, threads: int) -> dict:
-    return {"version": MODEL_VERSION, "runtime": RUNTIMES[fmt], "runtime_version": runtime_version(fmt),
+    return {"version": MODEL_VERSION, "runtime": runtime_of(fmt), "runtime_version": runtime_version(fmt),
             "fmt": fmt, "dtype": dtype, "widths": widths_of(adapter), "context": int(context),
             "threads": int(threads), "host": host_id()}
 
@@ -137,9 +146,9 @@ def default_cache_dir() -> Path:
 
 def check_request(fmt: str, dtype: str) -> None:
     """One line before any work for a format/dtype the latency model cannot time yet."""
-    if dtype not in SUPPORTED.get(fmt, ()):
+    if dtype not in supported().get(fmt, ()):
         raise LatencyTableError(f"no latency model for {fmt} {dtype} yet (supported: "
-                                + "; ".join(f"{f} {', '.join(d)}" for f, d in SUPPORTED.items()) + "); budget by --ratio")
+                                + "; ".join(f"{f} {', '.join(d)}" for f, d in supported().items()) + "); budget by --ratio")
 
 
 def latency_model(adapter, fmt: str, dtype: str, context: int, threads: int, table: Path | None = None,
@@ -194,13 +203,13 @@ def measure_model(adapter, fmt: str, dtype: str, context: int, threads: int, key
     dense = LayerShape.from_dict(w["dense"])
     layer_bytes = 4 * adapter.layer_param_count(dense)
     probes = latency_probe.design(dense, w["num_layers"], get(dtype).block, layer_bytes, few=False,
-                                 shallow=fmt == "onnx")
+                                 shallow=_shallow(fmt))
     tick, close = _ticker(progress, len(probes) + 1, f"latency model {fmt} {dtype}")
     try:
         times, runtime = latency_probe.run(adapter, fmt, dtype, probes, context, threads, REPS, NEW_TOKENS, tick)
     finally:
         close()
-    lm = LatencyModel(RUNTIMES[fmt], fmt, dtype, int(context), int(threads), key, "host", float("nan"))
+    lm = LatencyModel(runtime_of(fmt), fmt, dtype, int(context), int(threads), key, "host", float("nan"))
     fit_model(lm, [(p.name, p.shapes, times[p.name], p.held_out) for p in probes])
     lm.runtime_description = runtime
     lm.build_seconds = time.perf_counter() - t0

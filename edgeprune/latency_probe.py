@@ -111,35 +111,9 @@ def write_probe(adapter, fmt: str, dtype: str, shapes: list[LayerShape], out: Pa
     cfg = probe_config(adapter, shapes, max_positions)
     empty = out.parent / "no-tokenizer"
     empty.mkdir(exist_ok=True)
-    if fmt == "gguf":
-        from exporters.dtypes import get
+    from exporters.formats import get
 
-        if get(dtype).llama_quantizer:  # k-quants: llama.cpp's own mix, its fallbacks included, as the export makes it
-            from exporters.gguf_kquant import write_llama_quantized
-
-            write_llama_quantized(_random_view(cfg, empty), out.with_suffix(".gguf"), dtype)
-        else:
-            from exporters.gguf_writer import write_gguf
-
-            write_gguf(_random_view(cfg, empty), out.with_suffix(".gguf"), dtype)
-        return out.with_suffix(".gguf")
-    import torch
-
-    from exporters.genai import write_package
-    from exporters.onnx import write_onnx
-    from exporters.source import WeightsView
-
-    from .models.pruned_modeling import CLASSES
-
-    torch.manual_seed(0)
-    model = CLASSES[adapter.family][1](cfg).eval()
-    path = write_onnx(model, out, "f32" if dtype == "int4" else dtype)
-    if dtype == "int4":  # weight-only MatMulNBits, as the export quantises it
-        from exporters.onnx_int4 import quantize_int4
-
-        quantize_int4(path, int(adapter.vocab_size), external=False)
-    write_package(out, WeightsView.from_model(model), None)
-    return out
+    return get(fmt).write_probe(adapter, cfg, lambda: _random_view(cfg, empty), out, dtype)
 
 
 def time_probes(paths: dict[str, Path], reference: str, context: int, new_tokens: int, reps: int, threads: int,

@@ -37,9 +37,9 @@ def latency_table(out: str, model: str | None, path: str | None, target: str | N
                   context: int | None = None) -> dict:
     """Measure and write the table; returns {"table": path, "models": [...], "text": summary}."""
     from .checkpoint import load_config
-    from .latency_model import RUNTIMES, SUPPORTED, latency_model, write_table
+    from .latency_model import latency_model, runtime_of, supported, write_table
     from .models import get_adapter
-    from .speedup import free_cores
+    from .latency import free_cores
     from .targets import load_target
 
     out_p = Path(out)
@@ -50,12 +50,12 @@ def latency_table(out: str, model: str | None, path: str | None, target: str | N
     tgt = load_target(target)
     adapter = get_adapter(load_config(_model_dir(model, path)))
     wanted = [(f["format"], f["dtype"]) for f in tgt.formats]
-    todo = [w for w in wanted if w[1] in SUPPORTED.get(w[0], ())]
+    todo = [w for w in wanted if w[1] in supported().get(w[0], ())]
     for f, d in wanted:
         if (f, d) not in todo:
             print(f"edgeprune: note: no latency model for {f} {d} yet; skipped", file=sys.stderr)
     if not todo:
-        raise EdgePruneError(f"none of {tgt.name}'s formats has a latency model yet; supported: {SUPPORTED}")
+        raise EdgePruneError(f"none of {tgt.name}'s formats has a latency model yet; supported: {supported()}")
     ctx = context or int(tgt.data["latency"]["context"])
     threads = threads or free_cores()
     import tempfile
@@ -63,6 +63,6 @@ def latency_table(out: str, model: str | None, path: str | None, target: str | N
     with tempfile.TemporaryDirectory() as fresh:  # on the device: measured, never read from a cache
         models = [latency_model(adapter, f, d, ctx, threads, cache_dir=Path(fresh), progress=True) for f, d in todo]
     write_table(out_p, models)
-    text = "\n".join(f"{RUNTIMES[m.fmt]} {m.dtype}: fixed {m.fixed_ms():.3f} ms, held-out error {m.relative_error:.1%} "
+    text = "\n".join(f"{runtime_of(m.fmt)} {m.dtype}: fixed {m.fixed_ms():.3f} ms, held-out error {m.relative_error:.1%} "
                      f"({len(m.fitted)} shapes fitted, {len(m.held_out)} held out, {m.build_seconds:.0f}s)" for m in models)
     return {"table": str(out_p), "models": [m.to_json() for m in models], "text": text + f"\nwrote {out_p}"}

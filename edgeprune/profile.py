@@ -42,14 +42,10 @@ def bytes_per_weight(dtype: str) -> float:
 
 def linear_weight_bytes(artifact: Path, fmt: str, dtype: str, ad) -> int:
     """Bytes of every linear weight read per decoded token (lm_head included, embedding
-    excluded): read off a GGUF file, computed from the shapes for ONNX."""
-    if fmt == "gguf":
-        from exporters.artifacts import gguf_linear_bytes
+    excluded), as the format reads them (`Format.weight_bytes`: off a GGUF file, from the shapes for ONNX)."""
+    from exporters.formats import get
 
-        return gguf_linear_bytes(artifact)
-    non_emb, _ = sizes(ad)
-    norms = 2 * ad.hidden_size * len(ad.layer_shapes()) + ad.hidden_size
-    return int((non_emb - norms + ad.vocab_size * ad.hidden_size) * bytes_per_weight(dtype))
+    return get(fmt).weight_bytes(artifact, dtype, ad)
 
 
 # ---- measuring on the build host ------------------------------------------------------------
@@ -65,7 +61,7 @@ def runtime_perplexity_windows(artifact: Path, windows) -> dict:
 
     from .evaluate import perplexity_from
 
-    sess = open_artifact(artifact, n_ctx=windows.shape[1] + 8) if str(artifact).endswith(".gguf") else open_artifact(artifact)
+    sess = open_artifact(artifact, "eval", n_ctx=windows.shape[1] + 8)
     return perplexity_from(lambda ids: torch.from_numpy(sess.logits(ids[0].tolist()))[None], windows, progress=False)
 
 

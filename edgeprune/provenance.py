@@ -34,10 +34,9 @@ def license_of(model_dir: Path, cfg) -> str | None:
 
 
 def min_runtime_versions(artifacts: list[dict], out_dir: Path) -> dict:
-    from exporters.artifacts import gguf_min_runtime, onnx_min_runtime
+    from exporters.formats import get
 
-    return {a["path"]: gguf_min_runtime(a["architecture"]) if a["format"] == "gguf" else onnx_min_runtime(out_dir / a["path"])
-            for a in artifacts}
+    return {a["path"]: get(a["format"]).min_runtime(a, out_dir / a["path"]) for a in artifacts}
 
 
 def commands(state: dict, command: str) -> dict:

@@ -14,9 +14,7 @@ No torch: it also runs in `edgeprune bench` on the device.
 """
 from __future__ import annotations
 
-import os
 import statistics
-import time
 
 import numpy as np
 
@@ -84,23 +82,6 @@ def check(dense_ms: list[float], pruned_ms: list[float], ideal: float, requested
             "repetitions": len(ratios),
             "spread": {"dense_ms": [min(dense_ms), statistics.median(dense_ms), max(dense_ms)],
                        "pruned_ms": [min(pruned_ms), statistics.median(pruned_ms), max(pruned_ms)]}}
-
-
-def free_cores(samples: int = 5) -> int:
-    """Cores not taken by other runnable processes right now (Linux /proc/loadavg's
-    running-task count, the busiest of a few samples): the runtime gets that many threads,
-    since llama.cpp's spinning threads collapse when a core is taken."""
-    cores = os.cpu_count() or 1
-    busy = 0
-    for _ in range(samples):
-        try:
-            with open("/proc/loadavg") as f:
-                running = int(f.read().split()[3].split("/")[0])
-        except (OSError, ValueError, IndexError):
-            return cores
-        busy = max(busy, running - 1)  # this process is one of them
-        time.sleep(0.05)
-    return max(1, cores - busy)
 
 
 def decode_bars(dense_ms: list[float], sp: dict) -> dict:

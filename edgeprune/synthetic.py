@@ -81,7 +81,9 @@ def write_checkpoint(out: str | Path, cfg: dict, *, seed: int = 0, max_shard_byt
     """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    dtype = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}[cfg["torch_dtype"]]
+    from exporters.dtypes import torch_dtype
+
+    dtype = torch_dtype(cfg["torch_dtype"])
     gen = torch.Generator().manual_seed(seed)
     items = _tensors(cfg, dtype, gen, tied_as_lm_head)
     if layout == "bin":

@@ -161,8 +161,8 @@ def load_target_file(path: Path) -> Target:
         if not isinstance(f, dict) or not FORMAT_KEYS <= set(f) <= FORMAT_KEYS | FORMAT_OPTIONAL:
             raise TargetError(f"{path}: each artifacts.formats entry needs the keys format and dtype (and may have "
                               f"fallback), got {f!r}")
-        if f["format"] not in ("gguf", "onnx"):
-            raise TargetError(f"{path}: artifacts.formats format must be gguf or onnx, got {f['format']!r}")
+        if f["format"] not in format_names():
+            raise TargetError(f"{path}: artifacts.formats format must be {' or '.join(format_names())}, got {f['format']!r}")
         _check_dtype(path, f)
         fb = f.get("fallback", [])
         if not isinstance(fb, list) or not all(isinstance(x, str) for x in fb):
@@ -211,6 +211,12 @@ def _check_budget(path: Path, pruning: dict) -> None:
     if "speedup" in pruning and not (isinstance(v, (int, float)) and not isinstance(v, bool) and v > 1 and v == v
                                      and v != float("inf")):
         raise TargetError(f"{path}: pruning.speedup must be a number above 1 (decode speedup over dense), got {v!r}")
+
+
+def format_names() -> tuple[str, ...]:
+    from exporters.formats import names
+
+    return names()
 
 
 def _check_dtype(path: Path, f: dict) -> None:
@@ -266,8 +272,9 @@ def with_formats(tgt: Target, spec: str) -> Target:
     formats = []
     for item in (x.strip() for x in spec.split(",")):
         fmt, _, dtype = item.partition(":")
-        if fmt not in ("gguf", "onnx") or not dtype:
-            raise TargetError(f"--formats: {item!r} is not FORMAT:DTYPE with FORMAT gguf or onnx; e.g. --formats gguf:q8_0,onnx:f32")
+        if fmt not in format_names() or not dtype:
+            raise TargetError(f"--formats: {item!r} is not FORMAT:DTYPE with FORMAT {' or '.join(format_names())}; "
+                              "e.g. --formats gguf:q8_0,onnx:f32")
         if dtype not in allowed(fmt):
             raise TargetError(f"--formats: {dtype!r} is not a {fmt} dtype; choose one of: {', '.join(allowed(fmt))}")
         if {"format": fmt, "dtype": dtype} not in formats:

@@ -82,7 +82,9 @@ def garbage(text: str, ids: list[int], dense_ids: list[int] | None = None) -> st
 def kv_element_bytes(fmt: str, dtype: str) -> int:
     """Bytes per KV-cache element in the artifact's runtime: llama.cpp keeps f16 by default;
     an ONNX export keeps its past KV in the graph's float type (f16 for f16, else f32)."""
-    return 2 if fmt == "gguf" or dtype == "f16" else 4
+    from exporters.formats import get
+
+    return get(fmt).kv_bytes(dtype)
 
 
 def fit_of(artifact_bytes: int, kv_bytes: int | None, context: int, budget: int) -> dict:

@@ -16,6 +16,8 @@ from pathlib import Path
 
 import torch
 
+from exporters import dtypes as _export_dtypes
+
 from .errors import ModelError
 
 SAFE_INDEX = "model.safetensors.index.json"
@@ -23,12 +25,13 @@ SAFE_SINGLE = "model.safetensors"
 BIN_INDEX = "pytorch_model.bin.index.json"
 BIN_SINGLE = "pytorch_model.bin"
 # The config's dtype names (`torch_dtype`, newer `dtype`) and `--dtype` names -> torch.
+# The torch dtype of each float dtype is a fact of `exporters.dtypes.DType`; these add the spellings.
+_FLOATS = [d for d in _export_dtypes.TABLE.values() if d.torch]
+CONFIG_DTYPE_NAME = {getattr(torch, d.torch): d.torch for d in _FLOATS}
 DTYPE_NAMES: dict[str, torch.dtype] = {
-    "bfloat16": torch.bfloat16, "bf16": torch.bfloat16, "float16": torch.float16, "f16": torch.float16,
-    "fp16": torch.float16, "half": torch.float16, "float32": torch.float32, "f32": torch.float32,
-    "fp32": torch.float32, "float": torch.float32,
+    **{n: getattr(torch, d.torch) for d in _FLOATS for n in (d.torch, d.name)},
+    "fp16": torch.float16, "half": torch.float16, "fp32": torch.float32, "float": torch.float32,
 }
-CONFIG_DTYPE_NAME = {torch.bfloat16: "bfloat16", torch.float16: "float16", torch.float32: "float32"}
 
 
 def parse_dtype(name: str) -> torch.dtype:

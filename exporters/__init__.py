@@ -11,8 +11,6 @@ A failed verification deletes the artifact and raises.
 from __future__ import annotations
 
 import errno
-import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -21,7 +19,7 @@ from edgeprune.errors import ExportError, OutputError
 
 from edgeprune.guard import OutLock, refuse_overlap, set_stage
 
-from .common import DTYPES, check_dtype, check_out_path, needed_bytes, require, staged
+from .common import DTYPES, check_dtype, check_out_path, needed_bytes, staged
 
 __all__ = ["DTYPES", "export"]
 # What the writer learnt about the artifact that the verify report and the export result carry.
@@ -39,16 +37,6 @@ def _tokenizer(model_dir: Path):
         return None
 
 
-def _require(fmt: str, verify: bool) -> None:
-    if fmt == "onnx":
-        for mod in ("onnx", "onnxruntime", "onnxscript"):
-            require(mod, "onnx", "ONNX export")
-    else:
-        require("gguf", "gguf", "GGUF export")
-        if verify:
-            require("llama_cpp", "gguf", "GGUF verification (llama-cpp-python)")
-
-
 def export(model, fmt: str, out: str | Path, *, dtype: str = "f32", verify: bool = True, force: bool = False,  # long: stages
            model_dir: str | Path | None = None, progress: bool = False, imatrix: dict | None = None,
            gguf_pre: str | None = None) -> dict:
@@ -61,28 +49,23 @@ def export(model, fmt: str, out: str | Path, *, dtype: str = "f32", verify: bool
     from edgeprune.tensorfiles import check_free_space
 
     from .dtypes import get as dtype_facts
-    from .gguf_writer import gguf_arch
+    from .formats import get as get_format
 
     dtype = check_dtype(fmt, dtype)
-    if imatrix is not None and not (fmt == "gguf" and dtype_facts(dtype).llama_quantizer):
+    form = get_format(fmt)
+    if imatrix is not None and not dtype_facts(dtype).llama_quantizer:  # a llama.cpp mix: GGUF only
         raise ExportError(f"an importance matrix is used by llama.cpp's k-quants only, not {fmt} {dtype}; "
                           "drop --imatrix or export gguf q4_k_m, q5_k_m or q6_k")
-    _require(fmt, verify)
+    form.require(verify)
     out = Path(out).absolute()
-    if fmt == "gguf" and out.suffix != ".gguf":
-        raise OutputError(f"--out {out.name} for GGUF must be a file name ending in .gguf, e.g. {out.name}.gguf")
+    form.check_out(out)
     streamed = isinstance(model, (str, Path))
     model_dir = Path(model if streamed else model_dir) if (streamed or model_dir) else None
     refuse_overlap(out, {"model": model_dir})
     check_out_path(out, force)
     view, tok = _open(model, model_dir, streamed)
     reference = model_dir if streamed else model
-    if fmt == "gguf":
-        gguf_arch(view)  # refuse inexpressible shapes before writing anything
-        if model_dir:
-            from .vocab import preflight
-
-            preflight(model_dir, gguf_pre)  # and a vocabulary llama.cpp cannot hold as transformers does
+    form.preflight(view, model_dir, gguf_pre)  # what the format cannot express, before writing anything
     check_free_space(out.parent, needed_bytes(view, fmt, dtype))
     t0 = time.perf_counter()
     stages: dict = {}
@@ -97,11 +80,7 @@ def export(model, fmt: str, out: str | Path, *, dtype: str = "f32", verify: bool
             raise OutputError(f"disk full while writing {out.name} ({free_bytes(out.parent) / 1e9:.2f} GB free); "
                               "free space or choose another --out") from None
         raise
-    if fmt == "gguf":
-        artifact, report_path, size = out, out.with_name(out.name + ".verify.json"), out.stat().st_size
-    else:
-        artifact, report_path = out / "model.onnx", out / "model.onnx.verify.json"
-        size = sum(p.stat().st_size for p in out.iterdir() if p.is_file() and not p.name.endswith(".json"))
+    artifact, report_path, size = form.written(out)
     if not verify:
         print(f"edgeprune: WARNING: {artifact} was exported WITHOUT verification", file=sys.stderr)
     return {"format": fmt, "dtype": dtype, "path": str(artifact), "bytes": size, "seconds": time.perf_counter() - t0,
@@ -142,72 +121,28 @@ def _write_and_verify(fmt, dtype, out, force, view, model, model_dir, reference,
     """Write to a staged path, verify there, rename only on success; memory per stage."""
     from edgeprune.memory import PeakMemory
 
-    from .dtypes import get as dtype_facts
-    from .gguf_kquant import write_llama_quantized
-    from .gguf_writer import write_gguf
+    from .formats import ExportJob
+    from .formats import get as get_format
     from .verify import verify_artifact
 
-    meta: dict = {}
+    form = get_format(fmt)
     report = None
     companions: list = []
     with staged(out, force, companions) as tmp:
         set_stage(f"export {fmt} write")
         with PeakMemory() as mem:
-            if fmt == "gguf":
-                meta = (write_llama_quantized(view, tmp, dtype, progress, imatrix, gguf_pre)
-                        if dtype_facts(dtype).llama_quantizer else write_gguf(view, tmp, dtype, progress, imatrix, gguf_pre))
-                path = tmp
-            else:
-                path = _write_onnx_package(tmp, dtype, view, model, model_dir, tok, mem, meta)
+            job = ExportJob(dtype, tmp, view, model, model_dir, tok, mem, {}, progress, imatrix, gguf_pre)
+            path = form.write(job)
         stages["export"] = mem
         if verify:
             set_stage(f"export {fmt} verify")
             with PeakMemory() as mem:
                 report = verify_artifact(reference, path, dtype, tok, progress=progress)
             stages["verify"] = mem
-            report.update({"format": fmt, **{k: meta[k] for k in REPORTED if k in meta}})
+            report.update({"format": fmt, **{k: job.meta[k] for k in REPORTED if k in job.meta}})
             _fail_if(report, out)
-        _stage_report(fmt, out, tmp, report, companions)
-    return meta, report
-
-
-def _stage_report(fmt: str, out: Path, tmp: Path, report: dict | None, companions: list) -> None:
-    """The verify report goes in with the artifact (ONNX: inside its folder; GGUF: beside it,
-    renamed just before the artifact). An unverified GGUF must not inherit the report of
-    the artifact it replaces, so that one goes."""
-    if fmt == "onnx":
-        if report is not None:
-            (tmp / "model.onnx.verify.json").write_text(json.dumps(report, indent=1))
-        return
-    final = out.with_name(out.name + ".verify.json")
-    if report is None:
-        final.unlink(missing_ok=True)
-        return
-    t = out.with_name(f".{out.stem}.partial-{os.getpid()}.verify.json")  # an orphan of it is cleaned by staged()
-    companions.append((t, final))
-    t.write_text(json.dumps(report, indent=1))
-
-
-def _write_onnx_package(tmp: Path, dtype: str, view, model, model_dir, tok, mem, meta: dict) -> Path:
-    """model.onnx (int4: exported in f32, then quantised), its graph checked, plus the
-    onnxruntime-genai files (genai_config.json, tokenizer) in the same folder."""
-    from .genai import write_package
-    from .onnx import EXTERNAL_DATA_THRESHOLD, check_graph, write_onnx, write_onnx_isolated
-
-    base = "f32" if dtype == "int4" else dtype
-    if model is None:
-        path, child_peak = write_onnx_isolated(model_dir, tmp, base)
-        mem.include(mem.baseline_bytes + child_peak)  # both were resident
-    else:
-        path = write_onnx(model, tmp, base)
-    if dtype == "int4":
-        from .onnx_int4 import quantize_int4
-
-        f32_bytes = sum(f.stat().st_size for f in tmp.iterdir() if f.is_file())
-        meta["int4"] = quantize_int4(path, int(view.adapter.vocab_size), external=f32_bytes / 6 > EXTERNAL_DATA_THRESHOLD)
-    check_graph(path, view)
-    meta["genai_files"] = write_package(tmp, view, tok)
-    return path
+        form.stage_report(out, tmp, report, companions)
+    return job.meta, report
 
 
 def _fail_if(report: dict, out: Path) -> None:

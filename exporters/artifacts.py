@@ -58,19 +58,29 @@ def read_verify_report(artifact: Path, fix: str) -> dict:
 
 
 def artifact_context(path: Path) -> tuple[int, str] | None:
-    """(tokens, where it is written) of an artifact's context window: GGUF's
-    `<arch>.context_length`, an ORT GenAI folder's `context_length`; None when it records none."""
-    path = Path(path)
-    if path.suffix == ".gguf" and path.is_file():
-        import gguf
+    """(tokens, where it is written) of an artifact's context window, as its format records it
+    (`Format.context`); None when it records none."""
+    from .formats import of_path
 
-        r = gguf.GGUFReader(str(path))
-        arch = r.fields.get("general.architecture")
-        if arch is None:
-            return None
-        name = f"{bytes(arch.parts[-1]).decode()}.context_length"
-        f = r.fields.get(name)
-        return (int(f.parts[-1][0]), f"{name} in its GGUF metadata") if f is not None else None
+    f = of_path(Path(path))
+    return f.context(Path(path)) if f is not None else None
+
+
+def gguf_context(path: Path) -> tuple[int, str] | None:
+    """GGUF's `<arch>.context_length`."""
+    import gguf
+
+    r = gguf.GGUFReader(str(path))
+    arch = r.fields.get("general.architecture")
+    if arch is None:
+        return None
+    name = f"{bytes(arch.parts[-1]).decode()}.context_length"
+    f = r.fields.get(name)
+    return (int(f.parts[-1][0]), f"{name} in its GGUF metadata") if f is not None else None
+
+
+def genai_context(path: Path) -> tuple[int, str] | None:
+    """An ORT GenAI folder's `context_length`."""
     folder = path if path.is_dir() else path.parent
     cfg = folder / "genai_config.json"
     if not cfg.is_file():

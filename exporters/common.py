@@ -13,8 +13,9 @@ from .dtypes import DTYPES, ONNX_DTYPES, allowed, canonical  # noqa: F401  (re-e
 
 def check_dtype(fmt: str, dtype: str) -> str:
     """The canonical dtype name (q4_k -> q4_k_m), or a one-line error."""
-    if fmt not in ("onnx", "gguf"):
-        raise ExportError(f"unknown format '{fmt}'; choose onnx or gguf")
+    from .formats import get as get_format
+
+    get_format(fmt)  # an unknown format is one line naming the registered ones
     if dtype not in allowed(fmt):
         raise ExportError(f"unknown {fmt} dtype '{dtype}'; choose one of: {', '.join(allowed(fmt))}")
     return canonical(dtype)
@@ -62,12 +63,13 @@ def check_out_path(out: Path, force: bool) -> None:
 
         refuse_foreign(out)
         refuse_locked(out)
-    elif out.is_file() and out.suffix == ".gguf" and out.stat().st_size >= 4:
-        with open(out, "rb") as f:
-            if f.read(4) != b"GGUF":
-                raise OutputError(f"{out} exists and is not a GGUF file; edgeprune will not overwrite it, choose another --out")
-    elif out.exists() and out.suffix != ".gguf" and not out.is_dir():
-        raise OutputError(f"{out} exists and is not an edgeprune artifact; choose another --out")
+    elif out.exists():
+        from .formats import of_path
+
+        form = of_path(out)
+        if form is None or not form.single_file:
+            raise OutputError(f"{out} exists and is not an edgeprune artifact; choose another --out")
+        form.refuse_foreign(out)
     if out.exists() and not force:
         raise OutputError(f"{out} already exists; pass --force to overwrite it")
 
@@ -108,10 +110,9 @@ def needed_bytes(view, fmt: str, dtype: str) -> int:
     n = view.total_elements()
     stored = view.dtype.itemsize if hasattr(view.dtype, "itemsize") else 4
     need = n * max(d.bytes_per_weight, 1.0 if d.bytes_per_weight < 4 else 4.0)  # quantised mixes keep some rows wider
-    if d.llama_quantizer:
-        need += n * stored  # llama.cpp quantises from an intermediate GGUF in the stored dtype
-    if fmt == "onnx" and dtype == "int4":
-        need += n * 4  # exported in f32 first
+    from .formats import get as get_format
+
+    need += get_format(fmt).intermediate_bytes(n, stored, dtype)  # the writer's scratch files
     return int(need * 1.1) + 16 * 2**20
 
 

@@ -27,7 +27,6 @@ from .gguf_tokenizer import add_tokenizer
 from .source import WeightsView
 
 PERMUTED_ARCHS = ("llama", "deci")
-GGML_NAME = {"f32": "F32", "f16": "F16", "bf16": "BF16", "q8_0": "Q8_0", "q4_0": "Q4_0"}
 
 
 def hf_to_ggml_rotary(w: torch.Tensor, n_head: int) -> torch.Tensor:
@@ -58,7 +57,7 @@ def _info(gguf, shape: tuple[int, ...], kind: str):
         return shape, np.dtype(np.float32), 4 * n, Q.F32
     if kind == "f16":
         return shape, np.dtype(np.float16), 2 * n, Q.F16
-    qt = {"bf16": Q.BF16, "q8_0": Q.Q8_0, "q4_0": Q.Q4_0}[kind]
+    qt = Q[dtype_facts(kind).ggml]
     byte_shape = tuple(gguf.quants.quant_shape_to_byte_shape(shape, qt))
     return byte_shape, np.dtype(np.uint8), int(np.prod(byte_shape)), qt
 
@@ -91,7 +90,7 @@ def _encode_block(gguf, t: torch.Tensor, kind: str) -> np.ndarray:
     if kind == "f16":
         return arr.astype(np.float16)
     Q = gguf.GGMLQuantizationType
-    return gguf.quants.quantize(arr, {"bf16": Q.BF16, "q8_0": Q.Q8_0, "q4_0": Q.Q4_0}[kind])
+    return gguf.quants.quantize(arr, Q[dtype_facts(kind).ggml])
 
 
 # llama.cpp architectures whose graph adds an optional attn_output / ffn_down bias
@@ -228,7 +227,7 @@ def write_gguf(view: WeightsView, path: Path, dtype: str = "f32", progress: bool
         w.write_tensor_data(_encode(gguf, t, kinds[name]))
         del t
     w.close()
-    types = {n: GGML_NAME[k] for n, k in kinds.items()}
+    types = {n: dtype_facts(k).ggml for n, k in kinds.items()}
     return {"architecture": arch, "uniform": uniform, "fallbacks": fallbacks, "tensor_types": _summary(types), **info}
 
 

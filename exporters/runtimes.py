@@ -156,12 +156,10 @@ class GGUFSession:
         return out
 
 
-def open_artifact(path: str | Path, **kw):
+def open_artifact(path: str | Path, purpose: str = "eval", *, n_ctx: int = 512, threads: int | None = None):
+    """A session for any artifact, opened by its format (`Format.session`: the one place the
+    settings for verification, evaluation and latency are decided)."""
+    from .formats import for_path
+
     path = Path(path)
-    if not path.exists():
-        raise ExportError(f"artifact {path} does not exist")
-    if path.is_dir() or path.suffix == ".onnx":
-        return OnnxSession(path, threads=kw.get("threads"), low_memory=kw.get("low_memory", False))
-    if path.suffix == ".gguf":
-        return GGUFSession(path, **kw)
-    raise ExportError(f"{path} is neither an ONNX model (.onnx or a directory holding model.onnx) nor a .gguf file")
+    return for_path(path).session(path, purpose, n_ctx=n_ctx, threads=threads)

@@ -14,6 +14,7 @@ loaded whole, and the runtime has released its artifact before PyTorch starts.
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -21,7 +22,6 @@ import torch
 from edgeprune.evaluate import nll_of_logits
 
 from . import text_path
-from .runtimes import open_artifact
 
 F32_MAX_ABS = 1e-3
 from .dtypes import get as dtype_facts
@@ -72,14 +72,16 @@ def _runtime_side(path, n_ctx: int, prompts: list[list[int]], ppl_ids: list[int]
 
     gc.collect()  # the exported module and program hold reference cycles
     _trim_heap()  # the export's freed pages go back before the runtime maps the artifact
-    gguf = str(path).endswith(".gguf")
-    sess = open_artifact(path, n_ctx=n_ctx) if gguf else open_artifact(path, low_memory=True)
+    from .formats import for_path
+
+    form = for_path(path)
+    sess = form.session(Path(path), "verify", n_ctx=n_ctx)
     try:
         out = {"logits": [sess.logits(ids) for ids in prompts],
                "gen": [sess.generate(ids[:GEN_PROMPT], GEN_NEW) for ids in prompts],
                "ppl": sess.logits(ppl_ids)}
-        if gguf and tokenizer is not None:
-            rt = text_path.LlamaCppText(sess.llm)
+        rt = form.text_path(sess) if tokenizer is not None else None
+        if rt is not None:
             out["tokenizer"] = text_path.tokenizer_check(tokenizer, rt)
             out["text"] = text_path.generation_side(rt)
         return out
@@ -104,7 +106,9 @@ def verify_artifact(model, path, dtype: str, tokenizer=None, n_ctx: int = 512, p
     prompts = [_ids(tokenizer, text, vocab)[:64] for text in PROMPTS]
     ppl_ids = _ids(tokenizer, PPL_TEXT, vocab)[:n_ctx]
     rt = _runtime_side(path, n_ctx, prompts, ppl_ids, tokenizer)
-    og_gen, og_skip, og_text = _genai_side(path, prompts, tokenizer)
+    from .formats import for_path
+
+    og_gen, og_skip, og_text = for_path(path).second_runtime(path, prompts, tokenizer)
     seqs = prompts + [ids[:GEN_PROMPT] + g for ids, g in zip(prompts, rt["gen"])] + [ppl_ids]
     seqs += [ids[:GEN_PROMPT] + g for ids, g in zip(prompts, og_gen or [])]
     text_runs = (rt.get("text") or []) + ((og_text or {}).get("runs") or [])
@@ -202,12 +206,10 @@ def _text_verdicts(report: dict, rt: dict, og_text: dict | None, tokenizer, ref_
             report["passed"] = bool(report["passed"] and tp["passed"])
 
 
-def _genai_side(path, prompts: list[list[int]], tokenizer=None):
+def genai_side(path, prompts: list[list[int]], tokenizer=None):
     """Greedy tokens through onnxruntime-genai's generator when the folder is a GenAI package
     and the runtime is installed, and (with a tokenizer) its own text path; else (None, why
-    it was skipped, None) (GGUF: (None, None, None))."""
-    from pathlib import Path
-
+    it was skipped, None) (no GenAI package: (None, None, None))."""
     from .genai import CONFIG, WHY_MIN_VERSION, GenAISession, available
 
     folder = Path(path) if Path(path).is_dir() else Path(path).parent

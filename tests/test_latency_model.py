@@ -28,7 +28,7 @@ def adapter(**over):
 def empty_model(fmt="gguf", dtype="q8_0", context=64, **over) -> lmod.LatencyModel:
     ad = adapter(**over)
     key = {"fmt": fmt, "dtype": dtype, "widths": lmod.widths_of(ad), "context": context}
-    return lmod.LatencyModel(lmod.RUNTIMES[fmt], fmt, dtype, context, 2, key, "host", float("nan"))
+    return lmod.LatencyModel(lmod.runtime_of(fmt), fmt, dtype, context, 2, key, "host", float("nan"))
 
 
 def synthetic_timings(lm, noise: float = 0.0, seed: int = 0):
@@ -89,7 +89,7 @@ def test_fit_is_nonnegative_under_noise():
 def fake_measure(calls):
     def measure(adapter, fmt, dtype, context, threads, key, progress=None):
         calls.append(key)
-        lm = lmod.LatencyModel(lmod.RUNTIMES[fmt], fmt, dtype, context, threads, key, "host", 0.05)
+        lm = lmod.LatencyModel(lmod.runtime_of(fmt), fmt, dtype, context, threads, key, "host", 0.05)
         lmod.fit_model(lm, synthetic_timings(lm))
         return lm
     return measure

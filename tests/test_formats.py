@@ -1,0 +1,65 @@
+"""The export-format registry (`exporters/formats.py`): every format is found by name and by
+its artifact, and a format registered alone is accepted wherever formats are named."""
+from __future__ import annotations
+
+import pytest
+
+from edgeprune.errors import ExportError
+from exporters import dtypes, formats
+from exporters.common import check_dtype
+
+
+def test_each_format_claims_only_its_own_artifacts(tmp_path):
+    (tmp_path / "m.gguf").write_bytes(b"GGUF")
+    (tmp_path / "o").mkdir()
+    (tmp_path / "o" / "model.onnx").write_bytes(b"")
+    (tmp_path / "empty").mkdir()
+    assert formats.of_path(tmp_path / "m.gguf").name == "gguf"
+    assert formats.of_path(tmp_path / "o").name == "onnx"
+    assert formats.of_path(tmp_path / "o" / "model.onnx").name == "onnx"
+    assert formats.of_path(tmp_path / "empty") is None
+    with pytest.raises(ExportError, match="is neither a .gguf file nor an ONNX model"):
+        formats.for_path(tmp_path / "empty")
+    with pytest.raises(ExportError, match="does not exist"):
+        formats.for_path(tmp_path / "missing.gguf")
+
+
+def test_every_declared_dtype_is_in_the_dtype_table_and_gguf_types_are_ggml_ones():
+    gguf = pytest.importorskip("gguf")
+    for name in formats.names():
+        for d in formats.get(name).dtypes:
+            assert d in dtypes.TABLE, (name, d)
+    for d in formats.get("gguf").dtypes:
+        facts = dtypes.get(d)
+        if not facts.llama_quantizer:  # edgeprune's own writer stores these types
+            assert facts.ggml in gguf.GGMLQuantizationType.__members__, d
+
+
+def test_torch_dtypes_come_from_the_dtype_table():
+    torch = pytest.importorskip("torch")
+    assert dtypes.torch_dtype("f16") is torch.float16 and dtypes.torch_dtype("bfloat16") is torch.bfloat16
+    assert dtypes.torch_dtype("q8_0") is None
+    from edgeprune.weights import CONFIG_DTYPE_NAME, DTYPE_NAMES
+
+    assert CONFIG_DTYPE_NAME[torch.bfloat16] == "bfloat16" and DTYPE_NAMES["half"] is torch.float16
+
+
+def test_a_registered_format_is_accepted_where_formats_are_named(monkeypatch):
+    """What a new format module does (subclass, register) is all the target validation, the
+    dtype check and --formats need: nothing else names the formats."""
+    from edgeprune.targets import load_target, with_formats
+
+    formats.names()  # the built-in formats registered first
+
+    class Stub(formats.Format):
+        name = "stubfmt"
+        dtypes = ("f32",)
+
+    monkeypatch.setitem(formats._REGISTRY, "stubfmt", Stub())
+    assert check_dtype("stubfmt", "f32") == "f32"
+    with pytest.raises(ExportError, match="unknown stubfmt dtype 'q8_0'; choose one of: f32"):
+        check_dtype("stubfmt", "q8_0")
+    tgt = with_formats(load_target("cpu-x86"), "stubfmt:f32")
+    assert tgt.formats == [{"format": "stubfmt", "dtype": "f32"}]
+    with pytest.raises(ExportError, match="unknown format 'nope'; choose gguf or onnx or stubfmt"):
+        check_dtype("nope", "f32")
