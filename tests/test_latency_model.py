@@ -167,10 +167,10 @@ def test_unsupported_dtype_refused_before_work(tmp_path):
 
 def test_every_exported_dtype_has_a_latency_model():
     """k-quants and int4 are probed at their own dtype (no --ratio-only refusal left)."""
-    from exporters.dtypes import TABLE
+    from exporters.formats import get, names
 
-    for name, d in TABLE.items():
-        for fmt in d.formats:
+    for fmt in names():
+        for name in get(fmt).dtypes:
             lmod.check_request(fmt, name)
 
 
