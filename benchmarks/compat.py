@@ -39,7 +39,7 @@ def make_models(root: Path) -> dict[str, Path]:
 
     import edgeprune
     from edgeprune.plan import LayerPlan, Plan
-    from edgeprune.synthetic import config_for, write_checkpoint
+    from edgeprune.io.synthetic import config_for, write_checkpoint
 
     dense: dict[str, Path] = {}
     out = {}

@@ -26,8 +26,8 @@ TOL = 1e-4  # max abs difference of re-fitted masks between devices/solvers
 
 def compare(model: str, calib: str, ratio: float) -> list[dict]:
     from edgeprune.methods import PruneRequest, get_method
-    from edgeprune.pipeline import calibration
-    from edgeprune.streaming import open_source
+    from edgeprune.run.pipeline import calibration
+    from edgeprune.calibrate.streaming import open_source
 
     windows = calibration(model, calib, 16, 128, 0)
     plans = {}
@@ -56,7 +56,7 @@ def compare(model: str, calib: str, ratio: float) -> list[dict]:
 def big_model(root: Path, layers: int, hidden: int, ffn: int, heads: int, kv: int) -> Path:
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from edgeprune.checkpoint import save
+    from edgeprune.io.checkpoint import save
 
     cfg = LlamaConfig(vocab_size=32000, hidden_size=hidden, intermediate_size=ffn, num_hidden_layers=layers,
                       num_attention_heads=heads, num_key_value_heads=kv, max_position_embeddings=2048)
@@ -68,9 +68,9 @@ def big_model(root: Path, layers: int, hidden: int, ffn: int, heads: int, kv: in
 
 
 def big_prune(model_dir: Path, ratio: float) -> dict:
-    from edgeprune.memory import PeakMemory
+    from edgeprune.measure.memory import PeakMemory
     from edgeprune.methods import PruneRequest, get_method
-    from edgeprune.streaming import open_source
+    from edgeprune.calibrate.streaming import open_source
 
     g = torch.Generator().manual_seed(0)
     windows = torch.randint(0, 32000, (32, 128), generator=g)

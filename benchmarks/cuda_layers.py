@@ -1,7 +1,7 @@
 """The one script to run when a GPU is lent: per-layer prune time and peak of the default
 (search), SlimGPT and COMP at 8B width on `--device cuda`, extrapolated to the full depth.
 
-Random-weight checkpoints of the shape (edgeprune.synthetic) at 1 and 2 layers are pruned
+Random-weight checkpoints of the shape (edgeprune.io.synthetic) at 1 and 2 layers are pruned
 in this process on the device; the difference between the two depths is one layer's time
 (and peak growth), extrapolated to FULL_DEPTH layers: t(L) = t(2) + (L - 2)·(t(2) − t(1)).
 Peak is `max_memory_allocated` on CUDA, RSS on the CPU. Prints the table and writes
@@ -32,9 +32,9 @@ TINY = dict(model_type="llama", hidden_size=64, intermediate_size=256, num_atten
 
 def prune_once(model: Path, method: str, device: str, a) -> tuple[float, int]:
     """(seconds, peak bytes) of one method's plan on `device`."""
-    from edgeprune.memory import PeakMemory
+    from edgeprune.measure.memory import PeakMemory
     from edgeprune.methods import PruneRequest, get_method
-    from edgeprune.streaming import open_source
+    from edgeprune.calibrate.streaming import open_source
 
     vocab = json.loads((model / "config.json").read_text())["vocab_size"]
     windows = torch.randint(0, vocab, (a.nsamples, a.seq_len), generator=torch.Generator().manual_seed(0))
@@ -50,11 +50,11 @@ def prune_once(model: Path, method: str, device: str, a) -> tuple[float, int]:
 
 
 def main() -> None:
-    from edgeprune.synthetic import FULL_DEPTH, config_for, write_checkpoint
+    from edgeprune.io.synthetic import FULL_DEPTH, config_for, write_checkpoint
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--device", default="cuda")
-    p.add_argument("--shape", default="llama-3.1-8b", help="a shape of edgeprune.synthetic, or 'tiny'")
+    p.add_argument("--shape", default="llama-3.1-8b", help="a shape of edgeprune.io.synthetic, or 'tiny'")
     p.add_argument("--methods", default="search,slimgpt,comp")
     p.add_argument("--ratio", type=float, default=0.2)
     p.add_argument("--nsamples", type=int, default=32)

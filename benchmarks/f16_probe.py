@@ -1,7 +1,7 @@
 """Why did llama.cpp f16 reach only 0.88 of its ideal speedup? One pruned/dense pair (COMP
 30% of the 134M shape, as in benchmarks/speedup.py), measured under the settings that could
 explain it: thread count, KV-cache type and attention path. Dense and pruned repetitions are
-interleaved; each row gives the paired speedup with its bootstrap interval (edgeprune.speedup).
+interleaved; each row gives the paired speedup with its bootstrap interval (edgeprune.measure.speedup).
 
     python benchmarks/f16_probe.py          # ~10 min on 2 cores; results/f16_probe.{md,json}
 """
@@ -30,8 +30,8 @@ def artifacts(dtype: str) -> dict[str, Path]:
 
     import edgeprune
     from edgeprune.methods import PruneRequest
-    from edgeprune.pipeline import make_plan
-    from edgeprune.surgery import apply_plan
+    from edgeprune.run.pipeline import make_plan
+    from edgeprune.apply.surgery import apply_plan
     from exporters import export
 
     dense = make_dense(576, 30, 1536, 9, 3, 49152)
@@ -76,11 +76,11 @@ def run(paths: dict[str, Path], threads: int, kv_type: int, flash) -> dict[str, 
 
 
 def main() -> None:
-    from edgeprune.profile import linear_weight_bytes
-    from edgeprune.checkpoint import load_config
-    from edgeprune.latency import host_info
+    from edgeprune.report.profile import linear_weight_bytes
+    from edgeprune.io.checkpoint import load_config
+    from edgeprune.measure.latency import host_info
     from edgeprune.models import get_adapter
-    from edgeprune.speedup import check
+    from edgeprune.measure.speedup import check
 
     pin_threads(2)
     rows = []

@@ -61,7 +61,7 @@ def candidates(model: str, windows, fresh, ratio: float, work: Path, top: int):
     from edgeprune.methods.ladder import LadderStore
     from edgeprune.methods.search import build_ladders, evolve
     from edgeprune.methods.seeds import portfolio_seeds
-    from edgeprune.streaming import open_source
+    from edgeprune.calibrate.streaming import open_source
 
     src = open_source(model)
     n = windows.shape[0]
@@ -92,12 +92,12 @@ def candidates(model: str, windows, fresh, ratio: float, work: Path, top: int):
 
 
 def refit_ppl(model: str, src, req, lad, alloc, budget, tol, windows, evals) -> float:
-    from edgeprune.checkpoint import load
-    from edgeprune.evaluate import perplexity
+    from edgeprune.io.checkpoint import load
+    from edgeprune.measure.evaluate import perplexity
     from edgeprune.methods.allocate import DROP
     from edgeprune.methods.search import final_stage
     from edgeprune.plan import Plan
-    from edgeprune.surgery import apply_plan
+    from edgeprune.apply.surgery import apply_plan
 
     plan = Plan(method="search", tensors={}, model_type=src.adapter.family, num_layers=src.num_layers,
                 ratio_requested=req.ratio, removed_layers=[i for i, c in enumerate(alloc) if c == DROP])
@@ -132,8 +132,8 @@ def main() -> None:
     ap.add_argument("--name", default=None)
     a = ap.parse_args()
     pin_threads(1)
-    from edgeprune import data
-    from edgeprune.pipeline import calibration, tokenizer_for
+    from edgeprune.calibrate import data
+    from edgeprune.run.pipeline import calibration, tokenizer_for
 
     evals = data.evaluation_set(tokenizer_for(a.model), a.eval, a.seq_len, a.max_windows)
     windows = calibration(a.model, a.calib, a.nsamples, a.calib_seq_len, 0)

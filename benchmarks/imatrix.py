@@ -26,9 +26,9 @@ def kquant_model() -> Path:
     import torch
     from transformers import LlamaConfig
 
-    from edgeprune.checkpoint import save
-    from edgeprune.demo import SEQ, cache_dir, demo_text, ensure_demo_model, train_llama
-    from edgeprune.data import tokenizer_for
+    from edgeprune.io.checkpoint import save
+    from edgeprune.io.demo import SEQ, cache_dir, demo_text, ensure_demo_model, train_llama
+    from edgeprune.calibrate.data import tokenizer_for
 
     out = cache_dir() / "bench-kquant-256"
     if (out / "edgeprune.json").is_file():
@@ -46,8 +46,8 @@ def kquant_model() -> Path:
 
 
 def models() -> list[tuple[str, Path, str]]:
-    from edgeprune.data import default_data_dir
-    from edgeprune.demo import ensure_demo_model
+    from edgeprune.calibrate.data import default_data_dir
+    from edgeprune.io.demo import ensure_demo_model
 
     out = [("trained, hidden 256 / FFN 768", kquant_model(), "demo"),
            ("demo (hidden 192)", Path(ensure_demo_model()), "demo")]
@@ -58,9 +58,9 @@ def models() -> list[tuple[str, Path, str]]:
 
 
 def measure(name: str, model_dir: Path, calib: str, root: Path, label: str) -> dict:
-    from edgeprune.profile import runtime_perplexity
-    from edgeprune.data import evaluation_set, tokenizer_for
-    from edgeprune.imatrix import from_calibration
+    from edgeprune.report.profile import runtime_perplexity
+    from edgeprune.calibrate.data import evaluation_set, tokenizer_for
+    from edgeprune.calibrate.imatrix import from_calibration
     from exporters import export
 
     windows = evaluation_set(tokenizer_for(model_dir), calib, SEQ, WINDOWS)

@@ -39,7 +39,7 @@ def measured(profile: dict) -> dict:
 
 
 def one(model, out: Path, target: str, calib, **budget) -> dict:
-    from edgeprune.build import build
+    from edgeprune.run.build import build
 
     if not (out / "profile.json").is_file():
         build(model=model, target=target, out=str(out), force=True, calib=calib, quiet=True, **budget)

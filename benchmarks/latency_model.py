@@ -27,12 +27,12 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=None)
     a = ap.parse_args()
     pin_threads(1)
-    from edgeprune.checkpoint import load_config
-    from edgeprune.demo import ensure_demo_model
-    from edgeprune.latency_model import latency_model, supported
+    from edgeprune.io.checkpoint import load_config
+    from edgeprune.io.demo import ensure_demo_model
+    from edgeprune.measure.latency_model import latency_model, supported
     from edgeprune.models import get_adapter
-    from edgeprune.latency import free_cores
-    from edgeprune.targets import load_target
+    from edgeprune.measure.latency import free_cores
+    from edgeprune.run.targets import load_target
 
     model = Path(a.model) if a.model else ensure_demo_model()
     tgt = load_target(a.target)

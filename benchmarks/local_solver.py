@@ -51,8 +51,8 @@ def errors(W: torch.Tensor, G: torch.Tensor, units: torch.Tensor, n_remove: int,
 @torch.no_grad()
 def measure(model: str, calib: str, cuts: list[float], damp: float) -> list[dict]:
     from edgeprune.methods.base import units_of_groups
-    from edgeprune.pipeline import calibration
-    from edgeprune.streaming import done, open_source, run_collecting, walk
+    from edgeprune.run.pipeline import calibration
+    from edgeprune.calibrate.streaming import done, open_source, run_collecting, walk
 
     src = open_source(model)
     ad = src.adapter

@@ -23,7 +23,7 @@ WORK = Path(__file__).resolve().parent / "work" / "memory"
 CHILD = r"""
 import json, sys, torch
 torch.set_num_threads({threads})
-from edgeprune.pipeline import make_plan
+from edgeprune.run.pipeline import make_plan
 from edgeprune.methods import PruneRequest
 g = torch.Generator().manual_seed(0)
 calib = torch.randint(0, {vocab}, ({n}, {seq}), generator=g)
@@ -47,7 +47,7 @@ def main() -> None:
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from edgeprune.checkpoint import save
+    from edgeprune.io.checkpoint import save
 
     d = WORK / f"llama-{a.hidden}x{a.layers}"
     cfg = LlamaConfig(vocab_size=a.vocab, hidden_size=a.hidden, intermediate_size=a.ffn, num_hidden_layers=a.layers,

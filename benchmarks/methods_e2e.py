@@ -28,7 +28,7 @@ def qwen2_model() -> Path:
     import torch
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
-    from edgeprune.checkpoint import save
+    from edgeprune.io.checkpoint import save
 
     d = WORK / "qwen2-gqa"
     if (d / "edgeprune.json").is_file():
@@ -49,12 +49,12 @@ def main() -> None:
     import shutil
 
     import edgeprune
-    from edgeprune import data
-    from edgeprune.profile import runtime_perplexity
+    from edgeprune.calibrate import data
+    from edgeprune.report.profile import runtime_perplexity
     from edgeprune.errors import EdgePruneError
     from edgeprune.methods import PruneRequest
-    from edgeprune.pipeline import calibration, make_plan, tokenizer_for
-    from edgeprune.surgery import apply_plan
+    from edgeprune.run.pipeline import calibration, make_plan, tokenizer_for
+    from edgeprune.apply.surgery import apply_plan
     from exporters import export
 
     WORK.mkdir(parents=True, exist_ok=True)

@@ -77,15 +77,15 @@ def main() -> None:
 
     import torch
 
-    from edgeprune import data
-    from edgeprune.checkpoint import load
+    from edgeprune.calibrate import data
+    from edgeprune.io.checkpoint import load
     from edgeprune.errors import EdgePruneError
-    from edgeprune.evaluate import perplexity
-    from edgeprune.pipeline import calibration, make_plan, tokenizer_for
+    from edgeprune.measure.evaluate import perplexity
+    from edgeprune.run.pipeline import calibration, make_plan, tokenizer_for
     from edgeprune.methods import PruneRequest
-    from edgeprune.surgery import apply_plan
+    from edgeprune.apply.surgery import apply_plan
 
-    from edgeprune.checkpoint import load_config
+    from edgeprune.io.checkpoint import load_config
 
     tok = tokenizer_for(a.model)
     ctx = int(load_config(a.model).max_position_embeddings)
@@ -104,7 +104,7 @@ def main() -> None:
     def ppl(model) -> dict:
         out = {f"ppl:{e}": perplexity(model, w, batch_size=8, progress=False)["perplexity"] for e, w in evals.items()}
         if tasks:
-            from edgeprune.zeroshot import run_tasks
+            from edgeprune.measure.zeroshot import run_tasks
 
             zs = run_tasks(model, tok, tasks, limit=a.task_limit)
             out.update({f"task:{t}": m.get("acc") for t, m in zs["tasks"].items()})
@@ -112,8 +112,8 @@ def main() -> None:
 
     import tempfile
 
-    from edgeprune.profile import runtime_perplexity
-    from edgeprune.checkpoint import save
+    from edgeprune.report.profile import runtime_perplexity
+    from edgeprune.io.checkpoint import save
 
     work = Path(tempfile.mkdtemp(prefix="edgeprune-quality-"))
 

@@ -1,7 +1,7 @@
 """Memory and time at real widths, extrapolated to the real depth.
 
 Random-weight bf16 checkpoints with the real shapes of Llama-3.2-1B, Qwen2.5-7B and
-Llama-3.1-8B (edgeprune.synthetic: sharded safetensors with an index, as hubs ship them)
+Llama-3.1-8B (edgeprune.io.synthetic: sharded safetensors with an index, as hubs ship them)
 are built at two small depths. Each command runs in a fresh process, as a user runs it:
 `edgeprune prune` for each method, then `edgeprune export --format gguf` (verified) of the
 first method's output. Per stage, the peak the command reports (whole process, plan /
@@ -48,7 +48,7 @@ def run(cmd: list[str]) -> tuple[dict, int, float]:
 
 
 def ensure_model(root: Path, shape: str, depth: int) -> Path:
-    from edgeprune.synthetic import config_for, write_checkpoint
+    from edgeprune.io.synthetic import config_for, write_checkpoint
 
     d = root / f"{shape}-L{depth}"
     if not (d / "config.json").is_file():
@@ -57,7 +57,7 @@ def ensure_model(root: Path, shape: str, depth: int) -> Path:
 
 
 def measure(a, shape: str, depth: int, calib: Path) -> list[dict]:
-    ep = [sys.executable, "-m", "edgeprune.cli"]
+    ep = [sys.executable, "-m", "edgeprune.cli.main"]
     model = ensure_model(Path(a.work), shape, depth)
     rows = []
     for k, method in enumerate(a.methods.split(",")):
@@ -159,7 +159,7 @@ def _emit_nproc(name: str, command: str, args: dict, rows: list[dict]) -> None:
 
 
 def extrapolate(rows: list[dict], d1: int, d2: int) -> list[dict]:
-    from edgeprune.synthetic import FULL_DEPTH
+    from edgeprune.io.synthetic import FULL_DEPTH
 
     table = []
     keys = sorted({(r["shape"], r["command"], r["stage"]) for r in rows}, key=lambda k: (k[0], k[1], k[2] != "plan"))
@@ -210,7 +210,7 @@ def main() -> None:
         d1, d2 = (int(x) for x in saved["args"]["depths"].split(","))
         _emit(a.name, saved["command"], saved["args"], saved["rows"], d1, d2)
         return
-    from edgeprune.demo import demo_text
+    from edgeprune.io.demo import demo_text
 
     Path(a.work).mkdir(parents=True, exist_ok=True)
     calib = Path(a.work) / "calib.txt"

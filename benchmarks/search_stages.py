@@ -50,7 +50,7 @@ def cpu(fn) -> float:
 def main() -> None:
     from edgeprune.methods import fitness
     from edgeprune.methods.slimgpt import unit_costs
-    from edgeprune.synthetic import config_for
+    from edgeprune.io.synthetic import config_for
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--shape", default="llama-3.2-1b")

@@ -28,7 +28,7 @@ def make_dense(hidden: int, layers: int, ffn: int, heads: int, kv: int, vocab: i
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from edgeprune.checkpoint import save
+    from edgeprune.io.checkpoint import save
 
     d = WORK / f"dense-{hidden}x{layers}-{ffn}"
     if (d / "edgeprune.json").is_file():
@@ -66,14 +66,14 @@ def main() -> None:
     import torch
 
     import edgeprune
-    from edgeprune.profile import linear_weight_bytes
-    from edgeprune.checkpoint import load_config
-    from edgeprune.latency import host_info, measure
+    from edgeprune.report.profile import linear_weight_bytes
+    from edgeprune.io.checkpoint import load_config
+    from edgeprune.measure.latency import host_info, measure
     from edgeprune.methods import PruneRequest
     from edgeprune.models import get_adapter
-    from edgeprune.pipeline import make_plan
-    from edgeprune.speedup import check as speedup_check
-    from edgeprune.surgery import apply_plan
+    from edgeprune.run.pipeline import make_plan
+    from edgeprune.measure.speedup import check as speedup_check
+    from edgeprune.apply.surgery import apply_plan
     from exporters import export
 
     dense = make_dense(a.hidden, a.layers, a.ffn, a.heads, a.kv, a.vocab)

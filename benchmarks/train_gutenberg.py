@@ -38,8 +38,8 @@ def corpus_text(root: Path, max_bytes: int) -> str:
 def main() -> None:
     from transformers import LlamaConfig, Qwen2Config
 
-    from edgeprune.checkpoint import save
-    from edgeprune.demo import train_bpe, train_llama
+    from edgeprune.io.checkpoint import save
+    from edgeprune.io.demo import train_bpe, train_llama
 
     ap = argparse.ArgumentParser()
     ap.add_argument("--corpus", default="../shared/data/corpus/gutenberg")

@@ -12,12 +12,12 @@ from __future__ import annotations
 __version__ = "0.1.0"
 
 _LAZY = {
-    "load": ("checkpoint", "load"),
-    "save": ("checkpoint", "save"),
-    "apply_plan": ("surgery", "apply_plan"),
+    "load": ("io.checkpoint", "load"),
+    "save": ("io.checkpoint", "save"),
+    "apply_plan": ("apply.surgery", "apply_plan"),
     "Plan": ("plan", "Plan"),
     "LayerPlan": ("plan", "LayerPlan"),
-    "prune": ("pipeline", "prune"),
+    "prune": ("run.pipeline", "prune"),
     "EdgePruneError": ("errors", "EdgePruneError"),
 }
 

@@ -160,7 +160,7 @@ class Plan:
         )
 
     def save(self, directory: str | Path) -> None:
-        from .tensorfiles import write_tensors
+        from .io.tensorfiles import write_tensors
 
         directory = Path(directory)
         (directory / PLAN_JSON).write_text(json.dumps(self.to_dict(), indent=1))
@@ -169,13 +169,13 @@ class Plan:
 
     @classmethod
     def load(cls, path: str | Path) -> "Plan":
-        from .tensorfiles import FileTensors
+        from .io.tensorfiles import FileTensors
 
         path = Path(path)
         json_path = path / PLAN_JSON if path.is_dir() else path
         if not json_path.is_file():
             raise PlanError(f"no plan at {path}; expected {PLAN_JSON} (written by edgeprune prune)")
-        from . import schema
+        from .io import schema
 
         fix = "re-run the prune that wrote it"
         d = schema.read(json_path, schema.PLAN, "edgeprune plan", fix)

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from edgeprune.errors import ExportError, OutputError
 
-from edgeprune.guard import OutLock, refuse_overlap, set_stage
+from edgeprune.io.guard import OutLock, refuse_overlap, set_stage
 
 from .common import DTYPES, check_dtype, check_out_path, needed_bytes, staged
 
@@ -29,7 +29,7 @@ REPORTED = ("architecture", "fallbacks", "bits_per_weight", "int4", "imatrix_ten
 def _tokenizer(model_dir: Path):
     """The model's tokenizer, or None when the directory has none (verification then uses
     fixed random token ids); tokenizer files that do not load are refused (`tokenizer_for`)."""
-    from edgeprune.data import NoTokenizerError, tokenizer_for
+    from edgeprune.calibrate.data import NoTokenizerError, tokenizer_for
 
     try:
         return tokenizer_for(model_dir)
@@ -43,10 +43,10 @@ def export(model, fmt: str, out: str | Path, *, dtype: str = "f32", verify: bool
     """Export a model directory (streamed: never loaded whole for GGUF or verification), or
     a loaded model plus `model_dir` for its tokenizer. Memory is measured per stage.
     `imatrix`: {GGUF tensor name: mean x^2 per input column} for llama.cpp's k-quants
-    (`edgeprune.imatrix.from_calibration` builds it from a calibration set). `gguf_pre`: the
+    (`edgeprune.calibrate.imatrix.from_calibration` builds it from a calibration set). `gguf_pre`: the
     llama.cpp pre-tokenizer name, for a tokenizer whose pre-tokenizer is not recognised."""
-    from edgeprune.memory import stage_report
-    from edgeprune.tensorfiles import check_free_space
+    from edgeprune.measure.memory import stage_report
+    from edgeprune.io.tensorfiles import check_free_space
 
     from .dtypes import get as dtype_facts
     from .formats import get as get_format
@@ -75,7 +75,7 @@ def export(model, fmt: str, out: str | Path, *, dtype: str = "f32", verify: bool
                                              reference, tok, verify, progress, stages, imatrix, gguf_pre)
     except OSError as e:
         if _disk_full(e):  # staged() has already removed the partial artifact
-            from edgeprune.tensorfiles import free_bytes
+            from edgeprune.io.tensorfiles import free_bytes
 
             raise OutputError(f"disk full while writing {out.name} ({free_bytes(out.parent) / 1e9:.2f} GB free); "
                               "free space or choose another --out") from None
@@ -101,7 +101,7 @@ def _open(model, model_dir: Path | None, streamed: bool):
     """The weights view and tokenizer, checked against each other and the config before
     anything is written: a shape the config does not imply, or token ids the embedding
     cannot look up, are one line here instead of a failure inside a writer."""
-    from edgeprune.streaming import CheckpointSource
+    from edgeprune.calibrate.streaming import CheckpointSource
 
     from .source import WeightsView
 
@@ -119,7 +119,7 @@ def _open(model, model_dir: Path | None, streamed: bool):
 def _write_and_verify(fmt, dtype, out, force, view, model, model_dir, reference, tok, verify, progress, stages,
                       imatrix=None, gguf_pre=None):
     """Write to a staged path, verify there, rename only on success; memory per stage."""
-    from edgeprune.memory import PeakMemory
+    from edgeprune.measure.memory import PeakMemory
 
     from .formats import ExportJob
     from .formats import get as get_format

@@ -49,7 +49,7 @@ def onnx_min_runtime(path: Path) -> str:
 def read_verify_report(artifact: Path, fix: str) -> dict:
     """The verify report an export wrote beside `artifact` (`<artifact>.verify.json`), checked
     against its schema, with the artifact itself still there; else one line and `fix`."""
-    from edgeprune import schema
+    from edgeprune.io import schema
 
     artifact = Path(artifact)
     if not artifact.exists():
@@ -85,7 +85,7 @@ def genai_context(path: Path) -> tuple[int, str] | None:
     cfg = folder / "genai_config.json"
     if not cfg.is_file():
         return None
-    from edgeprune import schema
+    from edgeprune.io import schema
 
     d = schema.read(cfg, schema.GENAI_CONFIG, "onnxruntime-genai config", "re-export the ONNX artifact")
     return d["model"]["context_length"], "context_length in its genai_config.json"

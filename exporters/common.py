@@ -55,11 +55,11 @@ def check_out_path(out: Path, force: bool) -> None:
         raise OutputError(f"output directory {parent} does not exist; create it first")
     if not os.access(parent, os.W_OK):
         raise OutputError(f"output directory {parent} is not writable; choose another --out")
-    from edgeprune.guard import refuse_locked, refuse_mount_point
+    from edgeprune.io.guard import refuse_locked, refuse_mount_point
 
     refuse_mount_point(out)
     if out.is_dir():
-        from edgeprune.checkpoint import refuse_foreign
+        from edgeprune.io.checkpoint import refuse_foreign
 
         refuse_foreign(out)
         refuse_locked(out)
@@ -82,7 +82,7 @@ def staged(out: Path, force: bool, companions: list[tuple[Path, Path]] | None = 
     name without them; on failure their temporaries go too."""
     check_out_path(out, force)
     tmp = out.parent / f".{out.stem}.partial-{os.getpid()}{out.suffix}"
-    from edgeprune.checkpoint import remove_orphans
+    from edgeprune.io.checkpoint import remove_orphans
 
     remove_orphans(out.parent, f".{out.stem}.partial-")
     _remove(tmp)

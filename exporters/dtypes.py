@@ -37,7 +37,7 @@ TABLE: dict[str, DType] = {d.name: d for d in (
     DType("q5_k_m", 5.7 / 8, 0.10, 256, ("q5_1", "f16"), 17, True, ("Q5_K", "Q6_K")),
     DType("q4_k_m", 4.9 / 8, 0.15, 256, ("q5_0", "f16"), 15, True, ("Q4_K", "Q5_K", "Q6_K")),
     # llama.cpp's fallback types for the k-quants: no format carries them, the build's size
-    # prediction (edgeprune/dtype_fit.py) reads their facts
+    # prediction (edgeprune/measure/dtype_fit.py) reads their facts
     DType("q5_0", 22 / 32, None, 32, ("f16",)),
     DType("q5_1", 24 / 32, None, 32, ("f16",)),
 )}

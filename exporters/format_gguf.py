@@ -114,7 +114,7 @@ class GGUF(Format):
         return f"llama-cpp-python {llama_cpp.__version__}"
 
     def inspect(self, path: Path) -> dict:
-        from edgeprune.inspect_artifacts import inspect_gguf
+        from edgeprune.report.inspect_artifacts import inspect_gguf
 
         return inspect_gguf(path)
 

@@ -97,7 +97,7 @@ class ONNX(Format):
         return f"onnxruntime {onnxruntime.__version__}; onnxruntime-genai {available()}"
 
     def inspect(self, path: Path) -> dict:
-        from edgeprune.inspect_artifacts import inspect_onnx
+        from edgeprune.report.inspect_artifacts import inspect_onnx
 
         return inspect_onnx(path)
 

@@ -126,7 +126,7 @@ class Format:
 
     def weight_bytes(self, artifact: Path, dtype: str, ad) -> int:
         """Bytes of every linear weight a decoded token reads (lm_head in, embedding out)."""
-        from edgeprune.profile import sizes
+        from edgeprune.report.profile import sizes
 
         from .dtypes import get
 

@@ -192,7 +192,7 @@ def write_gguf(view: WeightsView, path: Path, dtype: str = "f32", progress: bool
     """Write the model to `path`, streamed: tensor infos from shapes first, then each tensor
     read, converted or quantised and written alone, as llama.cpp's converter does with lazy
     tensors. Returns metadata (arch, tensor types, fallbacks). `imatrix` ({GGUF name: mean
-    x^2 per column}, edgeprune.imatrix) goes to llama.cpp's quantizer (k-quants only)."""
+    x^2 per column}, edgeprune.calibrate.imatrix) goes to llama.cpp's quantizer (k-quants only)."""
     gguf = require("gguf", "gguf", "GGUF export")
     if dtype_facts(dtype).llama_quantizer:
         raise ExportError(f"{dtype} is written by llama.cpp's quantizer (exporters.gguf_kquant), not here")

@@ -83,7 +83,7 @@ def write_onnx(model: nn.Module, out_dir: Path, dtype: str = "f32") -> Path:
            "past": [({0: B, 2: P}, {0: B, 2: P}) for _ in range(L)]}
     ins, outs = io_names(L)
     out_dir.mkdir(parents=True, exist_ok=True)
-    from edgeprune.checkpoint import OWNER
+    from edgeprune.io.checkpoint import OWNER
 
     (out_dir / OWNER).write_text("written by edgeprune export; --force may replace this folder\n")
     path = out_dir / "model.onnx"
@@ -126,7 +126,7 @@ def _child(model_dir: str, out_dir: str, dtype: str, conn) -> None:
         import torch
 
         import edgeprune
-        from edgeprune.memory import process_peak_bytes
+        from edgeprune.measure.memory import process_peak_bytes
 
         model = edgeprune.load(model_dir, dtype={"f32": torch.float32, "f16": torch.float16}[dtype])
         write_onnx(model, Path(out_dir), dtype)

@@ -26,8 +26,8 @@ class WeightsView:
 
     @classmethod
     def from_dir(cls, model_dir: str | Path) -> "WeightsView":
-        from edgeprune.checkpoint import load_config
-        from edgeprune.weights import open_store
+        from edgeprune.io.checkpoint import load_config
+        from edgeprune.io.weights import open_store
 
         model_dir = Path(model_dir)
         cfg = load_config(model_dir)

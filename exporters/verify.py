@@ -6,7 +6,7 @@ tokens, and perplexity on a small text through both. Tolerances:
   - f32: max abs logit diff <= 1e-3 and the same greedy tokens (at an exact tie, within 1e-3 in
     PyTorch's own logits, either token is accepted and the report says so);
   - every dtype: all logits and both perplexities finite (a NaN never passes).
-The PyTorch side is streamed layer by layer (`edgeprune.reference`): the model is never
+The PyTorch side is streamed layer by layer (`edgeprune.measure.reference`): the model is never
 loaded whole, and the runtime has released its artifact before PyTorch starts.
   - otherwise perplexity within the dtype's tolerance (exporters/dtypes.py: f16/bf16 1%,
     q8_0 3%, q6_k 6%, q5_k_m 10%, q4_0/q4_k_m 15%).
@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from edgeprune.evaluate import nll_of_logits
+from edgeprune.measure.evaluate import nll_of_logits
 
 from . import text_path
 
@@ -66,7 +66,7 @@ def _runtime_side(path, n_ctx: int, prompts: list[list[int]], ppl_ids: list[int]
     tokens, and (with a tokenizer) the text path through the runtime's own tokenizer."""
     import gc
 
-    from edgeprune.streaming import _trim_heap
+    from edgeprune.calibrate.streaming import _trim_heap
 
     from . import text_path
 
@@ -99,7 +99,7 @@ def verify_artifact(model, path, dtype: str, tokenizer=None, n_ctx: int = 512, p
     layer by layer, or an in-memory model); returns the verify report. Any NaN or Inf in
     either side's logits or perplexity fails it."""
     from edgeprune.models import get_adapter
-    from edgeprune.reference import reference_logits
+    from edgeprune.measure.reference import reference_logits
 
     cfg = model.config if isinstance(model, torch.nn.Module) else _config(model)
     vocab = int(get_adapter(cfg).vocab_size)
@@ -148,7 +148,7 @@ def verify_artifact(model, path, dtype: str, tokenizer=None, n_ctx: int = 512, p
                        "relative_delta": delta if finite else None, "tokens": n,
                        "text": "built-in verification text (not an evaluation set)"},
         "prompts": len(PROMPTS),
-        "reference": "streamed layer by layer (edgeprune.reference)",
+        "reference": "streamed layer by layer (edgeprune.measure.reference)",
     }
     if dtype == "f32":
         report["tolerance"] = {"max_abs_logit_diff": F32_MAX_ABS, "greedy_tokens_match": True}
@@ -260,6 +260,6 @@ def _genai_report(tokens: list[list[int]], chosen: list[list[int]], ok: bool, to
 
 
 def _config(model_dir):
-    from edgeprune.checkpoint import load_config
+    from edgeprune.io.checkpoint import load_config
 
     return load_config(model_dir)

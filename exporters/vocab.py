@@ -86,7 +86,7 @@ class Vocab:
 
 def hf_tokenizer(model_dir: Path):
     """Transformers' tokenizer of `model_dir` (the reference every runtime must match), or None."""
-    from edgeprune.data import tokenizer_for
+    from edgeprune.calibrate.data import tokenizer_for
 
     try:
         return tokenizer_for(model_dir)
@@ -164,7 +164,7 @@ def _metaspace(j: dict) -> bool | None:
 def preflight(model_dir: Path, pre: str | None = None) -> Vocab | None:
     """Decide the GGUF vocabulary before any work: an unknown pre-tokenizer or a tokenizer
     larger than the embedding is refused here, not after pruning or writing."""
-    from edgeprune.checkpoint import load_config
+    from edgeprune.io.checkpoint import load_config
     from edgeprune.models import get_adapter
 
     return read_vocab(Path(model_dir), int(get_adapter(load_config(model_dir)).vocab_size), pre_override=pre)

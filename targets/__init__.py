@@ -1,1 +1,1 @@
-"""Device profiles, one TOML file each (read by edgeprune.targets; installed as edgeprune.targets_data)."""
+"""Device profiles, one TOML file each (read by edgeprune.run.targets; installed as edgeprune.targets_data)."""

@@ -30,7 +30,7 @@ def stories() -> Path:
 def _tiny(family: str, directory: Path, tokenizer_from: Path | None) -> Path:
     import transformers
 
-    from edgeprune.checkpoint import save
+    from edgeprune.io.checkpoint import save
 
     common = dict(vocab_size=512, hidden_size=64, intermediate_size=96, num_hidden_layers=4,
                   num_attention_heads=8, num_key_value_heads=4, head_dim=8, max_position_embeddings=256,

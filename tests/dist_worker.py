@@ -1,7 +1,7 @@
 """One rank of tests/test_distributed.py (or the single process it is compared with).
 
     python tests/dist_worker.py prune MODEL OUT METHOD[,METHOD...]
-        prunes MODEL with each method into OUT/<method> through `edgeprune.pipeline.prune`
+        prunes MODEL with each method into OUT/<method> through `edgeprune.run.pipeline.prune`
         (what `edgeprune prune` calls), after joining the group the environment describes
         (WORLD_SIZE, RANK, LOCAL_RANK, MASTER_ADDR, MASTER_PORT: what torchrun sets);
     python tests/dist_worker.py fail RANK run|put -- CLI ARGS...
@@ -24,7 +24,7 @@ REQUEST = dict(ratio=0.3, calib="tinystories", n_samples=16, seq_len=64, seed=0,
 
 def prune_all(model: str, out: str, methods: list[str]) -> int:
     from edgeprune import dist
-    from edgeprune.pipeline import prune
+    from edgeprune.run.pipeline import prune
 
     dist.init("cpu")
     Path(out).mkdir(parents=True, exist_ok=True)
@@ -40,7 +40,9 @@ def fail_on(rank: int, where: str, argv: list[str]) -> int:
     """The CLI, with one rank raising (a crash no input check foresees): in its second layer
     pass (where="run"), or when the third layer's decision is saved (where="put": two layers
     are finished in the resume state, so a resumed run has something to continue)."""
-    from edgeprune import cli, pipeline, streaming
+    from edgeprune.cli.main import main as cli
+    from edgeprune.run import pipeline
+    from edgeprune.calibrate import streaming
 
     if int(os.environ.get("RANK", "0")) == rank:
         owner, name, nth = (streaming.LayerSource, "run", 2) if where == "run" else (pipeline.ResumeState, "put", 3)

@@ -17,8 +17,8 @@ from edgeprune.methods.ladder import MAX_MODULE_CUT, ffn_counts
 from edgeprune.methods.search import final_counts
 from edgeprune.methods.slimgpt import ipr_ratios
 from edgeprune.models import LayerShape, get_adapter
-from edgeprune.synthetic import config_for
-from edgeprune.targets import list_targets, load_target
+from edgeprune.io.synthetic import config_for
+from edgeprune.run.targets import list_targets, load_target
 
 RATIOS = (0.1, 0.2, 0.3, 0.4, 0.5)
 # Real widths: a 260K-parameter story model, the demo model, a 15M story model (MHA, head_dim
@@ -127,7 +127,7 @@ def _windows():
 @pytest.mark.parametrize("ratio", (0.1, 0.3, 0.5))
 def test_search_plans_land_at_align_32(tiny_models, ratio):
     """The whole method on a model whose FFN step at align 32 is 5% of its parameters."""
-    from edgeprune.pipeline import make_plan
+    from edgeprune.run.pipeline import make_plan
 
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # no ratio warning either
@@ -140,7 +140,7 @@ def test_search_plans_land_at_align_32(tiny_models, ratio):
 def test_a_plan_outside_the_tolerance_is_kept_and_said(tiny_models):
     """A uniform method at a coarse --align cannot land; the plan is kept, the warning and the
     report say where it landed (the same tolerance as every other method)."""
-    from edgeprune.pipeline import make_plan
+    from edgeprune.run.pipeline import make_plan
 
     with pytest.warns(UserWarning, match=r"magnitude reached ratio 0\.19\d+, 0\.10\d+ from the requested 0\.3 \(tolerance 0\.01\)"):
         _, rep = make_plan(tiny_models["llama"], "magnitude", PruneRequest(ratio=0.3, align=32, progress=False), None)
@@ -149,7 +149,7 @@ def test_a_plan_outside_the_tolerance_is_kept_and_said(tiny_models):
 
 def test_an_exact_method_that_misses_silently_is_a_bug(tiny_models, monkeypatch):
     from edgeprune import methods
-    from edgeprune.pipeline import make_plan
+    from edgeprune.run.pipeline import make_plan
 
     monkeypatch.setitem(methods.REGISTRY, "exactish", methods.Method("exactish", "magnitude:plan_magnitude", "",
                                                                      needs_calibration=False, exact_ratio=True))
@@ -159,7 +159,7 @@ def test_an_exact_method_that_misses_silently_is_a_bug(tiny_models, monkeypatch)
 
 @pytest.mark.parametrize("bad", (0, -32, 2.5, True))
 def test_build_align_is_checked_before_anything(tmp_path, bad):
-    from edgeprune.build import BuildError, build
+    from edgeprune.run.build import BuildError, build
 
     with pytest.raises(BuildError, match=r"--align must be a positive whole number.*; e\.g\. --align 32"):
         build(target="cpu-x86", align=bad, out=str(tmp_path / "b"))
@@ -167,7 +167,7 @@ def test_build_align_is_checked_before_anything(tmp_path, bad):
 
 
 def test_build_align_on_the_command_line(tmp_path):
-    from edgeprune.cli import main
+    from edgeprune.cli.main import main
 
     assert main(["build", "--align", "0", "--out", str(tmp_path / "b")]) == 2  # argparse's refusal, one line
     assert not (tmp_path / "b").exists()
@@ -180,7 +180,7 @@ def test_default_build_ends_on_cpu_x86_at_0_3(stories, tmp_path):
 
     pytest.importorskip("onnxruntime")
     pytest.importorskip("llama_cpp")
-    from edgeprune.build import build
+    from edgeprune.run.build import build
 
     out = tmp_path / "b"
     res = build(model=str(stories), target="cpu-x86", ratio=0.3, calib="tinystories", out=str(out))

@@ -13,8 +13,8 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from edgeprune.cli import main
-from edgeprune.synthetic import config_for, write_checkpoint
+from edgeprune.cli.main import main
+from edgeprune.io.synthetic import config_for, write_checkpoint
 
 SHAPE = dict(model_type="llama", hidden_size=64, intermediate_size=160, num_attention_heads=4, num_key_value_heads=2,
              head_dim=16, vocab_size=1100, tie_word_embeddings=True, rope_theta=10000.0, rms_norm_eps=1e-5,
@@ -82,7 +82,7 @@ def _user_dir(tmp: Path) -> Path:
 
 
 def _target(tmp: Path, **edits) -> Path:
-    from edgeprune.targets import load_target
+    from edgeprune.run.targets import load_target
 
     text = load_target("cpu-x86").path.read_text()
     import re
@@ -438,7 +438,7 @@ def test_bad_input(case, argv, expected, base, tmp_path, capsys):
 
 def test_resume_with_other_arguments_is_refused(base, tmp_path, capsys, monkeypatch):
     """An interrupted prune keeps its work; --resume with another ratio names the difference."""
-    import edgeprune.pipeline as pl
+    import edgeprune.run.pipeline as pl
 
     def interrupt(*a, **k):
         raise KeyboardInterrupt

@@ -1,7 +1,7 @@
 """Budgets in the user's terms (--ratio, --speedup, --latency-ms): parsing and exclusivity, the
 refusal of an unreachable budget before any work, the allocator and the search under a time
 budget, and what the plan, profile and report record. The latency model here is a fake with
-the real one's interface (edgeprune/latency_model.py), so every figure is known exactly."""
+the real one's interface (edgeprune/measure/latency_model.py), so every figure is known exactly."""
 from __future__ import annotations
 
 import itertools
@@ -12,12 +12,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from edgeprune import budget as bmod
-from edgeprune.cli import main
+from edgeprune.methods import budget as bmod
+from edgeprune.cli.main import main
 from edgeprune.errors import PlanError
 from edgeprune.methods.allocate import DROP, Ladders, knapsack, latency_costs, mutate, repair
 from edgeprune.models import get_adapter
-from edgeprune.checkpoint import load_config
+from edgeprune.io.checkpoint import load_config
 
 
 class FakeLatency:
@@ -71,7 +71,7 @@ def test_cli_refuses_two_budgets_in_one_line(cmd, tmp_path, capsys):
 
 
 def _target(tmp_path: Path, pruning: str) -> Path:
-    from edgeprune.targets import TARGETS_DIR
+    from edgeprune.run.targets import TARGETS_DIR
 
     text = (TARGETS_DIR / "cpu-x86.toml").read_text()
     head, _, rest = text.partition("[pruning]")
@@ -82,7 +82,7 @@ def _target(tmp_path: Path, pruning: str) -> Path:
 
 
 def test_target_sets_exactly_one_of_ratio_and_speedup(tmp_path):
-    from edgeprune.targets import TargetError, load_target
+    from edgeprune.run.targets import TargetError, load_target
 
     t = load_target(str(_target(tmp_path, "speedup = 1.25")))
     assert t.speedup == 1.25 and t.ratio is None
@@ -107,7 +107,7 @@ def test_unreachable_budget_names_the_range(tiny_models):
 
 
 def test_prune_refuses_unreachable_budget_before_calibration_or_out(tiny_models, tmp_path, monkeypatch):
-    from edgeprune import pipeline
+    from edgeprune.run import pipeline
 
     monkeypatch.setattr(pipeline, "preflight", lambda *a, **k: pytest.fail("calibration reached"))
     monkeypatch.setattr(bmod, "build_model", lambda *a, **k: FakeLatency())
@@ -117,10 +117,10 @@ def test_prune_refuses_unreachable_budget_before_calibration_or_out(tiny_models,
 
 
 def test_build_refuses_unreachable_budget_before_its_directory(tiny_models, tmp_path, monkeypatch):
-    from edgeprune import build as bld
+    from edgeprune.run import build as bld
 
     monkeypatch.setattr(bmod, "build_model", lambda *a, **k: FakeLatency())
-    monkeypatch.setattr("edgeprune.budget_stages.build_model", lambda *a, **k: FakeLatency())
+    monkeypatch.setattr("edgeprune.run.budget_stages.build_model", lambda *a, **k: FakeLatency())
     with pytest.raises(PlanError, match="--speedup 10 is out of reach in cpu-x86's artifacts"):
         bld.build(model=str(tiny_models["llama"]), target="cpu-x86", speedup=10.0, out=str(tmp_path / "b"), calib="demo")
     assert not (tmp_path / "b").exists()
@@ -193,7 +193,7 @@ def _windows():
 
 
 def test_search_under_a_ms_budget_plans_within_it(tiny_models, monkeypatch):
-    from edgeprune import pipeline
+    from edgeprune.run import pipeline
 
     d = tiny_models["qwen2"]
     lm = FakeLatency()
@@ -215,7 +215,7 @@ def test_search_under_a_ms_budget_plans_within_it(tiny_models, monkeypatch):
 
 
 def test_parameter_only_method_gets_the_translated_ratio(tiny_models, monkeypatch):
-    from edgeprune import pipeline
+    from edgeprune.run import pipeline
 
     d = tiny_models["llama"]
     lm, ad = FakeLatency(overhead=0.05, ch=0.002), _ad(d)
@@ -231,7 +231,7 @@ def test_parameter_only_method_gets_the_translated_ratio(tiny_models, monkeypatc
 
 
 def test_ratio_budget_adds_nothing_to_the_plan(tiny_models, monkeypatch):
-    from edgeprune import pipeline
+    from edgeprune.run import pipeline
 
     monkeypatch.setattr(pipeline, "calibration", lambda *a, **k: _windows())
     res = pipeline.prune(tiny_models["llama"], "magnitude", ratio=0.2, checked=True, progress=False)
@@ -240,8 +240,8 @@ def test_ratio_budget_adds_nothing_to_the_plan(tiny_models, monkeypatch):
 
 # ---- what the profile and the report record --------------------------------------------------------
 def test_profile_records_budget_model_and_prediction():
-    from edgeprune.budget_stages import artifact_prediction, budget_record, latency_model_record
-    from edgeprune.report import budget_lines
+    from edgeprune.run.budget_stages import artifact_prediction, budget_record, latency_model_record
+    from edgeprune.report.markdown import budget_lines
 
     lm = FakeLatency()
     rep = {"budget": {"kind": "speedup", "requested": 1.3}, "ratio_achieved": 0.21,

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from edgeprune.targets import TargetError, list_targets, load_target
+from edgeprune.run.targets import TargetError, list_targets, load_target
 
 pytest.importorskip("onnxruntime", reason="the 'onnx' extra is not installed")
 pytest.importorskip("llama_cpp", reason="the 'gguf' extra is not installed")
@@ -19,7 +19,7 @@ Q8 = r'\{ format = "gguf", dtype = "q8_0"[^}]*\}, '  # cpu-x86's q8_0 GGUF entry
 
 
 def cli(*args, check=True, env=ENV):
-    p = subprocess.run([sys.executable, "-m", "edgeprune.cli", *map(str, args)], capture_output=True, text=True, env=env)
+    p = subprocess.run([sys.executable, "-m", "edgeprune.cli.main", *map(str, args)], capture_output=True, text=True, env=env)
     if check and p.returncode != 0:
         raise AssertionError(p.stderr[-3000:])
     return p
@@ -159,7 +159,7 @@ def test_interrupted_build_resumes(stories, tmp_path, monkeypatch):
     """Ctrl-C during export, then --resume: finished stages are reused, the rest completes."""
     import exporters
 
-    from edgeprune.build import BuildError, build
+    from edgeprune.run.build import BuildError, build
 
     t = _toml(tmp_path, **{Q8: "", r'\{ format = "onnx", dtype = "f32" \}': ""})
     t.write_text(t.read_text().replace(', ]', ']').replace('}, ]', '}]'))

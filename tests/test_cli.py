@@ -13,7 +13,7 @@ from edgeprune.plan import Plan
 
 
 def run(*args, check=True):
-    p = subprocess.run([sys.executable, "-m", "edgeprune.cli", *map(str, args)], capture_output=True, text=True,
+    p = subprocess.run([sys.executable, "-m", "edgeprune.cli.main", *map(str, args)], capture_output=True, text=True,
                        env={**__import__("os").environ, "OMP_NUM_THREADS": "1"})
     if check and p.returncode != 0:
         raise AssertionError(p.stderr[-2000:])
@@ -30,7 +30,7 @@ def test_prune_load_generate_eval(stories, tmp_path, method, args):
     plan = Plan.load(out)
     from edgeprune.models import expected_nonembedding
 
-    assert count_parameters(m, ad)["non_embedding"] == expected_nonembedding(get_adapter(edgeprune.checkpoint.load_config(stories)), plan.result_shapes(get_adapter(edgeprune.checkpoint.load_config(stories))))
+    assert count_parameters(m, ad)["non_embedding"] == expected_nonembedding(get_adapter(edgeprune.io.checkpoint.load_config(stories)), plan.result_shapes(get_adapter(edgeprune.io.checkpoint.load_config(stories))))
     import torch
 
     assert m.generate(torch.tensor([[1]]), max_new_tokens=8, do_sample=False).shape == (1, 9)

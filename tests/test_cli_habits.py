@@ -8,8 +8,8 @@ import os
 
 import pytest
 
-from edgeprune.cli import main
-from edgeprune.cli_args import SUBCOMMANDS, build_parser
+from edgeprune.cli.main import main
+from edgeprune.cli.args import SUBCOMMANDS, build_parser
 
 
 def _subparsers() -> dict[str, argparse.ArgumentParser]:
@@ -85,7 +85,7 @@ def test_targets_json_has_every_setting(capsys):
 
 
 def test_third_party_logs_quiet_unless_verbose(monkeypatch):
-    from edgeprune.cli import _third_party_logs
+    from edgeprune.cli.main import _third_party_logs
 
     monkeypatch.delenv("TRANSFORMERS_VERBOSITY", raising=False)
     monkeypatch.setenv("EDGEPRUNE_VERBOSE", "")  # restored after the test

@@ -7,7 +7,7 @@ import torch
 from edgeprune.errors import PlanError
 from edgeprune.methods.comp import layer_ratios
 from edgeprune.methods.linalg import fit_mask, mask_system, mask_trajectory, removed_at
-from edgeprune.pipeline import prune
+from edgeprune.run.pipeline import prune
 
 
 @pytest.fixture()
@@ -137,7 +137,7 @@ def test_nan_weights_and_activations_are_refused(tiny_models, tmp_path):
     import edgeprune
     from edgeprune.errors import DataError, ModelError
     from edgeprune.methods import PruneRequest
-    from edgeprune.pipeline import make_plan
+    from edgeprune.run.pipeline import make_plan
 
     m = edgeprune.load(tiny_models["llama"])
     with torch.no_grad():
@@ -170,7 +170,7 @@ def test_shallow_model_reaches_half_and_paper_set_names_the_limit(tiny_models):
     """A 4-layer model reaches 50% with the depth-scaled default; the paper's fixed set cannot,
     and the error names the largest ratio and the options that lift it."""
     from edgeprune.methods import PruneRequest
-    from edgeprune.pipeline import make_plan
+    from edgeprune.run.pipeline import make_plan
 
     calib = torch.randint(3, 512, (8, 64), generator=torch.Generator().manual_seed(0))
     plan, rep = make_plan(tiny_models["llama"], "comp", PruneRequest(ratio=0.5, layers="auto", progress=False), calib)

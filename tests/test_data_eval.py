@@ -6,9 +6,9 @@ import math
 import pytest
 import torch
 
-from edgeprune import data
+from edgeprune.calibrate import data
 from edgeprune.errors import DataError
-from edgeprune.evaluate import perplexity_from
+from edgeprune.measure.evaluate import perplexity_from
 
 from .conftest import SHARED, need_shared
 

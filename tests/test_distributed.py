@@ -96,9 +96,9 @@ def _weights(d: Path) -> dict[str, torch.Tensor]:
 
 def _perplexity(d: Path) -> float:
     import edgeprune
-    from edgeprune import data
-    from edgeprune.evaluate import perplexity
-    from edgeprune.pipeline import tokenizer_for
+    from edgeprune.calibrate import data
+    from edgeprune.measure.evaluate import perplexity
+    from edgeprune.run.pipeline import tokenizer_for
 
     ev = data.evaluation_set(tokenizer_for(d), "tinystories", 128, 8)
     return perplexity(edgeprune.load(d), ev, progress=False)["perplexity"]
@@ -170,7 +170,7 @@ def test_torchrun_cli(pruned, tmp_path):
 def test_every_method_on_cuda(method):
     """Each method's plan on --device cuda matches the CPU's choices (one process)."""
     need_shared()
-    from edgeprune.pipeline import calibration, make_plan
+    from edgeprune.run.pipeline import calibration, make_plan
     from edgeprune.methods import PruneRequest
 
     model = SHARED / "models" / "stories260K" / "hf"

@@ -22,7 +22,7 @@ FLAG = re.compile(r"(?<![\w-])(--[a-z][a-z0-9-]*)")
 
 @lru_cache(maxsize=1)
 def edgeprune_flags() -> dict[str, set[str]]:
-    from edgeprune.cli_args import SUBCOMMANDS, build_parser
+    from edgeprune.cli.args import SUBCOMMANDS, build_parser
 
     p = build_parser({n: (lambda a: 0) for n in SUBCOMMANDS})
     act = next(a for a in p._actions if isinstance(a, argparse._SubParsersAction))
@@ -41,7 +41,7 @@ def script_flags(path: str) -> set[str]:
 def names() -> dict[str, set[str]]:
     from exporters.dtypes import ALIASES, allowed
     from edgeprune.methods import REGISTRY
-    from edgeprune.targets import list_targets
+    from edgeprune.run.targets import list_targets
 
     dtypes = set(allowed("gguf")) | set(allowed("onnx")) | set(ALIASES) | {"bf16", "f16", "f32"}
     targets = {t["name"] for t in list_targets()} | {a for t in list_targets() for a in t["aliases"]}
@@ -112,7 +112,7 @@ def check_line(line: str, where: str) -> list[str]:
             problems += _check_value(kind, v, where)
     for v in re.findall(r"--formats[ =]([\w:,]+)", s):
         from edgeprune.errors import EdgePruneError
-        from edgeprune.targets import load_target, with_formats
+        from edgeprune.run.targets import load_target, with_formats
 
         try:
             with_formats(load_target("cpu-x86"), v)

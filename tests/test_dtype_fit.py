@@ -6,11 +6,11 @@ from types import SimpleNamespace
 
 import pytest
 
-from edgeprune import dtype_fit
+from edgeprune.measure import dtype_fit
 from edgeprune.models import LayerShape
-from edgeprune.report import speed_words
-from edgeprune.speedup import verdict
-from edgeprune.targets import TargetError, load_target
+from edgeprune.report.markdown import speed_words
+from edgeprune.measure.speedup import verdict
+from edgeprune.run.targets import TargetError, load_target
 
 
 def _model(hidden: int, ffn: list[int], heads: int = 8, kv: int = 4, head_dim: int | None = None, vocab: int = 512):
@@ -60,7 +60,7 @@ def test_decide_says_why_it_changed_the_dtype():
 
 def test_every_shipped_target_fits_a_real_width_model():
     """Llama-3.2-1B's widths pruned at each target's align: the target's own dtype is kept."""
-    from edgeprune.targets import list_targets
+    from edgeprune.run.targets import list_targets
 
     dense = _model(2048, [8192] * 4, heads=32, kv=8, head_dim=64)
     for t in list_targets():
@@ -86,7 +86,7 @@ def test_target_fallback_lists_are_validated(tmp_path):
 
 
 def test_a_narrow_model_on_a_k_quant_target_without_fallback_is_refused_first(tiny_models, tmp_path):
-    from edgeprune.build import BuildError, build
+    from edgeprune.run.build import BuildError, build
 
     text = load_target("jetson").path.read_text().replace(', fallback = ["q8_0", "f16"]', "")
     t = tmp_path / "t.toml"
@@ -107,7 +107,7 @@ def test_a_pruned_artifact_bigger_than_dense_is_never_faster():
     assert sp["status"] == "miss" and "below 1" in sp["reason"]
     words = speed_words(sp)
     assert "NOT faster" in words and " faster (" not in words and "ideal 0.95x" in words
-    from edgeprune.verdict import NO_GO, decide, verdict_lines
+    from edgeprune.report.verdict import NO_GO, decide, verdict_lines
 
     art = {"format": "gguf", "dtype": "q4_k_m", "bytes": 677_824, "reference_dense": {"bytes": 647_872}, "speedup": sp,
            "perplexity": {"dense": 10.0, "pruned": 11.0, "ratio": 1.1}}

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import pytest
 
-from edgeprune.estimate import device_estimate, fit_overhead, overhead_scale
-from edgeprune.targets import load_target
+from edgeprune.measure.estimate import device_estimate, fit_overhead, overhead_scale
+from edgeprune.run.targets import load_target
 
 
 def test_overhead_fit_recovers_a_known_model():

@@ -39,7 +39,7 @@ def test_torch_dtypes_come_from_the_dtype_table():
     torch = pytest.importorskip("torch")
     assert dtypes.torch_dtype("f16") is torch.float16 and dtypes.torch_dtype("bfloat16") is torch.bfloat16
     assert dtypes.torch_dtype("q8_0") is None
-    from edgeprune.weights import CONFIG_DTYPE_NAME, DTYPE_NAMES
+    from edgeprune.io.weights import CONFIG_DTYPE_NAME, DTYPE_NAMES
 
     assert CONFIG_DTYPE_NAME[torch.bfloat16] == "bfloat16" and DTYPE_NAMES["half"] is torch.float16
 
@@ -47,7 +47,7 @@ def test_torch_dtypes_come_from_the_dtype_table():
 def test_a_registered_format_is_accepted_where_formats_are_named(monkeypatch):
     """What a new format module does (subclass, register) is all the target validation, the
     dtype check and --formats need: nothing else names the formats."""
-    from edgeprune.targets import load_target, with_formats
+    from edgeprune.run.targets import load_target, with_formats
 
     formats.names()  # the built-in formats registered first
 

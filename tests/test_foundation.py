@@ -143,7 +143,7 @@ def test_gqa_invalid_plan_is_refused(tiny_models):
 
 def test_interrupted_save_leaves_nothing_loadable(tiny_models, tmp_path, monkeypatch):
     m = edgeprune.load(tiny_models["llama"])
-    import edgeprune.checkpoint as ck
+    import edgeprune.io.checkpoint as ck
 
     def boom(*a, **k):
         raise KeyboardInterrupt

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from edgeprune.cli import main
+from edgeprune.cli.main import main
 from tests.test_bad_inputs import PRUNE, _pruned, _snapshot, base  # noqa: F401  (base: the fixture)
 
 MISSING = object()
@@ -114,8 +114,8 @@ VALID_PROFILE = {"target": {"name": "cpu-x86", "latency": {"context": 128}}, "pr
 
 
 def test_fuzz_profiles(tmp_path, capsys):
-    from edgeprune.bench import read_profile
-    from edgeprune.schema import SchemaError
+    from edgeprune.run.bench import read_profile
+    from edgeprune.io.schema import SchemaError
 
     wrong = [("target.name", 5), ("target.latency.context", 0), ("target.latency.context", "128"), ("artifacts", {}),
              ("artifacts.0", {}), ("artifacts.0.path", None), ("artifacts.0.speedup.decode_ideal", "2x"),
@@ -158,7 +158,7 @@ def _state(b_art: str) -> dict:
 def test_fuzz_build_states_and_verify_reports(base, tmp_path, capsys):
     """build --resume reads build_state.json and trusts every artifact it records as verified:
     a malformed state, a malformed or missing verify report, or a missing artifact is refused."""
-    from edgeprune.build import _read_state
+    from edgeprune.run.build import _read_state
 
     rng = random.Random(263)
     argv = ["build", "--model", str(base / "good"), "--calib", str(base / "calib.txt"), "--method", "wanda-sp", "--resume"]

@@ -7,7 +7,7 @@ import torch
 
 pytest.importorskip("llama_cpp", reason="the 'gguf' extra (llama-cpp-python) is not installed")
 from edgeprune.errors import ExportError  # noqa: E402
-from edgeprune.imatrix import collect  # noqa: E402
+from edgeprune.calibrate.imatrix import collect  # noqa: E402
 from exporters import export  # noqa: E402
 
 
@@ -54,7 +54,7 @@ def test_imatrix_refused_for_other_dtypes(tiny_models, tmp_path):
 
 
 def test_cli_imatrix_refused_before_work(tiny_models, tmp_path, capsys):
-    from edgeprune.cli import main
+    from edgeprune.cli.main import main
 
     assert main(["export", str(tiny_models["llama"]), "--format", "onnx", "--imatrix", "nonexistent-set",
                  "--out", str(tmp_path / "o")]) == 2

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from safetensors.torch import load_file, save_file
 
-from edgeprune.cli import main
+from edgeprune.cli.main import main
 from tests.test_bad_inputs import PRUNE, _snapshot, _target, base  # noqa: F401  (base: the fixture)
 
 
@@ -37,7 +37,7 @@ def interrupted(base, tmp_path, monkeypatch, capsys):
     inputs that the test may change; returns (argv, model dir, calib file, out)."""
     import shutil
 
-    import edgeprune.pipeline as pl
+    import edgeprune.run.pipeline as pl
 
     model, calib = tmp_path / "m", tmp_path / "calib.txt"
     shutil.copytree(base / "good", model)
@@ -78,7 +78,7 @@ def test_resume_on_unchanged_inputs_finishes(interrupted, capsys):
 
 
 def test_build_resume_refuses_a_changed_target(base, tmp_path, monkeypatch, capsys):
-    import edgeprune.pipeline as pl
+    import edgeprune.run.pipeline as pl
 
     target = _target(tmp_path, **{"bandwidth_gb_s = 51.2": "bandwidth_gb_s = 51.2"})
     out = tmp_path / "b"
@@ -110,7 +110,7 @@ def test_a_second_run_into_a_locked_out_is_refused_with_the_pid(interrupted, cap
 
 
 def test_unexpected_failure_after_planning_leaves_a_resumable_out(interrupted, monkeypatch, capsys):
-    import edgeprune.pipeline as pl
+    import edgeprune.run.pipeline as pl
 
     argv, _, _, out = interrupted
     monkeypatch.setattr(pl, "save_pruned", _boom)
@@ -124,7 +124,7 @@ def test_unexpected_failure_after_planning_leaves_a_resumable_out(interrupted, m
 
 
 def test_unexpected_failure_before_any_layer_removes_the_out_it_made(base, tmp_path, monkeypatch, capsys):
-    import edgeprune.pipeline as pl
+    import edgeprune.run.pipeline as pl
 
     out = tmp_path / "o"
     monkeypatch.setattr(pl, "make_plan", _boom)
@@ -155,7 +155,7 @@ def test_export_failure_and_interrupt_leave_nothing_and_do_not_offer_resume(base
 
 
 def test_gguf_export_refuses_a_disk_without_room_before_writing(base, tmp_path, monkeypatch, capsys):
-    import edgeprune.tensorfiles as tf
+    import edgeprune.io.tensorfiles as tf
 
     monkeypatch.setattr(tf, "free_bytes", lambda p: 1000)
     assert main(["export", str(base / "good"), "--format", "gguf", "--out", str(tmp_path / "m.gguf"), "--quiet"]) == 2
@@ -198,7 +198,7 @@ def test_a_second_export_into_the_same_out_is_refused_with_the_pid(base, tmp_pat
 
     import exporters.gguf_writer as gw
 
-    from edgeprune.guard import lock_paths
+    from edgeprune.io.guard import lock_paths
 
     out = tmp_path / "m.gguf"
     argv = ["export", str(base / "good"), "--format", "gguf", "--out", str(out), "--quiet"]
@@ -243,7 +243,7 @@ def test_export_into_a_directory_a_prune_is_writing_is_refused(interrupted, caps
 def interrupted_search(base, tmp_path_factory):
     """A search prune stopped after planning: its work directory holds every kind of resume
     file (arguments, input hashes, calibration windows, ladders, the search log, layer decisions)."""
-    import edgeprune.pipeline as pl
+    import edgeprune.run.pipeline as pl
 
     out = tmp_path_factory.mktemp("search") / "o"
     argv = ["prune", "--method", "search", "--search-evals", "8", *PRUNE[3:], "--model", str(base / "good"),

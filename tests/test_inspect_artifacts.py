@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from edgeprune.inspect_artifacts import inspect_gguf, kind_of
+from edgeprune.report.inspect_artifacts import inspect_gguf, kind_of
 
 
 def test_a_gguf_shows_the_widths_it_holds(tmp_path):

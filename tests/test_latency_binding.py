@@ -1,4 +1,4 @@
-"""A speed budget held in every artifact runtime (edgeprune/latency_binding.py): the binding
+"""A speed budget held in every artifact runtime (edgeprune/measure/latency_binding.py): the binding
 runtime decides reachability, the search's costs are what every runtime is sure to save, the
 plan and profile carry each runtime's own prediction, and a build measures one model per artifact.
 The latency models are fakes with known coefficients (no timing)."""
@@ -9,8 +9,8 @@ import warnings
 
 import pytest
 
-from edgeprune import budget as bmod
-from edgeprune.latency_binding import Binding, combine, load
+from edgeprune.methods import budget as bmod
+from edgeprune.measure.latency_binding import Binding, combine, load
 from edgeprune.methods.allocate import DROP, Ladders, knapsack, latency_costs, repair
 from edgeprune.models import LayerShape
 from tests.test_budget import FakeLatency, _ad, _ladders, _windows
@@ -91,7 +91,7 @@ def test_reachable_range_is_the_binding_runtimes(tiny_models):
 
 
 def test_combine_and_round_trip():
-    from edgeprune.latency_model import LatencyModel
+    from edgeprune.measure.latency_model import LatencyModel
 
     def real(dtype, fixed, layer):
         w = {"hidden_size": 64, "head_dim": 16, "vocab_size": 512, "dense": DENSE[0].as_dict()}
@@ -107,8 +107,8 @@ def test_combine_and_round_trip():
 
 
 def test_search_under_a_binding_records_every_runtimes_prediction(tiny_models, monkeypatch):
-    from edgeprune import pipeline
-    from edgeprune.budget_stages import artifact_prediction
+    from edgeprune.run import pipeline
+    from edgeprune.run.budget_stages import artifact_prediction
 
     d = tiny_models["qwen2"]
     a, b = _pair()
@@ -128,8 +128,8 @@ def test_search_under_a_binding_records_every_runtimes_prediction(tiny_models, m
 
 
 def test_build_measures_one_model_per_artifact(tiny_models, monkeypatch):
-    from edgeprune import budget_stages as bs
-    from edgeprune.targets import load_target
+    from edgeprune.run import budget_stages as bs
+    from edgeprune.run.targets import load_target
 
     asked = []
 

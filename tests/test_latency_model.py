@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 import transformers
 
-from edgeprune import latency_model as lmod
-from edgeprune.latency_fit import TERMS, design_row, fit
-from edgeprune.latency_probe import design
+from edgeprune.measure import latency_model as lmod
+from edgeprune.measure.latency_fit import TERMS, design_row, fit
+from edgeprune.measure.latency_probe import design
 from edgeprune.models import LayerShape, get_adapter
 
 WIDTHS = dict(vocab_size=512, hidden_size=64, intermediate_size=128, num_hidden_layers=4, num_attention_heads=4,
@@ -140,7 +140,7 @@ def test_table_round_trip_and_mismatch_refusal(tmp_path, monkeypatch):
 def test_ort_design_is_shallow_with_a_full_depth_check():
     """ORT probes (slow to export) time the whole design on 2 layers; the full-depth dense model
     is held out, so the reported error includes the extrapolation in depth."""
-    from edgeprune.latency_probe import design
+    from edgeprune.measure.latency_probe import design
 
     dense = LayerShape(128, 4, 2)
     probes = design(dense, 6, 1, 1.0, few=False, shallow=True)
@@ -181,7 +181,7 @@ def test_kquant_probe_is_written_by_llamas_quantizer(tmp_path, dtype):
     pytest.importorskip("llama_cpp")
     import gguf
 
-    from edgeprune.latency_probe import write_probe
+    from edgeprune.measure.latency_probe import write_probe
     from exporters.dtypes import get
     from edgeprune.models import LayerShape
 
@@ -208,7 +208,7 @@ def test_real_measurement_structure(tmp_path):
 
 
 def test_bench_latency_table_refuses_bad_inputs_before_work(tmp_path, monkeypatch, capsys):
-    from edgeprune.cli import main
+    from edgeprune.cli.main import main
 
     def no_measure(*a, **k):
         raise AssertionError("measured before the inputs were checked")
@@ -235,7 +235,7 @@ def test_int4_probe_is_matmulnbits_and_times_in_ort(tmp_path):
     pytest.importorskip("onnxruntime_genai")
     import onnx
 
-    from edgeprune.latency_probe import time_probes, write_probe
+    from edgeprune.measure.latency_probe import time_probes, write_probe
 
     ad = adapter(num_hidden_layers=2)
     p = write_probe(ad, "onnx", "int4", [LayerShape(128, 4, 2), LayerShape(64, 2, 1)], tmp_path / "p0", 128)

@@ -9,7 +9,7 @@ from edgeprune.errors import PlanError
 from edgeprune.methods import METHODS, PruneRequest
 from edgeprune.methods.slimgpt import dynamic_group_sizes, obs_remove
 from edgeprune.models import count_parameters, expected_nonembedding, get_adapter
-from edgeprune.pipeline import calibration, make_plan
+from edgeprune.run.pipeline import calibration, make_plan
 from edgeprune.plan import Plan
 
 
@@ -22,7 +22,7 @@ def test_method_plan_and_surgery(tiny_models, method, family):
     req = PruneRequest(ratio=0.2, layers=layers, progress=False, protect=(0,))
     plan, rep = make_plan(d, method, req, windows)
     m = edgeprune.apply_plan(edgeprune.load(d), plan)
-    ad = get_adapter(edgeprune.checkpoint.load_config(d))
+    ad = get_adapter(edgeprune.io.checkpoint.load_config(d))
     assert count_parameters(m, ad)["non_embedding"] == expected_nonembedding(ad, plan.result_shapes(ad))
     if method != "shortgpt":
         assert abs(rep["ratio_achieved"] - 0.2) <= 0.02
@@ -53,9 +53,9 @@ def test_dynamic_group_sizes_shrink():
 
 
 def test_slimgpt_beats_magnitude_and_wanda(stories):
-    from edgeprune import data
-    from edgeprune.evaluate import perplexity
-    from edgeprune.pipeline import tokenizer_for
+    from edgeprune.calibrate import data
+    from edgeprune.measure.evaluate import perplexity
+    from edgeprune.run.pipeline import tokenizer_for
 
     w = calibration(stories, "tinystories", 16, 128, 0)
     ev = data.evaluation_set(tokenizer_for(stories), "tinystories", 256, 8)
@@ -89,9 +89,9 @@ def test_fluctuation_score_is_variance_times_column_norm():
 
 def test_flap_bias_compensation(stories, tmp_path):
     """FLAP adds o_proj/down_proj biases Llama lacks; they lower the error, reload and count."""
-    from edgeprune import data
-    from edgeprune.evaluate import perplexity
-    from edgeprune.pipeline import tokenizer_for
+    from edgeprune.calibrate import data
+    from edgeprune.measure.evaluate import perplexity
+    from edgeprune.run.pipeline import tokenizer_for
 
     w = calibration(stories, "tinystories", 16, 128, 0)
     plan, rep = make_plan(stories, "flap", PruneRequest(ratio=0.3, progress=False), w)
@@ -132,7 +132,7 @@ def test_method_names_live_only_in_the_registry():
 def test_capabilities_are_checked_once(tmp_path):
     from edgeprune.errors import PlanError
     from edgeprune.methods import get
-    from edgeprune.pipeline import check_request
+    from edgeprune.run.pipeline import check_request
 
     with pytest.raises(PlanError, match="--layers is read by"):
         check_request(get("flap"), 0.2, 3)

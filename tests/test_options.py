@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from edgeprune.cli_args import build_parser
+from edgeprune.cli.args import build_parser
 from edgeprune.errors import PlanError
 from edgeprune.methods import BUILD_OPTIONS, OPTIONS, READERS, REGISTRY
 from edgeprune.methods.base import PruneRequest
@@ -64,8 +64,8 @@ def _target(tmp_path, line: str) -> Path:
 
 
 def test_a_target_sets_a_build_option_checked_by_its_declaration(tmp_path):
-    from edgeprune.build import method_options
-    from edgeprune.targets import TargetError, load_target
+    from edgeprune.run.build import method_options
+    from edgeprune.run.targets import TargetError, load_target
 
     t = load_target(_target(tmp_path, "search_evals = 16"))
     assert method_options(t, {})["search_evals"] == 16

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from edgeprune.cli import main
+from edgeprune.cli.main import main
 from tests.test_bad_inputs import PRUNE, base  # noqa: F401  (base: the fixture)
 from tests.test_input_safety import _one_error
 
@@ -65,7 +65,7 @@ def test_gguf_export_onto_a_full_tmpfs_is_refused_before_writing(base, tmp_path,
 def test_a_disk_filling_up_during_the_write_leaves_nothing(base, tmp_path, monkeypatch, capsys):
     """Past the free-space check (another process may fill the disk meanwhile) the write itself
     meets ENOSPC: one line, and neither the artifact, its report, nor a partial file is left."""
-    import edgeprune.tensorfiles as tf
+    import edgeprune.io.tensorfiles as tf
 
     with tmpfs(tmp_path / "disk") as disk:
         _fill(disk, 200_000)

@@ -1,6 +1,6 @@
 """Real checkpoints at real size: hub conventions, dtype kept, streamed apply/save/export/verify.
 
-Fixtures are written the way hubs write them (edgeprune.synthetic): bf16, sharded
+Fixtures are written the way hubs write them (edgeprune.io.synthetic): bf16, sharded
 safetensors with an index, tied embeddings stored once under either name, or a
 pytorch_model.bin. Widths are small here; benchmarks/scale.py measures real widths.
 """
@@ -16,11 +16,11 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from edgeprune.checkpoint import load
+from edgeprune.io.checkpoint import load
 from edgeprune.errors import ModelError, OutputError
 from edgeprune.plan import Plan
-from edgeprune.surgery import apply_plan
-from edgeprune.synthetic import config_for, write_checkpoint
+from edgeprune.apply.surgery import apply_plan
+from edgeprune.io.synthetic import config_for, write_checkpoint
 
 SMALL = dict(model_type="llama", hidden_size=128, intermediate_size=384, num_attention_heads=8, num_key_value_heads=4,
              head_dim=16, vocab_size=1536, tie_word_embeddings=True, rope_theta=10000.0, rms_norm_eps=1e-5,
@@ -29,7 +29,7 @@ SMALL = dict(model_type="llama", hidden_size=128, intermediate_size=384, num_att
 
 @pytest.fixture(scope="module")
 def calib_file(tmp_path_factory) -> Path:
-    from edgeprune.demo import demo_text
+    from edgeprune.io.demo import demo_text
 
     p = tmp_path_factory.mktemp("calib") / "calib.txt"
     p.write_text(demo_text("calib", limit=200_000))
@@ -55,7 +55,7 @@ def hub(tmp_path_factory) -> dict[str, Path]:
 
 
 def _prune(model: Path, out: Path, method: str, calib: Path, **kw):
-    from edgeprune.pipeline import prune
+    from edgeprune.run.pipeline import prune
 
     return prune(model, method, ratio=kw.pop("ratio", 0.2), calib=str(calib), n_samples=8, seq_len=64, out=out,
                  progress=False, **kw)
@@ -110,7 +110,7 @@ def test_dtype_kept_and_bytes_shrink(hub, tmp_path, calib_file):
     _prune(src, tmp_path / "f32", "wanda-sp", calib_file, dtype="f32")
 
     def nonembed_bytes(d: Path) -> int:
-        from edgeprune.weights import WeightStore
+        from edgeprune.io.weights import WeightStore
 
         cfg = json.loads((d / "config.json").read_text())
         st = WeightStore(d, cfg, "model.embed_tokens.weight", "lm_head.weight")
@@ -125,8 +125,8 @@ def test_dtype_kept_and_bytes_shrink(hub, tmp_path, calib_file):
 
 def test_sharded_output_has_a_valid_index(hub, tmp_path):
     from edgeprune.methods.base import PruneRequest  # noqa: F401  (plan without calibration)
-    from edgeprune.pipeline import make_plan
-    from edgeprune.writeout import save_pruned
+    from edgeprune.run.pipeline import make_plan
+    from edgeprune.apply.writeout import save_pruned
 
     src = hub["untied_sharded"]
     plan, _ = make_plan(src, "magnitude", PruneRequest(ratio=0.2, progress=False), None)
@@ -139,7 +139,7 @@ def test_sharded_output_has_a_valid_index(hub, tmp_path):
 
 
 def test_index_disagreeing_with_shards_is_one_clear_error(hub, copy_dir):
-    from edgeprune.streaming import CheckpointSource
+    from edgeprune.calibrate.streaming import CheckpointSource
 
     d = copy_dir(hub["untied_sharded"])
     index = json.loads((d / "model.safetensors.index.json").read_text())
@@ -156,7 +156,7 @@ def test_index_disagreeing_with_shards_is_one_clear_error(hub, copy_dir):
 
 
 def test_truncated_safetensors_is_one_clear_error(hub, copy_dir):
-    from edgeprune.streaming import CheckpointSource
+    from edgeprune.calibrate.streaming import CheckpointSource
 
     d = copy_dir(hub["tied_embed"])
     f = d / "model.safetensors"
@@ -166,7 +166,7 @@ def test_truncated_safetensors_is_one_clear_error(hub, copy_dir):
 
 
 def test_full_disk_refused_before_writing(hub, tmp_path, calib_file, monkeypatch):
-    import edgeprune.tensorfiles as tf
+    import edgeprune.io.tensorfiles as tf
 
     monkeypatch.setattr(tf, "free_bytes", lambda _p: 1000)
     with pytest.raises(OutputError, match="GB free"):
@@ -175,7 +175,7 @@ def test_full_disk_refused_before_writing(hub, tmp_path, calib_file, monkeypatch
 
 
 def test_disk_filling_mid_write_leaves_no_checkpoint(hub, tmp_path, calib_file, monkeypatch):
-    import edgeprune.tensorfiles as tf
+    import edgeprune.io.tensorfiles as tf
 
     real = tf.StreamWriter.add
     calls = {"n": 0}
@@ -239,7 +239,7 @@ _MEASURE = ("import resource, subprocess, sys; r = subprocess.run(sys.argv[1:], 
 
 def test_reported_peak_is_the_process_peak(hub, tmp_path, calib_file):
     """prune --json's peak covers every stage: at least 0.9x what the OS saw for the process."""
-    cmd = [sys.executable, "-m", "edgeprune.cli", "prune", "--model", str(hub["untied_sharded"]), "--method", "slimgpt",
+    cmd = [sys.executable, "-m", "edgeprune.cli.main", "prune", "--model", str(hub["untied_sharded"]), "--method", "slimgpt",
            "--ratio", "0.2", "--calib", str(calib_file), "--nsamples", "8", "--seq-len", "64",
            "--out", str(tmp_path / "o"), "--json", "--quiet", "--threads", "1"]
     out = subprocess.run([sys.executable, "-c", _MEASURE, *cmd], capture_output=True, text=True, check=True)
@@ -250,7 +250,7 @@ def test_reported_peak_is_the_process_peak(hub, tmp_path, calib_file):
 
 
 def test_unknown_dtype_is_refused(hub, tmp_path):
-    r = subprocess.run([sys.executable, "-m", "edgeprune.cli", "prune", "--model", str(hub["tied_embed"]), "--method",
+    r = subprocess.run([sys.executable, "-m", "edgeprune.cli.main", "prune", "--model", str(hub["tied_embed"]), "--method",
                         "magnitude", "--ratio", "0.2", "--dtype", "int3", "--out", str(tmp_path / "o")],
                        capture_output=True, text=True)
     assert r.returncode == 2 and "int3" in r.stderr and "Traceback" not in r.stderr

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from edgeprune import verdict as V
-from edgeprune.report import write_report
-from edgeprune.speedup import check, decode_bars
+from edgeprune.report.markdown import verdict as V
+from edgeprune.report.markdown import write_report
+from edgeprune.measure.speedup import check, decode_bars
 
 
 def _sp(status: str, measured: float = 1.2, lo: float = 1.15, hi: float = 1.25, ideal: float = 1.25) -> dict:
@@ -147,7 +147,7 @@ def test_plotted_decode_never_contradicts_the_check():
 
 def test_plots_are_drawn_from_the_profile(tmp_path):
     pytest.importorskip("matplotlib")
-    from edgeprune import plots
+    from edgeprune.report.markdown import plots
 
     art = _artifact(_sp("pass"), interval=[1.05, 1.15])
     art["perplexity"].update(dense_interval=[9.0, 11.0], pruned_interval=[10.0, 12.0])
@@ -167,12 +167,12 @@ def test_plan_widths_are_the_pruned_checkpoints(tiny_models, tmp_path, method):
     import torch
 
     import edgeprune
-    from edgeprune.checkpoint import load_config
+    from edgeprune.io.checkpoint import load_config
     from edgeprune.methods import PruneRequest
     from edgeprune.models import get_adapter
-    from edgeprune.pipeline import make_plan
+    from edgeprune.run.pipeline import make_plan
     from edgeprune.plan import Plan
-    from edgeprune.plan_plot import plan_widths, plot_plan
+    from edgeprune.report.plan_plot import plan_widths, plot_plan
 
     d = tiny_models["llama"]
     windows = torch.randint(0, 512, (8, 64), generator=torch.Generator().manual_seed(0))
@@ -190,7 +190,7 @@ def test_plan_widths_are_the_pruned_checkpoints(tiny_models, tmp_path, method):
 
 
 def test_target_quality_bar_is_validated(tmp_path):
-    from edgeprune.targets import DEFAULT_MAX_PPL_RATIO, TargetError, load_target
+    from edgeprune.run.targets import DEFAULT_MAX_PPL_RATIO, TargetError, load_target
 
     base = Path(load_target("cpu-x86").path).read_text()
     assert load_target("cpu-x86").max_ppl_ratio == DEFAULT_MAX_PPL_RATIO == 1.5
@@ -207,8 +207,8 @@ def test_target_quality_bar_is_validated(tmp_path):
 
 
 def test_provenance_keeps_the_original_command_after_a_resume(stories, tmp_path):
-    from edgeprune.build import _start
-    from edgeprune.provenance import commands
+    from edgeprune.run.build import _start
+    from edgeprune.report.provenance import commands
 
     kw = dict(model=str(stories), target="cpu-x86", ratio=0.2, method="magnitude", calib="tinystories",
               out=str(tmp_path / "b"), force=False)

@@ -15,8 +15,8 @@ from edgeprune.methods.ladder import attention_path, attention_rungs, ffn_rungs
 from edgeprune.methods.slimgpt import hessian
 from edgeprune.methods.linalg import inverse_spd
 from edgeprune.models import LayerShape, get_adapter
-from edgeprune.pipeline import ResumeState, make_plan
-from edgeprune.streaming import open_source, run_collecting
+from edgeprune.run.pipeline import ResumeState, make_plan
+from edgeprune.calibrate.streaming import open_source, run_collecting
 
 
 def _fake_ladders(seed: int, layers: int = 4) -> Ladders:

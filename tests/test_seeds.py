@@ -10,8 +10,8 @@ from edgeprune.methods.base import RATIO_TOLERANCE, dense_params
 from edgeprune.methods.ladder import LadderStore
 from edgeprune.methods.search import build_ladders
 from edgeprune.methods.seeds import RULES, method_counts, on_rungs, portfolio_seeds
-from edgeprune.pipeline import make_plan
-from edgeprune.streaming import open_source
+from edgeprune.run.pipeline import make_plan
+from edgeprune.calibrate.streaming import open_source
 
 from .test_search import _fake_ladders
 

@@ -1,7 +1,7 @@
 """The speedup check's verdicts (pure arithmetic on per-repetition timings; no clock)."""
 from __future__ import annotations
 
-from edgeprune.speedup import check, interval, verdict
+from edgeprune.measure.speedup import check, interval, verdict
 
 
 def test_a_47x_speedup_against_an_ideal_of_1_23_is_inconclusive():
@@ -35,7 +35,7 @@ def test_interval_contains_the_median_and_is_seeded():
 
 def test_a_speed_budget_is_checked_against_the_speedup_asked_for():
     """Under --speedup S the check holds the measurement to S, not the bytes ideal, which is kept."""
-    from edgeprune.speedup import check
+    from edgeprune.measure.speedup import check
 
     dense = [2.0, 2.02, 1.98, 2.01, 2.0, 1.99, 2.0]
     pruned = [d / 1.25 for d in dense]
@@ -47,7 +47,7 @@ def test_a_speed_budget_is_checked_against_the_speedup_asked_for():
 
 
 def test_a_speed_budget_passes_on_its_lower_bound_however_wide():
-    from edgeprune.speedup import verdict
+    from edgeprune.measure.speedup import verdict
 
     assert verdict(1.42, 1.30, 1.73, 1.2, ceiling=2.0, one_sided=True)[0] == "pass"
     assert verdict(1.42, 1.30, 1.73, 1.2, ceiling=2.0)[0] == "inconclusive"  # the bytes-ideal check: too wide

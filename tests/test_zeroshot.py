@@ -83,7 +83,7 @@ def test_missing_extra_is_named(stories, monkeypatch):
     import sys
 
     from edgeprune.errors import MissingExtraError
-    from edgeprune.zeroshot import require_lm_eval
+    from edgeprune.measure.zeroshot import require_lm_eval
 
     monkeypatch.setitem(sys.modules, "lm_eval", None)
     with pytest.raises(MissingExtraError, match=r"edgeprune\[eval\]"):

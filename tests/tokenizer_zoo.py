@@ -32,7 +32,7 @@ TEMPLATE = "{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}{% endfo
 
 
 def training_text(limit: int = 400_000) -> str:
-    from edgeprune.demo import demo_text
+    from edgeprune.io.demo import demo_text
 
     return demo_text("train", limit)[:limit] + EXTRA
 
@@ -155,7 +155,7 @@ def make_model(tok_dir: Path, dst: Path, layers: int = 2, seed: int = 0) -> Path
     import transformers
     from transformers import AutoTokenizer
 
-    from edgeprune.checkpoint import save
+    from edgeprune.io.checkpoint import save
 
     tok = AutoTokenizer.from_pretrained(str(tok_dir))
     vocab = len(tok)

@@ -19,9 +19,9 @@ from ..plan import LayerPlan, Plan
 from .options import resolve
 
 if TYPE_CHECKING:
-    from ..budget import Budget
-    from ..resume import ResumeState
-from ..streaming import Activations, LayerSource, walk
+    from .budget import Budget
+    from ..io.resume import ResumeState
+from ..calibrate.streaming import Activations, LayerSource, walk
 
 
 @dataclass
@@ -32,7 +32,7 @@ class PruneRequest:
     always has: `PruneRequest(ratio=0.2, search_evals=8)`."""
 
     ratio: float | None = None
-    budget: "Budget | None" = None  # a --speedup / --latency-ms budget (edgeprune/budget.py); None: the ratio
+    budget: "Budget | None" = None  # a --speedup / --latency-ms budget (edgeprune/methods/budget.py); None: the ratio
     latency: Any = None  # the latency model a speed budget is predicted with (latency_model.LatencyModel)
     layers: int | str | None = None  # number of layers to remove, or "auto"
     align: int = 1  # round kept FFN widths to a multiple (hardware efficiency)

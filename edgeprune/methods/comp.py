@@ -28,7 +28,7 @@ import torch
 from ..errors import PlanError
 from ..models import LayerShape
 from ..plan import LayerPlan, Plan
-from ..streaming import Activations, LayerSource, done, run_collecting, walk
+from ..calibrate.streaming import Activations, LayerSource, done, run_collecting, walk
 from .base import (
     PruneRequest, aligned_keep, bar, check_layer_count, dense_params, group_layer_plan,
     remove_layers, units_of_groups,
@@ -170,7 +170,7 @@ def _neuron_budget(ad, source: LayerSource, removed: list[int], protected: set[i
 
 
 def plan_comp(source: LayerSource, calib: torch.Tensor, req: PruneRequest) -> Plan:
-    from ..surgery import slice_layer
+    from ..apply.surgery import slice_layer
 
     ad = source.adapter
     L = source.num_layers

@@ -22,9 +22,9 @@ import torch
 from torch import nn
 
 from .. import dist
-from ..reference import final_norm
-from ..streaming import Activations, LayerSource
-from ..surgery import slice_layer
+from ..measure.reference import final_norm
+from ..calibrate.streaming import Activations, LayerSource
+from ..apply.surgery import slice_layer
 from .allocate import DROP, Alloc, Choice, Ladders
 from .ladder import LadderStore, rung_plan
 

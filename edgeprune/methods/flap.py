@@ -30,7 +30,7 @@ import torch
 
 from ..errors import PlanError
 from ..plan import Plan
-from ..streaming import LayerSource, stream_dense
+from ..calibrate.streaming import LayerSource, stream_dense
 from .base import PruneRequest, bar, dense_params, group_layer_plan, param_budget
 
 

@@ -12,7 +12,7 @@ import torch
 
 from ..errors import PlanError
 from ..plan import Plan
-from ..streaming import LayerSource
+from ..calibrate.streaming import LayerSource
 from .base import PruneRequest, check_layer_count, dense_params, param_budget, remove_layers
 from .comp import _auto_layers, scaled_protect
 from .slimgpt import ipr_ratios, neuron_stage

@@ -34,8 +34,8 @@ from ..models import DecoderAdapter, LayerShape
 from ..plan import LayerPlan, Plan
 from .allocate import Choice, Ladders
 from .base import aligned_keep
-from ..atomic import write_text, write_with
-from ..schema import LADDER_VERSION  # noqa: F401  (the record's format lives with its schema)
+from ..io.atomic import write_text, write_with
+from ..io.schema import LADDER_VERSION  # noqa: F401  (the record's format lives with its schema)
 from .linalg import inverse_spd
 from .slimgpt import dynamic_group_sizes, obs_compensate, obs_remove, set_cost, unit_costs
 
@@ -175,7 +175,7 @@ class LadderStore:
         """Layer i's finished ladder, or None. In a distributed run rank 0's store decides
         (it alone resumes): a layer rank 0 had finished is fetched from it (`tensor`), the
         others' private stores hold only what they built in this run."""
-        from edgeprune import schema
+        from edgeprune.io import schema
 
         p = self.dir / f"L{i}.json"
         rec = None

@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 from .. import dist
-from ..streaming import LayerSource, done, run_collecting, walk
+from ..calibrate.streaming import LayerSource, done, run_collecting, walk
 from .base import PruneRequest, bar, cosine_importance
 from .ladder import LadderStore, attention_rungs, ffn_rungs, ladder_record
 from .seeds import layer_stats

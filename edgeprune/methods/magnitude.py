@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 
 from ..plan import Plan
-from ..streaming import LayerSource
+from ..calibrate.streaming import LayerSource
 from .base import PruneRequest, bar, scored_layer_plan, uniform_split
 
 

@@ -31,14 +31,14 @@ import torch
 from .. import dist
 from ..errors import PlanError
 from ..plan import LayerPlan, Plan
-from ..streaming import LayerSource, done, run_collecting, walk
+from ..calibrate.streaming import LayerSource, done, run_collecting, walk
 from .allocate import DROP, Alloc, Ladders, from_ratios, knapsack, latency_costs, mutate, repair
 from .base import RATIO_TOLERANCE, PruneRequest, bar, param_budget
 from .comp import layer_ratios
 from .fitness import KLFitness
 from .ladder import LadderStore, attention_path, head_cols, initial_heads
 from .ladder_build import build_ladders
-from ..atomic import write_text
+from ..io.atomic import write_text
 from .linalg import inverse_spd
 from .seeds import portfolio_seeds
 from .slimgpt import dynamic_group_sizes, hessian, ipr_ratios, obs_remove, weight64
@@ -118,7 +118,7 @@ def evolve(lad: Ladders, budget: float, fitness: KLFitness, req: PruneRequest, l
     within `tol` parameters of the budget where its aligned rungs allow."""
     cache: dict[Alloc, float] = {}
     if log_path.is_file():  # resume: the same seed replays the same candidates
-        from edgeprune import schema
+        from edgeprune.io import schema
 
         saved = schema.read(log_path, schema.SEARCH_LOG, "search log",
                           f"delete it to evaluate the candidates again, or {schema.RESTART}")
@@ -198,7 +198,7 @@ def final_counts(lad: Ladders, alloc: Alloc, budget: float, per_ch: int, align: 
 def final_stage(source: LayerSource, calib: torch.Tensor, req: PruneRequest, plan: Plan, lad: Ladders,
                 alloc: Alloc, budget: float, tol: float | None = None) -> None:
     """Re-fit the chosen allocation on the pruned model's inputs, layer by layer (resumable)."""
-    from ..surgery import slice_layer
+    from ..apply.surgery import slice_layer
 
     ad = source.adapter
     counts = final_counts(lad, alloc, budget, ad.ffn_channel_param_count(), req.align, tol)

@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 
 from ..plan import Plan
-from ..streaming import LayerSource
+from ..calibrate.streaming import LayerSource
 from .base import PruneRequest, check_layer_count, layers_for_ratio, remove_layers
 
 

@@ -20,7 +20,7 @@ import math
 import torch
 
 from ..plan import Plan
-from ..streaming import LayerSource, done, run_collecting, walk
+from ..calibrate.streaming import LayerSource, done, run_collecting, walk
 from .base import PruneRequest, bar, group_layer_plan, param_budget, uniform_split, units_of_groups
 from .comp import layer_ratios
 from .linalg import inverse_spd
@@ -127,7 +127,7 @@ def neuron_stage(source: LayerSource, acts, req: PruneRequest, plan: Plan, ratio
                  layers: list[int], desc: str = "slimgpt") -> None:
     """SlimGPT's sequential OBS over `layers` (the kept ones, in order), each pruned to its
     ratio on the pruned model's inputs; closes `acts`. Shared with the comp-slimgpt hybrid."""
-    from ..surgery import slice_layer
+    from ..apply.surgery import slice_layer
 
     ad = source.adapter
     params = {i: ad.layer_param_count(s) for i, s in enumerate(source.shapes)}

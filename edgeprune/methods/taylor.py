@@ -13,14 +13,14 @@ import torch
 
 from .. import dist
 from ..plan import Plan
-from ..streaming import LayerSource
+from ..calibrate.streaming import LayerSource
 from .base import PruneRequest, bar, scored_layer_plan, uniform_split
 
 
 def _full_model(source: LayerSource):
     model = getattr(source, "model", None)
     if model is None:
-        from ..checkpoint import load
+        from ..io.checkpoint import load
 
         model = load(source.model_dir, device=source.device)
     return model

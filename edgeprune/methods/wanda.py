@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 
 from ..plan import Plan
-from ..streaming import LayerSource, stream_dense
+from ..calibrate.streaming import LayerSource, stream_dense
 from .base import PruneRequest, bar, scored_layer_plan, uniform_split
 
 

@@ -1,0 +1,1 @@
+"""edgeprune.apply: see docs/ARCHITECTURE.md for what this stage holds."""

@@ -1,0 +1,1 @@
+"""edgeprune.calibrate: see docs/ARCHITECTURE.md for what this stage holds."""

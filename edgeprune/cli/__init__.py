@@ -1,0 +1,1 @@
+"""edgeprune.cli: see docs/ARCHITECTURE.md for what this stage holds."""

@@ -1,0 +1,1 @@
+"""edgeprune.io: see docs/ARCHITECTURE.md for what this stage holds."""

@@ -1,0 +1,232 @@
+"""What keeps a run from destroying or mixing up the user's files, in one place for `prune`,
+`export` and `build`:
+
+- `refuse_overlap`: `--out` is never an input, inside one, nor holding one, so `--force`
+  (which replaces `--out`) can never delete or overwrite what the run reads;
+- `refuse_mount_point`: results are staged beside `--out` and renamed into place, which a
+  mount point (another file system than its parent) refuses only after all the work;
+- `fingerprint` / `refuse_changed`: the content hashes of the inputs, recorded when a run
+  starts, so that `--resume` never continues on a model, text or target that changed at the
+  same path;
+- `OutLock`: a pid lock file in `--out`, so that two runs never write the same directory.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from pathlib import Path
+
+from ..errors import OutputError
+
+LOCK = ".edgeprune-lock"
+SMALL_FILE = 64 * 2**20  # hashed whole below this; above, header + size + sampled chunks
+_SAMPLES, _CHUNK = 16, 64 * 2**10
+
+
+class ChangedInputError(OutputError):
+    """`--resume` on inputs whose content differs from the interrupted run's."""
+
+
+def _resolved(p: str | Path) -> Path:
+    return Path(os.path.realpath(os.path.expanduser(str(p))))
+
+
+def refuse_overlap(out: str | Path, inputs: dict[str, str | Path | None]) -> None:
+    """Refuse an `--out` that is an input, lies inside one, or holds one (symlinks and
+    relative paths resolved): whatever `--force` replaces must not be read by the run.
+    `inputs` maps a description (e.g. "--model") to a path; None and non-paths are skipped."""
+    o = _resolved(out)
+    for what, given in inputs.items():
+        if given is None or not Path(str(given)).exists():
+            continue  # a named data set, a hub id, or nothing
+        p = _resolved(given)
+        if o == p:
+            how = "is"
+        elif p in o.parents:
+            how = "is inside"
+        elif o in p.parents:
+            how = "holds"
+        else:
+            continue
+        raise OutputError(f"--out {out} {how} the input {what} {given}; edgeprune never writes over what it reads, "
+                          "choose an --out outside the inputs (nothing was touched)")
+
+
+def refuse_mount_point(out: Path) -> None:
+    """An existing `--out` on another file system than its parent cannot be replaced by a
+    rename from beside it: refuse before any work, naming a path that works."""
+    if out.exists() and os.path.ismount(out):
+        raise OutputError(f"--out {out} is a mount point, which edgeprune cannot replace (it writes beside --out and "
+                          f"renames into place); choose a path inside it, e.g. {out / 'out'}")
+
+
+# ---- content hashes of the inputs ---------------------------------------------------------
+def file_hash(path: Path) -> str:
+    """sha256 of a small file; of a large one, its size, first MiB (a safetensors header) and
+    16 evenly spread chunks: a change of weights at the same shapes still shows."""
+    h = hashlib.sha256()
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        if size <= SMALL_FILE:
+            for block in iter(lambda: f.read(2**20), b""):
+                h.update(block)
+            return h.hexdigest()
+        h.update(str(size).encode())
+        h.update(f.read(2**20))
+        for k in range(_SAMPLES):
+            f.seek(k * (size - _CHUNK) // (_SAMPLES - 1))
+            h.update(f.read(_CHUNK))
+    return "sampled:" + h.hexdigest()
+
+
+def _model_files(model_dir: Path) -> list[Path]:
+    names = ("config.json", "*.safetensors", "*.safetensors.index.json", "pytorch_model*.bin", "pytorch_model*.json",
+             "tokenizer*", "special_tokens_map.json", "added_tokens.json", "vocab.json", "merges.txt")
+    return sorted({p for n in names for p in model_dir.glob(n) if p.is_file()})
+
+
+def fingerprint(model=None, calib: str | Path | None = None, target: str | Path | None = None,
+                data_dir: str | Path | None = None) -> dict[str, str]:
+    """{what: hash} for the model's files, the calibration text and the target TOML; a named
+    data set is hashed through the file it resolves to, an in-memory model not at all."""
+    fp: dict[str, str] = {}
+    if isinstance(model, (str, Path)) and Path(model).is_dir():
+        for p in _model_files(Path(model)):
+            fp[f"model file {p.name}"] = file_hash(p)
+    if calib is not None:
+        path = _data_path(calib, data_dir)
+        if path is not None:
+            for p in ([path] if path.is_file() else sorted(q for q in path.rglob("*") if q.is_file())):
+                fp[f"calibration text {p}"] = file_hash(p)
+    if target is not None and Path(str(target)).is_file():
+        fp[f"target {target}"] = file_hash(Path(str(target)))
+    return fp
+
+
+def _data_path(calib: str | Path, data_dir) -> Path | None:
+    if Path(str(calib)).exists():
+        return Path(str(calib))
+    from ..calibrate.data import named_path
+
+    return named_path(str(calib), data_dir)
+
+
+def refuse_changed(recorded: dict | None, now: dict[str, str], out: Path) -> None:
+    """`--resume` continues only on the inputs it started with: refuse naming what changed."""
+    if recorded is None:
+        raise ChangedInputError(f"{out} holds an interrupted run that did not record its inputs' hashes, so it cannot "
+                                "be resumed safely; pass --force to start over")
+    changed = [k for k in sorted(set(recorded) | set(now)) if recorded.get(k) != now.get(k)]
+    if changed:
+        shown = ", ".join(changed[:3]) + (f" and {len(changed) - 3} more" if len(changed) > 3 else "")
+        raise ChangedInputError(f"the inputs changed since {out} was started ({shown}); resuming would mix two runs: "
+                                "restore them, or pass --force to start over")
+
+
+# ---- one run per --out ----------------------------------------------------------------------
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def lock_paths(out: Path) -> tuple[Path, Path]:
+    """Where a run writing `out` keeps its lock: inside `out` for the directories prune and
+    build fill in place, beside it (`.NAME.edgeprune-lock`) for an export, whose artifact
+    (a GGUF file, an ONNX folder) is renamed into place and so cannot hold its own lock."""
+    out = Path(out)
+    return out / LOCK, out.parent / f".{out.name}{LOCK}"
+
+
+def lock_holder(out: Path) -> int | None:
+    """The pid of another live run holding `out`, else None (a dead one's lock is stale)."""
+    for path in lock_paths(out):
+        try:
+            pid = int(json.loads(path.read_text())["pid"])
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+        if pid != os.getpid() and _alive(pid):
+            return pid
+    return None
+
+
+def refuse_locked(out: Path) -> None:
+    """Checked before any work: another live run writing `out` is refused with its pid."""
+    pid = lock_holder(out)
+    if pid is not None:
+        raise OutputError(f"{out} is being written by another edgeprune run (pid {pid}); wait for it to finish, "
+                          "stop it, or choose another --out")
+
+
+class OutLock:
+    """Holds the lock of `out` (created atomically) for the life of a run: inside `out`
+    (prune, build) or, with `beside`, next to it (export). A lock whose pid is dead is taken
+    over. Released (only if still ours) when the block ends."""
+
+    def __init__(self, out: Path, beside: bool = False):
+        self.out = Path(out)
+        self.path = lock_paths(self.out)[1 if beside else 0]
+
+    def acquire(self) -> "OutLock":
+        for _ in range(30):
+            try:
+                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                refuse_locked(self.out)
+                if self._being_written():
+                    time.sleep(0.1)  # another run has just created it and not yet written its pid
+                    continue
+                self.path.unlink(missing_ok=True)  # stale: its process is gone
+                continue
+            try:
+                with os.fdopen(fd, "w") as f:
+                    json.dump({"pid": os.getpid()}, f)
+            except OSError:  # a full disk: no lock file left behind to confuse the next run
+                self.path.unlink(missing_ok=True)
+                raise
+            try:
+                refuse_locked(self.out)  # the other place: a prune or build writing this directory
+            except OutputError:
+                self.release()
+                raise
+            return self
+        refuse_locked(self.out)
+        raise OutputError(f"could not take the lock {self.path}; remove it if no edgeprune run is writing there")
+
+    def _being_written(self) -> bool:
+        try:
+            return not self.path.read_text().strip() and time.time() - self.path.stat().st_mtime < 2
+        except OSError:
+            return False
+
+    def release(self) -> None:
+        try:
+            if json.loads(self.path.read_text()).get("pid") == os.getpid():
+                self.path.unlink()
+        except (OSError, ValueError, AttributeError):
+            pass
+
+    def __enter__(self) -> "OutLock":
+        return self.acquire()
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+
+# ---- where a run is, for the one-line report of an unexpected failure ----------------------
+_STAGE: dict[str, str | None] = {"name": None}
+
+
+def set_stage(name: str | None) -> None:
+    """Name the stage now running (`prune plan`, `export verify`, `build profile`...)."""
+    _STAGE["name"] = name
+
+
+def current_stage() -> str | None:
+    return _STAGE["name"]

@@ -1,0 +1,1 @@
+"""edgeprune.measure: see docs/ARCHITECTURE.md for what this stage holds."""

@@ -1,0 +1,1 @@
+"""edgeprune.report: see docs/ARCHITECTURE.md for what this stage holds."""

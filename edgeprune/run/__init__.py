@@ -1,0 +1,1 @@
+"""edgeprune.run: see docs/ARCHITECTURE.md for what this stage holds."""

@@ -1,0 +1,193 @@
+"""A build's checks and decisions before any work (target, budget, ratio, dtypes, tokenizer,
+resume arguments and input hashes), then its directory created or reopened: every refusal
+comes before anything exists on disk. `dry_run` reuses the same checks."""
+from __future__ import annotations
+
+import shutil
+import time
+from pathlib import Path
+
+from ..report import profile as prof
+from .build_context import Build, BuildError, log
+from ..io.checkpoint import INCOMPLETE, check_output_dir, load_config
+from ..io.guard import OutLock, fingerprint, refuse_changed, refuse_overlap
+from ..models import get_adapter
+from .targets import Target, load_target
+
+AUTO_LADDER = [0.1, 0.15, 0.2, 0.25, 0.3, 0.35, 0.4, 0.45, 0.5, 0.55, 0.6, 0.65, 0.7]
+
+
+def choose_ratio(target: Target, ad, requested: float | None) -> tuple[float, str]:
+    if requested is not None:
+        return requested, "from --ratio"
+    if target.ratio != "auto":
+        return float(target.ratio), f"the {target.name} target's default"
+    non_emb, emb = prof.sizes(ad)
+    bpp = max(prof.bytes_per_weight(f["dtype"]) for f in target.formats)
+    kv = prof.kv_cache_bytes(ad, target.context)
+
+    def need(r: float) -> float:
+        return (emb + (1 - r) * non_emb) * bpp + kv
+
+    budget = target.budget_bytes
+    if need(0.0) <= budget:
+        return AUTO_LADDER[0], (f"auto: the dense model already fits ({need(0.0) / 1e9:.3f} GB of {budget / 1e9:.1f} GB), "
+                                f"so the smallest ratio on the ladder, {AUTO_LADDER[0]}, is used")
+    for r in AUTO_LADDER:
+        if need(r) <= budget:
+            return r, f"auto: smallest ratio whose artifact + KV cache fits: {need(r) / 1e9:.3f} GB <= budget {budget / 1e9:.1f} GB"
+    raise BuildError(
+        f"even ratio {AUTO_LADDER[-1]} needs {need(AUTO_LADDER[-1]) / 1e9:.2f} GB (weights at {bpp:.2f} B/param + KV cache "
+        f"at context {target.context}), over {target.name}'s budget of {budget / 1e9:.1f} GB; choose a smaller model, "
+        "a more compact dtype in a custom target, or a bigger device"
+    )
+
+
+def _warn_alignment(tgt: Target, ad, align: int, chosen: dict[str, dict]) -> None:
+    """A quantised format whose block the build's alignment does not respect falls back to a
+    bigger type (llama.cpp does so silently for k-quants): say so before the work, for the
+    dtype the dense widths leave each format (`_check_dtypes`)."""
+    from exporters.dtypes import get
+
+    for t in tgt.formats:
+        f = {**t, "dtype": chosen[f"{t['format']}-{t['dtype']}"]["chosen"]}
+        block = get(f["dtype"]).block
+        if block > 1 and align % block:
+            log(f"WARNING: align {align} is not a multiple of {f['dtype']}'s block {block}: pruned widths "
+                f"may fall back to a bigger type (listed in the verify report); set align = {block} in the target")
+        elif block > 1 and ad.hidden_size % block:
+            log(f"note: hidden size {ad.hidden_size} is not a multiple of {f['dtype']}'s block {block}: some tensors "
+                "will fall back whatever the pruning does (listed in the verify report)")
+
+
+def _check_dtypes(tgt: Target, ad, align: int) -> dict[str, dict]:
+    """What the dense widths already decide (a hidden size off the block makes most weights
+    fall back whatever the pruning does), said before any work; refused when no dtype of a
+    format's list fits. `stage_dtypes` decides on the pruned widths before exporting."""
+    from ..measure import dtype_fit
+
+    try:
+        return dtype_fit.decide(tgt.formats, ad, ad, align, log, rules=("fallback",))
+    except dtype_fit.DTypeError as e:
+        raise BuildError(str(e)) from None
+
+
+def check_align(align, tgt: Target) -> int:
+    """--align, validated as prune's is (a positive whole number), else the target's."""
+    if align is None:
+        return tgt.align
+    if isinstance(align, bool) or not isinstance(align, int) or align < 1:
+        raise BuildError(f"--align must be a positive whole number (got {align!r}); e.g. --align 32, or 1 for none")
+    return align
+
+
+def method_options(tgt: Target, given: dict) -> dict:
+    """The method options a build passes to the prune: given, else the target's, else the default."""
+    from ..methods import BUILD_OPTIONS
+    from ..methods.options import for_target
+
+    return for_target(tgt.data["pruning"], given, BUILD_OPTIONS)
+
+
+def _read_state(path: Path) -> dict:
+    """build_state.json as written by `save_state`, and every artifact it records as exported
+    still there with a valid verify report (the export stage would skip it), or one line."""
+    from exporters.artifacts import read_verify_report
+
+    from ..io import schema
+
+    st = schema.read(path, schema.BUILD_STATE, "build state", "the build cannot be resumed; pass --force to start over")
+    for res in st["done"].get("export", {}).values():
+        read_verify_report(Path(res["path"]), "pass --force to rebuild")
+    return st
+
+
+def _start(model, target, ratio, method, calib, out, force, resume, opts: dict) -> Build:
+    """Check everything, then create (or reopen) the build directory: refusals come first."""
+    from ..calibrate.data import warn_if_overlap
+    from ..io.demo import ensure_demo_model
+
+    tgt = target if isinstance(target, Target) else load_target(target)
+    align = check_align(opts.get("align"), tgt)
+    out_dir = Path(out).absolute()
+    demo = model is None
+    model_dir = Path(ensure_demo_model()) if demo else Path(model)
+    refuse_overlap(out_dir, {"--model": model_dir, "--calib": calib, "--target": tgt.path})
+    check_output_dir(out_dir, force=force, resume=resume)
+    ad = get_adapter(load_config(model_dir))
+    dense_fit = _check_dtypes(tgt, ad, align)  # before any directory exists
+    defaulted = calib is None
+    calib = calib or ("demo" if demo else "wikitext2")
+    if defaulted and not demo:
+        import warnings
+
+        warnings.warn(f"no --calib given: calibrating on {calib}'s calibration portion and evaluating on its evaluation "
+                      "portion (general English text). If your model's domain differs (code, stories, chat), pass --calib "
+                      "with in-domain text", stacklevel=3)
+    warn_if_overlap(calib, calib)  # build evaluates on the calibration source's eval portion
+    method = method or tgt.method
+    from exporters.formats import get as get_format
+
+    for fmt in dict.fromkeys(f["format"] for f in tgt.formats):
+        get_format(fmt).preflight_tokenizer(model_dir, opts.get("gguf_pre"))  # a vocabulary its runtime cannot hold: first
+    from .budget_stages import budget_words, choose
+
+    budget, why = choose(tgt, ratio, *opts.get("speed", (None, None)))
+    if budget is not None and not budget.is_speed:
+        budget = None  # --ratio: today's path
+    the_ratio, why = choose_ratio(tgt, ad, ratio) if budget is None else (None, why)
+    b = Build(tgt, out_dir, model_dir, demo, calib, defaulted, method, the_ratio, why, opts, align=align, budget=budget,
+              options=method_options(tgt, opts.get("options") or {}))
+    resuming = _open_state(b, resume)
+    if budget is not None:  # the latency model, then the budget refused when out of reach, before the directory
+        from .budget_stages import build_budget
+
+        build_budget(b, ad, dense_fit)
+    _create(b, force and not resuming)
+    log(f"target {tgt.name}; method {method}; {budget_words(b)}; align {align}"
+        + (" (--align)" if opts.get("align") is not None else " (the target's)"))
+    _warn_alignment(tgt, ad, align, dense_fit)
+    log(f"calibration data: {calib} (calibration portion); evaluation data: {calib} (held-out evaluation portion)"
+        + (" [default]" if defaulted else ""))
+    return b
+
+
+def _open_state(b: Build, resume: bool) -> bool:
+    """The build's arguments and input hashes in `b.state`; on --resume, the recorded state
+    instead (refused when the arguments or inputs changed), with this run appended to its
+    commands. Else the prune's own checks run (nothing exists yet). True when resuming."""
+    from .pipeline import preflight
+
+    args = {"model": str(b.model_dir), "target": b.tgt.name, "ratio": b.ratio, "method": b.method, "calib": b.calib,
+            "nsamples": b.opts["nsamples"], "seq_len": b.opts["seq_len"], "seed": b.opts["seed"], "align": b.align,
+            "formats": [[f["format"], f["dtype"]] for f in b.tgt.formats], "options": b.options}
+    if b.budget is not None:
+        args.update(budget=b.budget.to_json(), latency_table=str(b.opts.get("latency_table") or ""))
+    inputs = fingerprint(b.model_dir, b.calib, b.tgt.path, b.opts["data_dir"])
+    run = {"command": b.opts["command"], "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    b.state = {"args": args, "inputs": inputs, "done": {}, "commands": [run]}
+    state_path = b.out_dir / "build_state.json"
+    if resume and state_path.is_file():
+        old = _read_state(state_path)
+        if old["args"] != args:
+            raise BuildError(f"{b.out_dir} was started with different arguments {old['args']}; use the same ones with --resume, or --force")
+        refuse_changed(old.get("inputs"), inputs, b.out_dir)
+        b.state = old
+        # the command that started the build stays first; each resume is appended (provenance)
+        old.setdefault("commands", [{"command": None, "time": None, "note": "not recorded by the edgeprune that started it"}])
+        old["commands"].append({**run, "resumed": True})
+        log(f"resuming; finished stages: {', '.join(old['done']) or 'none'}")
+    else:
+        preflight(b.model_dir, b.method, b.calib, b.opts["nsamples"], b.opts["seq_len"], b.opts["seed"], b.opts["data_dir"])
+    return resume and state_path.is_file()
+
+
+def _create(b: Build, fresh: bool) -> None:
+    """Create (or reopen) the build directory, locked and marked incomplete, with its state."""
+    if fresh and b.out_dir.exists():
+        shutil.rmtree(b.out_dir)  # check_output_dir made sure edgeprune wrote it
+    b.created = not b.out_dir.exists()
+    b.out_dir.mkdir(exist_ok=True)
+    b.lock = OutLock(b.out_dir).acquire()
+    (b.out_dir / INCOMPLETE).write_text("edgeprune build in progress\n")
+    b.save_state()  # the arguments and input hashes, before any stage: a resume compares them
