@@ -86,15 +86,15 @@ def measure_context(tgt, cfg) -> int:
     return max(8, min(tgt.context, int(getattr(cfg, "max_position_embeddings", 2048)) - tgt.new_tokens - 8))
 
 
-def latency_for(tgt, ad, cfg, first_dtype: str, table=None, saved: dict | None = None):
+def latency_for(tgt, ad, cfg, first_dtype: str, table=None, saved: dict | None = None, progress: bool = True):
     """The latency model of the target's first artifact: reloaded from the build state on
-    --resume, else from `table` or measured on this host."""
+    --resume, else from `table` or measured on this host (a bar unless `progress` is off)."""
     if saved:
         from .latency_model import LatencyModel
 
         return LatencyModel.from_json(saved)
     fmt = tgt.formats[0]["format"]
-    return build_model(ad, fmt, first_dtype, measure_context(tgt, cfg), table)
+    return build_model(ad, fmt, first_dtype, measure_context(tgt, cfg), table, progress)
 
 
 def resolve_for_build(b: Budget, tgt, ad, cost_budget: bool, lm, align: int) -> Resolved:
@@ -113,8 +113,10 @@ def build_budget(b, ad, dense_fit: dict) -> None:
     first = b.tgt.formats[0]
     dtype = dense_fit[f"{first['format']}-{first['dtype']}"]["chosen"]
     set_stage("build latency model")
+    from .build import QUIET
+
     b.latency = latency_for(b.tgt, ad, load_config(b.model_dir), dtype, b.opts.get("latency_table"),
-                            b.state.get("latency_model"))
+                            b.state.get("latency_model"), progress=not QUIET["on"])
     res = resolve_for_build(b.budget, b.tgt, ad, get(b.method).cost_budget, b.latency, b.align)
     b.state["latency_model"] = b.latency.to_json()
     b.ratio = res.ratio

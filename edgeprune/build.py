@@ -394,7 +394,8 @@ def _start(model, target, ratio, method, calib, out, force, resume, opts: dict) 
         old["commands"].append({**run, "resumed": True})
         log(f"resuming; finished stages: {', '.join(old['done']) or 'none'}")
     else:
-        preflight(model_dir, method, calib, opts["nsamples"], opts["seq_len"], opts["seed"], opts["data_dir"])
+        preflight(model_dir, method, calib, opts["nsamples"], opts["seq_len"], opts["seed"], opts["data_dir"],
+                  progress=not QUIET["on"])  # --quiet: no "checking weights" bar either
     if budget is not None:  # the latency model, then the budget refused when out of reach, before the directory
         from .budget_stages import build_budget
 
