@@ -130,7 +130,8 @@ def _common(sp, data: bool = True) -> None:
 def _eval_args(sub) -> argparse.ArgumentParser:
     e = _sub(sub, "eval", "perplexity and zero-shot task accuracy of a dense or pruned model")
     e.add_argument("--model", help="model directory (default: the embedded demo model)")
-    e.add_argument("--data", help="named set (wikitext2, ptb, c4, tinystories, alpaca, shakespeare, demo) or a file/dir")
+    e.add_argument("--data", help="named set (wikitext2, ptb, c4, tinystories, alpaca, shakespeare, demo) or a file/dir "
+                   "(default wikitext2; demo for the demo model)")
     e.add_argument("--seq-len", type=_positive, default=512, help="window length (default 512)")
     e.add_argument("--max-windows", type=_positive, default=None, help="cap the number of windows (default: all)")
     e.add_argument("--batch-size", type=_positive, default=4, help="windows per forward pass")
@@ -158,7 +159,7 @@ def _prune_args(sub) -> argparse.ArgumentParser:
     pr.add_argument("--seed", type=int, default=0, help="seed of the calibration windows (default 0)")
     pr.add_argument("--align", type=_positive, default=1, help="round kept FFN widths, and attention widths (whole KV groups) where the dense width "
                     "allows, to a multiple: 256 for k-quants, 32 for q8_0 (default 1: none)")
-    pr.add_argument("--importance", choices=("obs", "diag"), default="diag", help="COMP neuron importance reading (default diag: see README)")
+    pr.add_argument("--importance", choices=("obs", "diag"), default="diag", help="COMP neuron importance reading (default diag: see docs/METHODS.md)")
     pr.add_argument("--pruned-inputs", action="store_true", help="COMP: prune each layer on the pruned model's inputs (ablation)")
     pr.add_argument("--one-shot-layers", action="store_true", help="COMP: score layers once instead of iteratively (ablation)")
     pr.add_argument("--no-mask-tuning", action="store_true", help="COMP: skip the least-squares mask re-fit (ablation)")
@@ -214,7 +215,7 @@ def _build_args(sub) -> argparse.ArgumentParser:
     b.add_argument("--model", help="model directory (default: the embedded demo model)")
     b.add_argument("--target", default="cpu-x86", help="target name or TOML path (default cpu-x86; see `edgeprune targets`)")
     _budget_args(b, build=True)
-    b.add_argument("--method", default=None, help=f"{', '.join(REGISTRY)} (default: the target's value)")
+    b.add_argument("--method", default=None, help=f"{', '.join(REGISTRY)} (default: the target's value; `edgeprune targets --json` shows each target's)")
     b.add_argument("--formats", default=None, metavar="FMT:DTYPE,...", help="replace the target's artifact list, e.g. "
                    "gguf:q8_0,onnx:f32 (default: the target's value)")
     b.add_argument("--calib", default=None, help="calibration (and evaluation) set: named set or file "
@@ -264,7 +265,7 @@ def _inspect_args(sub) -> argparse.ArgumentParser:
     i = _sub(sub, "inspect", "show the per-layer widths of a model, plan, build directory, .gguf file or ONNX folder")
     i.add_argument("path", help="a model directory (dense or pruned), a plan file, a build directory, a .gguf file or an ONNX folder")
     i.add_argument("--json", action="store_true", help="print exactly one JSON object on stdout")
-    i.add_argument("--plot", default=None, help="write a PNG of layer importance and kept widths")
+    i.add_argument("--plot", default=None, help="write a PNG of each layer's dense and kept widths (query heads, KV heads, FFN channels)")
     return i
 
 
@@ -284,7 +285,7 @@ def _sweep_args(sub) -> argparse.ArgumentParser:
     sw.add_argument("--target", default="cpu-x86", help="target name or TOML path (default cpu-x86)")
     sw.add_argument("--speedups", type=_floats, default=[1.1, 1.2, 1.3, 1.4], help="decode speedups to build at (default 1.1,1.2,1.3,1.4)")
     sw.add_argument("--ratios", type=_floats, default=[], help="parameter ratios to build at beside them, e.g. 0.1,0.2 (default none)")
-    sw.add_argument("--method", default=None, help="override the target's method")
+    sw.add_argument("--method", default=None, help="one method for every budget (default: the target's value)")
     sw.add_argument("--calib", default=None, help="calibration (and evaluation) set, as for build")
     sw.add_argument("--latency-table", default=None, metavar="FILE", help="a latency table measured on the device")
     sw.add_argument("--search-evals", type=_positive, default=128, help="search: candidate allocations evaluated per budget")
