@@ -84,6 +84,11 @@ def quiet_runtime_logs(module: str) -> None:
     elif module == "onnxruntime.quantization":
         for name in ("onnxruntime.quantization.matmul_nbits_quantizer", "onnxruntime.quantization"):
             logging.getLogger(name).setLevel(logging.INFO if verbose() else logging.WARNING)
+    elif module == "torch.onnx":  # its exporter logs "torchvision is not installed. Skipping ..." per op
+        import torch.onnx._internal.exporter._registration  # noqa: F401  (its logger sets its own level)
+
+        for name in [n for n in logging.root.manager.loggerDict if n.startswith("torch.onnx")] + ["torch.onnx"]:
+            logging.getLogger(name).setLevel(logging.INFO if verbose() else logging.ERROR)
     elif module == "onnxruntime_genai":
         import onnxruntime_genai as og
 
