@@ -209,6 +209,14 @@ def _imatrix_for(a) -> dict:
     return data
 
 
+def command_line() -> str:
+    """The command as the user would type it again (provenance): `edgeprune build ...`, not the
+    path of __main__.py that `python -m edgeprune` leaves in argv[0]; arguments shell-quoted."""
+    import shlex
+
+    return shlex.join(["edgeprune", *sys.argv[1:]])
+
+
 @contextlib.contextmanager
 def _stdout_to_stderr(on: bool):
     """Send everything written to stdout (Python's and the C libraries' file descriptor 1:
@@ -251,7 +259,7 @@ def cmd_build(a) -> int:
                     latency_table=a.latency_table, method=a.method, calib=a.calib, out=a.out,
                     force=a.force, resume=a.resume, data_dir=a.data_dir, nsamples=a.nsamples, seq_len=a.seq_len,
                     seed=a.seed, device=a.device, search_evals=a.search_evals, align=a.align,
-                    command=" ".join(sys.argv), gguf_pre=a.gguf_pre, formats=a.formats, quiet=a.quiet or a.json)
+                    command=command_line(), gguf_pre=a.gguf_pre, formats=a.formats, quiet=a.quiet or a.json)
     print(json.dumps({"out": str(a.out), "summary": res["summary"], "profile": res["profile"]}) if a.json else res["summary"])
     return 0
 
@@ -262,7 +270,7 @@ def cmd_sweep(a) -> int:
 
     res = sweep(a.model, a.target, a.speedups, a.ratios, a.out, force=a.force, resume=a.resume, method=a.method,
                 calib=a.calib, data_dir=a.data_dir, device=a.device, search_evals=a.search_evals,
-                latency_table=a.latency_table, command=" ".join(sys.argv))
+                latency_table=a.latency_table, command=command_line())
     print(markdown(res) + f"sweep: {a.out}/sweep.json, sweep.md, pareto.png ({res['wall_seconds']:.0f} s)")
     return 0
 

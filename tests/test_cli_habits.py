@@ -115,3 +115,11 @@ def test_llama_cpp_warnings_only_with_verbose(loud, tiny_models, tmp_path, monke
     _session(path, 16, 2, 1).timed_run(__import__("numpy").arange(8), 2)
     err = capfd.readouterr().err
     assert ("padding V cache" in err) == loud, err[-400:]
+
+
+def test_provenance_command_is_what_the_user_types(monkeypatch):
+    """`python -m edgeprune` leaves __main__.py's path in argv[0]: provenance records `edgeprune ...`."""
+    from edgeprune.cli import command_line
+
+    monkeypatch.setattr("sys.argv", ["/site/edgeprune/__main__.py", "build", "--out", "my build"])
+    assert command_line() == "edgeprune build --out 'my build'"
