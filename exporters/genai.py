@@ -125,6 +125,10 @@ class GenAISession:
     def __init__(self, folder: str | Path, threads: int | None = None):
         import onnxruntime_genai as og
 
+        from .common import quiet_runtime_logs
+
+        quiet_runtime_logs("onnxruntime_genai")
+
         folder = self.folder = Path(folder)
         if not (folder / CONFIG).is_file():
             raise ExportError(f"{folder} has no {CONFIG}; re-export it with `edgeprune export --format onnx`")

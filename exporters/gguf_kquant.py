@@ -32,21 +32,6 @@ def _imatrix_array(lc, imatrix: dict):
     return arr, keep
 
 
-def _quietly(fn):
-    """Run `fn` with llama.cpp's per-tensor log lines off (fallbacks are read back from the
-    file and reported by edgeprune; errors still print)."""
-    import logging
-
-    from llama_cpp import _logger
-
-    level = _logger.logger.level
-    _logger.logger.setLevel(logging.ERROR)
-    try:
-        return fn()
-    finally:
-        _logger.logger.setLevel(level)
-
-
 def write_llama_quantized(view: WeightsView, path: Path, dtype: str, progress: bool = False,
                            imatrix: dict | None = None, tokenizer_pre: str | None = None) -> dict:
     """k-quants through llama.cpp's own quantizer (its per-tensor mix, e.g. Q4_K_M), from an
@@ -68,7 +53,8 @@ def write_llama_quantized(view: WeightsView, path: Path, dtype: str, progress: b
         if imatrix:
             arr, _alive = _imatrix_array(lc, imatrix)
             params.imatrix = ctypes.cast(arr, ctypes.POINTER(lc.llama_model_imatrix_data))
-        rc = _quietly(lambda: lc.llama_model_quantize(str(tmp).encode(), str(path).encode(), ctypes.byref(params)))
+        # its per-tensor lines are quiet unless -v (`require` -> quiet_runtime_logs); fallbacks are read back below
+        rc = lc.llama_model_quantize(str(tmp).encode(), str(path).encode(), ctypes.byref(params))
     finally:
         tmp.unlink(missing_ok=True)
     if rc != 0:

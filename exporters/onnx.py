@@ -17,7 +17,7 @@ from torch import nn
 
 from edgeprune.models import get_adapter
 
-from .common import require
+from .common import quiet_runtime_logs, require
 
 EXTERNAL_DATA_THRESHOLD = 2 * 1024**3  # protobuf's 2 GB limit
 # onnxscript's graph optimizer (constant folding) holds a second copy of the weights: 2.1x the
@@ -88,6 +88,7 @@ def write_onnx(model: nn.Module, out_dir: Path, dtype: str = "f32") -> Path:
     (out_dir / OWNER).write_text("written by edgeprune export; --force may replace this folder\n")
     path = out_dir / "model.onnx"
     nbytes = sum(p.numel() * p.element_size() for p in model.parameters())
+    quiet_runtime_logs("torch.onnx")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         prog = torch.onnx.export(PastKeyValueWrapper(model), (ids, mask, pos, past), dynamo=True,

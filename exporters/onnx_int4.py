@@ -64,16 +64,14 @@ def choose_block(widths: list[int]) -> int:
 
 def quantize_int4(path: Path, vocab: int, external: bool) -> dict:
     """Rewrite the f32 `path` (model.onnx) as int4 MatMulNBits in place; returns what was done."""
-    import logging
-
     import onnx
     from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
 
     from edgeprune.errors import ExportError
 
-    # one INFO line per MatMul otherwise (hundreds per model): its warnings still show
-    for name in ("onnxruntime.quantization.matmul_nbits_quantizer", "onnxruntime.quantization"):
-        logging.getLogger(name).setLevel(logging.WARNING)
+    from .common import quiet_runtime_logs
+
+    quiet_runtime_logs("onnxruntime.quantization")  # one INFO line per MatMul otherwise (hundreds per model)
 
     model = onnx.load(str(path))
     folded = _fold_weight_transposes(model)

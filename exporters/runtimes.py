@@ -14,7 +14,7 @@ import numpy as np
 
 from edgeprune.errors import ExportError
 
-from .common import require
+from .common import require, verbose
 
 _NP = {"tensor(float)": np.float32, "tensor(float16)": np.float16}
 
@@ -119,7 +119,7 @@ class GGUFSession:
                 raise ExportError(f"{path} is not a GGUF file (bad magic); re-export it")
         kw = dict(type_k=0, type_v=0, flash_attn=False) if exact else {}
         try:
-            self.llm = lc.Llama(model_path=str(path), n_ctx=n_ctx, n_batch=n_ctx, logits_all=True, verbose=False,
+            self.llm = lc.Llama(model_path=str(path), n_ctx=n_ctx, n_batch=n_ctx, logits_all=True, verbose=verbose(),
                                 n_threads=threads or min(os.cpu_count() or 1, 8), seed=0, **kw)
         except Exception as e:
             raise ExportError(f"llama.cpp could not load {path} ({type(e).__name__}: {str(e)[:160]}); truncated or incompatible file?") from None

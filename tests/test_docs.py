@@ -110,6 +110,13 @@ def check_line(line: str, where: str) -> list[str]:
     for kind in ("method", "target", "dtype"):
         for v in re.findall(rf"--{kind}[ =]([\w.|/-]+)", s):
             problems += _check_value(kind, v, where)
+    for v in re.findall(r"\bmethod=[\"']([\w-]+)[\"']", s):  # the Python API's keyword
+        problems += _check_value("method", v, where)
+    for v in re.findall(r"\bedgeprune\.(\w+)\(", s):  # a function of the Python API
+        import edgeprune
+
+        if not hasattr(edgeprune, v):
+            problems.append(f"{where}: the Python API has no edgeprune.{v}")
     for v in re.findall(r"--formats[ =]([\w:,]+)", s):
         from edgeprune.errors import EdgePruneError
         from edgeprune.run.targets import load_target, with_formats
@@ -180,6 +187,8 @@ def test_readme_fits_on_a_page_and_links_every_docs_page():
     ("see edgeprune/nowhere.py", "does not exist in the repository"),
     ("tests/test_build.py::test_that_was_never_written", "has no test"),
     ("--frobnicate", "no command has the flag"),
+    ('edgeprune.prune("m", method="sparsegpt", ratio=0.2)', "unknown method 'sparsegpt'"),
+    ('model = edgeprune.load_pruned("build/model")', "no edgeprune.load_pruned"),
 ])
 def test_the_check_fails_on_a_bad_line(bad, why):
     problems = check_line(bad, "x")
@@ -188,5 +197,6 @@ def test_the_check_fails_on_a_bad_line(bad, why):
 
 def test_a_good_line_passes():
     assert check_line("edgeprune build --target raspberry-pi-5 --ratio 0.2 --method slimgpt --out build/", "x") == []
+    assert check_line('model = edgeprune.load("build/model")', "x") == []
     assert check_links("[a](docs/METHODS.md#why)", ROOT / "README.md") == []
     assert check_links("[a](docs/NOPE.md)", ROOT / "README.md")

@@ -132,7 +132,8 @@ def _common(sp, data: bool = True) -> None:
 def _eval_args(sub) -> argparse.ArgumentParser:
     e = _sub(sub, "eval", "perplexity and zero-shot task accuracy of a dense or pruned model")
     e.add_argument("--model", help="model directory (default: the embedded demo model)")
-    e.add_argument("--data", help="named set (wikitext2, ptb, c4, tinystories, alpaca, shakespeare, demo) or a file/dir")
+    e.add_argument("--data", help="named set (wikitext2, ptb, c4, tinystories, alpaca, shakespeare, demo) or a file/dir "
+                   "(default wikitext2; demo for the demo model)")
     e.add_argument("--seq-len", type=_positive, default=512, help="window length (default 512)")
     e.add_argument("--max-windows", type=_positive, default=None, help="cap the number of windows (default: all)")
     e.add_argument("--batch-size", type=_positive, default=4, help="windows per forward pass")
@@ -226,7 +227,7 @@ def _build_args(sub) -> argparse.ArgumentParser:
     b.add_argument("--model", help="model directory (default: the embedded demo model)")
     b.add_argument("--target", default="cpu-x86", help="target name or TOML path (default cpu-x86; see `edgeprune targets`)")
     _budget_args(b, build=True)
-    b.add_argument("--method", default=None, help=f"{', '.join(REGISTRY)} (default: the target's value)")
+    b.add_argument("--method", default=None, help=f"{', '.join(REGISTRY)} (default: the target's value; `edgeprune targets --json` shows each target's)")
     b.add_argument("--formats", default=None, metavar="FMT:DTYPE,...", help="replace the target's artifact list, e.g. "
                    "gguf:q8_0,onnx:f32 (default: the target's value)")
     _calibration_args(b, "calibration (and evaluation) set: named set or file (default wikitext2; demo for the demo model)")
@@ -272,7 +273,7 @@ def _inspect_args(sub) -> argparse.ArgumentParser:
     i = _sub(sub, "inspect", "show the per-layer widths of a model, plan, build directory, .gguf file or ONNX folder")
     i.add_argument("path", help="a model directory (dense or pruned), a plan file, a build directory, a .gguf file or an ONNX folder")
     i.add_argument("--json", action="store_true", help="print exactly one JSON object on stdout")
-    i.add_argument("--plot", default=None, help="write a PNG of layer importance and kept widths")
+    i.add_argument("--plot", default=None, help="write a PNG of each layer's dense and kept widths (query heads, KV heads, FFN channels)")
     return i
 
 
@@ -292,7 +293,7 @@ def _sweep_args(sub) -> argparse.ArgumentParser:
     sw.add_argument("--target", default="cpu-x86", help="target name or TOML path (default cpu-x86)")
     sw.add_argument("--speedups", type=_floats, default=[1.1, 1.2, 1.3, 1.4], help="decode speedups to build at (default 1.1,1.2,1.3,1.4)")
     sw.add_argument("--ratios", type=_floats, default=[], help="parameter ratios to build at beside them, e.g. 0.1,0.2 (default none)")
-    sw.add_argument("--method", default=None, help="override the target's method")
+    sw.add_argument("--method", default=None, help="one method for every budget (default: the target's value)")
     sw.add_argument("--calib", default=None, help="calibration (and evaluation) set, as for build")
     sw.add_argument("--latency-table", default=None, metavar="FILE", help="a latency table measured on the device")
     _method_options(sw, build=True)

@@ -9,7 +9,9 @@ logs go to stderr.
 """
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import sys
 import warnings
 
@@ -219,6 +221,33 @@ def _build_options(a) -> dict:
     return given(a, BUILD_OPTIONS)
 
 
+def command_line() -> str:
+    """The command as the user would type it again (provenance): `edgeprune build ...`, not the
+    path of __main__.py that `python -m edgeprune` leaves in argv[0]; arguments shell-quoted."""
+    import shlex
+
+    return shlex.join(["edgeprune", *sys.argv[1:]])
+
+
+@contextlib.contextmanager
+def _stdout_to_stderr(on: bool):
+    """Send everything written to stdout (Python's and the C libraries' file descriptor 1:
+    torch.onnx, llama.cpp, onnxruntime) to stderr while the block runs."""
+    if not on:
+        yield
+        return
+    sys.stdout.flush()
+    saved = os.dup(1)
+    os.dup2(2, 1)
+    try:
+        with contextlib.redirect_stdout(sys.stderr):
+            yield
+    finally:
+        sys.stdout.flush()
+        os.dup2(saved, 1)
+        os.close(saved)
+
+
 def cmd_build(a) -> int:
     if a.dry_run:  # torch-free up to the config: creates nothing
         from ..run.dry_run import dry_run, text
@@ -237,11 +266,12 @@ def cmd_build(a) -> int:
         follow(a.device)
         return 0
 
-    res = build(model=a.model, target=a.target, ratio=a.ratio, speedup=a.speedup, latency_ms=a.latency_ms,
-                latency_table=a.latency_table, method=a.method, calib=a.calib, out=a.out,
-                force=a.force, resume=a.resume, data_dir=a.data_dir, nsamples=a.nsamples, seq_len=a.seq_len,
-                seed=a.seed, device=a.device, options=_build_options(a), align=a.align, command=" ".join(sys.argv),
-                gguf_pre=a.gguf_pre, formats=a.formats, quiet=a.quiet or a.json)
+    with _stdout_to_stderr(a.json):  # --json: stdout holds the one document, whatever a runtime prints
+        res = build(model=a.model, target=a.target, ratio=a.ratio, speedup=a.speedup, latency_ms=a.latency_ms,
+                    latency_table=a.latency_table, method=a.method, calib=a.calib, out=a.out,
+                    force=a.force, resume=a.resume, data_dir=a.data_dir, nsamples=a.nsamples, seq_len=a.seq_len,
+                    seed=a.seed, device=a.device, options=_build_options(a), align=a.align,
+                    command=command_line(), gguf_pre=a.gguf_pre, formats=a.formats, quiet=a.quiet or a.json)
     print(json.dumps({"out": str(a.out), "summary": res["summary"], "profile": res["profile"]}) if a.json else res["summary"])
     return 0
 
@@ -252,7 +282,7 @@ def cmd_sweep(a) -> int:
 
     res = sweep(a.model, a.target, a.speedups, a.ratios, a.out, force=a.force, resume=a.resume, method=a.method,
                 calib=a.calib, data_dir=a.data_dir, device=a.device, options=_build_options(a),
-                latency_table=a.latency_table, command=" ".join(sys.argv))
+                latency_table=a.latency_table, command=command_line())
     print(markdown(res) + f"sweep: {a.out}/sweep.json, sweep.md, pareto.png ({res['wall_seconds']:.0f} s)")
     return 0
 
@@ -289,7 +319,6 @@ def cmd_targets(a) -> int:
 def _third_party_logs(verbose: bool) -> None:
     """onnxruntime's, llama.cpp's and transformers' own log lines are quiet unless -v (their
     errors still show; edgeprune reports what they would have said that matters)."""
-    import os
 
     os.environ["EDGEPRUNE_VERBOSE"] = "1" if verbose else ""
     if not verbose:

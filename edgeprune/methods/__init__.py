@@ -51,7 +51,7 @@ ITERATIVE_LAYERS = Option("iterative_layers", True, "score layers once instead o
                           flag="--one-shot-layers")
 SEARCH_EVALS = Option("search_evals", 128, "candidate allocations evaluated (each is one streamed pass over the "
                       "held-back windows)", int, minimum=1, build=True)
-COMP = (Option("importance", "diag", "neuron importance reading (diag: see README)", str, choices=("obs", "diag")),
+COMP = (Option("importance", "diag", "COMP neuron importance reading (diag: see docs/METHODS.md)", str, choices=("obs", "diag")),
         Option("identical_inputs", True, "prune each layer on the pruned model's inputs (ablation)", bool,
                flag="--pruned-inputs"),
         ITERATIVE_LAYERS,

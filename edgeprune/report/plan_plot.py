@@ -113,10 +113,17 @@ def plot_plan(plan: Plan, path: str, dense_shapes: list | None = None, kept_shap
     fig.legend(handles=handles, loc="lower center", ncol=len(handles), fontsize=8, frameon=False)
     ratio = (plan.stats.get("report") or {}).get("ratio_achieved")
     head = f"plan: {plan.method}" + (f", {ratio:.1%} of non-embedding parameters removed" if ratio is not None else "")
-    marks = (f"layers removed: {', '.join(map(str, sorted(plan.removed_layers))) or 'none'}; protected: "
-             f"{', '.join(str(r['layer']) for r in rows if r['protected']) or 'none'}")
+    marks = f"{_listed(sorted(plan.removed_layers), 'removed')}; {_listed([r['layer'] for r in rows if r['protected']], 'protected')}"
     fig.suptitle(f"{head}; {marks}" + (f"\n{title}" if title else ""), fontsize=10)
     fig.tight_layout(rect=(0, 0.07, 1, 1))
     fig.savefig(path, dpi=90)
     plt.close(fig)
     return rows
+
+
+def _listed(layers: list[int], what: str) -> str:
+    """"no layer removed", "layer 2 removed", "layers 1, 3 removed": a bare "layers removed: 2"
+    reads as a count."""
+    if not layers:
+        return f"no layer {what}"
+    return f"layer{'s' if len(layers) > 1 else ''} {', '.join(map(str, layers))} {what}"

@@ -89,16 +89,18 @@ def measure_context(tgt, cfg) -> int:
     return max(8, min(tgt.context, int(getattr(cfg, "max_position_embeddings", 2048)) - tgt.new_tokens - 8))
 
 
-def latency_for(tgt, ad, cfg, dtypes: list[tuple[str, str]], table=None, saved: dict | None = None):
+def latency_for(tgt, ad, cfg, dtypes: list[tuple[str, str]], table=None, saved: dict | None = None,
+                progress: bool = True):
     """The latency model of every artifact (format, dtype the dense widths leave it), held
     together (`latency_binding`: the budget must hold in each runtime): reloaded from the build
-    state on --resume, else from `table` or measured on this host (cached per runtime and dtype)."""
+    state on --resume, else from `table` or measured on this host (cached per runtime and dtype;
+    a bar unless `progress` is off)."""
     from ..measure.latency_binding import combine, load
 
     if saved:
         return load(saved)
     ctx = measure_context(tgt, cfg)
-    return combine([build_model(ad, fmt, dtype, ctx, table) for fmt, dtype in dtypes], list(ad.layer_shapes()))
+    return combine([build_model(ad, fmt, dtype, ctx, table, progress) for fmt, dtype in dtypes], list(ad.layer_shapes()))
 
 
 def artifact_dtypes(tgt, dense_fit: dict) -> list[tuple[str, str]]:
@@ -122,8 +124,10 @@ def build_budget(b, ad, dense_fit: dict) -> None:
     from ..methods import get
 
     set_stage("build latency model")
+    from .build import QUIET
+
     b.latency = latency_for(b.tgt, ad, load_config(b.model_dir), artifact_dtypes(b.tgt, dense_fit),
-                            b.opts.get("latency_table"), b.state.get("latency_model"))
+                            b.opts.get("latency_table"), b.state.get("latency_model"), progress=not QUIET["on"])
     res = resolve_for_build(b.budget, b.tgt, ad, get(b.method).cost_budget, b.latency, b.align)
     b.state["latency_model"] = b.latency.to_json()
     b.ratio = res.ratio

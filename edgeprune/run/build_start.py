@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 
 from ..report import profile as prof
-from .build_context import Build, BuildError, log
+from .build_context import QUIET, Build, BuildError, log
 from ..io.checkpoint import INCOMPLETE, check_output_dir, load_config
 from ..io.guard import OutLock, fingerprint, refuse_changed, refuse_overlap
 from ..models import get_adapter
@@ -178,7 +178,8 @@ def _open_state(b: Build, resume: bool) -> bool:
         old["commands"].append({**run, "resumed": True})
         log(f"resuming; finished stages: {', '.join(old['done']) or 'none'}")
     else:
-        preflight(b.model_dir, b.method, b.calib, b.opts["nsamples"], b.opts["seq_len"], b.opts["seed"], b.opts["data_dir"])
+        preflight(b.model_dir, b.method, b.calib, b.opts["nsamples"], b.opts["seq_len"], b.opts["seed"], b.opts["data_dir"],
+                  progress=not QUIET["on"])  # --quiet: no "checking weights" bar either
     return resume and state_path.is_file()
 
 
