@@ -40,7 +40,7 @@ def fail_on(rank: int, where: str, argv: list[str]) -> int:
     """The CLI, with one rank raising (a crash no input check foresees): in its second layer
     pass (where="run"), or when the third layer's decision is saved (where="put": two layers
     are finished in the resume state, so a resumed run has something to continue)."""
-    from edgeprune.cli.main import main as cli
+    from edgeprune.cli import main as cli
     from edgeprune.run import pipeline
     from edgeprune.calibrate import streaming
 

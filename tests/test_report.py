@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from edgeprune.report.markdown import verdict as V
+from edgeprune.report import verdict as V
 from edgeprune.report.markdown import write_report
 from edgeprune.measure.speedup import check, decode_bars
 
@@ -147,7 +147,7 @@ def test_plotted_decode_never_contradicts_the_check():
 
 def test_plots_are_drawn_from_the_profile(tmp_path):
     pytest.importorskip("matplotlib")
-    from edgeprune.report.markdown import plots
+    from edgeprune.report import plots
 
     art = _artifact(_sp("pass"), interval=[1.05, 1.15])
     art["perplexity"].update(dense_interval=[9.0, 11.0], pruned_interval=[10.0, 12.0])
