@@ -168,14 +168,14 @@ def test_a_failed_report_write_leaves_no_artifact_and_no_tmp(base, tmp_path, mon
     neither the GGUF nor a 0-byte report temporary is left."""
     import errno
 
-    import exporters
+    from exporters import format_gguf
 
     class FullDisk:
         @staticmethod
         def dumps(*a, **k):
             raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(exporters, "json", FullDisk)
+    monkeypatch.setattr(format_gguf, "json", FullDisk)  # the GGUF format writes its verify report
     assert main(["export", str(base / "good"), "--format", "gguf", "--out", str(tmp_path / "m.gguf"), "--quiet"]) == 2
     assert "disk full" in _one_error(capsys)
     assert list(tmp_path.iterdir()) == []

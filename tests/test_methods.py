@@ -122,7 +122,8 @@ def test_method_names_live_only_in_the_registry():
     from edgeprune.methods import DEFAULT, REGISTRY
 
     root = Path(__file__).resolve().parents[1] / "edgeprune"
-    for name in ("cli.py", "cli_args.py", "pipeline.py", "build.py"):
+    for name in ("cli/main.py", "cli/args.py", "run/pipeline.py", "run/build.py", "run/build_context.py",
+                 "run/build_start.py", "run/build_stages.py", "run/dry_run.py", "run/sweep.py"):
         text = (root / name).read_text()
         for m in REGISTRY:
             assert f'"{m}"' not in text and f"'{m}'" not in text, f"{name} names method {m}"
