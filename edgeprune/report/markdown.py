@@ -67,7 +67,7 @@ def write_report(build_dir: Path, profile: dict) -> Path:  # long: the report in
         f"{(profile['provenance'].get('evaluation') or {}).get('data', cal.get('data'))} (held-out evaluation portion)",
         f"- model: `{profile['checkpoint'].get('base_model')}` -> `{profile['checkpoint']['path']}`",
         f"- method **{pr['method']}**, {_budget_words(profile, pr)} ({pr.get('ratio_reason', '')}), "
-        f"achieved {pr['ratio_achieved']:.4f} of non-embedding parameters",
+        f"{pr['ratio_achieved']:.1%} of non-embedding parameters removed",
         f"- parameters: {pr['params_dense']:,} -> {pr['params_pruned']:,} non-embedding; "
         f"{pr['params_dense_total']:,} -> {pr['params_pruned_total']:,} total",
         f"- prune-time peak memory {pr['peak_memory_bytes'] / 2**20:.1f} MiB "
@@ -168,7 +168,7 @@ def budget_lines(profile: dict) -> list[str]:
     asked = {"speedup": f"decode speedup {b['requested']:g}x", "latency_ms": f"{b['requested']:g} ms/token"}.get(
         b["kind"], f"ratio {b['requested']}")
     out = [f"Budget: {asked} (became ratio {b['ratio']:.4f})"
-           + (f"; latency model: {lm.get('runtime')} {lm.get('dtype')}, context {lm.get('context')}, "
+           + (f"; latency model: {' '.join(str(x) for x in (lm.get('runtime'), lm.get('dtype')) if x)}, context {lm.get('context')}, "
               f"{lm.get('threads')} threads, from {'a device table' if lm.get('source') == 'table' else 'this build host'}, "
               f"{_fmt(lm.get('relative_error'), '.1%')} error on held-out shapes." if lm else ".")]
     for a in profile["artifacts"]:
