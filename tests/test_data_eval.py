@@ -67,3 +67,22 @@ def test_user_file_for_both_warns(tmp_path):
         data.warn_if_overlap(str(tmp_path / "a.txt"), str(tmp_path / "a.txt"))
         data.warn_if_overlap("wikitext2", "wikitext2")  # named sets have disjoint portions
     assert len(w) == 1 and "both calibration and evaluation" in str(w[0].message)
+
+
+def test_a_named_set_is_never_a_folder_of_that_name(tmp_path, monkeypatch):
+    """`--calib demo` reads the demo text even where the working directory holds a folder called
+    `demo`, so an --out inside that folder is not "inside the input"; a file whose name merely
+    starts with "demo" is a file."""
+    from edgeprune.calibrate.data import calib_input, is_named, load_text
+    from edgeprune.errors import OutputError
+    from edgeprune.io.guard import refuse_overlap
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "demo").mkdir()
+    refuse_overlap(tmp_path / "demo" / "build", {"--calib": calib_input("demo")})  # no refusal
+    notes = tmp_path / "demo_notes.txt"
+    notes.write_text("my own calibration text " * 50)
+    assert is_named("demo") and not is_named("demo_notes.txt") and not is_named(None)
+    assert load_text("demo_notes.txt", "calib") == notes.read_text()
+    with pytest.raises(OutputError, match="inside the input --calib"):
+        refuse_overlap(tmp_path / "demo" / "build", {"--calib": calib_input("demo/")})  # the folder, as a path

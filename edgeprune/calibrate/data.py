@@ -194,6 +194,18 @@ def _from_datasets(name: str, ns: NamedSet, split: Split) -> str:
     return "\n\n".join(ds[col])
 
 
+def is_named(source: str | Path | None) -> bool:
+    """Whether `source` names a data set rather than a file: `load_text` reads names first, so a
+    folder that happens to be called `demo` or `c4` is never what `--calib demo` reads (and a
+    file called `demo_notes.txt` is a file, not the demo text)."""
+    return source is not None and (str(source) in NAMED_SETS or str(source) == "demo")
+
+
+def calib_input(source: str | Path | None) -> str | Path | None:
+    """`source` as an input path for the --out overlap check, or None for a named set."""
+    return None if is_named(source) else source
+
+
 def named_path(source: str, data_dir: str | Path | None = None, split: Split = "calib") -> Path | None:
     """The local file or folder a named set reads for `split`, or None (fetched, demo, absent)."""
     if source not in NAMED_SETS:
@@ -219,7 +231,7 @@ def load_text(source: str | Path, split: Split, data_dir: str | Path | None = No
         if ns.portion:
             text = _fraction(text, *ns.portion[split])
         return text
-    if source.startswith("demo"):
+    if is_named(source):  # the demo text (the other names were read above)
         from ..io.demo import demo_text
 
         return demo_text(split)
@@ -277,7 +289,7 @@ def calibration_windows(tokens: torch.Tensor, n_samples: int, seq_len: int, seed
 
 
 def warn_if_overlap(calib: str, evaluation: str) -> None:
-    if str(calib) == str(evaluation) and str(calib) not in NAMED_SETS and not str(calib).startswith("demo"):
+    if str(calib) == str(evaluation) and not is_named(calib):
         warnings.warn(
             f"'{calib}' is used for both calibration and evaluation: the perplexity is optimistic; "
             "use a named set (disjoint portions) or separate files", stacklevel=2,

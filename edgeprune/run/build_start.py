@@ -104,7 +104,7 @@ def _read_state(path: Path) -> dict:
 
 def _start(model, target, ratio, method, calib, out, force, resume, opts: dict) -> Build:
     """Check everything, then create (or reopen) the build directory: refusals come first."""
-    from ..calibrate.data import warn_if_overlap
+    from ..calibrate.data import calib_input, warn_if_overlap
     from ..io.demo import ensure_demo_model
 
     tgt = target if isinstance(target, Target) else load_target(target)
@@ -112,7 +112,7 @@ def _start(model, target, ratio, method, calib, out, force, resume, opts: dict) 
     out_dir = Path(out).absolute()
     demo = model is None
     model_dir = Path(ensure_demo_model()) if demo else Path(model)
-    refuse_overlap(out_dir, {"--model": model_dir, "--calib": calib, "--target": tgt.path})
+    refuse_overlap(out_dir, {"--model": model_dir, "--calib": calib_input(calib), "--target": tgt.path})
     check_output_dir(out_dir, force=force, resume=resume)
     ad = get_adapter(load_config(model_dir))
     dense_fit = _check_dtypes(tgt, ad, align)  # before any directory exists

@@ -33,7 +33,9 @@ def dry_run(model: str | None, target: str, ratio: float | None, method: str | N
         res.update(model=None, note="the demo model is not cached; a build trains it first (a few minutes), so the "
                    "sizes are unknown until then")
         return res
-    refuse_overlap(out_dir, {"--model": model_dir, "--calib": calib, "--target": tgt.path})
+    from ..calibrate.data import calib_input
+
+    refuse_overlap(out_dir, {"--model": model_dir, "--calib": calib_input(calib), "--target": tgt.path})
     check_output_dir(out_dir, force=True, resume=True)  # what is there is reported, not refused
     ad = get_adapter(load_config(model_dir))
     chosen = _check_dtypes(tgt, ad, align)

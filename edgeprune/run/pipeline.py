@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 from .. import defaults, dist
-from ..calibrate.data import tokenizer_for  # noqa: F401  (re-exported: callers import it from here)
+from ..calibrate.data import calib_input, tokenizer_for  # noqa: F401  (tokenizer_for re-exported: callers import it from here)
 from ..io.atomic import write_text
 from ..io.checkpoint import INCOMPLETE, check_output_dir, load
 from .dist_run import Follower, peaks, share_state
@@ -175,7 +175,7 @@ def prune(  # long: one keyword argument per CLI option
     on_disk = isinstance(model_dir, (str, Path))
     writer = dist.is_writer()  # in a distributed run only rank 0 looks at --out (dist_run)
     if out_path is not None and writer:
-        refuse_overlap(out_path, {"--model": model_dir if on_disk else None, "--calib": calib})
+        refuse_overlap(out_path, {"--model": model_dir if on_disk else None, "--calib": calib_input(calib)})
         check_output_dir(out_path, force=force, resume=resume)
     args = {"model": str(Path(model_dir).absolute()) if on_disk else "in-memory", "method": method, "ratio": ratio,
             "layers": layers, "calib": str(calib), "n_samples": n_samples, "seq_len": seq_len, "seed": seed, "dtype": dtype,
