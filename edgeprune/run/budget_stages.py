@@ -124,7 +124,7 @@ def build_budget(b, ad, dense_fit: dict) -> None:
     from ..methods import get
 
     set_stage("build latency model")
-    from .build import QUIET
+    from .build_context import QUIET
 
     b.latency = latency_for(b.tgt, ad, load_config(b.model_dir), artifact_dtypes(b.tgt, dense_fit),
                             b.opts.get("latency_table"), b.state.get("latency_model"), progress=not QUIET["on"])
