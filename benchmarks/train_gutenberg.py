@@ -24,9 +24,12 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
-def corpus_text(root: Path, max_bytes: int) -> str:
+def corpus_text(root: Path, max_bytes: int, skip_books: int = 0) -> str:
+    """The first books (C-locale order) up to max_bytes, after skipping `skip_books` of them.
+
+    Skipping gives a held-out model a corpus disjoint from the development models' books."""
     parts, size = [], 0
-    for p in sorted(root.glob("*.txt")):
+    for p in sorted(root.glob("*.txt"))[skip_books:]:
         t = p.read_text(encoding="utf-8", errors="replace")
         parts.append(t)
         size += len(t)
@@ -53,16 +56,27 @@ def main() -> None:
     ap.add_argument("--shard-mb", type=int, default=14)
     ap.add_argument("--arch", choices=("llama", "qwen2"), default="llama")
     ap.add_argument("--small", action="store_true", help="the small shape (CPU-trainable)")
+    ap.add_argument("--shape", help="HIDDEN,LAYERS,HEADS,KV_HEADS,FFN (head_dim = HIDDEN/HEADS); overrides --small")
+    ap.add_argument("--vocab", type=int, help="BPE vocabulary size (default 2048 small, 4096 otherwise)")
+    ap.add_argument("--skip-books", type=int, default=0, help="skip the first N books (a held-out corpus)")
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     a = ap.parse_args()
+    if a.threads:
+        torch.set_num_threads(a.threads)
     t0 = time.time()
-    text = corpus_text(Path(a.corpus), a.max_bytes)
-    tok = train_bpe(text, 2048 if a.small else 4096)
+    text = corpus_text(Path(a.corpus), a.max_bytes, a.skip_books)
+    tok = train_bpe(text, a.vocab or (2048 if a.small else 4096))
     ids = torch.tensor(tok(text, add_special_tokens=False)["input_ids"], dtype=torch.long)
     print(f"[train] {len(text):,} chars -> {ids.numel():,} tokens in {time.time() - t0:.0f}s", file=sys.stderr)
+    kv = 2
     shape = (dict(hidden_size=128, intermediate_size=352, num_hidden_layers=4, num_attention_heads=8, head_dim=16)
              if a.small else dict(hidden_size=384, intermediate_size=1024, num_hidden_layers=8, num_attention_heads=6, head_dim=64))
+    if a.shape:
+        h, n_layers, heads, kv, ffn = (int(v) for v in a.shape.split(","))
+        shape = dict(hidden_size=h, intermediate_size=ffn, num_hidden_layers=n_layers, num_attention_heads=heads,
+                     head_dim=h // heads)
     cfg_cls = LlamaConfig if a.arch == "llama" else Qwen2Config
-    cfg = cfg_cls(vocab_size=len(tok), num_key_value_heads=2, max_position_embeddings=a.seq, rms_norm_eps=1e-5,
+    cfg = cfg_cls(vocab_size=len(tok), num_key_value_heads=kv, max_position_embeddings=a.seq, rms_norm_eps=1e-5,
                   tie_word_embeddings=False, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, **shape)
     cfg._name_or_path = f"edgeprune-gutenberg-{a.arch}"
     model = train_llama(cfg, ids, a.steps, a.batch, a.seq, a.lr, a.device)
