@@ -77,13 +77,21 @@ def main() -> None:
     ap.add_argument("--tries", type=int, default=3)
     a = ap.parse_args()
     pin_threads(1)
+    from edgeprune.errors import EdgePruneError
+
     rows, raw = [], []
     for spec in a.models.split(","):
         model = None if spec == "demo" else spec
         name = "demo" if model is None else Path(spec).parent.name if Path(spec).name == "hf" else Path(spec).name
         calib = a.calib or ("tinystories" if model and "stories" in spec else None)
         for S in (float(x) for x in a.speedups.split(",")):
-            lat = one(model, WORK / name / f"speedup-{S:g}", a.target, calib, speedup=S)
+            try:
+                lat = one(model, WORK / name / f"speedup-{S:g}", a.target, calib, speedup=S)
+            except EdgePruneError as e:  # an unreachable budget is refused with the reachable range: a row says so
+                print(f"[latency_budget] {name} --speedup {S:g}: refused: {e}", file=sys.stderr)
+                rows.append({"model": name, "S": S, "verdict": f"refused: {e}"})
+                raw.append({"model": name, "speedup": S, "refused": str(e)})
+                continue
             for method in a.methods.split(","):
                 par, seen = match(model, name, a.target, calib, method, lat, a.tries)
                 raw.append({"model": name, "speedup": S, "latency": lat, "method": method, "matched": par, "tried": seen})
