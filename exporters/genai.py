@@ -19,6 +19,8 @@ import numpy as np
 
 from edgeprune.errors import ExportError
 
+from .runtimes import decode_step
+
 CONFIG = "genai_config.json"
 MIN_VERSION = (0, 18, 0)  # the per-layer KV-cache fix (PR #2214, June 2026)
 WHY_MIN_VERSION = ("onnxruntime-genai >= 0.18.0 is needed: earlier releases size every layer's KV cache from "
@@ -180,9 +182,9 @@ class GenAISession:
         t0 = time.perf_counter()
         gen.append_tokens(np.asarray(ids, dtype=np.int32)[None])
         t1 = time.perf_counter()
-        done = 0
-        while done < new_tokens and not gen.is_done():
+        steps: list[float] = []
+        while len(steps) < new_tokens and not gen.is_done():
+            s = time.perf_counter()
             gen.generate_next_token()
-            done += 1
-        t2 = time.perf_counter()
-        return t1 - t0, (t2 - t1) / max(done, 1)
+            steps.append(time.perf_counter() - s)
+        return t1 - t0, decode_step(steps)

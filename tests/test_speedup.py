@@ -52,3 +52,16 @@ def test_a_speed_budget_passes_on_its_lower_bound_however_wide():
     assert verdict(1.42, 1.30, 1.73, 1.2, ceiling=2.0, one_sided=True)[0] == "pass"
     assert verdict(1.42, 1.30, 1.73, 1.2, ceiling=2.0)[0] == "inconclusive"  # the bytes-ideal check: too wide
     assert verdict(1.09, 0.98, 1.19, 1.2, ceiling=2.0, one_sided=True)[0] == "inconclusive"  # straddles 1.08
+
+
+def test_a_preempted_decode_step_does_not_move_the_per_token_figure():
+    """One step in 32 taking 50x (the scheduler ran another process) leaves ms/token unchanged;
+    the mean would have moved it by 150%."""
+    from exporters.runtimes import decode_step
+
+    steps = [1e-3] * 31 + [50e-3]
+    assert decode_step(steps) == 1e-3
+    assert decode_step([3e-3, 1e-3, 2e-3]) == 2e-3
+    assert decode_step([1e-3, 2e-3]) == 1.5e-3
+    import math
+    assert math.isnan(decode_step([]))

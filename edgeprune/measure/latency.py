@@ -1,7 +1,8 @@
 """Latency of an artifact in its own runtime (ONNX Runtime or llama.cpp). No torch.
 
 Prefill: one forward over `context` tokens from an empty cache -> tokens/s. Decode:
-`new_tokens` single-token steps through the runtime's KV cache -> ms/token. Repetitions
+`new_tokens` single-token steps through the runtime's KV cache -> ms/token (the median step of a
+repetition, `exporters.runtimes.decode_step`: robust to a pre-empted step). Repetitions
 of a dense/pruned pair are interleaved (the VM is noisy), and min and median reported.
 """
 from __future__ import annotations
