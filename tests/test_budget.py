@@ -214,6 +214,22 @@ def test_search_under_a_ms_budget_plans_within_it(tiny_models, monkeypatch):
     assert rep["budget"]["ratio"] == pytest.approx(rep["ratio_achieved"]) and rep["ratio_requested"] is None
 
 
+def test_a_speed_budget_with_shared_ladders_saves_to_out(tiny_models, monkeypatch, tmp_path):
+    """`sweep` passes extra={"ladder_dir": ...}; the resolved budget the stages add to it must not
+    reach the resume record (it once did, and every sweep point died writing args.json)."""
+    from edgeprune.run import pipeline
+
+    d = tiny_models["qwen2"]
+    lm = FakeLatency()
+    monkeypatch.setattr(pipeline, "calibration", lambda *a, **k: _windows())
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        res = pipeline.prune(d, "search", speedup=1.2, latency_model=lm, checked=True, progress=False, search_evals=8,
+                             out=str(tmp_path / "out"), extra={"ladder_dir": str(tmp_path / "ladder")})
+    assert (tmp_path / "out" / "config.json").is_file() and any((tmp_path / "ladder").iterdir())
+    assert res.plan.stats["latency_predicted"]["pruned_ms_per_token"] <= lm.model_ms(_ad(d).layer_shapes()) / 1.2 + 1e-9
+
+
 def test_parameter_only_method_gets_the_translated_ratio(tiny_models, monkeypatch):
     from edgeprune.run import pipeline
 
