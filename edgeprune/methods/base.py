@@ -71,6 +71,7 @@ def _init(self, *args, options: dict[str, Any] | None = None, **kw) -> None:
 
     named = {k: kw.pop(k) for k in list(kw) if k in OPTIONS}
     _fields_init(self, *args, **kw)
+    self.extra = dict(self.extra)  # the request's own: stages add to it (the resolved budget), never to the caller's dict
     self.options = resolve(OPTIONS, {**(options or {}), **named})
 
 

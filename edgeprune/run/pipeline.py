@@ -182,8 +182,6 @@ def prune(  # long: one keyword argument per CLI option
             "request": {k: (list(v) if isinstance(v, tuple) else v) for k, v in sorted(request.items()) if k != "progress"}}
     if speed:
         args.update(budget=budget.to_json(), latency_runtime=latency_runtime, latency_table=str(latency_table or ""))
-    args = json.loads(json.dumps(args))  # the record as asked: the stages below fill req.extra, which `request` shares
-    if speed:
         from .budget_stages import prune_budget
 
         if dist.is_writer():  # rank 0 measures (or reads) the latency model; the others take its result
