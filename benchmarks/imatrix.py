@@ -58,7 +58,7 @@ def models() -> list[tuple[str, Path, str]]:
 
 
 def measure(name: str, model_dir: Path, calib: str, root: Path, label: str) -> dict:
-    from edgeprune.report.profile import runtime_perplexity
+    from edgeprune.measure.artifact_eval import runtime_perplexity
     from edgeprune.calibrate.data import evaluation_set, tokenizer_for
     from edgeprune.calibrate.imatrix import from_calibration
     from exporters import export

@@ -1,7 +1,7 @@
 """Latency-budgeted plans against parameter-budgeted ones at the same measured speed.
 
     python benchmarks/latency_budget.py [--models demo,../shared/data/models/stories260K/hf]
-        [--speedups 1.1,1.2,1.3] [--methods search,slimgpt] [--target cpu-x86] [--tries 3]
+        [--speedups 1.1,1.2,1.3] [--methods search,slimgpt] [--target cpu-x86] [--tries 3] [--name NAME]
 
 For every model and speedup S: one build with `--speedup S` (search, every artifact runtime
 binding), then for each parameter-budgeted method builds at growing ratios, starting at the
@@ -42,6 +42,7 @@ def one(model, out: Path, target: str, calib, **budget) -> dict:
     from edgeprune.run.build import build
 
     if not (out / "profile.json").is_file():
+        out.parent.mkdir(parents=True, exist_ok=True)  # the build refuses a missing parent, as it should for a user
         build(model=model, target=target, out=str(out), force=True, calib=calib, quiet=True, **budget)
     return measured(json.loads((out / "profile.json").read_text()))
 
@@ -75,6 +76,7 @@ def main() -> None:
     ap.add_argument("--methods", default="search,slimgpt")
     ap.add_argument("--target", default="cpu-x86")
     ap.add_argument("--tries", type=int, default=3)
+    ap.add_argument("--name", default=None, help="results as latency_budget-NAME.{md,json} (default latency_budget)")
     a = ap.parse_args()
     pin_threads(1)
     from edgeprune.errors import EdgePruneError
@@ -108,7 +110,8 @@ def main() -> None:
              "(speedup: the least over the target's artifacts, each build's interleaved measurement; PPL: first artifact)")
     table = title + "\n\n" + markdown_table(rows, cols)
     print(table)
-    print(write_results("latency_budget", {"target": a.target, "rows": rows, "raw": raw}, table))
+    print(write_results(f"latency_budget-{a.name}" if a.name else "latency_budget",
+                        {"target": a.target, "rows": rows, "raw": raw}, table))
 
 
 if __name__ == "__main__":

@@ -50,7 +50,7 @@ def main() -> None:
 
     import edgeprune
     from edgeprune.calibrate import data
-    from edgeprune.report.profile import runtime_perplexity
+    from edgeprune.measure.artifact_eval import runtime_perplexity
     from edgeprune.errors import EdgePruneError
     from edgeprune.methods import PruneRequest
     from edgeprune.run.pipeline import calibration, make_plan, tokenizer_for

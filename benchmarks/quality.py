@@ -112,7 +112,7 @@ def main() -> None:
 
     import tempfile
 
-    from edgeprune.report.profile import runtime_perplexity
+    from edgeprune.measure.artifact_eval import runtime_perplexity
     from edgeprune.io.checkpoint import save
 
     work = Path(tempfile.mkdtemp(prefix="edgeprune-quality-"))

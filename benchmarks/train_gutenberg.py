@@ -65,7 +65,8 @@ def main() -> None:
         torch.set_num_threads(a.threads)
     t0 = time.time()
     text = corpus_text(Path(a.corpus), a.max_bytes, a.skip_books)
-    tok = train_bpe(text, a.vocab or (2048 if a.small else 4096))
+    # transformers' Qwen2 tokenizer class adds <|endoftext|> to a vocabulary that lacks it: trained in, it has its row
+    tok = train_bpe(text, a.vocab or (2048 if a.small else 4096), ("<|endoftext|>",) if a.arch == "qwen2" else ())
     ids = torch.tensor(tok(text, add_special_tokens=False)["input_ids"], dtype=torch.long)
     print(f"[train] {len(text):,} chars -> {ids.numel():,} tokens in {time.time() - t0:.0f}s", file=sys.stderr)
     kv = 2

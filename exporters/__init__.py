@@ -26,7 +26,7 @@ __all__ = ["DTYPES", "export"]
 REPORTED = ("architecture", "fallbacks", "bits_per_weight", "int4", "imatrix_tensors")
 
 
-def _tokenizer(model_dir: Path):
+def model_tokenizer(model_dir: Path):
     """The model's tokenizer, or None when the directory has none (verification then uses
     fixed random token ids); tokenizer files that do not load are refused (`tokenizer_for`)."""
     from edgeprune.calibrate.data import NoTokenizerError, tokenizer_for
@@ -108,12 +108,22 @@ def _open(model, model_dir: Path | None, streamed: bool):
     if streamed:
         CheckpointSource(model_dir).check_complete()
     view = WeightsView.from_dir(model_dir) if streamed else WeightsView.from_model(model, model_dir)
-    tok = _tokenizer(model_dir) if model_dir else None
-    rows = int(view.adapter.vocab_size)
-    if tok is not None and len(tok) > rows:
-        raise ExportError(f"the tokenizer in {model_dir} has {len(tok)} tokens but the embedding has only {rows} rows: "
-                          "the tokenizer belongs to another model; copy the base model's tokenizer files")
+    tok = model_tokenizer(model_dir) if model_dir else None
+    check_tokenizer_rows(tok, int(view.adapter.vocab_size), model_dir)
     return view, tok
+
+
+def check_tokenizer_rows(tok, rows: int, model_dir) -> None:
+    """Every token id the tokenizer can give needs an embedding row (llama.cpp and ORT GenAI
+    look them up); `build` asks this before any work, `export` before anything is written."""
+    if tok is None or len(tok) <= rows:
+        return
+    beyond = [t for t, i in tok.get_vocab().items() if i >= rows]
+    named = ", ".join(sorted(beyond)[:3]) + (", ..." if len(beyond) > 3 else "")
+    raise ExportError(f"the tokenizer in {model_dir} has {len(tok)} tokens but the embedding has only {rows} rows "
+                      f"(no row for {named}): the tokenizer belongs to another model, or tokens were added without "
+                      "resizing the embedding; copy the base model's tokenizer files, or resize the embedding "
+                      "(transformers' model.resize_token_embeddings(len(tokenizer))) and save the model again")
 
 
 def _write_and_verify(fmt, dtype, out, force, view, model, model_dir, reference, tok, verify, progress, stages,

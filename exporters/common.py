@@ -106,7 +106,7 @@ def check_out_path(out: Path, force: bool) -> None:
 
     refuse_mount_point(out)
     if out.is_dir():
-        from edgeprune.io.checkpoint import refuse_foreign
+        from edgeprune.io.outdir import refuse_foreign
 
         refuse_foreign(out)
         refuse_locked(out)
@@ -129,7 +129,7 @@ def staged(out: Path, force: bool, companions: list[tuple[Path, Path]] | None = 
     name without them; on failure their temporaries go too."""
     check_out_path(out, force)
     tmp = out.parent / f".{out.stem}.partial-{os.getpid()}{out.suffix}"
-    from edgeprune.io.checkpoint import remove_orphans
+    from edgeprune.io.outdir import remove_orphans
 
     remove_orphans(out.parent, f".{out.stem}.partial-")
     _remove(tmp)

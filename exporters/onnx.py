@@ -83,7 +83,7 @@ def write_onnx(model: nn.Module, out_dir: Path, dtype: str = "f32") -> Path:
            "past": [({0: B, 2: P}, {0: B, 2: P}) for _ in range(L)]}
     ins, outs = io_names(L)
     out_dir.mkdir(parents=True, exist_ok=True)
-    from edgeprune.io.checkpoint import OWNER
+    from edgeprune.io.outdir import OWNER
 
     (out_dir / OWNER).write_text("written by edgeprune export; --force may replace this folder\n")
     path = out_dir / "model.onnx"

@@ -11,7 +11,8 @@ import pytest
 import torch
 
 from edgeprune.methods import PruneRequest
-from edgeprune.methods.allocate import DROP, Ladders, from_ratios, knapsack, mutate, repair
+from edgeprune.methods.allocate import DROP, Ladders, from_ratios, knapsack, repair
+from edgeprune.methods.search import mutate
 from edgeprune.methods.base import RATIO_TOLERANCE, dense_params
 from edgeprune.methods.ladder import MAX_MODULE_CUT, ffn_counts
 from edgeprune.methods.search import final_counts

@@ -327,6 +327,8 @@ CASES = [
                                                          "--out", str(t / "o")], "tokenizer belongs to another model"),
     ("export: tokenizer beyond the embedding", lambda r, t: ["export", str(_small_vocab(r, t)), "--format", "gguf",
                                                              "--out", str(t / "m.gguf")], "tokenizer belongs to another model"),
+    ("build: tokenizer beyond the embedding", lambda r, t: ["build", "--model", str(_small_vocab(r, t)), "--out", str(t / "b"),
+                                                            "--calib", str(r / "calib.txt")], "but the embedding has only 300 rows (no row for"),
     ("vocab_size disagreeing with the embedding", lambda r, t: [*PRUNE, "--model", str(_edited_config(r, t, "vs", vocab_size=1200)),
                                                                 "--calib", str(r / "calib.txt"), "--out", str(t / "o")], "fix vocab_size"),
     ("export: vocab_size disagreeing", lambda r, t: ["export", str(_edited_config(r, t, "vs", vocab_size=1200)), "--format", "gguf",
@@ -500,3 +502,23 @@ def test_cli_fuzz(base, tmp_path, capsys):
             assert json.loads(report.read_text())["passed"] is True
         else:
             assert not art.exists()
+
+
+def test_a_file_rewritten_with_nan_after_a_clean_read_is_refused(base, tmp_path):
+    """The finite check remembers tensors it already passed (the fitness reads them many
+    times), keyed by the file's identity: a checkpoint rewritten in place is checked again."""
+    from edgeprune.errors import ModelError
+    from edgeprune.io.checkpoint import load_config
+    from edgeprune.io.weights import open_store
+
+    d = _copy(base / "good", tmp_path / "m")
+    key = "model.layers.1.mlp.down_proj.weight"
+    assert torch.isfinite(open_store(d, load_config(d))[key]).all()
+    sd = load_file(str(d / "model.safetensors"))
+    sd[key][0, 0] = float("nan")
+    with open(d / "model.safetensors", "r+b") as f:  # same path, same size, written in place
+        from safetensors.torch import save
+
+        f.write(save(sd, metadata={"format": "pt"}))
+    with pytest.raises(ModelError, match="holds NaN or Inf"):
+        open_store(d, load_config(d))[key]

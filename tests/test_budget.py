@@ -15,7 +15,8 @@ import torch
 from edgeprune.methods import budget as bmod
 from edgeprune.cli.main import main
 from edgeprune.errors import PlanError
-from edgeprune.methods.allocate import DROP, Ladders, knapsack, latency_costs, mutate, repair
+from edgeprune.methods.allocate import DROP, Ladders, knapsack, latency_costs, repair
+from edgeprune.methods.search import mutate
 from edgeprune.models import get_adapter
 from edgeprune.io.checkpoint import load_config
 

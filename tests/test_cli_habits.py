@@ -119,7 +119,7 @@ def test_llama_cpp_warnings_only_with_verbose(loud, tiny_models, tmp_path, monke
 
 def test_provenance_command_is_what_the_user_types(monkeypatch):
     """`python -m edgeprune` leaves __main__.py's path in argv[0]: provenance records `edgeprune ...`."""
-    from edgeprune.cli.commands import command_line
+    from edgeprune.cli.build_commands import command_line
 
     monkeypatch.setattr("sys.argv", ["/site/edgeprune/__main__.py", "build", "--out", "my build"])
     assert command_line() == "edgeprune build --out 'my build'"

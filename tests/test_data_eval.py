@@ -86,3 +86,27 @@ def test_a_named_set_is_never_a_folder_of_that_name(tmp_path, monkeypatch):
     assert load_text("demo_notes.txt", "calib") == notes.read_text()
     with pytest.raises(OutputError, match="inside the input --calib"):
         refuse_overlap(tmp_path / "demo" / "build", {"--calib": calib_input("demo/")})  # the folder, as a path
+
+
+def test_calibration_windows_are_made_once_per_input_and_again_when_the_text_changes(tiny_models, tmp_path,
+                                                                                     monkeypatch):
+    """build's preflight and its prune stage ask for the same windows: tokenized once; a
+    calibration file rewritten in between is read again (its size and mtime are the key)."""
+    from edgeprune.run import preflight
+
+    calls = []
+    real = data.calibration_set
+    monkeypatch.setattr(data, "calibration_set", lambda *a, **k: calls.append(a) or real(*a, **k))
+    text = tmp_path / "calib.txt"
+    text.write_text("the cat sat on the mat and then it slept for a while\n\n" * 200)
+    model = tiny_models["qwen2"]
+    one = preflight.calibration(model, str(text), 4, 32, 0)
+    two = preflight.calibration(model, str(text), 4, 32, 0)
+    assert torch.equal(one, two) and len(calls) == 1
+    two[0, 0] = -1  # the caller's copy: the remembered windows stay as made
+    assert torch.equal(preflight.calibration(model, str(text), 4, 32, 0), one) and len(calls) == 1
+    preflight.calibration(model, str(text), 4, 32, 1)  # another seed: other windows
+    assert len(calls) == 2
+    text.write_text("a different text, of other words entirely, repeated\n\n" * 300)
+    three = preflight.calibration(model, str(text), 4, 32, 0)
+    assert len(calls) == 3 and not torch.equal(three, one)

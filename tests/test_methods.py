@@ -133,7 +133,7 @@ def test_method_names_live_only_in_the_registry():
 def test_capabilities_are_checked_once(tmp_path):
     from edgeprune.errors import PlanError
     from edgeprune.methods import get
-    from edgeprune.run.pipeline import check_request
+    from edgeprune.run.request_checks import check_request
 
     with pytest.raises(PlanError, match="--layers is read by"):
         check_request(get("flap"), 0.2, 3)

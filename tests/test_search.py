@@ -10,7 +10,8 @@ import torch
 import edgeprune
 from edgeprune.errors import PlanError
 from edgeprune.methods import PruneRequest
-from edgeprune.methods.allocate import DROP, Ladders, knapsack, mutate, repair
+from edgeprune.methods.allocate import DROP, Ladders, knapsack, repair
+from edgeprune.methods.search import mutate
 from edgeprune.methods.ladder import attention_path, attention_rungs, ffn_rungs
 from edgeprune.methods.slimgpt import hessian
 from edgeprune.methods.linalg import inverse_spd

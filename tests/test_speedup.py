@@ -65,3 +65,33 @@ def test_a_preempted_decode_step_does_not_move_the_per_token_figure():
     assert decode_step([1e-3, 2e-3]) == 1.5e-3
     import math
     assert math.isnan(decode_step([]))
+
+
+def test_repetitions_rotate_which_artifact_runs_first(monkeypatch):
+    """A position effect (the first run of a round is slower) must not always land on one artifact:
+    with a 10% first-of-round penalty, a dense/pruned pair of equal speed measures 1.0x."""
+    from edgeprune.measure import latency
+
+    order: list[str] = []
+
+    class Sess:
+        runtime = "fake"
+
+        def __init__(self, name):
+            self.name = name
+
+    monkeypatch.setattr(latency, "_session", lambda p, c, n, t: Sess(str(p)))
+
+    def one_run(sess, ids, new_tokens):
+        if new_tokens == 2:  # warm-up
+            return 0.01, 0.001
+        first = len(order) % 2 == 0
+        order.append(sess.name)
+        return 0.01, 0.0011 if first else 0.001
+
+    monkeypatch.setattr(latency, "_one_run", one_run)
+    res = latency.measure({"dense": "dense", "pruned": "pruned"}, context=8, new_tokens=4, reps=6, threads=1,
+                          max_reps=6)
+    assert order[:4] == ["dense", "pruned", "pruned", "dense"]
+    d, p = res["dense"]["decode_ms_per_token_runs"], res["pruned"]["decode_ms_per_token_runs"]
+    assert len(d) == len(p) == 6 and sum(d) == sum(p)

@@ -67,3 +67,23 @@ def test_dense_reference_is_linked_from_the_first_build(tmp_path):
     assert got["path"] == str(dst.parent / "onnx-f32" / "model.onnx") and (dst.parent / "onnx-f32").is_dir()
     assert link_reference(SimpleNamespace(opts={"reference_from": str(first)}), "gguf-q8_0", dst) is None
     assert link_reference(SimpleNamespace(opts={}), "gguf-f32", dst) is None
+
+
+def test_a_linked_reference_reuses_the_first_builds_dense_perplexity_on_the_same_windows(tmp_path):
+    import torch
+
+    from edgeprune.measure.artifact_eval import windows_digest
+    from edgeprune.run.build_stages import _linked_dense_ppl
+
+    w = torch.arange(24).reshape(3, 8)
+    first = tmp_path / "first"
+    first.mkdir()
+    m = {"ppl": [12.5, 13.0], "ppl_window_nll": [[2.5, 2.6, 2.4], [2.6, 2.7, 2.5]], "windows_sha": windows_digest(w)}
+    (first / "build_state.json").write_text(json.dumps({"done": {"profile": {"gguf-f32": m}}}))
+    b = SimpleNamespace(opts={"reference_from": str(first)})
+    linked = {"path": "x", "linked_from": "y"}
+    assert _linked_dense_ppl(b, "gguf-f32", linked, w) == {"perplexity": 12.5, "window_nll": [2.5, 2.6, 2.4]}
+    assert _linked_dense_ppl(b, "gguf-f32", linked, w + 1) is None  # other windows: measured again
+    assert _linked_dense_ppl(b, "gguf-f32", {"path": "x"}, w) is None  # exported here, not linked
+    assert _linked_dense_ppl(b, "onnx-f32", linked, w) is None
+    assert _linked_dense_ppl(SimpleNamespace(opts={}), "gguf-f32", linked, w) is None

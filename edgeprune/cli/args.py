@@ -3,33 +3,13 @@ default. Torch-free (the help must work where only the runtimes are installed)."
 from __future__ import annotations
 
 import argparse
-import math
 from typing import Callable
+
+from .argtypes import floats as _floats, int_list as _int_list, layers as _layers
+from .argtypes import number as _number, positive as _positive, ratio as _ratio
 
 ENVIRONMENT = ("environment: EDGEPRUNE_CACHE (where the demo model is cached, default ~/.cache/edgeprune); "
                "EDGEPRUNE_DATA (folder of named datasets, default ../shared/data when present)")
-
-
-def _ratio(s: str) -> float:
-    from ..methods.budget import check_ratio
-    from ..errors import PlanError
-
-    try:
-        return check_ratio(float(s), None)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"'{s}' is not a number; pass a fraction such as 0.2") from None
-    except PlanError as e:
-        raise argparse.ArgumentTypeError(str(e)) from None
-
-
-def _number(s: str) -> float:
-    try:
-        v = float(s)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"'{s}' is not a number") from None
-    if math.isnan(v) or math.isinf(v) or v <= 0:
-        raise argparse.ArgumentTypeError(f"{s} must be a positive number")
-    return v
 
 
 def _budget_args(sp, build: bool) -> None:
@@ -51,42 +31,6 @@ def _budget_args(sp, build: bool) -> None:
         sp.add_argument("--latency-runtime", default="gguf:f32", metavar="FORMAT:DTYPE",
                         help="the runtime and dtype a --speedup / --latency-ms budget is predicted in: gguf:DTYPE "
                              "(llama.cpp) or onnx:DTYPE (ONNX Runtime), on this build host (default gguf:f32)")
-
-
-def _layers(s: str) -> int | str:
-    if s == "auto":
-        return s
-    try:
-        n = int(s)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"'{s}' is not a whole number or 'auto'") from None
-    if n < 0:
-        raise argparse.ArgumentTypeError("--layers must be >= 0")
-    return n
-
-
-def _positive(s: str) -> int:
-    try:
-        n = int(s)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"'{s}' is not a whole number") from None
-    if n <= 0:
-        raise argparse.ArgumentTypeError(f"{s} must be a positive whole number")
-    return n
-
-
-def _int_list(s: str) -> tuple[int, ...]:
-    """A comma-separated list of layer indices such as 0,1,-1 (the flag is named by argparse)."""
-    parts = [x.strip() for x in s.split(",")]
-    try:
-        out = tuple(int(x) for x in parts if x)
-    except ValueError:
-        bad = next(x for x in parts if x and not x.lstrip("-").isdigit())
-        raise argparse.ArgumentTypeError(f"'{bad}' is not a layer index; give whole numbers separated by commas, "
-                                         "e.g. 0,1,-1") from None
-    if not out:
-        raise argparse.ArgumentTypeError("no layer index given; e.g. 0,1,-1")
-    return out
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -275,13 +219,6 @@ def _inspect_args(sub) -> argparse.ArgumentParser:
     i.add_argument("--json", action="store_true", help="print exactly one JSON object on stdout")
     i.add_argument("--plot", default=None, help="write a PNG of each layer's dense and kept widths (query heads, KV heads, FFN channels)")
     return i
-
-
-def _floats(s: str) -> list[float]:
-    try:
-        return [float(x) for x in s.split(",") if x.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"'{s}' is not a comma-separated list of numbers, e.g. 1.1,1.2,1.3") from None
 
 
 def _sweep_args(sub) -> argparse.ArgumentParser:

@@ -26,7 +26,8 @@ def _third_party_logs(verbose: bool) -> None:
 # ---- parser -----------------------------------------------------------------------
 def main(argv: list[str] | None = None) -> int:
     from .args import build_parser
-    from .commands import cmd_bench, cmd_build, cmd_eval, cmd_export, cmd_inspect, cmd_prune, cmd_sweep, cmd_targets
+    from .build_commands import cmd_bench, cmd_build, cmd_sweep, cmd_targets
+    from .commands import cmd_eval, cmd_export, cmd_inspect, cmd_prune
 
     handlers = {"eval": cmd_eval, "prune": cmd_prune, "export": cmd_export, "build": cmd_build, "bench": cmd_bench,
                 "inspect": cmd_inspect, "targets": cmd_targets, "sweep": cmd_sweep}

@@ -49,15 +49,17 @@ def demo_model_dir() -> Path:
     return cache_dir() / tag
 
 
-def train_bpe(text: str, vocab: int = VOCAB):
-    """A byte-level BPE tokenizer (GPT-2 style pre-tokenization) with <s> and </s>."""
+def train_bpe(text: str, vocab: int = VOCAB, extra_specials: tuple[str, ...] = ()):
+    """A byte-level BPE tokenizer (GPT-2 style pre-tokenization) with <s> and </s> (and
+    `extra_specials`: a family's tokenizer class may add its own, e.g. Qwen2's <|endoftext|>,
+    when it loads one without it, and that id then needs an embedding row)."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab, special_tokens=["<s>", "</s>"],
+    trainer = trainers.BpeTrainer(vocab_size=vocab, special_tokens=["<s>", "</s>", *extra_specials],
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
     tok.train_from_iterator([text[i : i + 10000] for i in range(0, len(text), 10000)], trainer)
     return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", model_max_length=1 << 30)

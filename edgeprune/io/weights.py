@@ -227,8 +227,26 @@ def all_finite(t: torch.Tensor, block: int = 1 << 24) -> bool:
     return all(bool(torch.isfinite(flat[s : s + block]).all()) for s in range(0, flat.numel(), block))
 
 
+# (file, its inode, mtime and size, tensor) already found finite in this process: the search's fitness
+# and a sweep's builds read the same dense tensors many times, and checking each read again cost
+# a tenth of a small model's build. A rewritten file (new inode, mtime or size) is checked again.
+_FINITE: set[tuple[str, int, int, int, str]] = set()
+
+
 def _check_finite(t: torch.Tensor, key: str, path: Path) -> None:
-    if t.is_floating_point() and not all_finite(t):
+    if not t.is_floating_point():
+        return
+    try:
+        st = path.stat()
+        seen = (str(path), st.st_ino, st.st_mtime_ns, st.st_size, key)
+    except OSError:
+        seen = None
+    if seen is not None and seen in _FINITE:
+        return
+    if all_finite(t):
+        if seen is not None:
+            _FINITE.add(seen)
+    else:
         raise ModelError(f"{path.name}: tensor {key} holds NaN or Inf; the checkpoint is corrupt "
                          "(re-download it, or fix the training run that wrote it)")
 

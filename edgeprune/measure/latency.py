@@ -78,7 +78,9 @@ def measure(paths: dict[str, Path], context: int = DEFAULT_CONTEXT, new_tokens: 
             max_reps: int | None = None) -> dict[str, dict]:
     """Latency of several artifacts (e.g. dense and pruned), repetitions interleaved.
 
-    Threads default to the cores no other process is using now (`free_cores`).
+    Threads default to the cores no other process is using now (`free_cores`). Each round starts
+    one artifact later than the last, so a position effect (the first run after a switch, a
+    scheduler tick) falls on every artifact alike instead of always on the same one.
     With two artifacts, repetitions continue past `reps` (up to `max_reps`, default 3 x reps)
     until the paired speedup's interval is narrow, so a noisy machine gets more samples.
     """
@@ -91,10 +93,12 @@ def measure(paths: dict[str, Path], context: int = DEFAULT_CONTEXT, new_tokens: 
         _one_run(s, ids[: min(16, context)], 2)
     runs: dict[str, list] = {k: [] for k in sessions}
     limit = max_reps or 3 * reps
+    order = list(sessions)
     while True:
-        for k, s in sessions.items():
-            runs[k].append(_one_run(s, ids, new_tokens))
-        done = len(next(iter(runs.values())))
+        done = len(runs[order[0]])
+        for k in order[done % len(order):] + order[: done % len(order)]:  # rotated: no artifact always runs first
+            runs[k].append(_one_run(sessions[k], ids, new_tokens))
+        done += 1
         if done >= limit or (done >= reps and _stable(runs)):
             break
     protocol = {"context": context, "new_tokens": new_tokens, "reps": done, "threads": threads,

@@ -11,14 +11,14 @@ normalised errors. Three ways to make one, all under the same exact budget:
     knapsack, solved exactly by dynamic programming over ~1000 budget steps);
   - `from_ratios`: per-layer ratios of a fixed rule (SlimGPT's log schedule, uniform) put on
     the ladders, so those rules are points of the search space and compete with the rest;
-  - `mutate`: the level switch of DarwinLM/Týr's evolutionary search (one module cut a rung
-    deeper, another a rung less, now and then a layer dropped or restored), then `repair`.
+  - `search.mutate` (beside the evolution that uses it): the level switch of DarwinLM/Týr's
+    evolutionary search (one module cut a rung deeper, another a rung less, now and then a
+    layer dropped or restored), then `repair`, built on `moves` here.
 Nothing here reads tensors or calls torch: it works on the ladders' small records.
 """
 from __future__ import annotations
 
 import math
-import random
 from dataclasses import dataclass
 
 import numpy as np
@@ -151,7 +151,7 @@ def from_ratios(lad: Ladders, ratios: dict[int, float], params: dict[int, int]) 
     return tuple(alloc)
 
 
-def _moves(lad: Ladders, alloc: Alloc, deeper: bool) -> list[tuple[int, Choice, int, float]]:
+def moves(lad: Ladders, alloc: Alloc, deeper: bool) -> list[tuple[int, Choice, int, float]]:
     """Every one-rung change: (layer, new choice, Δ removed, Δ proxy)."""
     out = []
     for i, c in enumerate(alloc):
@@ -179,14 +179,14 @@ def repair(lad: Ladders, alloc: Alloc, budget: float, tol: float | None = None) 
     `tol` above the budget is then moved as close to it as its aligned rungs allow (`land`)."""
     cur = list(alloc)
     while lad.total(tuple(cur)) < budget:
-        opts = [m for m in _moves(lad, tuple(cur), True) if m[2] > 0] or _drops(lad, tuple(cur))
+        opts = [m for m in moves(lad, tuple(cur), True) if m[2] > 0] or _drops(lad, tuple(cur))
         if not opts:
             raise PlanError(lad.refusal())
         i, n, _, _ = min(opts, key=lambda m: (m[3] / m[2], m[0]))
         cur[i] = n
     while True:
         over = lad.total(tuple(cur)) - budget
-        opts = [m for m in _moves(lad, tuple(cur), False) if m[2] < 0 and -m[2] <= over]
+        opts = [m for m in moves(lad, tuple(cur), False) if m[2] < 0 and -m[2] <= over]
         if not opts:
             break
         i, n, _, _ = max(opts, key=lambda m: (-m[3] / -m[2], -m[0]))
@@ -224,7 +224,7 @@ def land(lad: Ladders, alloc: Alloc, budget: float, tol: float) -> Alloc:
     cur = tuple(alloc)
     while abs(lad.total(cur) - budget) > tol:
         off = lad.total(cur) - budget
-        singles = _moves(lad, cur, True) + _moves(lad, cur, False) + _restores(lad, cur)
+        singles = moves(lad, cur, True) + moves(lad, cur, False) + _restores(lad, cur)
         cands = [((m,), m[2], m[3]) for m in singles]
         cands += [((a, b), a[2] + b[2], a[3] + b[3]) for a in singles for b in singles if a[0] < b[0]]
 
@@ -281,24 +281,3 @@ def _nearest(lad: Ladders, alloc: Alloc, budget: float, tol: float) -> Alloc:
     if sum(c != DROP for c in got) == 0 or abs(lad.total(got) - budget) >= abs(lad.total(alloc) - budget):
         return alloc
     return got
-
-
-def mutate(lad: Ladders, alloc: Alloc, rng: random.Random, switches: int, budget: float,
-           tol: float | None = None) -> Alloc:
-    """Level switches: per switch one module a rung deeper and another a rung shallower,
-    or (one time in eight) a layer dropped or restored; then `repair` (within `tol`)."""
-    cur = list(alloc)
-    free = [i for i in range(len(cur)) if i not in lad.fixed]
-    for _ in range(switches):
-        if rng.random() < 0.125:
-            i = rng.choice(free)
-            cur[i] = (0, 0) if cur[i] == DROP else DROP
-            if sum(c != DROP for c in cur) == 0:
-                cur[i] = (0, 0)
-            continue
-        for deeper in (True, False):
-            opts = _moves(lad, tuple(cur), deeper)
-            if opts:
-                i, n, _, _ = rng.choice(opts)
-                cur[i] = n
-    return repair(lad, tuple(cur), budget, tol)

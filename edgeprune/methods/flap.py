@@ -136,7 +136,7 @@ def _select(ad, stats: dict[int, _LayerStats], req: PruneRequest, ratio: float
 
 def plan_flap(source: LayerSource, calib: torch.Tensor, req: PruneRequest) -> Plan:
     ad = source.adapter
-    ratio = float(req.ratio)  # validated once, in pipeline.check_request
+    ratio = float(req.ratio)  # validated once, in run.request_checks.check_request
     L = source.num_layers
     hd = ad.head_dim
     # Like ShortGPT, FLAP prunes every layer unless the user names layers to protect.

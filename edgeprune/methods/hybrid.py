@@ -21,7 +21,7 @@ from .slimgpt import ipr_ratios, neuron_stage
 def plan_comp_slimgpt(source: LayerSource, calib: torch.Tensor, req: PruneRequest) -> Plan:
     ad = source.adapter
     L = source.num_layers
-    ratio = float(req.ratio)  # validated once, in pipeline.check_request
+    ratio = float(req.ratio)  # validated once, in run.request_checks.check_request
     protected = req.protected(L) if req.protect is not None else scaled_protect(L)
     n_remove = _auto_layers(L, ratio) if req.layers in (None, "auto") else int(req.layers)
     check_layer_count(n_remove, L, L - len(protected))

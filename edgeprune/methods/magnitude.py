@@ -15,7 +15,7 @@ from .base import PruneRequest, bar, scored_layer_plan, uniform_split
 
 def plan_magnitude(source: LayerSource, calib: torch.Tensor | None, req: PruneRequest) -> Plan:
     ad = source.adapter
-    ratio = float(req.ratio)  # validated once, in pipeline.check_request
+    ratio = float(req.ratio)  # validated once, in run.request_checks.check_request
     L = source.num_layers
     hd = ad.head_dim
     plan = Plan(method="magnitude", model_type=ad.family, num_layers=L, ratio_requested=ratio, options={"align": req.align})

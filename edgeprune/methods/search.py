@@ -32,7 +32,7 @@ from .. import dist
 from ..errors import PlanError
 from ..plan import LayerPlan, Plan
 from ..calibrate.streaming import LayerSource, done, run_collecting, walk
-from .allocate import DROP, Alloc, Ladders, from_ratios, knapsack, latency_costs, mutate, repair
+from .allocate import DROP, Alloc, Ladders, moves, from_ratios, knapsack, latency_costs, repair
 from .base import RATIO_TOLERANCE, PruneRequest, bar, param_budget
 from .comp import layer_ratios
 from .fitness import KLFitness
@@ -109,6 +109,27 @@ def capacity(lad: Ladders) -> int:
     if lad.fixed:
         return total
     return total - min(max(deep[i], drop[i]) - deep[i] for i in deep)
+
+
+def mutate(lad: Ladders, alloc: Alloc, rng: random.Random, switches: int, budget: float,
+           tol: float | None = None) -> Alloc:
+    """Level switches: per switch one module a rung deeper and another a rung shallower,
+    or (one time in eight) a layer dropped or restored; then `repair` (within `tol`)."""
+    cur = list(alloc)
+    free = [i for i in range(len(cur)) if i not in lad.fixed]
+    for _ in range(switches):
+        if rng.random() < 0.125:
+            i = rng.choice(free)
+            cur[i] = (0, 0) if cur[i] == DROP else DROP
+            if sum(c != DROP for c in cur) == 0:
+                cur[i] = (0, 0)
+            continue
+        for deeper in (True, False):
+            opts = moves(lad, tuple(cur), deeper)
+            if opts:
+                i, n, _, _ = rng.choice(opts)
+                cur[i] = n
+    return repair(lad, tuple(cur), budget, tol)
 
 
 def evolve(lad: Ladders, budget: float, fitness: KLFitness, req: PruneRequest, log_path: Path,

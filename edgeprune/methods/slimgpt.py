@@ -112,7 +112,7 @@ def dynamic_group_sizes(n: int, largest: int = 1024, smallest: int = 8) -> list[
 
 def plan_slimgpt(source: LayerSource, calib: torch.Tensor, req: PruneRequest) -> Plan:
     ad = source.adapter
-    ratio = float(req.ratio)  # validated once, in pipeline.check_request
+    ratio = float(req.ratio)  # validated once, in run.request_checks.check_request
     L = source.num_layers
     params = {i: ad.layer_param_count(s) for i, s in enumerate(source.shapes)}
     ratios = ipr_ratios(L, params, param_budget(ad, ratio), req.extra.get("ipr", "log"), req.max_layer_ratio)

@@ -28,7 +28,7 @@ def _full_model(source: LayerSource):
 
 def plan_taylor(source: LayerSource, calib: torch.Tensor, req: PruneRequest) -> Plan:
     ad = source.adapter
-    ratio = float(req.ratio)  # validated once, in pipeline.check_request
+    ratio = float(req.ratio)  # validated once, in run.request_checks.check_request
     model = _full_model(source)
     model.zero_grad(set_to_none=True)
     for p in model.parameters():

@@ -19,7 +19,7 @@ def wanda_scores(weight: torch.Tensor, sq_norm: torch.Tensor) -> torch.Tensor:
 
 def plan_wanda_sp(source: LayerSource, calib: torch.Tensor, req: PruneRequest) -> Plan:
     ad = source.adapter
-    ratio = float(req.ratio)  # validated once, in pipeline.check_request
+    ratio = float(req.ratio)  # validated once, in run.request_checks.check_request
     L = source.num_layers
     plan = Plan(method="wanda-sp", model_type=ad.family, num_layers=L, ratio_requested=ratio, options={"align": req.align})
     for i, layer, cols in bar(stream_dense(source, calib, ("o", "down"), req.batch_size, req.offload), "wanda-sp", req, total=L):

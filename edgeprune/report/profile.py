@@ -1,7 +1,7 @@
 """The build's profile: what each artifact pair measured on the build host (perplexity
 through its runtime, interleaved latency, the speedup check), the device estimate, memory and
 provenance, assembled into `profile.json` (schema in the README). `build` calls it once per
-artifact pair and once at the end; benchmarks use its measuring helpers.
+artifact pair and once at the end; the measuring itself is `measure/artifact_eval.py`.
 
 Added to schema 1 (additive): `artifacts[].perplexity` {`dense_interval`, `pruned_interval`,
 `ratio_interval`, `windows`, `method`} (`evaluate.ppl_intervals`; absent for a pair measured
@@ -15,9 +15,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-PPL_SEQ_LEN = 256
-PPL_MAX_WINDOWS = 8
-LATENCY_REPS = 5
+from ..measure.artifact_eval import evaluation
 IDEAL_DEFINITION = "dense/pruned bytes of linear weights read per decoded token (lm_head included, token embedding excluded)"
 
 
@@ -48,44 +46,6 @@ def linear_weight_bytes(artifact: Path, fmt: str, dtype: str, ad) -> int:
     return get(fmt).weight_bytes(artifact, dtype, ad)
 
 
-# ---- measuring on the build host ------------------------------------------------------------
-def runtime_perplexity(artifact: Path, windows) -> float:
-    return runtime_perplexity_windows(artifact, windows)["perplexity"]
-
-
-def runtime_perplexity_windows(artifact: Path, windows) -> dict:
-    """Perplexity through the artifact's runtime, with each window's mean NLL (for the interval)."""
-    import torch
-
-    from exporters.runtimes import open_artifact
-
-    from ..measure.evaluate import perplexity_from
-
-    sess = open_artifact(artifact, "eval", n_ctx=windows.shape[1] + 8)
-    return perplexity_from(lambda ids: torch.from_numpy(sess.logits(ids[0].tolist()))[None], windows, progress=False)
-
-
-def evaluation(model_dir: Path, cfg, calib: str, data_dir) -> tuple:
-    """(windows, protocol): the evaluation portion of the calibration source."""
-    from ..calibrate import data
-
-    seq = min(PPL_SEQ_LEN, int(getattr(cfg, "max_position_embeddings", 2048)))
-    windows = data.evaluation_set(data.tokenizer_for(model_dir), calib, seq, PPL_MAX_WINDOWS, data_dir)
-    return windows, {"data": calib, "portion": "eval", "seq_len": seq, "windows": int(windows.shape[0]),
-                     "tokens": int(windows.shape[0] * (seq - 1)), "through": "the artifact's runtime"}
-
-
-def measure_pair(dense: Path, pruned: Path, windows, tgt, cfg, vocab: int) -> dict:
-    """Perplexity of both through their runtime, and their interleaved latency."""
-    from ..run.budget_stages import measure_context
-    from ..measure.latency import measure
-
-    context = measure_context(tgt, cfg)
-    ppl = [runtime_perplexity_windows(dense, windows), runtime_perplexity_windows(pruned, windows)]
-    lat = measure({"dense": dense, "pruned": pruned}, context, tgt.new_tokens, LATENCY_REPS, vocab=vocab)
-    return {"ppl": [p["perplexity"] for p in ppl], "ppl_window_nll": [p["window_nll"] for p in ppl], "latency": lat}
-
-
 def artifact_entry(f: dict, ep: dict, ed: dict, measured: dict, out_dir: Path, ad, ad_p, ppl_protocol: dict,
                    requested: float | None = None) -> dict:
     """One artifact's profile entry: sizes, verification, perplexity, latency, speedup check."""
@@ -113,13 +73,6 @@ def artifact_entry(f: dict, ep: dict, ed: dict, measured: dict, out_dir: Path, a
         "speedup": {**sp, "ideal_definition": IDEAL_DEFINITION, "weight_bytes_per_token": weights,
                     "prefill_measured": lat["pruned"]["prefill_tokens_per_s_max"] / lat["dense"]["prefill_tokens_per_s_max"]},
     }
-
-
-def host_probe(threads: int) -> dict:
-    """The build host's read bandwidth and clock, for the device estimate's overhead fit."""
-    from ..measure.estimate import host_bandwidth, host_clock_ghz
-
-    return {"bandwidth": host_bandwidth(threads), "clock_ghz": host_clock_ghz(), "threads": threads}
 
 
 def estimate_for(tgt, entry: dict, ad, ad_p, host: dict) -> dict:

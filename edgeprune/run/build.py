@@ -15,7 +15,7 @@ from ..report import profile as prof
 from .build_context import QUIET, Build, BuildError, log  # noqa: F401  (the build's API)
 from .build_stages import follow, stage_dtypes, stage_export, stage_measure, stage_profile, stage_prune  # noqa: F401
 from .build_start import _check_dtypes, _read_state, _start, check_align, choose_ratio, method_options  # noqa: F401
-from ..io.checkpoint import INCOMPLETE
+from ..io.outdir import INCOMPLETE
 from ..io.guard import set_stage
 from .targets import load_target
 

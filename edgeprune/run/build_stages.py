@@ -4,10 +4,12 @@ under its name in `build_state.json`, so that `--resume` skips finished work (th
 stage resumes per layer, export per artifact, measure per pair)."""
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 
 from .. import dist
+from ..measure import artifact_eval as ev
 from ..report import profile as prof
 from .build_context import QUIET, Build, BuildError, log
 from ..io.checkpoint import load_config
@@ -122,7 +124,7 @@ def _next_dtype(b: Build, f: dict, why: str) -> bool:
 def stage_measure(b: Build) -> None:
     """Perplexity through each runtime and interleaved dense/pruned latency, per format."""
     cfg = load_config(b.model_dir)
-    windows, _ = prof.evaluation(b.model_dir, cfg, b.calib, b.opts["data_dir"])
+    windows, _ = ev.evaluation(b.model_dir, cfg, b.calib, b.opts["data_dir"])
     measured = b.done.setdefault("profile", {})
     exports = b.done["export"]
     for f in b.formats:
@@ -130,13 +132,27 @@ def stage_measure(b: Build) -> None:
         if key in measured:
             continue
         log(f"profile {key}: perplexity and latency (dense vs pruned, interleaved)")
-        measured[key] = prof.measure_pair(Path(exports[f"dense:{key}"]["path"]), Path(exports[f"pruned:{key}"]["path"]),
-                                          windows, b.tgt, cfg, get_adapter(cfg).vocab_size)
+        measured[key] = ev.measure_pair(Path(exports[f"dense:{key}"]["path"]), Path(exports[f"pruned:{key}"]["path"]),
+                                          windows, b.tgt, cfg, get_adapter(cfg).vocab_size,
+                                          _linked_dense_ppl(b, key, exports[f"dense:{key}"], windows))
         b.save_state()
     threads = next(iter(measured.values()))["latency"]["pruned"]["protocol"]["threads"] if measured else 1
     if b.done.get("host", {}).get("threads") != threads:
-        b.done["host"] = prof.host_probe(threads)
+        b.done["host"] = ev.host_probe(threads)
         b.save_state()
+
+
+def _linked_dense_ppl(b: Build, key: str, rec: dict, windows) -> dict | None:
+    """The dense perplexity the sweep's first build measured through the artifact linked here,
+    when it was measured on the same windows (their digest); None: measure it."""
+    src = b.opts.get("reference_from")
+    state = Path(src) / "build_state.json" if src and rec.get("linked_from") else None
+    if state is None or not state.is_file():
+        return None
+    m = json.loads(state.read_text())["done"].get("profile", {}).get(key)
+    if not m or m.get("windows_sha") != ev.windows_digest(windows):
+        return None
+    return {"perplexity": m["ppl"][0], "window_nll": m["ppl_window_nll"][0]}
 
 
 def stage_profile(b: Build) -> None:

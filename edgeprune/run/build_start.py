@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import shutil
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from ..report import profile as prof
 from .build_context import QUIET, Build, BuildError, log
-from ..io.checkpoint import INCOMPLETE, check_output_dir, load_config
+from ..io.checkpoint import load_config
+from ..io.outdir import INCOMPLETE, check_output_dir
 from ..io.guard import OutLock, fingerprint, refuse_changed, refuse_overlap
 from ..models import get_adapter
 from .targets import Target, load_target
@@ -102,16 +104,34 @@ def _read_state(path: Path) -> dict:
     return st
 
 
-def _start(model, target, ratio, method, calib, out, force, resume, opts: dict) -> Build:
-    """Check everything, then create (or reopen) the build directory: refusals come first."""
-    from ..calibrate.data import calib_input, warn_if_overlap
-    from ..io.demo import ensure_demo_model
+@dataclass
+class Resolved:
+    """What a build decides before any work, from its arguments and the model's config alone."""
 
-    tgt = target if isinstance(target, Target) else load_target(target)
+    tgt: Target
+    align: int
+    out_dir: Path
+    model_dir: Path
+    ad: object  # the family adapter of the dense model
+    dense_fit: dict  # each format's dtype as the dense widths leave it (`_check_dtypes`)
+    calib: str
+    defaulted: bool  # no --calib given
+    method: str
+    budget: object | None  # a speed budget (`methods.budget.Budget`), else None: a parameter ratio
+    ratio: float | None
+    why: str  # where the ratio (or the budget) came from
+
+
+def resolve(tgt: Target, model_dir: Path, demo: bool, ratio, method, calib, out, force: bool, resume: bool,
+            opts: dict) -> Resolved:
+    """Every check and decision of a build that needs nothing but the arguments and the config,
+    in the order the build makes them; `build` and `build --dry-run` both call it, so a dry run
+    refuses exactly what a build refuses (the dry run passes force and resume: what --out holds
+    is reported there, not refused)."""
+    from ..calibrate.data import calib_input, warn_if_overlap
+
     align = check_align(opts.get("align"), tgt)
     out_dir = Path(out).absolute()
-    demo = model is None
-    model_dir = Path(ensure_demo_model()) if demo else Path(model)
     refuse_overlap(out_dir, {"--model": model_dir, "--calib": calib_input(calib), "--target": tgt.path})
     check_output_dir(out_dir, force=force, resume=resume)
     ad = get_adapter(load_config(model_dir))
@@ -123,32 +143,48 @@ def _start(model, target, ratio, method, calib, out, force, resume, opts: dict) 
 
         warnings.warn(f"no --calib given: calibrating on {calib}'s calibration portion and evaluating on its evaluation "
                       "portion (general English text). If your model's domain differs (code, stories, chat), pass --calib "
-                      "with in-domain text", stacklevel=3)
+                      "with in-domain text", stacklevel=4)
     warn_if_overlap(calib, calib)  # build evaluates on the calibration source's eval portion
-    method = method or tgt.method
+    from exporters import check_tokenizer_rows, model_tokenizer
     from exporters.formats import get as get_format
 
+    check_tokenizer_rows(model_tokenizer(model_dir), int(ad.vocab_size), model_dir)  # every format looks ids up: first
     for fmt in dict.fromkeys(f["format"] for f in tgt.formats):
         get_format(fmt).preflight_tokenizer(model_dir, opts.get("gguf_pre"))  # a vocabulary its runtime cannot hold: first
-    from .budget_stages import budget_words, choose
+    from .budget_stages import choose
 
     budget, why = choose(tgt, ratio, *opts.get("speed", (None, None)))
     if budget is not None and not budget.is_speed:
         budget = None  # --ratio: today's path
     the_ratio, why = choose_ratio(tgt, ad, ratio) if budget is None else (None, why)
-    b = Build(tgt, out_dir, model_dir, demo, calib, defaulted, method, the_ratio, why, opts, align=align, budget=budget,
-              options=method_options(tgt, opts.get("options") or {}))
+    return Resolved(tgt, align, out_dir, model_dir, ad, dense_fit, calib, defaulted, method or tgt.method, budget,
+                    the_ratio, why)
+
+
+def _start(model, target, ratio, method, calib, out, force, resume, opts: dict) -> Build:
+    """Check everything, then create (or reopen) the build directory: refusals come first."""
+    from ..io.demo import ensure_demo_model
+
+    tgt = target if isinstance(target, Target) else load_target(target)
+    check_align(opts.get("align"), tgt)  # a bad --align is refused before a demo model is trained
+    demo = model is None
+    r = resolve(tgt, Path(ensure_demo_model()) if demo else Path(model), demo, ratio, method, calib, out, force, resume,
+                opts)
+    b = Build(tgt, r.out_dir, r.model_dir, demo, r.calib, r.defaulted, r.method, r.ratio, r.why, opts, align=r.align,
+              budget=r.budget, options=method_options(tgt, opts.get("options") or {}))
     resuming = _open_state(b, resume)
-    if budget is not None:  # the latency model, then the budget refused when out of reach, before the directory
+    if r.budget is not None:  # the latency model, then the budget refused when out of reach, before the directory
         from .budget_stages import build_budget
 
-        build_budget(b, ad, dense_fit)
+        build_budget(b, r.ad, r.dense_fit)
     _create(b, force and not resuming)
-    log(f"target {tgt.name}; method {method}; {budget_words(b)}; align {align}"
+    from .budget_stages import budget_words
+
+    log(f"target {tgt.name}; method {r.method}; {budget_words(b)}; align {r.align}"
         + (" (--align)" if opts.get("align") is not None else " (the target's)"))
-    _warn_alignment(tgt, ad, align, dense_fit)
-    log(f"calibration data: {calib} (calibration portion); evaluation data: {calib} (held-out evaluation portion)"
-        + (" [default]" if defaulted else ""))
+    _warn_alignment(tgt, r.ad, r.align, r.dense_fit)
+    log(f"calibration data: {r.calib} (calibration portion); evaluation data: {r.calib} (held-out evaluation portion)"
+        + (" [default]" if r.defaulted else ""))
     return b
 
 

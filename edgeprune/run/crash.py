@@ -21,7 +21,7 @@ def _out_of(args) -> Path | None:
 
 def resumable(cmd: str, args) -> bool:
     """True when `--out` holds an interrupted run that `--resume` continues."""
-    from ..io.checkpoint import INCOMPLETE
+    from ..io.outdir import INCOMPLETE
 
     out = _out_of(args)
     return cmd in RESUMABLE and out is not None and (out / INCOMPLETE).is_file()
@@ -39,7 +39,7 @@ def resume_hint(cmd: str, args) -> str:
 def save_traceback(exc: BaseException, cmd: str, args) -> Path:
     """The traceback into `<out>/edgeprune-error.log` when --out is a directory edgeprune
     wrote (it stays with the run it explains), else into a new temporary file."""
-    from ..io.checkpoint import written_by_edgeprune
+    from ..io.outdir import written_by_edgeprune
 
     text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
     out = _out_of(args)

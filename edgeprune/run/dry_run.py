@@ -7,10 +7,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from .. import defaults
-from .build import _check_dtypes, check_align, choose_ratio, method_options
-from ..io.checkpoint import check_output_dir, load_config
-from ..io.guard import refuse_overlap
-from ..models import get_adapter
+from .build import check_align, method_options
+from .build_start import resolve
 from .targets import load_target, with_formats
 
 
@@ -33,21 +31,14 @@ def dry_run(model: str | None, target: str, ratio: float | None, method: str | N
         res.update(model=None, note="the demo model is not cached; a build trains it first (a few minutes), so the "
                    "sizes are unknown until then")
         return res
-    from ..calibrate.data import calib_input
-
-    refuse_overlap(out_dir, {"--model": model_dir, "--calib": calib_input(calib), "--target": tgt.path})
-    check_output_dir(out_dir, force=True, resume=True)  # what is there is reported, not refused
-    ad = get_adapter(load_config(model_dir))
-    chosen = _check_dtypes(tgt, ad, align)
-    from .budget_stages import choose
-
-    budget, why = choose(tgt, ratio, speedup, latency_ms)
-    if budget is not None and budget.is_speed:  # the ratio comes from the latency model, measured in the build
-        r, why = None, (f"{budget.words()} ({why}): the parameter ratio is decided in the build by the latency model "
-                        "(probes in each artifact runtime: minutes the first time, then cached); sizes below are the dense ones, an upper bound")
-        res["budget"] = budget.to_json()
-    else:
-        r, why = choose_ratio(tgt, ad, ratio)
+    rs = resolve(tgt, model_dir, model is None, ratio, method, calib, out, True, True,  # what --out holds: reported
+                {"align": align, "speed": (speedup, latency_ms)})
+    ad, chosen, why, r = rs.ad, rs.dense_fit, rs.why, rs.ratio
+    if rs.budget is not None:  # the ratio comes from the latency model, measured in the build
+        why = (f"{rs.budget.words()} ({why}): the parameter ratio is decided in the build by the latency model "
+               "(probes in each artifact runtime: minutes the first time, then cached); sizes below are the dense ones, "
+               "an upper bound")
+        res["budget"] = rs.budget.to_json()
     non_emb, emb = prof.sizes(ad)
     kv = prof.kv_cache_bytes(ad, tgt.context)
     arts = []

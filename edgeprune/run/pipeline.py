@@ -18,16 +18,17 @@ import torch
 from .. import defaults, dist
 from ..calibrate.data import calib_input, tokenizer_for  # noqa: F401  (tokenizer_for re-exported: callers import it from here)
 from ..io.atomic import write_text
-from ..io.checkpoint import INCOMPLETE, check_output_dir, load
+from ..io.checkpoint import load
+from ..io.outdir import INCOMPLETE, check_output_dir
 from .dist_run import Follower, peaks, share_state
 from ..errors import PlanError
 from ..measure.memory import PeakMemory, stage_report
-from ..methods import DEFAULT, REGISTRY, PruneRequest, get
-from ..methods.budget import check_ratio
-from ..methods.base import RATIO_TOLERANCE, achieved_ratio, dense_params
+from ..methods import DEFAULT, PruneRequest, get
+from ..methods.base import achieved_ratio, dense_params
 from ..models import expected_nonembedding
 from ..io.guard import OutLock, fingerprint, refuse_changed, refuse_overlap, set_stage
 from ..plan import Plan
+from .request_checks import MIN_CALIB_TOKENS, check_request, ratio_note
 from ..io.resume import ResumeState  # noqa: F401  (re-exported: tests and dist_worker patch it here)
 from .preflight import calibration, preflight, read_windows  # noqa: F401  (re-exported)
 from ..calibrate.streaming import open_source
@@ -37,34 +38,11 @@ from ..io.weights import parse_dtype
 from ..report.plan_plot import record_widths
 from ..apply.writeout import save_pruned
 
-# Below this many calibration tokens COMP's statistics get noisy (the paper used 10 x 128).
-MIN_CALIB_TOKENS = 1024
-
-
 @dataclass
 class PruneResult:
     plan: Plan
     model: torch.nn.Module | None
     report: dict = field(default_factory=dict)
-
-
-def check_request(m, ratio, layers, budget=None) -> None:
-    """The one place a ratio / --layers request is validated, against the method's capabilities
-    (a speed budget takes the ratio's place: a method that allocates by cost reads it, the others
-    get the ratio it is translated to)."""
-    if layers is not None and not m.takes_layers:
-        takers = ", ".join(n for n, x in REGISTRY.items() if x.takes_layers)
-        raise PlanError(f"--layers is read by {takers} only, not {m.name}; drop --layers or choose one of those")
-    if budget is not None and budget.is_speed and layers not in (None, "auto") and m.ratio_optional:
-        raise PlanError(f"--layers {layers} and {budget.flag} both set how much {m.name} removes; pass one of them")
-    if budget is not None and budget.is_speed and ratio is None:
-        return
-    if ratio is None and m.ratio_optional and layers not in (None, "auto"):
-        return
-    if ratio is None:
-        raise PlanError(f"--method {m.name} needs --ratio R (fraction of non-embedding parameters)"
-                        + (" or --layers N" if m.ratio_optional else ""))
-    check_ratio(ratio)  # budget.check_ratio: the one message
 
 
 def make_plan(model, method: str, req: PruneRequest, calib: torch.Tensor | None, device="cpu") -> tuple[Plan, dict]:
@@ -111,22 +89,6 @@ def make_plan(model, method: str, req: PruneRequest, calib: torch.Tensor | None,
         warnings.warn(note, stacklevel=2)
         report["ratio_note"] = note
     return plan, report
-
-
-def ratio_note(m, req: PruneRequest, ratio: float, plan: Plan) -> str | None:
-    """The one tolerance check, for every method: a plan more than RATIO_TOLERANCE from the
-    requested ratio is kept (it is the nearest its aligned widths reach: say so), except from
-    a method that promises to land and did not say it could not (a bug, not bad input)."""
-    if not req.ratio or abs(ratio - req.ratio) <= RATIO_TOLERANCE:
-        return None
-    if m.exact_ratio and not plan.stats.get("nearest_reachable"):
-        raise RuntimeError(f"{m.name} reached ratio {ratio:.4f}, more than {RATIO_TOLERANCE} from the requested "
-                           f"{req.ratio}; this is a bug, please report it with the command")
-    why = (f"where its per-layer widths rounded to --align {req.align} land (a smaller --align gives finer steps"
-           + ("" if m.name == DEFAULT else f"; {DEFAULT} lands as near as the aligned widths allow") + ")"
-           if req.align > 1 else "where its per-layer rounding lands")
-    return (f"{m.name} reached ratio {ratio:.4f}, {abs(ratio - req.ratio):.4f} from the requested {req.ratio} "
-            f"(tolerance {RATIO_TOLERANCE}): {why}")
 
 
 def prune(  # long: one keyword argument per CLI option

@@ -26,7 +26,11 @@ def calibration(model_dir, source: str, n_samples: int, seq_len: int, seed: int,
     cache = work / "calib.pt" if work else None
     if cache and cache.is_file():
         return read_windows(cache)
-    windows = data_mod.calibration_set(tokenizer_for(model_dir), source, n_samples, seq_len, seed, data_dir)
+    key = _windows_key(model_dir, source, n_samples, seq_len, seed, data_dir)
+    if key is not None and key in _WINDOWS:  # build's preflight made them; its prune stage (and a sweep's points) reuse them
+        windows = _WINDOWS[key].clone()
+    else:
+        windows = data_mod.calibration_set(tokenizer_for(model_dir), source, n_samples, seq_len, seed, data_dir)
     if isinstance(model_dir, (str, Path)):
         from ..io.checkpoint import read_config_dict
 
@@ -34,9 +38,37 @@ def calibration(model_dir, source: str, n_samples: int, seq_len: int, seed: int,
         if windows.numel() and int(windows.max()) >= rows:
             raise DataError(f"the tokenizer in {model_dir} gives token id {int(windows.max())}, but the embedding has "
                             f"only {rows} rows: the tokenizer belongs to another model; copy the base model's tokenizer files")
+    if key is not None:
+        _WINDOWS[key] = windows.clone()
     if cache:
         torch.save(windows, cache)
     return windows
+
+
+# Calibration windows made in this process, by everything they depend on (the text's and the
+# tokenizer's files by path, size and mtime): computed once per build, not once per check.
+_WINDOWS: dict[tuple, torch.Tensor] = {}
+
+
+def _windows_key(model_dir, source, n_samples: int, seq_len: int, seed: int, data_dir) -> tuple | None:
+    """None for an in-memory model (its tokenizer is not a file to fingerprint)."""
+    if not isinstance(model_dir, (str, Path)):
+        return None
+    from ..io.checkpoint import TOKENIZER_FILES
+
+    def stat(p: Path):
+        try:
+            st = p.stat()
+        except OSError:
+            return None
+        if p.is_dir():
+            return (str(p), tuple(sorted((f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in p.iterdir() if f.is_file())))
+        return (str(p.resolve()), st.st_size, st.st_mtime_ns)
+
+    named = data_mod.named_path(str(source), data_dir, "calib") if data_mod.is_named(source) else None
+    text = stat(named) if named else stat(Path(str(source))) if not data_mod.is_named(source) else None
+    tok = tuple(stat(Path(model_dir) / f) for f in TOKENIZER_FILES)
+    return (str(Path(model_dir).resolve()), str(source), n_samples, seq_len, seed, str(data_dir), text, tok)
 
 
 def read_windows(cache: Path) -> torch.Tensor:

@@ -15,7 +15,7 @@ import sys
 import time
 from pathlib import Path
 
-from ..io.checkpoint import INCOMPLETE, OWNER, check_output_dir
+from ..io.outdir import INCOMPLETE, OWNER, check_output_dir
 from ..errors import EdgePruneError
 
 
