@@ -94,7 +94,7 @@ def _finite(*arrays) -> bool:
 
 
 @torch.no_grad()
-def verify_artifact(model, path, dtype: str, tokenizer=None, n_ctx: int = 512, progress: bool = False) -> dict:  # long: one report
+def verify_artifact(model, path, dtype: str, tokenizer=None, n_ctx: int = 512, progress: bool = False) -> dict:
     """Compare `path` (ONNX dir/file or GGUF) with `model` (a checkpoint directory, streamed
     layer by layer, or an in-memory model); returns the verify report. Any NaN or Inf in
     either side's logits or perplexity fails it."""
@@ -114,21 +114,38 @@ def verify_artifact(model, path, dtype: str, tokenizer=None, n_ctx: int = 512, p
     text_runs = (rt.get("text") or []) + ((og_text or {}).get("runs") or [])
     seqs += text_path.reference_sequences(tokenizer, text_runs) if text_runs else []
     ref = reference_logits(model, seqs, progress=progress)
-    n_og = len(og_gen or [])
-    ref_text = ref[2 * len(prompts) + 1 + n_og:]
-    ref, ref_og = ref[: 2 * len(prompts) + 1], ref[2 * len(prompts) + 1: 2 * len(prompts) + 1 + n_og]
-    ref_prompts, ref_gen, ref_ppl = ref[: len(prompts)], ref[len(prompts) : 2 * len(prompts)], ref[-1]
-    finite = _finite(*ref, *rt["logits"], rt["ppl"])
+    k, n_og = len(prompts), len(og_gen or [])
+    ref_prompts, ref_gen, ref_ppl = ref[:k], ref[k:2 * k], ref[2 * k]
+    ref_og, ref_text = ref[2 * k + 1: 2 * k + 1 + n_og], ref[2 * k + 1 + n_og:]
+    report = _token_checks(ref_prompts, ref_gen, ref_ppl, rt, prompts, ppl_ids, dtype)
+    max_abs = report["max_abs_logit_diff"] if report["max_abs_logit_diff"] is not None else float("inf")
+    if og_skip:
+        report["genai"] = {"skipped": og_skip}
+    if og_gen is not None:
+        # GenAI runs the same graph in its own loop; a quantised graph may legitimately pick
+        # any token whose PyTorch logit is within twice the artifact's measured logit error
+        tol = F32_MAX_ABS if dtype == "f32" else max(F32_MAX_ABS, 2 * (max_abs if math.isfinite(max_abs) else 0.0))
+        checks = [_greedy_check(r, len(ids[:GEN_PROMPT]), g, tol) for r, g, ids in zip(ref_og, og_gen, prompts)]
+        report["genai"] = _genai_report(og_gen, [c for c, _ in checks], all(ok for _, ok in checks), tol)
+        report["passed"] = bool(report["passed"] and report["genai"]["greedy_tokens_match"])
+    _text_verdicts(report, rt, og_text, tokenizer, ref_text, dtype, max_abs)
+    if not report["all_finite"]:
+        report["failure"] = "NaN or Inf in the logits or perplexity"
+    return report
+
+
+def _token_checks(ref_prompts, ref_gen, ref_ppl, rt: dict, prompts: list, ppl_ids: list, dtype: str) -> dict:
+    """The token-level verdicts against PyTorch: logits on the prompts, greedy continuation
+    (judged by PyTorch's argmax on the runtime's own tokens) and perplexity, held to the dtype's
+    tolerance (f32: logits and tokens; a quantised dtype: perplexity)."""
+    finite = _finite(*ref_prompts, *ref_gen, ref_ppl, *rt["logits"], rt["ppl"])
     max_abs, agree, total = 0.0, 0, 0
     for r, g in zip(ref_prompts, rt["logits"]):
         max_abs = max(max_abs, float(np.abs(r - g).max()))
         agree += int((r.argmax(-1) == g.argmax(-1)).sum())
         total += r.shape[0]
-    gen_ref, greedy_match = [], True
-    for r, g, ids in zip(ref_gen, rt["gen"], prompts):
-        chosen, ok = _greedy_check(r, len(ids[:GEN_PROMPT]), g)
-        gen_ref.append(chosen)
-        greedy_match &= ok
+    checks = [_greedy_check(r, len(ids[:GEN_PROMPT]), g) for r, g, ids in zip(ref_gen, rt["gen"], prompts)]
+    gen_ref, greedy_match = [c for c, _ in checks], all(ok for _, ok in checks)
     t = torch.tensor([ppl_ids])
     nll_ref, n = nll_of_logits(torch.from_numpy(ref_ppl)[None], t)
     nll_got, _ = nll_of_logits(torch.from_numpy(rt["ppl"])[None], t)
@@ -157,18 +174,6 @@ def verify_artifact(model, path, dtype: str, tokenizer=None, n_ctx: int = 512, p
         tol = dtype_facts(dtype).ppl_tolerance
         report["tolerance"] = {"perplexity_relative_delta": tol}
         report["passed"] = bool(finite and delta <= tol)
-    if og_skip:
-        report["genai"] = {"skipped": og_skip}
-    if og_gen is not None:
-        # GenAI runs the same graph in its own loop; a quantised graph may legitimately pick
-        # any token whose PyTorch logit is within twice the artifact's measured logit error
-        tol = F32_MAX_ABS if dtype == "f32" else max(F32_MAX_ABS, 2 * (max_abs if math.isfinite(max_abs) else 0.0))
-        checks = [_greedy_check(r, len(ids[:GEN_PROMPT]), g, tol) for r, g, ids in zip(ref_og, og_gen, prompts)]
-        report["genai"] = _genai_report(og_gen, [c for c, _ in checks], all(ok for _, ok in checks), tol)
-        report["passed"] = bool(report["passed"] and report["genai"]["greedy_tokens_match"])
-    _text_verdicts(report, rt, og_text, tokenizer, ref_text, dtype, max_abs)
-    if not finite:
-        report["failure"] = "NaN or Inf in the logits or perplexity"
     return report
 
 

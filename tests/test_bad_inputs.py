@@ -329,6 +329,8 @@ CASES = [
                                                              "--out", str(t / "m.gguf")], "tokenizer belongs to another model"),
     ("build: tokenizer beyond the embedding", lambda r, t: ["build", "--model", str(_small_vocab(r, t)), "--out", str(t / "b"),
                                                             "--calib", str(r / "calib.txt")], "but the embedding has only 300 rows (no row for"),
+    ("build --dry-run: tokenizer beyond the embedding", lambda r, t: ["build", "--dry-run", "--model", str(_small_vocab(r, t)),
+                                                                      "--out", str(t / "b")], "(no row for"),
     ("vocab_size disagreeing with the embedding", lambda r, t: [*PRUNE, "--model", str(_edited_config(r, t, "vs", vocab_size=1200)),
                                                                 "--calib", str(r / "calib.txt"), "--out", str(t / "o")], "fix vocab_size"),
     ("export: vocab_size disagreeing", lambda r, t: ["export", str(_edited_config(r, t, "vs", vocab_size=1200)), "--format", "gguf",

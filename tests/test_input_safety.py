@@ -70,6 +70,19 @@ def test_resume_refuses_changed_weights_of_the_same_size(interrupted, capsys):
     assert "model file model.safetensors" in _one_error(capsys)
 
 
+def test_resume_with_other_arguments_names_each_difference(interrupted, capsys):
+    """prune and build share one resume rule (io.guard.refuse_other_run): the refusal names
+    every argument that differs, with its recorded and its new value, and changes nothing."""
+    argv, _, _, out = interrupted
+    i = argv.index("--ratio")
+    other = [*argv[:i + 1], "0.35", *argv[i + 2:]]
+    before = _snapshot(out)
+    assert main([*other, "--resume"]) == 2
+    line = _one_error(capsys)
+    assert "other arguments (ratio: was" in line and "now 0.35" in line and "--force" in line, line
+    assert _snapshot(out) == before
+
+
 def test_resume_on_unchanged_inputs_finishes(interrupted, capsys):
     argv, _, _, out = interrupted
     assert main([*argv, "--resume"]) == 0

@@ -7,6 +7,7 @@ from typing import Callable
 
 from .argtypes import floats as _floats, int_list as _int_list, layers as _layers
 from .argtypes import number as _number, positive as _positive, ratio as _ratio
+from ..measure.latency import DEFAULT_CONTEXT, DEFAULT_NEW_TOKENS, DEFAULT_REPS, DEFAULT_RUNTIME
 
 ENVIRONMENT = ("environment: EDGEPRUNE_CACHE (where the demo model is cached, default ~/.cache/edgeprune); "
                "EDGEPRUNE_DATA (folder of named datasets, default ../shared/data when present)")
@@ -16,7 +17,7 @@ def _budget_args(sp, build: bool) -> None:
     """The budget, exactly one of three (argparse refuses two in one line)."""
     g = sp.add_mutually_exclusive_group()
     where = ("every artifact runtime and dtype of the target (the slowest to speed up binds), at its context" if build else
-             "--latency-runtime at 128 tokens of context")
+             f"--latency-runtime at {DEFAULT_CONTEXT} tokens of context")
     g.add_argument("--ratio", type=_ratio, default=None, help="fraction of non-embedding parameters to remove (the parameter budget"
                    + ("; default: the target's value)" if build else ")"))
     g.add_argument("--speedup", type=_number, default=None, metavar="S",
@@ -28,7 +29,7 @@ def _budget_args(sp, build: bool) -> None:
                     help="a latency table measured on the device (`edgeprune bench --latency-table`), used in place of "
                          "measuring on this host")
     if not build:
-        sp.add_argument("--latency-runtime", default="gguf:f32", metavar="FORMAT:DTYPE",
+        sp.add_argument("--latency-runtime", default=DEFAULT_RUNTIME, metavar="FORMAT:DTYPE",
                         help="the runtime and dtype a --speedup / --latency-ms budget is predicted in: gguf:DTYPE "
                              "(llama.cpp) or onnx:DTYPE (ONNX Runtime), on this build host (default gguf:f32)")
 
@@ -199,9 +200,10 @@ def _bench_args(sub) -> argparse.ArgumentParser:
               "With --latency-table it instead times the latency model's probe shapes here, for build --latency-table.")
     be.add_argument("path", nargs="?", default=None, help="a build directory, a .gguf file or an ONNX folder "
                     "(with --latency-table: a build directory whose base model is here, or use --model)")
-    be.add_argument("--context", type=_positive, default=None, help="prompt tokens (default: the target's, else 128)")
-    be.add_argument("--new-tokens", type=_positive, default=32, help="decoded tokens per repetition (default 32)")
-    be.add_argument("--reps", type=_positive, default=5, help="repetitions (default 5)")
+    be.add_argument("--context", type=_positive, default=None, help=f"prompt tokens (default: the target's, else {DEFAULT_CONTEXT})")
+    be.add_argument("--new-tokens", type=_positive, default=DEFAULT_NEW_TOKENS,
+                    help=f"decoded tokens per repetition (default {DEFAULT_NEW_TOKENS})")
+    be.add_argument("--reps", type=_positive, default=DEFAULT_REPS, help=f"repetitions (default {DEFAULT_REPS})")
     be.add_argument("--threads", type=_positive, default=None, help="runtime threads (default: the cores no other process is busy on)")
     be.add_argument("--json", action="store_true", help="print exactly one JSON object on stdout")
     _verbose(be)

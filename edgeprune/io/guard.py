@@ -113,6 +113,24 @@ def _data_path(calib: str | Path, data_dir) -> Path | None:
     return named_path(str(calib), data_dir)
 
 
+class OtherRunError(ChangedInputError):
+    """`--resume` with arguments other than the interrupted run's."""
+
+
+def refuse_other_run(out: Path, recorded_args: dict | None, args: dict, recorded_inputs: dict | None,
+                     inputs: dict[str, str]) -> None:
+    """The one resume rule of prune, build and (through its builds) sweep: `--resume`
+    continues only the run it interrupted, with the same arguments and the same inputs'
+    content; anything else is refused naming each difference, before any work."""
+    if recorded_args != args:
+        shown = "its arguments were not recorded" if recorded_args is None else ", ".join(
+            f"{k}: was {recorded_args.get(k)!r}, now {args.get(k)!r}"
+            for k in sorted(set(recorded_args) | set(args)) if recorded_args.get(k) != args.get(k))
+        raise OtherRunError(f"{out} holds an interrupted run with other arguments ({shown}); "
+                            "repeat them to resume, or pass --force to start over")
+    refuse_changed(recorded_inputs, inputs, out)
+
+
 def refuse_changed(recorded: dict | None, now: dict[str, str], out: Path) -> None:
     """`--resume` continues only on the inputs it started with: refuse naming what changed."""
     if recorded is None:

@@ -30,46 +30,53 @@ SHAPES: dict[str, dict] = {
                          rope_theta=500000.0, rms_norm_eps=1e-5, max_position_embeddings=131072),
 }
 FULL_DEPTH = {"llama-3.2-1b": 16, "qwen2.5-7b": 28, "llama-3.1-8b": 32}
-ARCH = {"llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM", "mistral": "MistralForCausalLM",
-        "qwen3": "Qwen3ForCausalLM"}
 
 
 def config_for(shape: str | dict, layers: int, dtype: torch.dtype = torch.bfloat16, **over) -> dict:
     cfg = dict(SHAPES[shape]) if isinstance(shape, str) else dict(shape)
     cfg.update(num_hidden_layers=layers, torch_dtype=CONFIG_DTYPE_NAME[dtype], bos_token_id=1, eos_token_id=2,
                hidden_act="silu", attention_bias=cfg["model_type"] == "qwen2", **over)
-    cfg["architectures"] = [ARCH[cfg["model_type"]]]
+    from ..models.pruned_modeling import FAMILIES  # the one family -> transformers class table
+
+    cfg["architectures"] = [FAMILIES[cfg["model_type"]][2]]
     return cfg
 
 
 def _tensors(cfg: dict, dtype: torch.dtype, gen: torch.Generator, tied_as_lm_head: bool):
-    d, f, hd = cfg["hidden_size"], cfg["intermediate_size"], cfg.get("head_dim") or cfg["hidden_size"] // cfg["num_attention_heads"]
-    q, kv, v = cfg["num_attention_heads"] * hd, cfg["num_key_value_heads"] * hd, cfg["vocab_size"]
+    """The checkpoint's tensors in hub order, named by the family's adapter (the layout is the
+    adapter's alone): norms ones, weights and the family's own biases N(0, 0.02)."""
+    from types import SimpleNamespace
+
+    from ..models import get_adapter
+
+    ad = get_adapter(SimpleNamespace(**cfg))
+    d, hd, v, s = ad.hidden_size, ad.head_dim, ad.vocab_size, ad.layer_shapes()[0]
+    q, kv, f = s.num_heads * hd, s.num_kv_heads * hd, s.intermediate_size
+    rows_cols = {"q": (q, d), "k": (kv, d), "v": (kv, d), "o": (d, q), "gate": (f, d), "up": (f, d), "down": (d, f)}
+    biased = set(ad.native_bias_roles())
 
     def rnd(*shape, std=0.02):
         return (torch.randn(*shape, generator=gen) * std).to(dtype)
 
     tied = cfg.get("tie_word_embeddings", False)
     if not (tied and tied_as_lm_head):
-        yield "model.embed_tokens.weight", rnd(v, d)
-    for i in range(cfg["num_hidden_layers"]):
-        p = f"model.layers.{i}."
-        yield p + "input_layernorm.weight", torch.ones(d, dtype=dtype)
-        for name, rows in (("q_proj", q), ("k_proj", kv), ("v_proj", kv)):
-            yield p + f"self_attn.{name}.weight", rnd(rows, d)
-            if cfg.get("attention_bias"):
-                yield p + f"self_attn.{name}.bias", rnd(rows)
-        yield p + "self_attn.o_proj.weight", rnd(d, q)
-        if cfg["model_type"] == "qwen3":
-            yield p + "self_attn.q_norm.weight", torch.ones(hd, dtype=dtype)
-            yield p + "self_attn.k_norm.weight", torch.ones(hd, dtype=dtype)
-        yield p + "post_attention_layernorm.weight", torch.ones(d, dtype=dtype)
-        yield p + "mlp.gate_proj.weight", rnd(f, d)
-        yield p + "mlp.up_proj.weight", rnd(f, d)
-        yield p + "mlp.down_proj.weight", rnd(d, f)
-    yield "model.norm.weight", torch.ones(d, dtype=dtype)
+        yield ad.embed_key, rnd(v, d)
+    for i in range(ad.num_layers):
+        yield ad.layer_key(i, "attn_norm"), torch.ones(d, dtype=dtype)
+        for role in ("q", "k", "v", "o"):
+            yield ad.layer_key(i, role), rnd(*rows_cols[role])
+            if role in biased:
+                yield ad.layer_key(i, role, "bias"), rnd(rows_cols[role][0])
+        for path in ad.head_norm_paths:
+            yield f"{ad.layer_prefix(i)}{path}.weight", torch.ones(hd, dtype=dtype)
+        yield ad.layer_key(i, "ffn_norm"), torch.ones(d, dtype=dtype)
+        for role in ("gate", "up", "down"):
+            yield ad.layer_key(i, role), rnd(*rows_cols[role])
+            if role in biased:
+                yield ad.layer_key(i, role, "bias"), rnd(rows_cols[role][0])
+    yield ad.final_norm_key, torch.ones(d, dtype=dtype)
     if not tied or tied_as_lm_head:
-        yield "lm_head.weight", rnd(v, d)
+        yield ad.lm_head_key, rnd(v, d)
 
 
 def write_checkpoint(out: str | Path, cfg: dict, *, seed: int = 0, max_shard_bytes: int = DEFAULT_SHARD_BYTES,

@@ -18,6 +18,7 @@ import numpy as np
 DEFAULT_CONTEXT = 128
 DEFAULT_NEW_TOKENS = 32
 DEFAULT_REPS = 5
+DEFAULT_RUNTIME = "gguf:f32"  # FORMAT:DTYPE a prune's speed budget is predicted in when no target names one
 
 
 def free_cores(samples: int = 5) -> int:

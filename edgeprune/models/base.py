@@ -269,7 +269,7 @@ def count_parameters(model: nn.Module, adapter: DecoderAdapter) -> dict[str, int
             continue
         seen.add(id(p))
         total += p.numel()
-        if name.endswith("embed_tokens.weight") or name == adapter.lm_head_key:
+        if name in (adapter.embed_key, adapter.lm_head_key):
             embedding += p.numel()
     return {"total": total, "non_embedding": total - embedding}
 

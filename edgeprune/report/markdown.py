@@ -10,6 +10,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from ..io.atomic import write_text
+
 SCHEMA_VERSION = 1
 
 
@@ -52,14 +54,29 @@ def _budget_words(profile: dict, pr: dict) -> str:
     return f"ratio requested {pr['ratio_requested']}"
 
 
-def write_report(build_dir: Path, profile: dict) -> Path:  # long: the report in reading order
-    from ..measure.speedup import decode_bars
+def write_report(build_dir: Path, profile: dict) -> Path:
+    """report.md in reading order: verdict, build, artifacts, text path, budget, samples,
+    protocols, device estimate, on-device measurements, plots, provenance."""
     from .verdict import samples_lines, verdict_lines
 
     lines = [f"# edgeprune build report: {profile['target']['name']}", ""] + verdict_lines(profile)
+    lines += _build_lines(profile) + _artifact_lines(profile)
+    lines += _text_path_lines(profile["artifacts"])
+    lines += budget_lines(profile)
+    lines += [""] + samples_lines(profile)
+    lines += _protocol_lines(profile) + _estimate_lines(profile) + _on_device_lines(profile)
+    lines += ["", "## Plots", ""] + [f"![{p}]({p})" for p in profile.get("plots", [])]
+    lines += ["", "## Provenance", "", "```json", json.dumps(profile["provenance"], indent=1), "```", ""]
+    path = build_dir / "report.md"
+    write_text(path, "\n".join(lines))
+    return path
+
+
+def _build_lines(profile: dict) -> list[str]:
+    """What was pruned, how, on which data, at what peak memory and time, on which host."""
     pr = profile["prune"]
     cal = profile["provenance"].get("calibration", {})
-    lines += [
+    return [
         "## Build",
         "",
         f"- calibration data: {cal.get('data')} ({cal.get('n_samples')} x {cal.get('seq_len')} tokens, calibration portion"
@@ -74,6 +91,15 @@ def write_report(build_dir: Path, profile: dict) -> Path:  # long: the report in
         f"({pr['peak_memory_above_baseline_bytes'] / 2**20:.1f} MiB above the process baseline), {pr['wall_seconds']:.1f} s",
         f"- build host: {_host(profile['provenance']['host'])}",
         "",
+    ]
+
+
+def _artifact_lines(profile: dict) -> list[str]:
+    """One row per artifact: bytes, verification, perplexity with its interval, decode and
+    prefill dense against pruned, the speedup check."""
+    from ..measure.speedup import decode_bars
+
+    lines = [
         "## Artifacts",
         "",
         "Decode ms/token as the plot draws it: dense = median of its runs; pruned = dense / the paired speedup "
@@ -95,20 +121,27 @@ def write_report(build_dir: Path, profile: dict) -> Path:  # long: the report in
             f"{ld['prefill_tokens_per_s_max']:.0f} → {lp['prefill_tokens_per_s_max']:.0f} | "
             f"{sp['decode_measured']:.2f} {_interval(sp)} / {sp['decode_ideal']:.2f} | {_status(sp)} |"
         )
-    lines += _text_path_lines(profile["artifacts"])
-    lines += budget_lines(profile)
-    lines += [""] + samples_lines(profile)
+    return lines
+
+
+def _protocol_lines(profile: dict) -> list[str]:
+    """How perplexity and latency were measured, and the advisory for a check not passed."""
     p0 = profile["artifacts"][0]["perplexity"]["protocol"] if profile["artifacts"] else {}
     ivm = profile["artifacts"][0]["perplexity"].get("method") if profile["artifacts"] else None
-    lines += ["", f"Perplexity protocol: {json.dumps(p0)}{f'; interval: {ivm}' if ivm else ''}. Latency protocol: "
+    lines = ["", f"Perplexity protocol: {json.dumps(p0)}{f'; interval: {ivm}' if ivm else ''}. Latency protocol: "
               f"{json.dumps(profile['artifacts'][0]['latency']['pruned'].get('protocol')) if profile['artifacts'] else '-'}."]
     warns = [a for a in profile["artifacts"] if not a["speedup"].get("passed")]
     if warns:
         lines += ["", "> **Speedup check not passed** (advisory): " + "; ".join(
             f"{a['format']} {a['dtype']}: {_status(a['speedup'])}, {a['speedup'].get('reason', '')}"
             for a in warns) + ". Tiny models are dominated by per-token overhead, not weight reads."]
+    return lines
+
+
+def _estimate_lines(profile: dict) -> list[str]:
+    """The target's device estimate, labelled as one, with its error and caveats."""
     est = profile["device_estimate"]
-    lines += ["", f"## Device estimate for {profile['target']['name']} (an ESTIMATE, not a measurement)", "",
+    lines = ["", f"## Device estimate for {profile['target']['name']} (an ESTIMATE, not a measurement)", "",
               "| artifact | decode ms/token dense → pruned | ± (model error on the build host) | of which per-token overhead | "
               "prefill tok/s dense → pruned |", "|---|---|---|---|---|"]
     for e in est["artifacts"]:
@@ -119,6 +152,14 @@ def write_report(build_dir: Path, profile: dict) -> Path:  # long: the report in
         lines += ["", f"How: {est['artifacts'][0].get('assumptions', '')}."]
         caveats = sorted({e["caveat"] for e in est["artifacts"] if e.get("caveat")})
         lines += [f"> **Caveat:** {c}." for c in caveats]
+    return lines
+
+
+def _on_device_lines(profile: dict) -> list[str]:
+    """Each `edgeprune bench` measurement appended to the profile, beside the estimate."""
+    from ..measure.speedup import decode_bars
+
+    est, lines = profile["device_estimate"], []
     est_by = {(e["format"], e["dtype"]): e for e in est["artifacts"]}
     for m in profile.get("measured_on_device", []):
         same = " (the build host, not a separate device)" if m.get("same_host_as_build") else ""
@@ -134,11 +175,7 @@ def write_report(build_dir: Path, profile: dict) -> Path:  # long: the report in
                          f"{_fmt(sp.get('decode_measured'), '.2f')} {_interval(sp)} / {_fmt(sp.get('decode_ideal'), '.2f')} | "
                          f"{_status(sp) if sp else '-'} | {lat['prefill_tokens_per_s_max']:.0f} | "
                          f"{_fmt(e.get('decode_ms_per_token_pruned'), '.3f')} |")
-    lines += ["", "## Plots", ""] + [f"![{p}]({p})" for p in profile.get("plots", [])]
-    lines += ["", "## Provenance", "", "```json", json.dumps(profile["provenance"], indent=1), "```", ""]
-    path = build_dir / "report.md"
-    path.write_text("\n".join(lines))
-    return path
+    return lines
 
 
 def _text_path_lines(artifacts: list[dict]) -> list[str]:

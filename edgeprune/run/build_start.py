@@ -12,7 +12,7 @@ from ..report import profile as prof
 from .build_context import QUIET, Build, BuildError, log
 from ..io.checkpoint import load_config
 from ..io.outdir import INCOMPLETE, check_output_dir
-from ..io.guard import OutLock, fingerprint, refuse_changed, refuse_overlap
+from ..io.guard import OutLock, fingerprint, refuse_other_run, refuse_overlap
 from ..models import get_adapter
 from .targets import Target, load_target
 
@@ -205,9 +205,7 @@ def _open_state(b: Build, resume: bool) -> bool:
     state_path = b.out_dir / "build_state.json"
     if resume and state_path.is_file():
         old = _read_state(state_path)
-        if old["args"] != args:
-            raise BuildError(f"{b.out_dir} was started with different arguments {old['args']}; use the same ones with --resume, or --force")
-        refuse_changed(old.get("inputs"), inputs, b.out_dir)
+        refuse_other_run(b.out_dir, old["args"], args, old.get("inputs"), inputs)
         b.state = old
         # the command that started the build stays first; each resume is appended (provenance)
         old.setdefault("commands", [{"command": None, "time": None, "note": "not recorded by the edgeprune that started it"}])

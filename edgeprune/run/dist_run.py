@@ -11,6 +11,7 @@ from __future__ import annotations
 import shutil
 import tempfile
 from pathlib import Path
+from typing import Any, Callable
 
 from .. import dist
 
@@ -48,6 +49,31 @@ class Follower:
 
     def close(self) -> None:
         shutil.rmtree(self.root, ignore_errors=True)
+
+
+def on_writer(fn: Callable[[], Any]) -> Any:
+    """`fn()` on rank 0 alone (its checks of --out, its reading of the inputs); None on the
+    other ranks. One process: simply `fn()`."""
+    return fn() if dist.is_writer() else None
+
+
+def from_writer(fn: Callable[[], Any]) -> Any:
+    """`fn()` on rank 0, its result broadcast: every rank takes rank 0's view (whether the run
+    resumes, the measured latency budget), so no rank decides from files it may not see."""
+    return dist.broadcast_object(on_writer(fn))
+
+
+def open_out(out_path: Path | None, req, prepare: Callable[[], tuple]) -> tuple[Path | None, Any, Follower | None]:
+    """(work directory, lock, follower): rank 0 (or the only process) runs `prepare()` to
+    create --out and its work directory and shares its resume state; any other rank of a run
+    that writes --out gets a private follower directory instead and never touches --out."""
+    if out_path is not None and not dist.is_writer():
+        follower = Follower()
+        follower.attach(req)
+        return None, None, follower
+    work, lock = prepare()
+    share_state(req)
+    return work, lock, None
 
 
 def share_state(req) -> None:

@@ -20,13 +20,13 @@ from ..calibrate.data import calib_input, tokenizer_for  # noqa: F401  (tokenize
 from ..io.atomic import write_text
 from ..io.checkpoint import load
 from ..io.outdir import INCOMPLETE, check_output_dir
-from .dist_run import Follower, peaks, share_state
-from ..errors import PlanError
+from .dist_run import from_writer, on_writer, open_out, peaks
+from ..measure.latency import DEFAULT_RUNTIME
 from ..measure.memory import PeakMemory, stage_report
 from ..methods import DEFAULT, PruneRequest, get
 from ..methods.base import achieved_ratio, dense_params
 from ..models import expected_nonembedding
-from ..io.guard import OutLock, fingerprint, refuse_changed, refuse_overlap, set_stage
+from ..io.guard import OutLock, fingerprint, refuse_other_run, refuse_overlap, set_stage
 from ..plan import Plan
 from .request_checks import MIN_CALIB_TOKENS, check_request, ratio_note
 from ..io.resume import ResumeState  # noqa: F401  (re-exported: tests and dist_worker patch it here)
@@ -91,7 +91,7 @@ def make_plan(model, method: str, req: PruneRequest, calib: torch.Tensor | None,
     return plan, report
 
 
-def prune(  # long: one keyword argument per CLI option
+def prune(  # long: one keyword argument per CLI option (the body is under 50 lines)
     model_dir: str | Path,
     method: str = DEFAULT,
     *,
@@ -110,7 +110,7 @@ def prune(  # long: one keyword argument per CLI option
     checked: bool = False,
     speedup: float | None = None,
     latency_ms: float | None = None,
-    latency_runtime: str = "gguf:f32",
+    latency_runtime: str = DEFAULT_RUNTIME,
     latency_table: str | Path | None = None,
     latency_model=None,
     **request,
@@ -135,43 +135,29 @@ def prune(  # long: one keyword argument per CLI option
     check_request(get(method), ratio, layers, req.budget)  # the ratio is validated here, once, before any work
     out_path = Path(out).absolute() if out else None
     on_disk = isinstance(model_dir, (str, Path))
-    writer = dist.is_writer()  # in a distributed run only rank 0 looks at --out (dist_run)
-    if out_path is not None and writer:
-        refuse_overlap(out_path, {"--model": model_dir if on_disk else None, "--calib": calib_input(calib)})
-        check_output_dir(out_path, force=force, resume=resume)
+    src = dict(calib=calib, n_samples=n_samples, seq_len=seq_len, seed=seed, data_dir=data_dir)
     args = {"model": str(Path(model_dir).absolute()) if on_disk else "in-memory", "method": method, "ratio": ratio,
             "layers": layers, "calib": str(calib), "n_samples": n_samples, "seq_len": seq_len, "seed": seed, "dtype": dtype,
             "request": {k: (list(v) if isinstance(v, tuple) else v) for k, v in sorted(request.items()) if k != "progress"}}
+    on_writer(lambda: _check_out(out_path, model_dir if on_disk else None, calib, force, resume))
     if speed:
         args.update(budget=budget.to_json(), latency_runtime=latency_runtime, latency_table=str(latency_table or ""))
         from .budget_stages import prune_budget
 
-        if dist.is_writer():  # rank 0 measures (or reads) the latency model; the others take its result
+        def measured() -> tuple:  # rank 0 measures (or reads) the latency model; every rank takes its budget
             prune_budget(model_dir, method, req, latency_model, latency_runtime, latency_table)
-        req.latency, req.ratio, req.extra["budget"] = dist.broadcast_object((req.latency, req.ratio, req.extra.get("budget")))
-    resuming = dist.broadcast_object(
-        bool(writer and out_path and resume and (out_path / INCOMPLETE).exists() and (out_path / ".work").is_dir()))
-    windows = None
+            return req.latency, req.ratio, req.extra.get("budget")
+
+        req.latency, req.ratio, req.extra["budget"] = from_writer(measured)
+    resuming = from_writer(lambda: bool(out_path and resume and (out_path / INCOMPLETE).exists()
+                                        and (out_path / ".work").is_dir()))
     set_stage("prune checks")
-    if not writer:  # rank 0 checks (and says what is wrong); the others take its windows
-        pass
-    elif not checked:  # `build` runs preflight() itself before creating its directory
-        windows = preflight(model_dir, method, calib, n_samples, seq_len, seed, data_dir, req.progress,
-                            req.protect, req.offload, windows=not resuming, layers=layers)
-    elif get(method).needs_calibration and not resuming:  # bad text fails before --out exists
-        windows = calibration(model_dir, calib, n_samples, seq_len, seed, data_dir)
-    follower = Follower() if out_path is not None and not writer else None
-    if follower is not None:
-        work, lock = None, None
-        follower.attach(req)
-    else:
-        inputs = fingerprint(model_dir, calib, data_dir=data_dir) if out_path is not None else {}
-        work, lock = _prepare_out(out_path, force, resuming, args, req, inputs)
-        share_state(req)
+    windows = on_writer(lambda: _checked_windows(model_dir, method, src, req, checked, resuming, layers))
+    work, lock, follower = open_out(out_path, req, lambda: _prepare_out(
+        out_path, force, resuming, args, req, fingerprint(model_dir, calib, data_dir=data_dir) if out_path else {}))
     try:
-        return _plan_and_save(model_dir, method, req, windows, work, out_path if writer else None, resuming, out_dtype,
-                              device, dict(calib=str(calib), n_samples=n_samples, seq_len=seq_len, seed=seed,
-                                           data_dir=data_dir, out=out_path))
+        return _plan_and_save(model_dir, method, req, windows, work, out_path if dist.is_writer() else None, resuming,
+                              out_dtype, device, dict(src, calib=str(calib), out=out_path))
     finally:
         if lock is not None:
             lock.release()
@@ -179,15 +165,30 @@ def prune(  # long: one keyword argument per CLI option
             follower.close()
 
 
+def _check_out(out_path: Path | None, model_dir, calib, force: bool, resume: bool) -> None:
+    """--out may neither hold nor sit inside an input, and must be new, edgeprune's, or resumable."""
+    if out_path is not None:
+        refuse_overlap(out_path, {"--model": model_dir, "--calib": calib_input(calib)})
+        check_output_dir(out_path, force=force, resume=resume)
+
+
+def _checked_windows(model_dir, method: str, src: dict, req: PruneRequest, checked: bool, resuming: bool,
+                     layers) -> torch.Tensor | None:
+    """The prune's own input checks (unless `build` ran them), returning the calibration
+    windows they made; a checked fresh run still tokenizes here, so bad text fails before
+    --out exists. None when the resume record holds them or the method needs none."""
+    if not checked:
+        return preflight(model_dir, method, src["calib"], src["n_samples"], src["seq_len"], src["seed"], src["data_dir"],
+                         req.progress, req.protect, req.offload, windows=not resuming, layers=layers)
+    if get(method).needs_calibration and not resuming:
+        return calibration(model_dir, src["calib"], src["n_samples"], src["seq_len"], src["seed"], src["data_dir"])
+    return None
+
+
 def _plan_and_save(model_dir, method: str, req: PruneRequest, windows, work: Path | None, out_path: Path | None,
                    resuming: bool, out_dtype, device: str, opts: dict) -> PruneResult:
     """Plan under the memory meter, then apply and save (or apply in memory)."""
-    if windows is None and get(method).needs_calibration and dist.is_writer():
-        windows = calibration(model_dir, opts["calib"], opts["n_samples"], opts["seq_len"], opts["seed"],
-                              opts["data_dir"], work)
-    elif work is not None and windows is not None:
-        torch.save(windows, work / "calib.pt")
-    windows = dist.broadcast_object(windows)  # rank 0's windows (read back from its work dir on resume)
+    windows = from_writer(lambda: _run_windows(model_dir, method, windows, work, opts))
     torch.manual_seed(opts["seed"])
     set_stage(f"prune plan ({method})")
     try:
@@ -221,6 +222,17 @@ def _plan_and_save(model_dir, method: str, req: PruneRequest, windows, work: Pat
     return PruneResult(plan, model, report)
 
 
+def _run_windows(model_dir, method: str, windows, work: Path | None, opts: dict) -> torch.Tensor | None:
+    """Rank 0's calibration windows, kept in the work directory for a resume (or read back
+    from it when resuming); every rank then prunes with exactly these."""
+    if windows is None and get(method).needs_calibration:
+        return calibration(model_dir, opts["calib"], opts["n_samples"], opts["seq_len"], opts["seed"],
+                           opts["data_dir"], work)
+    if work is not None and windows is not None:
+        torch.save(windows, work / "calib.pt")
+    return windows
+
+
 def _forget_if_fresh(out_path: Path | None, resuming: bool, work: Path | None) -> None:
     """A refusal before any layer finished leaves nothing behind: the next plain run must
     not trip on a half-made --out."""
@@ -246,14 +258,9 @@ def _prepare_out(out_path: Path | None, force: bool, resuming: bool, args: dict,
             read_windows(work / "calib.pt")
         old = schema.read(work / "args.json", schema.RESUME_ARGS, "resume record", schema.RESTART) \
             if (work / "args.json").is_file() else None
-        if old != args:
-            shown = "its arguments were not recorded" if old is None else ", ".join(
-                f"{k}: was {old.get(k)!r}, now {args[k]!r}" for k in args if old.get(k) != args[k])
-            raise PlanError(f"{out_path} holds an interrupted run with other arguments ({shown}); "
-                            "repeat them to resume, or pass --force to start over")
         recorded = work / "inputs.json"
-        refuse_changed(schema.read(recorded, schema.RESUME_INPUTS, "resume record", schema.RESTART)
-                       if recorded.is_file() else None, inputs, out_path)
+        refuse_other_run(out_path, old, args, schema.read(recorded, schema.RESUME_INPUTS, "resume record", schema.RESTART)
+                         if recorded.is_file() else None, inputs)
     elif force and out_path.exists():
         shutil.rmtree(out_path)  # check_output_dir has made sure edgeprune wrote it
     out_path.mkdir(exist_ok=True)
