@@ -173,6 +173,10 @@ def test_interrupted_build_resumes(stories, tmp_path, monkeypatch):
         return real(*a, **k)
 
     monkeypatch.setattr(exporters, "export", flaky)
+    import edgeprune.measure.latency as latency
+
+    free = iter([1] + [2] * 50)  # the cores free when the build starts, then a load change
+    monkeypatch.setattr(latency, "free_cores", lambda *a, **k: next(free))
     out = tmp_path / "b"
     kw = dict(model=str(stories), target=str(t), ratio=0.2, calib="tinystories", out=str(out))
     with pytest.raises(KeyboardInterrupt):
@@ -188,3 +192,6 @@ def test_interrupted_build_resumes(stories, tmp_path, monkeypatch):
     assert not (out / ".edgeprune-incomplete").exists()
     assert all(a["verify"]["passed"] for a in res["profile"]["artifacts"])
     assert calls["n"] == 3  # the first export was reused, not redone
+    # one runtime thread count per build, decided when it started and kept across the resume
+    assert json.loads((out / "build_state.json").read_text())["runtime_threads"] == 1
+    assert {a["latency"]["pruned"]["protocol"]["threads"] for a in res["profile"]["artifacts"]} == {1}

@@ -87,3 +87,17 @@ def test_a_linked_reference_reuses_the_first_builds_dense_perplexity_on_the_same
     assert _linked_dense_ppl(b, "gguf-f32", {"path": "x"}, w) is None  # exported here, not linked
     assert _linked_dense_ppl(b, "onnx-f32", linked, w) is None
     assert _linked_dense_ppl(SimpleNamespace(opts={}), "gguf-f32", linked, w) is None
+
+
+def test_a_resumed_sweep_keeps_the_runtime_threads_its_points_were_measured_with(tmp_path):
+    """Every point of a sweep is measured with one thread count; --resume reads it back from the
+    points already built (their build state records it), whatever the load is now."""
+    from edgeprune.run.sweep import _recorded_threads
+
+    asked = [("speedup", 1.1), ("speedup", 1.2)]
+    assert _recorded_threads(tmp_path, asked) is None  # nothing built yet: the sweep decides now
+    (tmp_path / "speedup-1.1").mkdir()
+    (tmp_path / "speedup-1.1" / "build_state.json").write_text("{truncated")
+    (tmp_path / "speedup-1.2").mkdir()
+    (tmp_path / "speedup-1.2" / "build_state.json").write_text(json.dumps({"args": {"runtime_threads": 3}}))
+    assert _recorded_threads(tmp_path, asked) == 3

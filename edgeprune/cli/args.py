@@ -163,6 +163,15 @@ def _export_args(sub) -> argparse.ArgumentParser:
     return ex
 
 
+def _runtime_threads(sp, sweep: bool = False) -> None:
+    """llama.cpp's / ORT's threads, fixed once so that the latency model and the speedup check
+    (and, in a sweep, every point) are measured alike."""
+    sp.add_argument("--runtime-threads", type=_positive, default=None, metavar="N",
+                    help="threads of the artifact runtimes for the latency model and the speedup check (default: the "
+                         "cores no other process is busy on when the " + ("sweep" if sweep else "build") + " starts, "
+                         "kept for every measurement of it" + (" and every point" if sweep else "") + ")")
+
+
 def _build_args(sub) -> argparse.ArgumentParser:
     from ..methods import REGISTRY
 
@@ -179,6 +188,7 @@ def _build_args(sub) -> argparse.ArgumentParser:
     _method_options(b, build=True)
     b.add_argument("--align", type=_positive, default=None, help="kept widths are rounded to a multiple of it "
                    "(see prune --align; 1: none; default: the target's value)")
+    _runtime_threads(b)
     b.add_argument("--out", default="build", help="build directory (default build/)")
     b.add_argument("--force", action="store_true", help="replace a finished build in --out (only one edgeprune wrote)")
     b.add_argument("--resume", action="store_true", help="continue an interrupted build with the same arguments")
@@ -236,6 +246,7 @@ def _sweep_args(sub) -> argparse.ArgumentParser:
     sw.add_argument("--calib", default=None, help="calibration (and evaluation) set, as for build")
     sw.add_argument("--latency-table", default=None, metavar="FILE", help="a latency table measured on the device")
     _method_options(sw, build=True)
+    _runtime_threads(sw, sweep=True)
     sw.add_argument("--out", default="sweep", help="sweep directory (default sweep/)")
     sw.add_argument("--force", action="store_true", help="replace a finished sweep in --out")
     sw.add_argument("--resume", action="store_true", help="continue an interrupted sweep (finished budgets are kept)")

@@ -70,7 +70,8 @@ def cmd_build(a) -> int:
                     latency_table=a.latency_table, method=a.method, calib=a.calib, out=a.out,
                     force=a.force, resume=a.resume, data_dir=a.data_dir, nsamples=a.nsamples, seq_len=a.seq_len,
                     seed=a.seed, device=a.device, options=_build_options(a), align=a.align,
-                    command=command_line(), gguf_pre=a.gguf_pre, formats=a.formats, quiet=a.quiet or a.json)
+                    command=command_line(), gguf_pre=a.gguf_pre, formats=a.formats, quiet=a.quiet or a.json,
+                    runtime_threads=a.runtime_threads)
     print(json.dumps({"out": str(a.out), "summary": res["summary"], "profile": res["profile"]}) if a.json else res["summary"])
     return 0
 
@@ -81,7 +82,7 @@ def cmd_sweep(a) -> int:
 
     res = sweep(a.model, a.target, a.speedups, a.ratios, a.out, force=a.force, resume=a.resume, method=a.method,
                 calib=a.calib, data_dir=a.data_dir, device=a.device, options=_build_options(a),
-                latency_table=a.latency_table, command=command_line())
+                latency_table=a.latency_table, command=command_line(), runtime_threads=a.runtime_threads)
     print(markdown(res) + f"sweep: {a.out}/sweep.json, sweep.md, pareto.png ({res['wall_seconds']:.0f} s)")
     return 0
 

@@ -197,7 +197,7 @@ VERIFY = {"dtype": str, "passed": bool, "all_finite?": bool, "max_abs_logit_diff
           "top1_agreement": Number(0), "greedy_tokens_match": bool, "perplexity": {"relative_delta": Opt(Number(0))}}
 
 EXPORT_RESULT = {"format": str, "dtype": str, "path": str, "bytes": Whole(0), "verify": dict}
-BUILD_STATE = {"args": dict, "inputs?": Map(str), "complete?": bool,
+BUILD_STATE = {"args": dict, "inputs?": Map(str), "complete?": bool, "runtime_threads?": Whole(1),
                "done": {"prune?": dict, "dtypes?": Map({"chosen": str}), "export?": Map(EXPORT_RESULT),
                         "profile?": Map(dict), "host?": dict}}
 

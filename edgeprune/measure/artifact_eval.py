@@ -44,7 +44,8 @@ def windows_digest(windows) -> str:
     return hashlib.sha256(windows.numpy().tobytes()).hexdigest()[:16]
 
 
-def measure_pair(dense: Path, pruned: Path, windows, tgt, cfg, vocab: int, dense_known: dict | None = None) -> dict:
+def measure_pair(dense: Path, pruned: Path, windows, tgt, cfg, vocab: int, dense_known: dict | None = None,
+                 threads: int | None = None) -> dict:
     """Perplexity of both through their runtime, and their interleaved latency. `dense_known`:
     the dense perplexity already measured through this very artifact on these very windows
     (a sweep's linked reference), reused; the latency is always measured again, interleaved."""
@@ -53,7 +54,7 @@ def measure_pair(dense: Path, pruned: Path, windows, tgt, cfg, vocab: int, dense
 
     context = measure_context(tgt, cfg)
     ppl = [dense_known or runtime_perplexity_windows(dense, windows), runtime_perplexity_windows(pruned, windows)]
-    lat = measure({"dense": dense, "pruned": pruned}, context, tgt.new_tokens, LATENCY_REPS, vocab=vocab)
+    lat = measure({"dense": dense, "pruned": pruned}, context, tgt.new_tokens, LATENCY_REPS, threads, vocab=vocab)
     return {"ppl": [p["perplexity"] for p in ppl], "ppl_window_nll": [p["window_nll"] for p in ppl], "latency": lat,
             "windows_sha": windows_digest(windows)}
 

@@ -202,13 +202,15 @@ def parse_runtime(spec: str) -> tuple[str, str]:
     return fmt, dtype
 
 
-def build_model(ad: "DecoderAdapter", fmt: str, dtype: str, context: int, table=None, progress: bool = True):
-    """The latency model of `fmt`/`dtype` at `context` with the threads the speedup check uses:
-    measured on this host (cached), or read from a table measured on the device."""
+def build_model(ad: "DecoderAdapter", fmt: str, dtype: str, context: int, table=None, progress: bool = True,
+                threads: int | None = None):
+    """The latency model of `fmt`/`dtype` at `context` with the threads the speedup check uses
+    (a build passes its one thread count; alone, the cores free now): measured on this host
+    (cached), or read from a table measured on the device."""
     from ..measure.latency_model import latency_model
     from ..measure.latency import free_cores
 
-    return latency_model(ad, fmt, dtype, context, free_cores(), table=table, progress=progress)
+    return latency_model(ad, fmt, dtype, context, threads or free_cores(), table=table, progress=progress)
 
 
 def resolve(b: Budget, ad: "DecoderAdapter", cost_budget: bool, lm=None, protected: set[int] = frozenset(),

@@ -90,7 +90,7 @@ def measure_context(tgt, cfg) -> int:
 
 
 def latency_for(tgt, ad, cfg, dtypes: list[tuple[str, str]], table=None, saved: dict | None = None,
-                progress: bool = True):
+                progress: bool = True, threads: int | None = None):
     """The latency model of every artifact (format, dtype the dense widths leave it), held
     together (`latency_binding`: the budget must hold in each runtime): reloaded from the build
     state on --resume, else from `table` or measured on this host (cached per runtime and dtype;
@@ -100,7 +100,8 @@ def latency_for(tgt, ad, cfg, dtypes: list[tuple[str, str]], table=None, saved: 
     if saved:
         return load(saved)
     ctx = measure_context(tgt, cfg)
-    return combine([build_model(ad, fmt, dtype, ctx, table, progress) for fmt, dtype in dtypes], list(ad.layer_shapes()))
+    return combine([build_model(ad, fmt, dtype, ctx, table, progress, threads) for fmt, dtype in dtypes],
+                   list(ad.layer_shapes()))
 
 
 def artifact_dtypes(tgt, dense_fit: dict) -> list[tuple[str, str]]:
@@ -127,7 +128,8 @@ def build_budget(b, ad, dense_fit: dict) -> None:
     from .build_context import QUIET
 
     b.latency = latency_for(b.tgt, ad, load_config(b.model_dir), artifact_dtypes(b.tgt, dense_fit),
-                            b.opts.get("latency_table"), b.state.get("latency_model"), progress=not QUIET["on"])
+                            b.opts.get("latency_table"), b.state.get("latency_model"), progress=not QUIET["on"],
+                            threads=b.state.get("runtime_threads"))
     res = resolve_for_build(b.budget, b.tgt, ad, get(b.method).cost_budget, b.latency, b.align)
     b.state["latency_model"] = b.latency.to_json()
     b.ratio = res.ratio

@@ -30,7 +30,8 @@ def build(model: str | None = None, target: str = "cpu-x86", ratio: float | None
           options: dict | None = None, align: int | None = None, command: str = "",
           gguf_pre: str | None = None, formats: str | None = None, quiet: bool = False,
           speedup: float | None = None, latency_ms: float | None = None,
-          latency_table: str | None = None, ladder_dir: str | None = None, reference_from: str | None = None) -> dict:
+          latency_table: str | None = None, ladder_dir: str | None = None, reference_from: str | None = None,
+          runtime_threads: int | None = None) -> dict:
     """Run every stage of a build into `out`; returns the console summary and the profile.
     The budget is at most one of `ratio`, `speedup`, `latency_ms` (else the target's);
     `formats` (`gguf:q8_0,onnx:f32`) replaces the target's artifact list; `options` sets method
@@ -44,7 +45,8 @@ def build(model: str | None = None, target: str = "cpu-x86", ratio: float | None
                dict(data_dir=data_dir, nsamples=nsamples, seq_len=seq_len, seed=seed, device=device, command=command,
                     options=options or {}, align=align, gguf_pre=gguf_pre,
                     speed=(speedup, latency_ms), latency_table=latency_table,
-                    ladder_dir=ladder_dir, reference_from=reference_from))  # both: `edgeprune sweep` shares them
+                    ladder_dir=ladder_dir, reference_from=reference_from,  # both: `edgeprune sweep` shares them
+                    runtime_threads=runtime_threads))
     try:
         for stage in STAGES:
             set_stage(f"build {stage.__name__.removeprefix('stage_')}")

@@ -134,7 +134,8 @@ def stage_measure(b: Build) -> None:
         log(f"profile {key}: perplexity and latency (dense vs pruned, interleaved)")
         measured[key] = ev.measure_pair(Path(exports[f"dense:{key}"]["path"]), Path(exports[f"pruned:{key}"]["path"]),
                                           windows, b.tgt, cfg, get_adapter(cfg).vocab_size,
-                                          _linked_dense_ppl(b, key, exports[f"dense:{key}"], windows))
+                                          _linked_dense_ppl(b, key, exports[f"dense:{key}"], windows),
+                                          threads=b.state.get("runtime_threads"))
         b.save_state()
     threads = next(iter(measured.values()))["latency"]["pruned"]["protocol"]["threads"] if measured else 1
     if b.done.get("host", {}).get("threads") != threads:

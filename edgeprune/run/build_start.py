@@ -199,6 +199,8 @@ def _open_state(b: Build, resume: bool) -> bool:
             "formats": [[f["format"], f["dtype"]] for f in b.tgt.formats], "options": b.options}
     if b.budget is not None:
         args.update(budget=b.budget.to_json(), latency_table=str(b.opts.get("latency_table") or ""))
+    if b.opts.get("runtime_threads"):  # given: a resume must give the same; else decided once below
+        args["runtime_threads"] = int(b.opts["runtime_threads"])
     inputs = fingerprint(b.model_dir, b.calib, b.tgt.path, b.opts["data_dir"])
     run = {"command": b.opts["command"], "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
     b.state = {"args": args, "inputs": inputs, "done": {}, "commands": [run]}
@@ -214,6 +216,10 @@ def _open_state(b: Build, resume: bool) -> bool:
     else:
         preflight(b.model_dir, b.method, b.calib, b.opts["nsamples"], b.opts["seq_len"], b.opts["seed"], b.opts["data_dir"],
                   progress=not QUIET["on"])  # --quiet: no "checking weights" bar either
+    if "runtime_threads" not in b.state:  # one thread count for the latency models and every speedup check
+        from ..measure.latency import free_cores
+
+        b.state["runtime_threads"] = int(args.get("runtime_threads") or free_cores())
     return resume and state_path.is_file()
 
 

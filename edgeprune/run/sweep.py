@@ -15,6 +15,7 @@ import sys
 import time
 from pathlib import Path
 
+from ..io.atomic import write_text
 from ..io.outdir import INCOMPLETE, OWNER, check_output_dir
 from ..errors import EdgePruneError
 
@@ -72,6 +73,13 @@ def sweep(model: str | None, target: str, speedups: list[float], ratios: list[fl
     (out_dir / INCOMPLETE).write_text("edgeprune sweep in progress\n")
     (out_dir / OWNER).write_text("edgeprune sweep\n")
     t0, first, points = time.perf_counter(), None, []
+    if not build_kw.get("runtime_threads"):  # every point measured alike (a point's own pick follows the load)
+        build_kw["runtime_threads"] = _recorded_threads(out_dir, points_asked) if resume else None
+        if not build_kw["runtime_threads"]:
+            from ..measure.latency import free_cores
+
+            build_kw["runtime_threads"] = free_cores()
+    log(f"runtime threads: {build_kw['runtime_threads']} for every point's latency model and speedup check")
     for k, (kind, v) in enumerate(points_asked):
         d = out_dir / f"{kind}-{v:g}"
         done = time.perf_counter() - t0
@@ -91,12 +99,26 @@ def sweep(model: str | None, target: str, speedups: list[float], ratios: list[fl
         points.append(point_of(profile, kind, v, d.name))
     res = summarise(points, json.loads((first / "profile.json").read_text()) if first else None, target, model)
     res["wall_seconds"] = time.perf_counter() - t0
-    (out_dir / "sweep.json").write_text(json.dumps(res, indent=1))
-    (out_dir / "sweep.md").write_text(markdown(res))
+    write_text(out_dir / "sweep.json", json.dumps(res, indent=1))  # atomic: --resume and readers trust it
+    write_text(out_dir / "sweep.md", markdown(res))
     res["plots"] = [p for p in [plot(res, out_dir / "pareto.png")] if p]
-    (out_dir / "sweep.json").write_text(json.dumps(res, indent=1))
+    write_text(out_dir / "sweep.json", json.dumps(res, indent=1))
     (out_dir / INCOMPLETE).unlink(missing_ok=True)
     return res
+
+
+def _recorded_threads(out_dir: Path, points_asked) -> int | None:
+    """The runtime threads an interrupted sweep's points were measured with (their build
+    state records them): a resumed sweep keeps them, so its points stay comparable."""
+    for kind, v in points_asked:
+        state = out_dir / f"{kind}-{v:g}" / "build_state.json"
+        try:
+            got = json.loads(state.read_text())["args"].get("runtime_threads")
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            continue
+        if got:
+            return int(got)
+    return None
 
 
 def point_of(profile: dict, kind: str, v: float, name: str) -> dict:
