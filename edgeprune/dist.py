@@ -17,7 +17,7 @@ from __future__ import annotations
 import os
 import sys
 from datetime import timedelta
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 if TYPE_CHECKING:
     import torch
@@ -126,6 +126,26 @@ def broadcast_object(obj: Any, src: int = 0) -> Any:
     box = [obj if rank() == src else None]
     tdist.broadcast_object_list(box, src=src, device=_comm_device())
     return box[0]
+
+
+def solve_once(fn: Callable[[], Any], owner: int = 0) -> Any:
+    """`fn()`, a dense solve every rank would otherwise repeat on the same summed statistics
+    (SlimGPT's OBS), run on rank `owner` alone with the intra-op threads of the ranks on its
+    node (`LOCAL_WORLD_SIZE`: they only wait for the answer, so their cores are free), and its
+    result broadcast to every rank. A factorisation does not split across processes without a
+    distributed Cholesky; its BLAS threads do split across cores. One process: `fn()`."""
+    if not active():
+        return fn()
+    out = None
+    if rank() == owner:
+        own = torch.get_num_threads()
+        local = int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1)
+        torch.set_num_threads(max(1, min(own * local, os.cpu_count() or own)))
+        try:
+            out = fn()
+        finally:
+            torch.set_num_threads(own)
+    return broadcast_object(out, src=owner)
 
 
 def gather_object(obj: Any) -> list[Any]:

@@ -224,3 +224,26 @@ def test_search_resumes_from_two_ranks_on_one(pruned, tmp_path):
     assert len(list((out / ".work" / "layers").glob("layer*.json"))) == 2
     _ok(finish(launch(["-m", "edgeprune", *cli, "--resume"], None)))
     same_checkpoint(pruned[1] / "search", out)
+
+
+def test_solve_once_runs_on_its_owner_with_the_nodes_threads(monkeypatch):
+    """A dense per-module solve (SlimGPT's OBS, COMP's trajectories) runs on one rank, which
+    borrows the intra-op threads of the ranks on its node while they wait; the others take its
+    broadcast answer and never run it."""
+    from edgeprune import dist
+
+    seen = []
+    monkeypatch.setattr(dist, "active", lambda: True)
+    monkeypatch.setattr(dist, "broadcast_object", lambda obj, src=0: ("from rank", src, obj))
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
+    monkeypatch.setattr(dist.os, "cpu_count", lambda: 2)
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        monkeypatch.setattr(dist, "rank", lambda: 1)
+        assert dist.solve_once(lambda: seen.append("ran") or 7) == ("from rank", 0, None) and seen == []
+        monkeypatch.setattr(dist, "rank", lambda: 0)
+        assert dist.solve_once(lambda: seen.append(torch.get_num_threads()) or 7) == ("from rank", 0, 7)
+        assert seen == [2] and torch.get_num_threads() == 1  # lent for the solve, given back after
+    finally:
+        torch.set_num_threads(before)

@@ -133,7 +133,7 @@ def test_build_measures_one_model_per_artifact(tiny_models, monkeypatch):
 
     asked = []
 
-    def fake_build(ad, fmt, dtype, context, table=None, progress=True):
+    def fake_build(ad, fmt, dtype, context, table=None, progress=True, threads=None):
         asked.append((fmt, dtype))
         lm = _fake(dtype, fixed=1.0 + len(asked))
         lm.fmt = fmt

@@ -58,6 +58,11 @@ class Binding:
         """The worst runtime's held-out error (the budget is only as sure as its least sure model)."""
         return max(float(getattr(m, "relative_error", float("nan"))) for m in self.models)
 
+    @property
+    def max_relative_error(self) -> float:
+        """The largest held-out error of any runtime's model."""
+        return max(float(getattr(m, "max_relative_error", float("nan"))) for m in self.models)
+
     def model_ms(self, shapes: list) -> float:
         return self.dense[0] * max(m.model_ms(shapes) / d for m, d in zip(self.models, self.dense))
 

@@ -71,6 +71,15 @@ class LatencyModel:
         return self.fixed_ms() + sum(self.layer_ms(s.num_heads, s.num_kv_heads, s.intermediate_size)
                                      for s in shapes if s is not None)
 
+    @property
+    def max_relative_error(self) -> float:
+        """The largest |pred - measured| / measured over the held-out shapes. A shallow design
+        (ORT) holds out the full-depth dense model among shallow mixes: the median can hide the
+        error of the one extrapolation in depth that every real prediction makes."""
+        errs = [abs(r["predicted_ms"] - r["measured_ms"]) / r["measured_ms"] for r in self.held_out
+                if r.get("measured_ms")]
+        return max(errs) if errs else float("nan")
+
     def to_json(self) -> dict:
         return {"edgeprune_latency_model": MODEL_VERSION, **asdict(self)}
 

@@ -27,6 +27,7 @@ import torch
 
 from ..errors import PlanError
 from ..models import LayerShape
+from .. import dist
 from ..plan import LayerPlan, Plan
 from ..calibrate.streaming import Activations, LayerSource, done, run_collecting, walk
 from .base import (
@@ -96,38 +97,46 @@ def prune_layer(
     target = target_ratio * ad.layer_param_count(shape)
 
     W_o, W_f = ad.module(layer, "o").weight.detach(), ad.module(layer, "down").weight.detach()
-    A_o, A_f = mask_system(W_o, col_o.gram), mask_system(W_f, col_f.gram)
-    del col_o, col_f, cols  # the Gram matrices are folded into A; free them before the solves
-    f = shape.intermediate_size
-    min_keep_f = max(1, req.align if req.align > 1 and f >= 2 * req.align else 1)
-    groups = units_of_groups(shape, hd, A_o.device)
-    channels = torch.arange(f, device=A_f.device).view(f, 1)
-    order_o, steps_o = mask_trajectory(A_o, groups, shape.num_kv_heads - 1, 1, req.importance, req.damp)
-    order_f, steps_f = mask_trajectory(A_f, channels, f - min_keep_f, max(1, f // 32), req.importance, req.damp)
-    k_o, k_f, tau = _select_counts(steps_o, steps_f, cost_o, cost_f, target, len(order_f))
-    keep_f, note = aligned_keep(f, f - k_f, req.align)
-    k_f = f - keep_f
+    grams = [col_o.gram, col_f.gram]
+    del col_o, col_f, cols
 
-    kv_keep = sorted(set(range(shape.num_kv_heads)) - set(order_o[:k_o]))
-    ffn_keep = sorted(set(range(f)) - set(order_f[:k_f]))
-    tensors: dict[str, torch.Tensor] = {}
-    stats: dict = {"target_ratio": target_ratio, "tau": tau}
-    for role, A, keep_idx in (
-        ("o", A_o, groups[kv_keep].reshape(-1)),
-        ("down", A_f, torch.tensor(ffn_keep, device=A_f.device)),
-    ):
-        if len(keep_idx) == A.shape[0] or not req.mask_tuning:
-            stats[f"{role}_mask_var"] = 0.0
-            continue
-        m = fit_mask(A, keep_idx, damping(A, req.damp), req.solver)
-        tensors[f"L{layer_index}.{role}.col_scale"] = m.float().cpu()
-        stats[f"{role}_mask_var"] = float(m.var()) if m.numel() > 1 else 0.0
-    new_shape = LayerShape(len(ffn_keep), len(kv_keep) * n_rep, len(kv_keep))
-    stats["achieved_ratio"] = 1 - ad.layer_param_count(new_shape) / ad.layer_param_count(shape)
-    stats["kept"] = new_shape.as_dict()
-    if note:
-        stats["align_note"] = note
-    lp = group_layer_plan(shape, kv_keep, ffn_keep, stats)
+    def solve() -> tuple[LayerPlan, dict[str, torch.Tensor]]:
+        """The mask trajectories and re-fits on the summed Grams (one rank runs it: `dist.solve_once`)."""
+        A_o, A_f = mask_system(W_o, grams[0]), mask_system(W_f, grams[1])
+        grams.clear()  # the Gram matrices are folded into A; free them before the solves
+        f = shape.intermediate_size
+        min_keep_f = max(1, req.align if req.align > 1 and f >= 2 * req.align else 1)
+        groups = units_of_groups(shape, hd, A_o.device)
+        channels = torch.arange(f, device=A_f.device).view(f, 1)
+        order_o, steps_o = mask_trajectory(A_o, groups, shape.num_kv_heads - 1, 1, req.importance, req.damp)
+        order_f, steps_f = mask_trajectory(A_f, channels, f - min_keep_f, max(1, f // 32), req.importance, req.damp)
+        k_o, k_f, tau = _select_counts(steps_o, steps_f, cost_o, cost_f, target, len(order_f))
+        keep_f, note = aligned_keep(f, f - k_f, req.align)
+        k_f = f - keep_f
+
+        kv_keep = sorted(set(range(shape.num_kv_heads)) - set(order_o[:k_o]))
+        ffn_keep = sorted(set(range(f)) - set(order_f[:k_f]))
+        tensors: dict[str, torch.Tensor] = {}
+        stats: dict = {"target_ratio": target_ratio, "tau": tau}
+        for role, A, keep_idx in (
+            ("o", A_o, groups[kv_keep].reshape(-1)),
+            ("down", A_f, torch.tensor(ffn_keep, device=A_f.device)),
+        ):
+            if len(keep_idx) == A.shape[0] or not req.mask_tuning:
+                stats[f"{role}_mask_var"] = 0.0
+                continue
+            m = fit_mask(A, keep_idx, damping(A, req.damp), req.solver)
+            tensors[f"L{layer_index}.{role}.col_scale"] = m.float().cpu()
+            stats[f"{role}_mask_var"] = float(m.var()) if m.numel() > 1 else 0.0
+        new_shape = LayerShape(len(ffn_keep), len(kv_keep) * n_rep, len(kv_keep))
+        stats["achieved_ratio"] = 1 - ad.layer_param_count(new_shape) / ad.layer_param_count(shape)
+        stats["kept"] = new_shape.as_dict()
+        if note:
+            stats["align_note"] = note
+        return group_layer_plan(shape, kv_keep, ffn_keep, stats), tensors
+
+    lp, tensors = dist.solve_once(solve)
+    grams.clear()
     return lp, tensors, out
 
 

@@ -19,6 +19,7 @@ import math
 
 import torch
 
+from .. import dist
 from ..plan import Plan
 from ..calibrate.streaming import LayerSource, done, run_collecting, walk
 from .base import PruneRequest, bar, group_layer_plan, param_budget, uniform_split, units_of_groups
@@ -140,18 +141,25 @@ def neuron_stage(source: LayerSource, acts, req: PruneRequest, plan: Plan, ratio
         out.close()
         col_o, col_f = cols["o"], cols["down"]
         n_groups, n_ch = uniform_split(ad, s, ratios.get(i, 0.0) * params[i], req.align)
-        tensors, keep = {}, {}
-        for role, col, units, n_units, steps in (
-            ("o", col_o, units_of_groups(s, ad.head_dim, col_o.gram.device), n_groups, [1] * n_groups),
-            ("down", col_f, torch.arange(s.intermediate_size, device=col_f.gram.device).view(-1, 1), n_ch, dynamic_group_sizes(n_ch)),
-        ):
-            H = hessian(col.gram, req.damp)
-            W = weight64(ad, layer, role, H.device)
-            gone = obs_remove(W, inverse_spd(H), units, n_units, steps) if n_units else []
-            kept_units = [u for u in range(units.shape[0]) if u not in set(gone)]
-            keep[role] = kept_units
-            if gone:
-                tensors[f"L{i}.{role}.weight"] = W[:, units[kept_units].reshape(-1)].float().cpu()
+
+        def solve() -> tuple[dict, dict]:
+            """Both OBS solves of this layer on the summed Grams: (re-fitted tensors, kept units)."""
+            tensors, keep = {}, {}
+            for role, col, units, n_units, steps in (
+                ("o", col_o, units_of_groups(s, ad.head_dim, col_o.gram.device), n_groups, [1] * n_groups),
+                ("down", col_f, torch.arange(s.intermediate_size, device=col_f.gram.device).view(-1, 1), n_ch,
+                 dynamic_group_sizes(n_ch)),
+            ):
+                H = hessian(col.gram, req.damp)
+                W = weight64(ad, layer, role, H.device)
+                gone = obs_remove(W, inverse_spd(H), units, n_units, steps) if n_units else []
+                kept_units = [u for u in range(units.shape[0]) if u not in set(gone)]
+                keep[role] = kept_units
+                if gone:
+                    tensors[f"L{i}.{role}.weight"] = W[:, units[kept_units].reshape(-1)].float().cpu()
+            return tensors, keep
+
+        tensors, keep = dist.solve_once(solve)  # one rank solves (with its idle peers' cores); all take it
         plan.layers[i] = group_layer_plan(s, keep["o"], keep["down"], {"target_ratio": ratios.get(i, 0.0)})
         plan.tensors.update(tensors)
         with torch.no_grad():

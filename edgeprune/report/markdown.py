@@ -207,7 +207,9 @@ def budget_lines(profile: dict) -> list[str]:
     out = [f"Budget: {asked} (became ratio {b['ratio']:.4f})"
            + (f"; latency model: {' '.join(str(x) for x in (lm.get('runtime'), lm.get('dtype')) if x)}, context {lm.get('context')}, "
               f"{lm.get('threads')} threads, from {'a device table' if lm.get('source') == 'table' else 'this build host'}, "
-              f"{_fmt(lm.get('relative_error'), '.1%')} error on held-out shapes." if lm else ".")]
+              f"{_fmt(lm.get('relative_error'), '.1%')} error on held-out shapes"
+              + (f" (median; at most {_fmt(lm.get('max_relative_error'), '.1%')})" if lm.get("max_relative_error") is not None
+                 else "") + "." if lm else ".")]
     for a in profile["artifacts"]:
         p = a.get("latency_predicted")
         if p:

@@ -39,10 +39,11 @@ def prune_budget(model_dir, method: str, req, lm, runtime: str, table) -> None:
     m = get(method)
     res = resolve(req.budget, ad, m.cost_budget, lm, req.protected(ad.num_layers), req.align, f" in {_where(lm, runtime)}")
     req.latency, req.ratio, req.extra["budget"] = lm, res.ratio, res
-    err = getattr(lm, "relative_error", None)
+    err, worst = getattr(lm, "relative_error", None), getattr(lm, "max_relative_error", None)
     print(f"edgeprune: {req.budget.words()}: dense {res.dense_ms:.3f} -> at most {res.target_ms:.3f} ms/token, predicted in "
           f"{_where(lm, runtime)}, {getattr(lm, 'threads', '?')} threads"
-          + (f" ({err:.1%} error on held-out shapes)" if isinstance(err, (int, float)) else ""), file=sys.stderr)
+          + (f" ({err:.1%} error on held-out shapes" + (f", at most {worst:.1%})" if isinstance(worst, float) else ")")
+             if isinstance(err, (int, float)) else ""), file=sys.stderr)
     if res.translated:
         warnings.warn(f"{m.name} allocates by parameters only: {req.budget.words()} is given to it as --ratio {res.ratio} "
                       f"(uniform widths predicted at {res.target_ms:.3f} ms/token or less); --method search allocates "
@@ -153,7 +154,7 @@ def budget_record(budget: Budget | None, ratio: float | None, achieved: float, p
 def latency_model_record(lm) -> dict | None:
     if lm is None:
         return None
-    keys = ("source", "relative_error", "runtime", "fmt", "dtype", "context", "threads", "key")
+    keys = ("source", "relative_error", "max_relative_error", "runtime", "fmt", "dtype", "context", "threads", "key")
     rec = {k: getattr(lm, k, None) for k in keys}
     if hasattr(lm, "models"):  # a Binding: each runtime's own model and its held-out error
         rec["per_runtime"] = [{k: getattr(m, k, None) for k in keys} for m in lm.models]
