@@ -15,13 +15,13 @@ A pre-tokenizer llama.cpp has no name for is refused with the override flag name
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from edgeprune.errors import ExportError
 
-# GGUF token types (llama.cpp's llama_token_type)
-NORMAL, UNKNOWN, CONTROL, USER_DEFINED, UNUSED, BYTE = 1, 2, 3, 4, 5, 6
+from .vocab_tables import Vocab, byte_level_tables, sentencepiece_tables
+
 LLAMA3 = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
 QWEN2 = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
 TEKKEN = r"[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]*[\p{Ll}\p{Lm}\p{Lo}\p{M}]+|[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]+[\p{Ll}\p{Lm}\p{Lo}\p{M}]*|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n/]*|\s*[\r\n]+|\s+(?!\S)|\s+"
@@ -58,30 +58,6 @@ OTHER_PRES = ("default", "llama3", "deepseek-llm", "deepseek-coder", "falcon", "
               "chameleon", "minerva-7b", "megrez", "llama4", "seed-coder", "trillion", "bailingmoe", "qwen35")
 
 
-@dataclass
-class Vocab:
-    """Everything a runtime needs to tokenize and detokenize as transformers does."""
-    kind: str                      # "sentencepiece" (Metaspace BPE) or "byte-level"
-    ggml_model: str                # tokenizer.ggml.model: llama | gpt2
-    tokens: list[bytes]
-    types: list[int]
-    scores: list[float] | None = None
-    merges: list[str] | None = None
-    pre: str | None = None
-    add_space_prefix: bool | None = None
-    bos: int | None = None
-    eos: int | None = None
-    unk: int | None = None
-    pad: int | None = None
-    add_bos: bool = False
-    add_eos: bool = False
-    chat_template: str | None = None
-    notes: list[str] = field(default_factory=list)
-
-    def describe(self) -> str:
-        pre = f", pre {self.pre}" if self.pre else ""
-        sp = f", add_space_prefix {self.add_space_prefix}" if self.add_space_prefix is not None else ""
-        return f"{self.ggml_model} ({self.kind}{pre}{sp}; add_bos {self.add_bos}, add_eos {self.add_eos})"
 
 
 def hf_tokenizer(model_dir: Path):
@@ -190,7 +166,6 @@ def read_vocab(model_dir: Path, vocab_size: int, pre_override: str | None = None
         raise ExportError(f"{model_dir}: the tokenizer is a {model.get('type')} model; llama.cpp reads BPE and "
                           "SentencePiece-BPE vocabularies from edgeprune; export ONNX, or convert the tokenizer to BPE")
     add_bos, add_eos, notes = special_handling(tok)
-    from .vocab_tables import byte_level_tables, sentencepiece_tables
 
     space = _metaspace(j)
     if space is not None:

@@ -6,11 +6,41 @@ function per llama.cpp vocabulary type.
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from edgeprune.errors import ExportError
 
-from .vocab import BYTE, CONTROL, NORMAL, UNKNOWN, UNUSED, USER_DEFINED, Vocab
+
+# GGUF token types (llama.cpp's llama_token_type)
+NORMAL, UNKNOWN, CONTROL, USER_DEFINED, UNUSED, BYTE = 1, 2, 3, 4, 5, 6
+
+
+@dataclass
+class Vocab:
+    """Everything a runtime needs to tokenize and detokenize as transformers does."""
+    kind: str                      # "sentencepiece" (Metaspace BPE) or "byte-level"
+    ggml_model: str                # tokenizer.ggml.model: llama | gpt2
+    tokens: list[bytes]
+    types: list[int]
+    scores: list[float] | None = None
+    merges: list[str] | None = None
+    pre: str | None = None
+    add_space_prefix: bool | None = None
+    bos: int | None = None
+    eos: int | None = None
+    unk: int | None = None
+    pad: int | None = None
+    add_bos: bool = False
+    add_eos: bool = False
+    chat_template: str | None = None
+    notes: list[str] = field(default_factory=list)
+
+    def describe(self) -> str:
+        pre = f", pre {self.pre}" if self.pre else ""
+        sp = f", add_space_prefix {self.add_space_prefix}" if self.add_space_prefix is not None else ""
+        return f"{self.ggml_model} ({self.kind}{pre}{sp}; add_bos {self.add_bos}, add_eos {self.add_eos})"
+
 
 _BYTE_TOKEN = re.compile(r"^<0x[0-9A-Fa-f]{2}>$")
 

@@ -8,7 +8,8 @@ from types import SimpleNamespace
 import pytest
 
 from edgeprune.errors import EdgePruneError, PlanError
-from edgeprune.run.sweep import budgets_of, link_reference, markdown, plot, point_of, summarise
+from edgeprune.run.build_stages import link_reference
+from edgeprune.run.sweep import budgets_of, markdown, plot, point_of, summarise
 
 
 def _profile(ratio: float, dense_ms: float, pruned_ms: float, ppl: float) -> dict:

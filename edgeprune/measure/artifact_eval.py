@@ -49,8 +49,7 @@ def measure_pair(dense: Path, pruned: Path, windows, tgt, cfg, vocab: int, dense
     """Perplexity of both through their runtime, and their interleaved latency. `dense_known`:
     the dense perplexity already measured through this very artifact on these very windows
     (a sweep's linked reference), reused; the latency is always measured again, interleaved."""
-    from ..run.budget_stages import measure_context
-    from .latency import measure
+    from .latency import measure, measure_context
 
     context = measure_context(tgt, cfg)
     ppl = [dense_known or runtime_perplexity_windows(dense, windows), runtime_perplexity_windows(pruned, windows)]

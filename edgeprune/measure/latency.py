@@ -21,6 +21,11 @@ DEFAULT_REPS = 5
 DEFAULT_RUNTIME = "gguf:f32"  # FORMAT:DTYPE a prune's speed budget is predicted in when no target names one
 
 
+def measure_context(tgt, cfg) -> int:
+    """The prompt length the build's latency measurement uses (the target's, within the model's window)."""
+    return max(8, min(tgt.context, int(getattr(cfg, "max_position_embeddings", 2048)) - tgt.new_tokens - 8))
+
+
 def free_cores(samples: int = 5) -> int:
     """Cores not taken by other runnable processes right now (Linux /proc/loadavg's
     running-task count, the busiest of a few samples): the runtime gets that many threads,

@@ -85,17 +85,13 @@ def choose(tgt, ratio: float | None, speedup: float | None, latency_ms: float | 
     return None, ""
 
 
-def measure_context(tgt, cfg) -> int:
-    """The prompt length the build's latency measurement uses (the target's, within the model's window)."""
-    return max(8, min(tgt.context, int(getattr(cfg, "max_position_embeddings", 2048)) - tgt.new_tokens - 8))
-
-
 def latency_for(tgt, ad, cfg, dtypes: list[tuple[str, str]], table=None, saved: dict | None = None,
                 progress: bool = True, threads: int | None = None):
     """The latency model of every artifact (format, dtype the dense widths leave it), held
     together (`latency_binding`: the budget must hold in each runtime): reloaded from the build
     state on --resume, else from `table` or measured on this host (cached per runtime and dtype;
     a bar unless `progress` is off)."""
+    from ..measure.latency import measure_context
     from ..measure.latency_binding import combine, load
 
     if saved:

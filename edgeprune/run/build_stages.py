@@ -5,6 +5,8 @@ stage resumes per layer, export per artifact, measure per pair)."""
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import time
 from pathlib import Path
 
@@ -84,8 +86,6 @@ def stage_export(b: Build) -> None:
             base.mkdir(exist_ok=True)
             path = base / get_format(f["format"]).artifact_name(f["dtype"])
             if which == "dense" and b.opts.get("reference_from"):
-                from .sweep import link_reference
-
                 linked = link_reference(b, key, path)
                 if linked is not None:
                     exports[f"{which}:{key}"] = linked
@@ -141,6 +141,29 @@ def stage_measure(b: Build) -> None:
     if b.done.get("host", {}).get("threads") != threads:
         b.done["host"] = ev.host_probe(threads)
         b.save_state()
+
+
+def link_reference(b, key: str, path: Path) -> dict | None:
+    """The dense export of format `key` from the sweep's first build, linked at `path` (the
+    dense model is the same for every budget); None when that build has none."""
+    src_dir = b.opts.get("reference_from")
+    if not src_dir:
+        return None
+    state = Path(src_dir) / "build_state.json"
+    rec = json.loads(state.read_text())["done"].get("export", {}).get(f"dense:{key}") if state.is_file() else None
+    if rec is None:
+        return None
+    # the same name in the first build's reference/ (a GGUF file, or an ONNX folder whose model.onnx the record names)
+    src = Path(src_dir) / path.parent.name / path.name
+    inner = Path(rec["path"]).relative_to(src) if Path(rec["path"]) != src else None
+    if path.is_symlink() or path.exists():
+        shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink()
+    os.symlink(src, path, target_is_directory=src.is_dir())
+    side = Path(str(src) + ".verify.json")  # a GGUF's verify report sits beside it
+    if side.is_file():
+        Path(str(path) + ".verify.json").unlink(missing_ok=True)
+        os.symlink(side, str(path) + ".verify.json")
+    return {**rec, "path": str(path / inner if inner else path), "linked_from": rec["path"]}
 
 
 def _linked_dense_ppl(b: Build, key: str, rec: dict, windows) -> dict | None:

@@ -9,7 +9,6 @@ parameter-budgeted points beside latency-budgeted ones, the target's default poi
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import sys
 import time
@@ -33,29 +32,6 @@ def budgets_of(speedups: list[float], ratios: list[float]) -> list[tuple[str, fl
     if not out:
         raise EdgePruneError("no budget to sweep; pass --speedups 1.1,1.2 and/or --ratios 0.1,0.2")
     return out
-
-
-def link_reference(b, key: str, path: Path) -> dict | None:
-    """The dense export of format `key` from the sweep's first build, linked at `path` (the
-    dense model is the same for every budget); None when that build has none."""
-    src_dir = b.opts.get("reference_from")
-    if not src_dir:
-        return None
-    state = Path(src_dir) / "build_state.json"
-    rec = json.loads(state.read_text())["done"].get("export", {}).get(f"dense:{key}") if state.is_file() else None
-    if rec is None:
-        return None
-    # the same name in the first build's reference/ (a GGUF file, or an ONNX folder whose model.onnx the record names)
-    src = Path(src_dir) / path.parent.name / path.name
-    inner = Path(rec["path"]).relative_to(src) if Path(rec["path"]) != src else None
-    if path.is_symlink() or path.exists():
-        shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink()
-    os.symlink(src, path, target_is_directory=src.is_dir())
-    side = Path(str(src) + ".verify.json")  # a GGUF's verify report sits beside it
-    if side.is_file():
-        Path(str(path) + ".verify.json").unlink(missing_ok=True)
-        os.symlink(side, str(path) + ".verify.json")
-    return {**rec, "path": str(path / inner if inner else path), "linked_from": rec["path"]}
 
 
 def sweep(model: str | None, target: str, speedups: list[float], ratios: list[float], out: str, force: bool = False,
