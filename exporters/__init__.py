@@ -17,7 +17,8 @@ from pathlib import Path
 
 from edgeprune.errors import ExportError, OutputError
 
-from edgeprune.io.guard import OutLock, refuse_overlap, set_stage
+from edgeprune.io.guard import refuse_overlap, set_stage
+from edgeprune.io.outlock import OutLock
 
 from .common import DTYPES, check_dtype, check_out_path, needed_bytes, staged
 

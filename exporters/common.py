@@ -102,7 +102,7 @@ def check_out_path(out: Path, force: bool) -> None:
         raise OutputError(f"output directory {parent} does not exist; create it first")
     if not os.access(parent, os.W_OK):
         raise OutputError(f"output directory {parent} is not writable; choose another --out")
-    from edgeprune.io.guard import refuse_locked, refuse_mount_point
+    from edgeprune.io.outlock import refuse_locked, refuse_mount_point
 
     refuse_mount_point(out)
     if out.is_dir():

@@ -211,7 +211,7 @@ def test_a_second_export_into_the_same_out_is_refused_with_the_pid(base, tmp_pat
 
     import exporters.gguf_writer as gw
 
-    from edgeprune.io.guard import lock_paths
+    from edgeprune.io.outlock import lock_paths
 
     out = tmp_path / "m.gguf"
     argv = ["export", str(base / "good"), "--format", "gguf", "--out", str(out), "--quiet"]
@@ -302,3 +302,54 @@ def test_a_malformed_resume_file_is_refused_naming_it(interrupted_search, name, 
     line = _one_error(capsys)
     assert f"{f} {expected}" in line and ("--force" in line or "delete it" in line), line
     assert _snapshot(out) == before
+
+
+def test_a_run_that_reaches_out_after_another_finished_there_refuses_it(tmp_path):
+    """The race of two runs started together (found by CI): the second passed its first
+    checks while --out was new, the first then finished and released its lock. Under the
+    lock the second looks again and refuses, leaving the finished result as it was."""
+    from edgeprune.errors import OutputError
+    from edgeprune.io.outdir import LOCK, MANIFEST, claim
+
+    out = tmp_path / "o"
+    out.mkdir()
+    (out / MANIFEST).write_text("{}")
+    (out / "model.safetensors").write_bytes(b"weights")
+    with pytest.raises(OutputError, match="already holds a result"):
+        claim(out, force=False, resume=False, resuming=False)
+    assert sorted(p.name for p in out.iterdir()) == [MANIFEST, "model.safetensors"]
+    assert not (out / LOCK).exists()
+
+
+def test_force_never_empties_an_out_another_live_run_holds(tmp_path):
+    """--force, checked while --out was free, reaches it after another run took its lock:
+    refused with that run's pid, nothing removed."""
+    from edgeprune.errors import OutputError
+    from edgeprune.io.outdir import INCOMPLETE, LOCK, claim
+
+    out = tmp_path / "o"
+    out.mkdir()
+    (out / INCOMPLETE).write_text("")
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        (out / LOCK).write_text(json.dumps({"pid": other.pid}))
+        with pytest.raises(OutputError, match=f"pid {other.pid}"):
+            claim(out, force=True, resume=False, resuming=False)
+        assert sorted(p.name for p in out.iterdir()) == sorted([INCOMPLETE, LOCK])
+    finally:
+        other.kill()
+        other.wait()
+
+
+def test_claim_with_force_empties_what_edgeprune_wrote_and_keeps_its_lock(tmp_path):
+    from edgeprune.io.outdir import LOCK, MANIFEST, claim
+
+    out = tmp_path / "o"
+    (out / "sub").mkdir(parents=True)
+    (out / MANIFEST).write_text("{}")
+    lock, made = claim(out, force=True, resume=False, resuming=False)
+    try:
+        assert made and [p.name for p in out.iterdir()] == [LOCK]
+    finally:
+        lock.release()
+    assert not any(out.iterdir())

@@ -211,8 +211,6 @@ class WeightStore:
 def open_store(model_dir: str | Path, config) -> WeightStore:
     """The store of a local checkpoint directory whose `config` the caller has already
     loaded and validated (`checkpoint.load_config`); the raw config.json gives the dtype."""
-    import json
-
     from ..models import get_adapter
 
     ad = get_adapter(config)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from ..io.atomic import write_text
 from ..errors import EdgePruneError
-from ..io.guard import OutLock
+from ..io.outlock import OutLock
 from .targets import Target
 
 

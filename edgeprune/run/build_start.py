@@ -3,7 +3,6 @@ resume arguments and input hashes), then its directory created or reopened: ever
 comes before anything exists on disk. `dry_run` reuses the same checks."""
 from __future__ import annotations
 
-import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -11,8 +10,8 @@ from pathlib import Path
 from ..report import profile as prof
 from .build_context import QUIET, Build, BuildError, log
 from ..io.checkpoint import load_config
-from ..io.outdir import INCOMPLETE, check_output_dir
-from ..io.guard import OutLock, fingerprint, refuse_other_run, refuse_overlap
+from ..io.outdir import INCOMPLETE, check_output_dir, claim
+from ..io.guard import fingerprint, refuse_other_run, refuse_overlap
 from ..models import get_adapter
 from .targets import Target, load_target
 
@@ -177,7 +176,7 @@ def _start(model, target, ratio, method, calib, out, force, resume, opts: dict) 
         from .budget_stages import build_budget
 
         build_budget(b, r.ad, r.dense_fit)
-    _create(b, force and not resuming)
+    _create(b, force, resume, resuming)
     from .budget_stages import budget_words
 
     log(f"target {tgt.name}; method {r.method}; {budget_words(b)}; align {r.align}"
@@ -223,12 +222,8 @@ def _open_state(b: Build, resume: bool) -> bool:
     return resume and state_path.is_file()
 
 
-def _create(b: Build, fresh: bool) -> None:
+def _create(b: Build, force: bool, resume: bool, resuming: bool) -> None:
     """Create (or reopen) the build directory, locked and marked incomplete, with its state."""
-    if fresh and b.out_dir.exists():
-        shutil.rmtree(b.out_dir)  # check_output_dir made sure edgeprune wrote it
-    b.created = not b.out_dir.exists()
-    b.out_dir.mkdir(exist_ok=True)
-    b.lock = OutLock(b.out_dir).acquire()
+    b.lock, b.created = claim(b.out_dir, force, resume, resuming)  # the --out checks again, under its lock
     (b.out_dir / INCOMPLETE).write_text("edgeprune build in progress\n")
     b.save_state()  # the arguments and input hashes, before any stage: a resume compares them

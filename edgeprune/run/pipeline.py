@@ -19,14 +19,15 @@ from .. import defaults, dist
 from ..calibrate.data import calib_input, tokenizer_for  # noqa: F401  (tokenizer_for re-exported: callers import it from here)
 from ..io.atomic import write_text
 from ..io.checkpoint import load
-from ..io.outdir import INCOMPLETE, check_output_dir
+from ..io.outdir import INCOMPLETE, check_output_dir, claim
 from .dist_run import from_writer, on_writer, open_out, peaks
 from ..measure.latency import DEFAULT_RUNTIME
 from ..measure.memory import PeakMemory, stage_report
 from ..methods import DEFAULT, PruneRequest, get
 from ..methods.base import achieved_ratio, dense_params
 from ..models import expected_nonembedding
-from ..io.guard import OutLock, fingerprint, refuse_other_run, refuse_overlap, set_stage
+from ..io.outlock import OutLock
+from ..io.guard import fingerprint, refuse_other_run, refuse_overlap, set_stage
 from ..plan import Plan
 from .request_checks import MIN_CALIB_TOKENS, check_request, ratio_note
 from ..io.resume import ResumeState  # noqa: F401  (re-exported: tests and dist_worker patch it here)
@@ -154,7 +155,7 @@ def prune(  # long: one keyword argument per CLI option (the body is under 50 li
     set_stage("prune checks")
     windows = on_writer(lambda: _checked_windows(model_dir, method, src, req, checked, resuming, layers))
     work, lock, follower = open_out(out_path, req, lambda: _prepare_out(
-        out_path, force, resuming, args, req, fingerprint(model_dir, calib, data_dir=data_dir) if out_path else {}))
+        out_path, force, resume, resuming, args, req, fingerprint(model_dir, calib, data_dir=data_dir) if out_path else {}))
     try:
         return _plan_and_save(model_dir, method, req, windows, work, out_path if dist.is_writer() else None, resuming,
                               out_dtype, device, dict(src, calib=str(calib), out=out_path))
@@ -242,7 +243,7 @@ def _forget_if_fresh(out_path: Path | None, resuming: bool, work: Path | None) -
         shutil.rmtree(out_path, ignore_errors=True)  # created by this run, holding nothing worth resuming
 
 
-def _prepare_out(out_path: Path | None, force: bool, resuming: bool, args: dict, req: PruneRequest,
+def _prepare_out(out_path: Path | None, force: bool, resume: bool, resuming: bool, args: dict, req: PruneRequest,
                  inputs: dict[str, str]) -> tuple[Path | None, OutLock | None]:
     """Create --out (after every check passed) with its work directory and take its lock; on
     --resume, refuse when the arguments or the inputs' content differ from the interrupted
@@ -261,10 +262,7 @@ def _prepare_out(out_path: Path | None, force: bool, resuming: bool, args: dict,
         recorded = work / "inputs.json"
         refuse_other_run(out_path, old, args, schema.read(recorded, schema.RESUME_INPUTS, "resume record", schema.RESTART)
                          if recorded.is_file() else None, inputs)
-    elif force and out_path.exists():
-        shutil.rmtree(out_path)  # check_output_dir has made sure edgeprune wrote it
-    out_path.mkdir(exist_ok=True)
-    lock = OutLock(out_path).acquire()
+    lock, _ = claim(out_path, force, resume, resuming)  # the --out checks again, under its lock
     (out_path / INCOMPLETE).write_text("edgeprune prune in progress\n")
     work.mkdir(exist_ok=True)
     write_text(work / "args.json", json.dumps(args, indent=1))

@@ -9,13 +9,12 @@ parameter-budgeted points beside latency-budgeted ones, the target's default poi
 from __future__ import annotations
 
 import json
-import shutil
 import sys
 import time
 from pathlib import Path
 
 from ..io.atomic import write_text
-from ..io.outdir import INCOMPLETE, OWNER, check_output_dir
+from ..io.outdir import INCOMPLETE, OWNER, check_output_dir, claim
 from ..errors import EdgePruneError
 
 
@@ -37,17 +36,28 @@ def budgets_of(speedups: list[float], ratios: list[float]) -> list[tuple[str, fl
 def sweep(model: str | None, target: str, speedups: list[float], ratios: list[float], out: str, force: bool = False,
           resume: bool = False, **build_kw) -> dict:
     """Build at every budget, then write sweep.json, sweep.md and pareto.png into `out`."""
-    from .build import build
 
     points_asked = budgets_of(speedups, ratios)
     out_dir = Path(out).absolute()
-    if not (resume and (out_dir / "sweep.json").is_file()):  # --resume also refills a finished sweep's refused points
+    refill = resume and (out_dir / "sweep.json").is_file()  # --resume also refills a finished sweep's refused points
+    if not refill:
         check_output_dir(out_dir, force=force, resume=resume)
-    if force and out_dir.exists() and not resume:
-        shutil.rmtree(out_dir)
-    out_dir.mkdir(exist_ok=True)
-    (out_dir / INCOMPLETE).write_text("edgeprune sweep in progress\n")
-    (out_dir / OWNER).write_text("edgeprune sweep\n")
+    # under the lock, the same checks again (a refill takes what is there: as with --force, nothing is refused)
+    lock, _ = claim(out_dir, force or refill, resume, resuming=resume)
+    try:
+        (out_dir / INCOMPLETE).write_text("edgeprune sweep in progress\n")
+        (out_dir / OWNER).write_text("edgeprune sweep\n")
+        return _sweep_points(model, target, points_asked, out_dir, resume, build_kw)
+    finally:
+        lock.release()
+
+
+def _sweep_points(model: str | None, target: str, points_asked: list, out_dir: Path, resume: bool,
+                  build_kw: dict) -> dict:
+    """Every point's build (a resumed point continues; a finished one is read back), then the
+    sweep's summary, table and plot."""
+    from .build import build
+
     t0, first, points = time.perf_counter(), None, []
     if not build_kw.get("runtime_threads"):  # every point measured alike (a point's own pick follows the load)
         build_kw["runtime_threads"] = _recorded_threads(out_dir, points_asked) if resume else None
