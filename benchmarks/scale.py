@@ -148,12 +148,27 @@ def nproc_table(rows: list[dict], nproc: int) -> list[dict]:
     return table
 
 
+def default_against_slimgpt(rows: list[dict], nproc: int) -> str:
+    """search's wall time over SlimGPT's in the same run (issue 23's budget: at most 2x), per
+    shape and depth and process count, from the fastest repetition of each."""
+    lines = []
+    for shape, depth in dict.fromkeys((r["shape"], r["depth"]) for r in rows):
+        for n in (1, nproc):
+            best = {m: min((r["wall"] for r in rows if (r["shape"], r["depth"], r["method"], r["nproc"])
+                            == (shape, depth, m, n)), default=None) for m in ("search", "slimgpt")}
+            if None not in best.values():
+                lines.append(f"- {shape}, {depth} layers, {n} process{'es' if n > 1 else ''}: search / slimgpt wall = "
+                             f"{best['search']:.0f} / {best['slimgpt']:.0f} s = {best['search'] / best['slimgpt']:.2f}x "
+                             "(budget: 2x)")
+    return "\n\n" + "\n".join(lines) + "\n" if lines else ""
+
+
 def _emit_nproc(name: str, command: str, args: dict, rows: list[dict]) -> None:
     n = args["nproc"]
     cols = [("shape", "width of"), ("depth", "layers"), ("method", "method"), ("wall1", "wall s, 1 proc"),
             ("walln", f"wall s, {n} ranks"), ("speedup", "speedup"), ("plan1", "plan s, 1"), ("plann", f"plan s, {n}"),
             ("peak1", "peak GiB, 1"), ("peakn", f"peak GiB per rank, {n}"), ("verdict", "note")]
-    md = markdown_table(nproc_table(rows, n), cols)
+    md = markdown_table(nproc_table(rows, n), cols) + default_against_slimgpt(rows, n)
     print(md)
     write_results(name, {"command": command, "args": args, "rows": rows}, md)
 

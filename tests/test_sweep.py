@@ -102,3 +102,24 @@ def test_a_resumed_sweep_keeps_the_runtime_threads_its_points_were_measured_with
     (tmp_path / "speedup-1.2").mkdir()
     (tmp_path / "speedup-1.2" / "build_state.json").write_text(json.dumps({"args": {"runtime_threads": 3}}))
     assert _recorded_threads(tmp_path, asked) == 3
+
+
+def test_a_sweep_holds_the_lock_of_its_out_while_it_runs(tmp_path, monkeypatch):
+    """A second sweep (or a build) into the same --out while one runs is refused with its
+    pid; the lock is released when the sweep ends, also when a point fails unexpectedly."""
+    import os
+
+    from edgeprune.io.outlock import LOCK, lock_holder
+    from edgeprune.run import sweep as sweep_mod
+
+    out = tmp_path / "s"
+    seen = {}
+
+    def points(*_a, **_k):
+        seen["pid"] = json.loads((out / LOCK).read_text())["pid"]
+        raise RuntimeError("a point failed")
+
+    monkeypatch.setattr(sweep_mod, "_sweep_points", points)
+    with pytest.raises(RuntimeError):
+        sweep_mod.sweep(None, "cpu-x86", [1.2], [], str(out))
+    assert seen["pid"] == os.getpid() and not (out / LOCK).exists() and lock_holder(out) is None
