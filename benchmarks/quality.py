@@ -53,7 +53,7 @@ def ablation_switches(spec: str) -> dict[str, str]:
     }
 
 
-def main() -> None:
+def _args() -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", required=True)
     ap.add_argument("--calib", required=True)
@@ -72,106 +72,111 @@ def main() -> None:
     ap.add_argument("--calib-seq-len", type=int, default=128)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--name", default=None)
-    a = ap.parse_args()
-    pin_threads(a.threads)
+    return ap.parse_args()
 
-    import torch
 
-    from edgeprune.calibrate import data
-    from edgeprune.io.checkpoint import load
-    from edgeprune.errors import EdgePruneError
-    from edgeprune.measure.evaluate import perplexity
-    from edgeprune.run.pipeline import calibration, make_plan, tokenizer_for
-    from edgeprune.methods import PruneRequest
-    from edgeprune.apply.surgery import apply_plan
+class Judge:
+    """One evaluation protocol for every model of the run: perplexity on each --eval text at
+    each window length (the same windows for all), lm-eval tasks, and the GGUF's perplexity."""
 
-    from edgeprune.io.checkpoint import load_config
+    def __init__(self, a: argparse.Namespace):
+        import tempfile
 
-    tok = tokenizer_for(a.model)
-    ctx = int(load_config(a.model).max_position_embeddings)
-    seq_lens = [ctx if x == "max" else int(x) for x in str(a.seq_len).split(",")]
+        from edgeprune.calibrate import data
+        from edgeprune.io.checkpoint import load_config
+        from edgeprune.run.pipeline import tokenizer_for
 
-    def n_windows(L: int) -> int | None:
-        caps = [c for c in (a.max_windows, a.max_tokens // L if a.max_tokens else None) if c]
+        self.a, self.tok = a, tokenizer_for(a.model)
+        ctx = int(load_config(a.model).max_position_embeddings)
+        self.seq_lens = [ctx if x == "max" else int(x) for x in str(a.seq_len).split(",")]
+        self.evals = {f"{e}@{L}": data.evaluation_set(self.tok, e, L, self._n_windows(L))
+                      for L in self.seq_lens for e in a.eval.split(",")}
+        self.tasks = a.tasks.split(",") if a.tasks else []
+        self.first_eval = next(iter(self.evals))
+        self.work = Path(tempfile.mkdtemp(prefix="edgeprune-quality-"))
+
+    def _n_windows(self, L: int) -> int | None:
+        caps = [c for c in (self.a.max_windows, self.a.max_tokens // L if self.a.max_tokens else None) if c]
         return min(caps) if caps else None
 
-    evals = {f"{e}@{L}": data.evaluation_set(tok, e, L, n_windows(L)) for L in seq_lens for e in a.eval.split(",")}
-    tasks = a.tasks.split(",") if a.tasks else []
-    first_eval = next(iter(evals))
-    windows = calibration(a.model, a.calib, a.nsamples, a.calib_seq_len, 0)
-    layers = a.layers if a.layers == "auto" else int(a.layers)
+    def ppl(self, model) -> dict:
+        from edgeprune.measure.evaluate import perplexity
 
-    def ppl(model) -> dict:
-        out = {f"ppl:{e}": perplexity(model, w, batch_size=8, progress=False)["perplexity"] for e, w in evals.items()}
-        if tasks:
+        out = {f"ppl:{e}": perplexity(model, w, batch_size=8, progress=False)["perplexity"] for e, w in self.evals.items()}
+        if self.tasks:
             from edgeprune.measure.zeroshot import run_tasks
 
-            zs = run_tasks(model, tok, tasks, limit=a.task_limit)
+            zs = run_tasks(model, self.tok, self.tasks, limit=self.a.task_limit)
             out.update({f"task:{t}": m.get("acc") for t, m in zs["tasks"].items()})
         return out
 
-    import tempfile
-
-    from edgeprune.measure.artifact_eval import runtime_perplexity
-    from edgeprune.io.checkpoint import save
-
-    work = Path(tempfile.mkdtemp(prefix="edgeprune-quality-"))
-
-    def gguf_ppl(model_dir: Path) -> float:
+    def gguf_ppl(self, model_dir: Path) -> float:
+        from edgeprune.measure.artifact_eval import runtime_perplexity
         from exporters import export
 
-        res = export(model_dir, "gguf", work / "m.gguf", force=True)
-        return runtime_perplexity(Path(res["path"]), evals[first_eval])
+        res = export(model_dir, "gguf", self.work / "m.gguf", force=True)
+        return runtime_perplexity(Path(res["path"]), self.evals[self.first_eval])
 
-    dense = ppl(load(a.model))
-    rows = [{"method": "dense", "ratio": 0.0, **dense}]
+
+def _method_row(a: argparse.Namespace, judge: Judge, spec: str, ratio: float, windows, dense: dict) -> dict:
+    """One method at one ratio: its plan on the shared windows, applied, judged (a refusal is
+    a row with its note)."""
+    import torch
+
+    from edgeprune.apply.surgery import apply_plan
+    from edgeprune.errors import EdgePruneError
+    from edgeprune.io.checkpoint import load, save
+    from edgeprune.methods import PruneRequest
+    from edgeprune.run.pipeline import make_plan
+
+    method, extra = SPECS[spec]
+    if method == "comp" and a.comp_protect is not None:
+        extra = {**extra, "protect": tuple(int(x) for x in a.comp_protect.split(","))}
+    layers = a.layers if a.layers == "auto" else int(a.layers)
+    req = PruneRequest(ratio=ratio, layers=layers if method in ("comp", "comp-slimgpt") else None, progress=False, **extra)
+    row = {"method": spec, "ratio": ratio, **(ablation_switches(spec) if spec in ABLATIONS else {})}
+    try:
+        torch.manual_seed(0)
+        plan, rep = make_plan(a.model, method, req, windows)
+    except EdgePruneError as e:
+        row["note"] = str(e).split(";")[0]
+        print(f"{spec} {ratio}: {e}", file=sys.stderr)
+        return row
+    model = apply_plan(load(a.model), plan)
+    p = judge.ppl(model)
+    row.update({
+        "achieved": rep["ratio_achieved"], "params_kept": rep["params_pruned_nonembedding"],
+        "layers_removed": len(plan.removed_layers), "prune_s": rep["wall_seconds"],
+        "peak_mib": rep["peak_memory"]["above_baseline_bytes"] / 2**20,
+        **p,
+        **{f"ratio:{e}": p[f"ppl:{e}"] / dense[f"ppl:{e}"] for e in judge.evals},
+    })
     if a.gguf:
-        rows[0]["gguf_ppl"] = gguf_ppl(Path(a.model))
-    for ratio in [float(r) for r in a.ratios.split(",")]:
-        for spec in a.methods.split(","):
-            method, extra = SPECS[spec]
-            if method == "comp" and a.comp_protect is not None:
-                extra = {**extra, "protect": tuple(int(x) for x in a.comp_protect.split(","))}
-            req = PruneRequest(ratio=ratio, layers=layers if method in ("comp", "comp-slimgpt") else None, progress=False, **extra)
-            row = {"method": spec, "ratio": ratio, **(ablation_switches(spec) if spec in ABLATIONS else {})}
-            try:
-                torch.manual_seed(0)
-                plan, rep = make_plan(a.model, method, req, windows)
-            except EdgePruneError as e:
-                row["note"] = str(e).split(";")[0]
-                rows.append(row)
-                print(f"{spec} {ratio}: {e}", file=sys.stderr)
-                continue
-            model = apply_plan(load(a.model), plan)
-            p = ppl(model)
-            row.update({
-                "achieved": rep["ratio_achieved"], "params_kept": rep["params_pruned_nonembedding"],
-                "layers_removed": len(plan.removed_layers), "prune_s": rep["wall_seconds"],
-                "peak_mib": rep["peak_memory"]["above_baseline_bytes"] / 2**20,
-                **p,
-                **{f"ratio:{e}": p[f"ppl:{e}"] / dense[f"ppl:{e}"] for e in evals},
-            })
-            if a.gguf:
-                d = save(model, work / "pruned", tokenizer_from=a.model, plan=plan, force=True)
-                try:
-                    row["gguf_ppl"] = gguf_ppl(d)
-                except EdgePruneError as e:  # e.g. per-layer Qwen2 widths: no GGUF route
-                    row["gguf_ppl"] = "no GGUF"
-                    row["note"] = str(e).split(";")[0][:100]
-            rows.append(row)
-            print(f"{spec} {ratio}: " + ", ".join(f"{e} {v:.3f}" for e, v in p.items() if v is not None), file=sys.stderr)
+        d = save(model, judge.work / "pruned", tokenizer_from=a.model, plan=plan, force=True)
+        try:
+            row["gguf_ppl"] = judge.gguf_ppl(d)
+        except EdgePruneError as e:  # e.g. per-layer Qwen2 widths: no GGUF route
+            row["gguf_ppl"] = "no GGUF"
+            row["note"] = str(e).split(";")[0][:100]
+    print(f"{spec} {ratio}: " + ", ".join(f"{e} {v:.3f}" for e, v in p.items() if v is not None), file=sys.stderr)
+    return row
+
+
+def _tables(a: argparse.Namespace, judge: Judge, rows: list[dict]) -> str:
+    """The main table (with its header) and, when COMP variants ran, the ablation table."""
     ppl_cols = []
-    for e in evals:
+    for e in judge.evals:
         name, L = e.rsplit("@", 1)
         ppl_cols += [(f"ppl:{e}", f"PPL {Path(name).name} @{L}"), (f"ratio:{e}", "x dense")]
     if a.gguf:
-        ppl_cols += [("gguf_ppl", f"GGUF PPL (llama.cpp f32, {Path(first_eval).name})")]
-    ppl_cols += [(f"task:{t}", f"{t} acc") for t in tasks]
+        ppl_cols += [("gguf_ppl", f"GGUF PPL (llama.cpp f32, {Path(judge.first_eval).name})")]
+    ppl_cols += [(f"task:{t}", f"{t} acc") for t in judge.tasks]
     cols = [("method", "method"), ("ratio", "ratio"), ("achieved", "achieved"), *ppl_cols,
             ("params_kept", "non-emb params kept"), ("layers_removed", "layers removed"), ("prune_s", "prune s"),
             ("peak_mib", "peak MiB above baseline"), ("note", "note")]
-    windows_text = ", ".join(f"{L}: {next(w for e, w in evals.items() if e.endswith(f'@{L}')).shape[0]} windows"
-                             for L in seq_lens)
+    windows_text = ", ".join(f"{L}: {next(w for e, w in judge.evals.items() if e.endswith(f'@{L}')).shape[0]} windows"
+                             for L in judge.seq_lens)
+    tasks = judge.tasks
     header = (f"Model `{a.model}`; calibration {a.calib} ({a.nsamples} x {a.calib_seq_len} tokens, seed 0); "
               f"evaluation: non-overlapping windows of the eval portion, protocols seq_len {windows_text} "
               f"(each protocol its own columns); COMP --layers {a.layers}"
@@ -187,9 +192,27 @@ def main() -> None:
                     *ppl_cols, ("prune_s", "prune s"), ("note", "note")]
         table += "\n\nCOMP ablation (each variant flips one default of `comp`):\n\n" + markdown_table(
             sorted(abl_rows, key=lambda r: (r["ratio"], ABLATIONS.index(r["method"]))), abl_cols)
+    return table
+
+
+def main() -> None:
+    a = _args()
+    pin_threads(a.threads)
+    from edgeprune.io.checkpoint import load
+    from edgeprune.run.pipeline import calibration
+
+    judge = Judge(a)
+    windows = calibration(a.model, a.calib, a.nsamples, a.calib_seq_len, 0)
+    dense = judge.ppl(load(a.model))
+    rows = [{"method": "dense", "ratio": 0.0, **dense}]
+    if a.gguf:
+        rows[0]["gguf_ppl"] = judge.gguf_ppl(Path(a.model))
+    for ratio in [float(r) for r in a.ratios.split(",")]:
+        rows += [_method_row(a, judge, spec, ratio, windows, dense) for spec in a.methods.split(",")]
+    table = _tables(a, judge, rows)
     print(table)
     name = a.name or Path(a.model).name
-    write_results(f"quality-{name}-seq{'-'.join(map(str, seq_lens))}", {"args": vars(a), "rows": rows}, table)
+    write_results(f"quality-{name}-seq{'-'.join(map(str, judge.seq_lens))}", {"args": vars(a), "rows": rows}, table)
 
 
 if __name__ == "__main__":
