@@ -46,7 +46,7 @@ def make_dense(hidden: int, layers: int, ffn: int, heads: int, kv: int, vocab: i
     return save(m, d, force=True)
 
 
-def main() -> None:
+def _args() -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--ratios", default="0.2,0.3,0.5")
     ap.add_argument("--hidden", type=int, default=576)
@@ -60,26 +60,19 @@ def main() -> None:
     ap.add_argument("--new-tokens", type=int, default=32)
     ap.add_argument("--reps", type=int, default=8)
     ap.add_argument("--threads", type=int, default=2)
-    a = ap.parse_args()
-    pin_threads(a.threads)
+    return ap.parse_args()
 
+
+def _pruned(a: argparse.Namespace, dense: Path) -> tuple[dict, dict]:
+    """COMP's checkpoint at each ratio (kept from an earlier run), and its plan."""
     import torch
 
     import edgeprune
-    from edgeprune.report.profile import linear_weight_bytes
-    from edgeprune.io.checkpoint import load_config
-    from edgeprune.measure.latency import host_info, measure
-    from edgeprune.methods import PruneRequest
-    from edgeprune.models import get_adapter
-    from edgeprune.run.pipeline import make_plan
-    from edgeprune.measure.speedup import check as speedup_check
     from edgeprune.apply.surgery import apply_plan
-    from exporters import export
+    from edgeprune.methods import PruneRequest
+    from edgeprune.run.pipeline import make_plan
 
-    dense = make_dense(a.hidden, a.layers, a.ffn, a.heads, a.kv, a.vocab)
-    ad = get_adapter(load_config(dense))
-    models = {"dense": dense}
-    plans = {}
+    models, plans = {"dense": dense}, {}
     g = torch.Generator().manual_seed(0)
     calib = torch.randint(0, a.vocab, (16, 128), generator=g)
     for r in [float(x) for x in a.ratios.split(",")]:
@@ -89,6 +82,13 @@ def main() -> None:
             edgeprune.save(apply_plan(edgeprune.load(dense), plan), d, plan=plan, force=True)
         models[f"{r:.0%}"] = d
         plans[f"{r:.0%}"] = edgeprune.Plan.load(d)
+    return models, plans
+
+
+def _artifacts(a: argparse.Namespace, models: dict) -> dict[tuple[str, str], dict[str, Path]]:
+    """Every model in every format (verified exports, kept from an earlier run)."""
+    from exporters import export
+
     arts: dict[tuple[str, str], dict[str, Path]] = {}
     for spec in a.formats.split(","):
         fmt, dtype = spec.split(":")
@@ -100,6 +100,19 @@ def main() -> None:
                 print(f"export {name} {fmt} {dtype}", file=sys.stderr)
                 export(d, fmt, path, dtype=dtype, force=True)
             arts.setdefault((fmt, dtype), {})[name] = path / "model.onnx" if fmt == "onnx" else path
+    return arts
+
+
+def _rows(a: argparse.Namespace, arts: dict, models: dict, plans: dict) -> list[dict]:
+    """Per runtime and dtype: dense and pruned measured interleaved, each pruned model's
+    speedup check against its ideal."""
+    from edgeprune.io.checkpoint import load_config
+    from edgeprune.measure.latency import measure
+    from edgeprune.measure.speedup import check as speedup_check
+    from edgeprune.models import get_adapter
+    from edgeprune.report.profile import linear_weight_bytes
+
+    ad = get_adapter(load_config(models["dense"]))
     rows = []
     for (fmt, dtype), paths in arts.items():
         t0 = time.perf_counter()
@@ -108,20 +121,30 @@ def main() -> None:
         for name, p in paths.items():
             if name == "dense":
                 continue
-            ad_p = get_adapter(load_config(models[name]))
-            ideal = b_dense / linear_weight_bytes(p, fmt, dtype, ad_p)
+            ideal = b_dense / linear_weight_bytes(p, fmt, dtype, get_adapter(load_config(models[name])))
             ld, lp = lat["dense"], lat[name]
-            pl = plans[name]
             sp = speedup_check(ld["decode_ms_per_token_runs"], lp["decode_ms_per_token_runs"], ideal)
             rows.append({
                 "runtime": lp["protocol"]["runtime"].split(" (")[0], "dtype": dtype, "ratio": name,
-                "layers_removed": len(pl.removed_layers),
+                "layers_removed": len(plans[name].removed_layers),
                 "decode_dense_med": ld["decode_ms_per_token_median"], "decode_pruned_med": lp["decode_ms_per_token_median"],
                 "speedup": sp["decode_measured"], "interval": "[{:.2f}, {:.2f}]".format(*sp["decode_interval"]),
                 "ideal": ideal, "vs_ideal": sp["decode_measured"] / ideal, "status": sp["status"], "reps": sp["repetitions"],
                 "prefill_speedup": lp["prefill_tokens_per_s_max"] / ld["prefill_tokens_per_s_max"],
             })
         print(f"measured {fmt} {dtype} in {time.perf_counter() - t0:.0f}s", file=sys.stderr)
+    return rows
+
+
+def main() -> None:
+    a = _args()
+    pin_threads(a.threads)
+    import edgeprune
+    from edgeprune.measure.latency import host_info
+
+    dense = make_dense(a.hidden, a.layers, a.ffn, a.heads, a.kv, a.vocab)
+    models, plans = _pruned(a, dense)
+    rows = _rows(a, _artifacts(a, models), models, plans)
     cols = [("runtime", "runtime"), ("dtype", "dtype"), ("ratio", "ratio"), ("layers_removed", "layers removed"),
             ("decode_dense_med", "decode ms/tok dense (median)"), ("decode_pruned_med", "pruned (median)"),
             ("speedup", "speedup (median of paired ratios)"), ("interval", "95% interval"), ("ideal", "ideal"),

@@ -112,12 +112,13 @@ def prune_layer(
         order_f, steps_f = mask_trajectory(A_f, channels, f - min_keep_f, max(1, f // 32), req.importance, req.damp)
         k_o, k_f, tau = _select_counts(steps_o, steps_f, cost_o, cost_f, target, len(order_f))
         keep_f, note = aligned_keep(f, f - k_f, req.align)
+        shift = (keep_f - (f - k_f)) * cost_f  # parameters the rounding to --align kept (+) or removed (-)
         k_f = f - keep_f
 
         kv_keep = sorted(set(range(shape.num_kv_heads)) - set(order_o[:k_o]))
         ffn_keep = sorted(set(range(f)) - set(order_f[:k_f]))
         tensors: dict[str, torch.Tensor] = {}
-        stats: dict = {"target_ratio": target_ratio, "tau": tau}
+        stats: dict = {"target_ratio": target_ratio, "tau": tau, "align_shift_params": shift}
         for role, A, keep_idx in (
             ("o", A_o, groups[kv_keep].reshape(-1)),
             ("down", A_f, torch.tensor(ffn_keep, device=A_f.device)),
@@ -234,4 +235,17 @@ def plan_comp(source: LayerSource, calib: torch.Tensor, req: PruneRequest) -> Pl
         shown[after["removed"]] = before["importance"][after["removed"]]
     plan.stats = {"layer_importance": {str(k): v for k, v in sorted(shown.items())}, "removal_history": history,
                   "layer_ratio_targets": {str(k): v for k, v in ratios.items()}}
+    if _alignment_explains_the_miss(ad, plan, ratio):
+        plan.stats["nearest_reachable"] = True  # a warning naming --align, not a bug (request_checks.ratio_note)
     return plan
+
+
+def _alignment_explains_the_miss(ad, plan: Plan, ratio: float) -> bool:
+    """True when the plan misses the ratio by no more than its layers' rounding to --align
+    moved it: on narrow FFNs (a few multiples of --align) those are the only widths there are."""
+    from .base import RATIO_TOLERANCE, achieved_ratio
+
+    P = dense_params(ad)
+    miss = abs(achieved_ratio(plan, ad) - ratio) * P
+    shifted = sum(abs(lp.stats.get("align_shift_params", 0)) for lp in plan.layers.values())
+    return miss > RATIO_TOLERANCE * P and miss <= shifted + RATIO_TOLERANCE * P
