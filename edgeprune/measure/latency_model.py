@@ -28,7 +28,7 @@ from ..errors import EdgePruneError
 from .latency_fit import TERMS, active_terms, design_row, fit, layer_features, relative_errors
 from ..models import LayerShape
 
-MODEL_VERSION = 2  # a cached table made by another version is measured again (2: ORT's shallow full design)
+MODEL_VERSION = 3  # a cached table made by another version is measured again (3: ORT fits its full-depth dense probe)
 REPS, NEW_TOKENS = 7, 32
 
 
