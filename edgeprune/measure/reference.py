@@ -23,7 +23,7 @@ def final_norm(source: LayerSource) -> nn.Module:
     cls = getattr(source.adapter.modeling_module(), f"{source.adapter.modeling[1]}RMSNorm")
     norm = cls(source.adapter.hidden_size, eps=float(source.config.rms_norm_eps))
     norm.weight.data = source.final_norm_weight().to(source.device, source.dtype)
-    return norm.eval()
+    return norm.eval().requires_grad_(False)  # inference only: its outputs must never carry a graph
 
 
 @torch.no_grad()

@@ -41,7 +41,9 @@ class KLFitness:
         self.norm = final_norm(source)
         self.head = source.lm_head_weight()
         dense = tuple((0, 0) for _ in range(source.num_layers))
-        self.dense = [self._dense_terms(h) for h in self._final(self._hidden([dense])[dense])]
+        with torch.no_grad():  # the norm's weight is a parameter: with autograd on, every logits block of the
+            # dense terms stayed alive in their graph (24 GB at Llama-3.2-1B width, killed by the OOM killer)
+            self.dense = [self._dense_terms(h) for h in self._final(self._hidden([dense])[dense])]
 
     @torch.no_grad()
     def __call__(self, allocs: list[Alloc]) -> list[float]:
