@@ -27,7 +27,7 @@ from benchmarks._common import markdown_table, pin_threads, write_results  # noq
 def errors(W: torch.Tensor, G: torch.Tensor, units: torch.Tensor, n_remove: int, damp: float) -> dict[str, float]:
     """Relative output error of the three solvers removing `n_remove` units."""
     from edgeprune.methods.linalg import damping, fit_mask, inverse_spd, mask_system, mask_trajectory
-    from edgeprune.methods.slimgpt import dynamic_group_sizes, hessian, obs_compensate, obs_remove
+    from edgeprune.methods.obs import dynamic_group_sizes, hessian, obs_compensate, obs_remove
 
     def err(W2: torch.Tensor) -> float:
         D = W - W2

@@ -49,7 +49,7 @@ def cpu(fn) -> float:
 
 def main() -> None:
     from edgeprune.methods import fitness
-    from edgeprune.methods.slimgpt import unit_costs
+    from edgeprune.methods.obs import unit_costs
     from edgeprune.io.synthetic import config_for
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])

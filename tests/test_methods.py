@@ -7,7 +7,7 @@ import torch
 import edgeprune
 from edgeprune.errors import PlanError
 from edgeprune.methods import METHODS, PruneRequest
-from edgeprune.methods.slimgpt import dynamic_group_sizes, obs_remove
+from edgeprune.methods.obs import dynamic_group_sizes, obs_remove
 from edgeprune.models import count_parameters, expected_nonembedding, get_adapter
 from edgeprune.run.pipeline import calibration, make_plan
 from edgeprune.plan import Plan

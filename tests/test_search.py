@@ -13,7 +13,7 @@ from edgeprune.methods import PruneRequest
 from edgeprune.methods.allocate import DROP, Ladders, knapsack, repair
 from edgeprune.methods.search import mutate
 from edgeprune.methods.ladder import attention_path, attention_rungs, ffn_rungs
-from edgeprune.methods.slimgpt import hessian
+from edgeprune.methods.obs import hessian
 from edgeprune.methods.linalg import inverse_spd
 from edgeprune.models import LayerShape, get_adapter
 from edgeprune.run.pipeline import ResumeState, make_plan

@@ -95,33 +95,43 @@ class KLFitness:
 
     def _dense_terms(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Per token of one batch: m = pᵀW (float32), s = Σ p and r = h·m − s·logsumexp(W h) (float64;
-        r is Σ p log p computed by the very routine a candidate's terms go through, so the
-        dense model's own KL is exactly 0 and rounding scales with the distance to it)."""
-        ms, sums = [], []
+        r is Σ p log p from the very arithmetic a candidate's terms go through (`_update`, block by
+        block in the same order), so the dense model's own KL is exactly 0 and rounding scales with
+        the distance to it). Two vocabulary passes per token block: the logits, then pᵀW."""
+        ms, sums, lses = [], [], []
         for t in range(0, h.shape[0], TOKEN_BLOCK):
             x = h[t : t + TOKEN_BLOCK].float()
-            lp = torch.log_softmax(torch.cat([x @ w.T for w in self._head_blocks(x.device)], dim=1), dim=-1)
-            p = lp.exp()
-            sums.append(p.double().sum(-1))
+            blocks = [x @ w.T for w in self._head_blocks(x.device)]
+            top = torch.full((x.shape[0],), -math.inf, dtype=torch.float64, device=x.device)
+            total = torch.zeros_like(top)
+            for b in blocks:
+                _update(top, total, b)
+            lse = top + total.log()
             m = torch.zeros(x.shape, dtype=torch.float64, device=x.device)
-            for k, w in enumerate(self._head_blocks(x.device)):
-                m += (p[:, k * VOCAB_BLOCK : k * VOCAB_BLOCK + w.shape[0]] @ w).double()
+            psum = torch.zeros_like(top)
+            for b, w in zip(blocks, self._head_blocks(x.device)):
+                p = (b.double() - lse[:, None]).exp()
+                psum += p.sum(-1)
+                m += (p.float() @ w).double()
             ms.append(m.float())  # kept at the hidden states' size; r below uses this very m
+            sums.append(psum)
+            lses.append(lse)
         m, s = torch.cat(ms), torch.cat(sums)
-        return m, s, self._cross(h, m, s)
+        return m, s, (h.double() * m.double()).sum(-1) - s * torch.cat(lses)
+
+    def _lse(self, h: torch.Tensor) -> torch.Tensor:
+        """logsumexp(W h) per token (float64): vocabulary blocks outside, token blocks inside, so
+        the lm_head is cast to float32 once per candidate rather than once per token block."""
+        top = torch.full((h.shape[0],), -math.inf, dtype=torch.float64, device=h.device)
+        total = torch.zeros_like(top)
+        for w in self._head_blocks(h.device):
+            for t in range(0, h.shape[0], TOKEN_BLOCK):
+                _update(top[t : t + TOKEN_BLOCK], total[t : t + TOKEN_BLOCK], h[t : t + TOKEN_BLOCK].float() @ w.T)
+        return top + total.log()
 
     def _cross(self, h: torch.Tensor, m: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
         """Σ p log q per token for the candidate's hidden states h: h·(pᵀW) − Σp · logsumexp(W h)."""
-        out = []
-        for t in range(0, h.shape[0], TOKEN_BLOCK):
-            x = h[t : t + TOKEN_BLOCK].float()
-            # logits in float32 (the flops), their exponentials summed in float64 (the rounding)
-            blocks = [x @ w.T for w in self._head_blocks(x.device)]
-            top = torch.stack([b.max(-1).values for b in blocks]).max(0).values.double()
-            total = sum((b.double() - top[:, None]).exp().sum(-1) for b in blocks)
-            lse = top + total.log()
-            out.append((x.double() * m[t : t + TOKEN_BLOCK].double()).sum(-1) - s[t : t + TOKEN_BLOCK] * lse)
-        return torch.cat(out)
+        return (h.double() * m.double()).sum(-1) - s * self._lse(h)
 
     def _kl(self, acts: Activations) -> float:
         sums = self._kl_sums(acts)
@@ -144,3 +154,11 @@ class KLFitness:
             total, n = float(kl.sum()), kl.numel()
             out.append((total, n))
         return out
+
+
+def _update(top: torch.Tensor, total: torch.Tensor, logits: torch.Tensor) -> None:
+    """One vocabulary block into a running logsumexp per token (in place): the logits are
+    float32 (the flops), their exponentials summed in float64 against the running maximum."""
+    new = torch.maximum(top, logits.max(-1).values.double())
+    total.mul_((top - new).exp()).add_((logits.double() - new[:, None]).exp().sum(-1))
+    top.copy_(new)

@@ -37,7 +37,7 @@ from .base import aligned_keep
 from ..io.atomic import write_text, write_with
 from ..io.schema import LADDER_VERSION  # noqa: F401  (the record's format lives with its schema)
 from .linalg import inverse_spd
-from .slimgpt import dynamic_group_sizes, obs_compensate, obs_remove, set_cost, unit_costs
+from .obs import OBSState, dynamic_group_sizes, obs_compensate, set_cost, unit_costs
 
 FFN_LEVELS = 16  # an FFN rung every 1/16 of the width
 MAX_MODULE_CUT = 0.875  # deeper than this a module is better dropped with its layer
@@ -135,22 +135,20 @@ def ffn_counts(f: int, align: int) -> list[int]:
 
 
 def ffn_rungs(W: torch.Tensor, H: torch.Tensor, ad: DecoderAdapter, norm: float, align: int, sink: Sink) -> list[Rung]:
-    """The FFN ladder of one layer (one OBS pass, each rung's down_proj to `sink`)."""
+    """The FFN ladder of one layer: one OBS pass (W and H are consumed), its matrices shrunk to
+    the kept channels as it goes (`obs.OBSState`), each rung's down_proj to `sink`."""
     f = W.shape[1]
     per_ch = ad.ffn_channel_param_count()
-    Hinv = inverse_spd(H)
-    channels = torch.arange(f, device=W.device).view(-1, 1)
-    alive, err = list(range(f)), 0.0
+    state = OBSState(W, inverse_spd(H), torch.arange(f, device=W.device).view(-1, 1))
+    err = 0.0
     rungs = [Rung(0, 0.0, list(range(f)))]
     for n in ffn_counts(f, align):
-        inc = n - (f - len(alive))
+        inc = n - (f - len(state.alive))
         costs: list[float] = []
-        got = obs_remove(W, Hinv, channels[alive], inc, dynamic_group_sizes(inc), costs)
-        gone = {alive[j] for j in got}
-        alive = [c for c in alive if c not in gone]
+        state.remove_steps(inc, dynamic_group_sizes(inc), costs)
         err += sum(costs) / 2
-        rungs.append(Rung(n * per_ch, err / norm, list(alive)))
-        sink(f"ffn{len(rungs) - 1}", W[:, alive].float().cpu())
+        rungs.append(Rung(n * per_ch, err / norm, list(state.alive)))
+        sink(f"ffn{len(rungs) - 1}", state.W.float().cpu())
     return rungs
 
 

@@ -23,7 +23,7 @@ from ..calibrate.streaming import LayerSource, done, run_collecting, walk
 from .base import PruneRequest, bar, cosine_importance
 from .ladder import LadderStore, attention_rungs, ffn_rungs, ladder_record
 from .seeds import layer_stats
-from .slimgpt import hessian, weight64
+from .obs import hessian, weight64
 
 
 def build_ladders(source: LayerSource, windows: torch.Tensor, req: PruneRequest, store: LadderStore) -> list[dict]:

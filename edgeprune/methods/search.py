@@ -41,7 +41,8 @@ from .ladder_build import build_ladders
 from ..io.atomic import write_text
 from .linalg import inverse_spd
 from .seeds import portfolio_seeds
-from .slimgpt import dynamic_group_sizes, hessian, ipr_ratios, obs_remove, weight64
+from .obs import dynamic_group_sizes, hessian, obs_remove, weight64
+from .slimgpt import ipr_ratios
 
 POPULATION = 8  # children per generation
 
@@ -247,25 +248,31 @@ def final_stage(source: LayerSource, calib: torch.Tensor, req: PruneRequest, pla
 
 
 def refit_layer(source: LayerSource, i: int, layer, cur, moves: list[str], n_ch: int, req: PruneRequest):
-    """One layer's attention moves and FFN cut, chosen afresh by OBS on these inputs."""
+    """One layer's attention moves and FFN cut, chosen afresh by OBS on these inputs. The
+    statistics are every rank's; the solve runs once (`dist.solve_once`, on the cores of the
+    ranks that would otherwise repeat it) and every rank takes its answer."""
     ad = source.adapter
     s = ad.shape_of(layer)
     out, cols = run_collecting(source, layer, cur, ("o", "down"))
     out.close()
-    tensors: dict[str, torch.Tensor] = {}
-    heads = initial_heads(s)
-    if moves:
-        W = weight64(ad, layer, "o", cols["o"].gram.device)
-        for _, _, heads in attention_path(W, inverse_spd(hessian(cols["o"].gram, req.damp)), ad, s, forced=moves):
-            pass
-    kept = sorted(h for v in heads.values() for h in v)
-    if moves:
-        tensors[f"L{i}.o.weight"] = W[:, head_cols(kept, ad.head_dim, W.device).reshape(-1)].float().cpu()
-    keep_f = list(range(s.intermediate_size))
-    if n_ch:
-        W = weight64(ad, layer, "down", cols["down"].gram.device)
-        units = torch.arange(s.intermediate_size, device=W.device).view(-1, 1)
-        gone = set(obs_remove(W, inverse_spd(hessian(cols["down"].gram, req.damp)), units, n_ch, dynamic_group_sizes(n_ch)))
-        keep_f = [c for c in keep_f if c not in gone]
-        tensors[f"L{i}.down.weight"] = W[:, keep_f].float().cpu()
-    return LayerPlan(ffn_keep=keep_f, heads_keep=kept, kv_keep=sorted(heads), stats={}), tensors
+
+    def solve() -> tuple[LayerPlan, dict[str, torch.Tensor]]:
+        tensors: dict[str, torch.Tensor] = {}
+        heads = initial_heads(s)
+        if moves:
+            W = weight64(ad, layer, "o", cols["o"].gram.device)
+            for _, _, heads in attention_path(W, inverse_spd(hessian(cols["o"].gram, req.damp)), ad, s, forced=moves):
+                pass
+        kept = sorted(h for v in heads.values() for h in v)
+        if moves:
+            tensors[f"L{i}.o.weight"] = W[:, head_cols(kept, ad.head_dim, W.device).reshape(-1)].float().cpu()
+        keep_f = list(range(s.intermediate_size))
+        if n_ch:
+            W = weight64(ad, layer, "down", cols["down"].gram.device)
+            units = torch.arange(s.intermediate_size, device=W.device).view(-1, 1)
+            gone = set(obs_remove(W, inverse_spd(hessian(cols["down"].gram, req.damp)), units, n_ch, dynamic_group_sizes(n_ch)))
+            keep_f = [c for c in keep_f if c not in gone]
+            tensors[f"L{i}.down.weight"] = W[:, keep_f].float().cpu()
+        return LayerPlan(ffn_keep=keep_f, heads_keep=kept, kv_keep=sorted(heads), stats={}), tensors
+
+    return dist.solve_once(solve)

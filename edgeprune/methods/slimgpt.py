@@ -7,8 +7,9 @@ Per layer, on the already-pruned model's inputs (layers pruned in order):
     batch (the paper's grouped Cholesky), one group at a time;
   - FFN: `down_proj` columns by OBS cost ‖W_:,j‖² / [H⁻¹]_jj, removed k at a time with k
     shrinking from 1024 to 8 (Dynamic Group Size);
-  - each removal is compensated, W ← W − W_:,S [H⁻¹]_SS⁻¹ [H⁻¹]_S,:, and H⁻¹ updated;
-    the compensated weights go into the plan as `L{i}.{o,down}.weight`.
+  - each removal is compensated, W ← W − W_:,S [H⁻¹]_SS⁻¹ [H⁻¹]_S,:, and H⁻¹ updated
+    (`obs.py`, shared with search); the compensated weights go into the plan as
+    `L{i}.{o,down}.weight`.
 Layer ratios follow the Incremental Pruning Ratio: logarithmic in the layer index by
 default (linear and uniform as options), over the model's real layer count, scaled so the
 total meets the request (clipped at 0.85, excess redistributed).
@@ -25,90 +26,13 @@ from ..calibrate.streaming import LayerSource, done, run_collecting, walk
 from .base import PruneRequest, bar, group_layer_plan, param_budget, uniform_split, units_of_groups
 from .comp import layer_ratios
 from .linalg import inverse_spd
+from .obs import dynamic_group_sizes, hessian, obs_remove, weight64
 
 
 def ipr_ratios(num_layers: int, params: dict[int, int], budget: float, schedule: str, r_max: float) -> dict[int, float]:
     """Incremental Pruning Ratio: weight_i = log(i+2) (log), i+1 (linear) or 1 (uniform)."""
     weight = {"log": lambda i: math.log(i + 2), "linear": lambda i: i + 1.0, "uniform": lambda i: 1.0}[schedule]
     return layer_ratios({i: 1.0 / weight(i) for i in params}, params, budget, r_max)
-
-
-def hessian(gram: torch.Tensor, damp: float) -> torch.Tensor:
-    """H = 2 XᵀX + λI, λ = damp · mean diag (SlimGPT's damping), a new matrix."""
-    H = 2 * gram
-    H.diagonal().add_(damp * float(H.diagonal().mean().clamp_min(1e-12)))
-    return H
-
-
-def weight64(ad, layer, role: str, device) -> torch.Tensor:
-    """A copy of one role's weight in float64 on `device`: what OBS edits in place."""
-    return ad.module(layer, role).weight.detach().to(device, torch.float64).clone()
-
-
-def set_cost(W: torch.Tensor, Hinv: torch.Tensor, S: torch.Tensor, LS: torch.Tensor | None = None) -> float:
-    """OBS cost tr(W_S [H⁻¹]_SS⁻¹ W_Sᵀ) of removing the columns S together (LS: the Cholesky
-    factor of [H⁻¹]_SS, if the caller has it)."""
-    LS = torch.linalg.cholesky(Hinv[S.unsqueeze(1), S.unsqueeze(0)]) if LS is None else LS
-    WS = W[:, S]
-    return float((WS * torch.cholesky_solve(WS.T, LS).T).sum())
-
-
-def unit_costs(W: torch.Tensor, Hinv: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
-    """OBS cost tr(W_u [H⁻¹]_uu⁻¹ W_uᵀ) of removing each unit alone; `cols` is [U, g] column
-    indices. One batched Cholesky over the per-unit diagonal blocks (SlimGPT's grouped form)."""
-    # Only the U diagonal blocks are gathered ([U, g, g]): gathering the whole (U·g)² block and
-    # taking its diagonal cost 2.5 s per step at 8,192 channels (benchmarks/scale.py, issue 23).
-    blocks = Hinv[cols.unsqueeze(2), cols.unsqueeze(1)]
-    Wu = W[:, cols].permute(1, 0, 2)  # [U, out, g]
-    sol = torch.cholesky_solve(Wu.transpose(1, 2), torch.linalg.cholesky(blocks))  # [U, g, out]
-    return (Wu.transpose(1, 2) * sol).sum((1, 2))
-
-
-def obs_compensate(W: torch.Tensor, Hinv: torch.Tensor, S: torch.Tensor) -> float:
-    """Remove columns S of W (in place) with OBS compensation, update H⁻¹; returns the cost
-    tr(W_S [H⁻¹]_SS⁻¹ W_Sᵀ), twice the exact rise of ‖ΔW X‖² for H = 2XXᵀ."""
-    LS = torch.linalg.cholesky(Hinv[S.unsqueeze(1), S.unsqueeze(0)])
-    HS = Hinv[S]  # [|S|, n]
-    cost = set_cost(W, Hinv, S, LS)
-    W -= W[:, S] @ torch.cholesky_solve(HS, LS)
-    Hinv -= HS.T @ torch.cholesky_solve(HS, LS)
-    W[:, S] = 0  # exact zeros (rounding leaves residue)
-    return cost
-
-
-def obs_remove(W: torch.Tensor, Hinv: torch.Tensor, units: torch.Tensor, n_units: int, steps: list[int],
-               costs: list[float] | None = None) -> list[int]:
-    """Remove `n_units` units of columns from W (in place) with OBS compensation; returns their
-    indices (and appends each step's cost to `costs`)."""
-    alive = list(range(units.shape[0]))
-    removed: list[int] = []
-    for k in steps:
-        if len(removed) >= n_units:
-            break
-        k = min(k, n_units - len(removed), len(alive) - 1)
-        cost = unit_costs(W, Hinv, units[alive])
-        pick = torch.argsort(cost, stable=True)[:k].tolist()
-        c = obs_compensate(W, Hinv, torch.cat([units[alive[i]] for i in pick]))
-        if costs is not None:
-            costs.append(c)
-        gone = {alive[i] for i in pick}
-        removed += [alive[i] for i in pick]
-        alive = [u for u in alive if u not in gone]
-        W[:, units[removed].reshape(-1)] = 0  # exact zeros (earlier columns drift by rounding)
-    return removed
-
-
-def dynamic_group_sizes(n: int, largest: int = 1024, smallest: int = 8) -> list[int]:
-    """Group sizes shrinking from `largest` to `smallest` (then repeated) to remove n columns."""
-    steps, left = [], n
-    k = largest
-    while left > 0:
-        while k > smallest and k > left // 2:
-            k //= 2
-        take = min(max(k, smallest), left)
-        steps.append(take)
-        left -= take
-    return steps
 
 
 def plan_slimgpt(source: LayerSource, calib: torch.Tensor, req: PruneRequest) -> Plan:

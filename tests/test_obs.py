@@ -1,0 +1,79 @@
+"""The shared OBS math (edgeprune/methods/obs.py): the shrinking state removes exactly what the
+full-matrix OBS removes, with the same compensated weights, and its in-place moves are exact."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from edgeprune.methods.obs import OBSState, dynamic_group_sizes, expand_, hessian, obs_remove, shrink_, unit_costs
+
+torch.set_num_threads(1)
+
+
+def reference_remove(W, Hinv, units, n_units, steps):
+    """OBS over the whole matrices, never shrunk (the algorithm as SlimGPT writes it)."""
+    alive, removed = list(range(units.shape[0])), []
+    for k in steps:
+        if len(removed) >= n_units:
+            break
+        k = min(k, n_units - len(removed), len(alive) - 1)
+        cost = unit_costs(W, Hinv, units[alive])
+        pick = torch.argsort(cost, stable=True)[:k].tolist()
+        S = torch.cat([units[alive[i]] for i in pick])
+        LS = torch.linalg.cholesky(Hinv[S.unsqueeze(1), S.unsqueeze(0)])
+        HS = Hinv[S]
+        W -= W[:, S] @ torch.cholesky_solve(HS, LS)
+        Hinv -= HS.T @ torch.cholesky_solve(HS, LS)
+        removed += [alive[i] for i in pick]
+        gone = set(removed)
+        alive = [u for u in alive if u not in gone]
+        W[:, units[removed].reshape(-1)] = 0
+    return removed
+
+
+def problem(n: int, out: int, seed: int):
+    g = torch.Generator().manual_seed(seed)
+    X = torch.randn(3 * n, n, generator=g, dtype=torch.float64) * torch.rand(n, generator=g, dtype=torch.float64)
+    X[:, : n // 4] += X[:, n // 4 : n // 2]  # correlated inputs: compensation matters
+    return torch.randn(out, n, generator=g, dtype=torch.float64), hessian(X.T @ X, 0.01)
+
+
+@pytest.mark.parametrize("g", [1, 4])
+def test_the_shrinking_state_removes_what_full_matrix_obs_removes(g):
+    W, H = problem(96, 20, seed=g)
+    units = torch.arange(96).view(-1, g).flip(0)  # units in an order that is not the columns' order
+    n_units, steps = 96 // g // 2, dynamic_group_sizes(96 // g // 2, largest=8, smallest=1)
+    W_ref = W.clone()
+    ref = reference_remove(W_ref, torch.linalg.inv(H), units, n_units, steps)
+    W_new = W.clone()
+    got = obs_remove(W_new, torch.linalg.inv(H), units, n_units, steps)
+    assert got == ref
+    assert torch.allclose(W_new, W_ref, rtol=0, atol=1e-10 * float(W_ref.abs().max()))
+    assert bool((W_new[:, units[got].reshape(-1)] == 0).all())
+
+
+def test_the_state_keeps_only_the_kept_units_in_compact_order():
+    W, H = problem(64, 12, seed=3)
+    state = OBSState(W.clone(), torch.linalg.inv(H), torch.arange(64).view(-1, 1))
+    costs: list[float] = []
+    gone = state.remove_steps(40, [16, 16, 8], costs)
+    assert len(costs) == 3 and len(gone) == 40 and state.alive == sorted(set(range(64)) - set(gone))
+    assert state.W.shape == (12, 24) and state.Hinv.shape == (24, 24)
+    # the shrunk H⁻¹ is the inverse of H on the kept channels, as OBS theory says
+    keep = torch.tensor(state.alive)
+    assert torch.allclose(state.Hinv, torch.linalg.inv(H[keep][:, keep]), rtol=1e-8, atol=1e-12)
+
+
+def test_shrink_and_expand_move_rows_and_columns_exactly_in_place():
+    M = torch.arange(300 * 300, dtype=torch.float64).view(300, 300)  # more rows than one block
+    ref = M.clone()
+    rows = torch.tensor(sorted({3 * i % 300 for i in range(200)}))
+    cols = torch.tensor([0, 5, 7, 150, 299])
+    small = shrink_(M, rows, cols)
+    assert small.data_ptr() == M.data_ptr() and torch.equal(small, ref[rows][:, cols])
+    W = ref[:40].clone()
+    kept = shrink_(W, None, cols)
+    back = expand_(kept, 300, cols)
+    want = torch.zeros(40, 300, dtype=torch.float64)
+    want[:, cols] = ref[:40][:, cols]
+    assert back.data_ptr() == W.data_ptr() and torch.equal(back, want)
