@@ -77,7 +77,7 @@ class Format:
 
     # ---- writing and verifying -----------------------------------------------------------
     def require(self, verify: bool) -> None:
-        from .common import require
+        from .runtime_imports import require
 
         for mod, purpose in self.packages + (self.verify_packages if verify else ()):
             require(mod, self.extra, purpose)
@@ -110,7 +110,7 @@ class Format:
     def session(self, path: Path, purpose: str, *, n_ctx: int = 512, threads: int | None = None):
         """The one place a runtime session is opened for an artifact. `purpose`: "verify"
         (exact settings, low memory), "eval" (perplexity) or "latency" (the runtime's own
-        defaults, the loop a user runs). Runtime logs are quiet unless -v (`common.require`)."""
+        defaults, the loop a user runs). Runtime logs are quiet unless -v (`runtime_imports.require`)."""
         raise NotImplementedError
 
     def second_runtime(self, path: Path, prompts: list[list[int]], tokenizer=None):
@@ -126,11 +126,11 @@ class Format:
 
     def weight_bytes(self, artifact: Path, dtype: str, ad) -> int:
         """Bytes of every linear weight a decoded token reads (lm_head in, embedding out)."""
-        from edgeprune.report.profile import sizes
+        from edgeprune.models import expected_nonembedding
 
-        from .dtypes import get
+        from edgeprune.dtypes import get
 
-        non_emb, _ = sizes(ad)
+        non_emb = expected_nonembedding(ad, ad.layer_shapes())
         norms = 2 * ad.hidden_size * len(ad.layer_shapes()) + ad.hidden_size
         return int((non_emb - norms + ad.vocab_size * ad.hidden_size) * get(dtype).bytes_per_weight)
 

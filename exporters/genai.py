@@ -127,7 +127,7 @@ class GenAISession:
     def __init__(self, folder: str | Path, threads: int | None = None):
         import onnxruntime_genai as og
 
-        from .common import quiet_runtime_logs
+        from .runtime_imports import quiet_runtime_logs
 
         quiet_runtime_logs("onnxruntime_genai")
 

@@ -13,7 +13,7 @@ import torch
 
 from edgeprune.errors import ExportError
 
-from .common import require
+from .runtime_imports import require
 from .dtypes import get as dtype_facts
 from .source import WeightsView
 

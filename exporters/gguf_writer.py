@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 
 from edgeprune.errors import ExportError
 
-from .common import require
+from .runtime_imports import require
 from .dtypes import get as dtype_facts
 from .gguf_tokenizer import add_tokenizer
 from .source import WeightsView

@@ -17,7 +17,7 @@ from torch import nn
 
 from edgeprune.models import get_adapter
 
-from .common import quiet_runtime_logs, require
+from .runtime_imports import quiet_runtime_logs, require
 
 EXTERNAL_DATA_THRESHOLD = 2 * 1024**3  # protobuf's 2 GB limit
 # onnxscript's graph optimizer (constant folding) holds a second copy of the weights: 2.1x the

@@ -69,7 +69,7 @@ def quantize_int4(path: Path, vocab: int, external: bool) -> dict:
 
     from edgeprune.errors import ExportError
 
-    from .common import quiet_runtime_logs
+    from .runtime_imports import quiet_runtime_logs
 
     quiet_runtime_logs("onnxruntime.quantization")  # one INFO line per MatMul otherwise (hundreds per model)
 

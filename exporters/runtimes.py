@@ -14,7 +14,7 @@ import numpy as np
 
 from edgeprune.errors import ExportError
 
-from .common import require, verbose
+from .runtime_imports import require, verbose
 
 _NP = {"tensor(float)": np.float32, "tensor(float16)": np.float16}
 

@@ -150,6 +150,16 @@ def named_path(source: str, data_dir: str | Path | None = None, split: Split = "
     return path if path is not None and path.exists() else None
 
 
+def local_path(source: str | Path | None, data_dir: str | Path | None = None) -> Path | None:
+    """The file or folder the calibration text `source` reads here (a path, or a named set's
+    file), or None (none given, fetched, the demo text): what a run's resume fingerprint hashes."""
+    if source is None:
+        return None
+    if Path(str(source)).exists():
+        return Path(str(source))
+    return named_path(str(source), data_dir)
+
+
 def load_text(source: str | Path, split: Split, data_dir: str | Path | None = None) -> str:
     """Return the text of `source` for `split` ('calib' or 'eval')."""
     source = str(source)

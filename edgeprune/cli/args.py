@@ -103,7 +103,7 @@ def _calibration_args(sp, calib_help: str) -> None:
 
 
 def _method_options(sp, build: bool) -> None:
-    """The methods' own options, generated from their declarations (methods/__init__.py)."""
+    """The methods' own options, generated from their declarations (methods/registry.py)."""
     from ..methods import OPTIONS, READERS
     from ..methods.options import add_flags
 

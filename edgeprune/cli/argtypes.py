@@ -7,7 +7,7 @@ import math
 
 
 def ratio(s: str) -> float:
-    from ..methods.budget import check_ratio
+    from ..measure.budget import check_ratio
     from ..errors import PlanError
 
     try:

@@ -185,7 +185,7 @@ def _imatrix_for(a) -> dict:
     from pathlib import Path
 
     from exporters.common import check_dtype, check_out_path
-    from exporters.dtypes import get
+    from edgeprune.dtypes import get
 
     from ..errors import ExportError
     from ..calibrate.imatrix import from_calibration

@@ -75,30 +75,22 @@ def _model_files(model_dir: Path) -> list[Path]:
     return sorted({p for n in names for p in model_dir.glob(n) if p.is_file()})
 
 
-def fingerprint(model=None, calib: str | Path | None = None, target: str | Path | None = None,
-                data_dir: str | Path | None = None) -> dict[str, str]:
-    """{what: hash} for the model's files, the calibration text and the target TOML; a named
-    data set is hashed through the file it resolves to, an in-memory model not at all."""
+def fingerprint(model=None, calib: Path | None = None, target: str | Path | None = None) -> dict[str, str]:
+    """{what: hash} for the model's files, the calibration text (the file or folder it resolves
+    to: `calibrate.data.local_path`, so a named set is hashed through its files) and the target
+    TOML; an in-memory model not at all."""
     fp: dict[str, str] = {}
     if isinstance(model, (str, Path)) and Path(model).is_dir():
         for p in _model_files(Path(model)):
             fp[f"model file {p.name}"] = file_hash(p)
     if calib is not None:
-        path = _data_path(calib, data_dir)
-        if path is not None:
+        path = Path(calib)
+        if path.exists():
             for p in ([path] if path.is_file() else sorted(q for q in path.rglob("*") if q.is_file())):
                 fp[f"calibration text {p}"] = file_hash(p)
     if target is not None and Path(str(target)).is_file():
         fp[f"target {target}"] = file_hash(Path(str(target)))
     return fp
-
-
-def _data_path(calib: str | Path, data_dir) -> Path | None:
-    if Path(str(calib)).exists():
-        return Path(str(calib))
-    from ..calibrate.data import named_path
-
-    return named_path(str(calib), data_dir)
 
 
 class OtherRunError(ChangedInputError):

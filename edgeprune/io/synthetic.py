@@ -88,7 +88,7 @@ def write_checkpoint(out: str | Path, cfg: dict, *, seed: int = 0, max_shard_byt
     """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    from exporters.dtypes import torch_dtype
+    from edgeprune.dtypes import torch_dtype
 
     dtype = torch_dtype(cfg["torch_dtype"])
     gen = torch.Generator().manual_seed(seed)

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from exporters import dtypes as _export_dtypes
+from .. import dtypes as _dtypes
 
 from ..errors import ModelError
 
@@ -25,8 +25,8 @@ SAFE_SINGLE = "model.safetensors"
 BIN_INDEX = "pytorch_model.bin.index.json"
 BIN_SINGLE = "pytorch_model.bin"
 # The config's dtype names (`torch_dtype`, newer `dtype`) and `--dtype` names -> torch.
-# The torch dtype of each float dtype is a fact of `exporters.dtypes.DType`; these add the spellings.
-_FLOATS = [d for d in _export_dtypes.TABLE.values() if d.torch]
+# The torch dtype of each float dtype is a fact of `edgeprune.dtypes.DType`; these add the spellings.
+_FLOATS = [d for d in _dtypes.TABLE.values() if d.torch]
 CONFIG_DTYPE_NAME = {getattr(torch, d.torch): d.torch for d in _FLOATS}
 DTYPE_NAMES: dict[str, torch.dtype] = {
     **{n: getattr(torch, d.torch) for d in _FLOATS for n in (d.torch, d.name)},

@@ -54,7 +54,7 @@ def linear_shapes(ad) -> list[tuple[int, int]]:
 
 def tensor_bytes(dtype: str, rows: int, row: int) -> tuple[float, bool]:
     """(bytes, fell back) of one weight in `dtype`, following the table's fallback chain."""
-    from exporters.dtypes import get
+    from edgeprune.dtypes import get
 
     for name in (dtype, *get(dtype).fallback, "f16"):
         if row % get(name).block == 0:
@@ -95,7 +95,7 @@ def choose(fmt: dict, dense, pruned, rules: tuple[str, ...] = ("fallback", "size
 
 def refusal(fmt: dict, tried: list[Fit], align: int) -> str:
     """The one-line reason and fix when no dtype of a target format fits."""
-    from exporters.dtypes import get
+    from edgeprune.dtypes import get
 
     why = "; ".join(f"{f.dtype}: {', '.join(f.reasons)}" for f in tried)
     block = get(fmt["dtype"]).block

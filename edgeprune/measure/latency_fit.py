@@ -5,7 +5,7 @@ on small models the per-kernel dispatch dominates, on wide ones the bytes read):
   - `layer`: 1, the per-layer dispatch constant (every present layer runs the same kernels);
   - `weights`: MB of linear weights read in the wanted type (q, k, v, o, gate, up, down);
   - `fallback`: MB of weights whose rows are not a multiple of the type's block and so are
-    stored in the fallback type (`exporters/dtypes.py`): they cost what they measure, not
+    stored in the fallback type (`edgeprune/dtypes.py`): they cost what they measure, not
     what the wanted type would (only for types with a block);
   - `kv`: MB of KV cache read per token at the target's context;
   - `heads`: query heads x context / 1000, the attention-score work that grows with heads

@@ -203,7 +203,7 @@ def _ticker(progress, total: int, desc: str) -> tuple[Callable[[str], None], Cal
 def measure_model(adapter, fmt: str, dtype: str, context: int, threads: int, key: dict,
                   progress=None) -> LatencyModel:
     """Time the probes here and fit; the held-out probes only score the fit."""
-    from exporters.dtypes import get
+    from edgeprune.dtypes import get
 
     from . import latency_probe
 

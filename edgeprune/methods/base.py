@@ -19,7 +19,7 @@ from ..plan import LayerPlan, Plan
 from .options import resolve
 
 if TYPE_CHECKING:
-    from .budget import Budget
+    from ..measure.budget import Budget
     from ..io.resume import ResumeState
 from ..calibrate.streaming import Activations, LayerSource, walk
 
@@ -27,12 +27,12 @@ from ..calibrate.streaming import Activations, LayerSource, walk
 @dataclass
 class PruneRequest:
     """What every method shares; a method's own options (declared with it in the registry,
-    `methods/__init__.py`) are in `options`, every declared one at its default unless given,
+    `methods/registry.py`) are in `options`, every declared one at its default unless given,
     and read as attributes (`req.damp`). They may be given as keywords, as the Python API
     always has: `PruneRequest(ratio=0.2, search_evals=8)`."""
 
     ratio: float | None = None
-    budget: "Budget | None" = None  # a --speedup / --latency-ms budget (edgeprune/methods/budget.py); None: the ratio
+    budget: "Budget | None" = None  # a --speedup / --latency-ms budget (edgeprune/measure/budget.py); None: the ratio
     latency: Any = None  # the latency model a speed budget is predicted with (latency_model.LatencyModel)
     layers: int | str | None = None  # number of layers to remove, or "auto"
     align: int = 1  # round kept FFN widths to a multiple (hardware efficiency)
@@ -67,7 +67,7 @@ _fields_init = PruneRequest.__init__
 def _init(self, *args, options: dict[str, Any] | None = None, **kw) -> None:
     """The shared fields as the dataclass takes them; any other keyword is a method option,
     checked against its declaration and filled in with the defaults."""
-    from . import OPTIONS
+    from .registry import OPTIONS
 
     named = {k: kw.pop(k) for k in list(kw) if k in OPTIONS}
     _fields_init(self, *args, **kw)
@@ -177,43 +177,6 @@ def scored_layer_plan(shape: LayerShape, group_scores: torch.Tensor, channel_sco
     drop_g, drop_c = set(pick_units(group_scores, n_groups)), set(pick_units(channel_scores, n_channels))
     return group_layer_plan(shape, [j for j in range(shape.num_kv_heads) if j not in drop_g],
                             [j for j in range(shape.intermediate_size) if j not in drop_c], stats)
-
-
-def aligned_keep(full: int, keep: int, align: int) -> tuple[int, str | None]:
-    """Round a kept width to a multiple of `align`; explain when that makes no sense."""
-    if align <= 1:
-        return keep, None
-    if full < 2 * align:
-        return keep, f"width {full} is too small for --align {align}; left unaligned"
-    k = max(align, int(round(keep / align)) * align)
-    return min(k, full), None
-
-
-def aligned_groups(shape: LayerShape, g: int, group_width: int, align: int) -> int:
-    """The number of KV groups to remove nearest to `g` that leaves the attention width
-    (kept query heads x head_dim) a multiple of `align` (k-quants need rows of 256), when
-    the dense width allows one; otherwise `g` unchanged."""
-    if align <= 1:
-        return g
-    ok = [k for k in range(shape.num_kv_heads) if ((shape.num_kv_heads - k) * group_width) % align == 0]
-    return min(ok, key=lambda k: (abs(k - g), k)) if ok else g
-
-
-def uniform_split(adapter: DecoderAdapter, shape: LayerShape, target: float, align: int) -> tuple[int, int]:
-    """(KV groups, FFN channels) to remove for `target` params: attention at the same
-    fraction as the layer, rounded to whole groups (keeping one), FFN taking the rest."""
-    n_rep = shape.num_heads // shape.num_kv_heads
-    per_group = adapter.head_group_param_count(n_rep)
-    per_ch = adapter.ffn_channel_param_count()
-    layer = adapter.layer_param_count(shape)
-    frac = target / layer
-    g = min(shape.num_kv_heads - 1, int(round(frac * shape.num_kv_heads)))
-    g = aligned_groups(shape, g, n_rep * adapter.head_dim, align)
-    rest = target - g * per_group
-    c = int(round(rest / per_ch))
-    c = max(0, min(shape.intermediate_size - 1, c))
-    keep, _ = aligned_keep(shape.intermediate_size, shape.intermediate_size - c, align)
-    return g, shape.intermediate_size - keep
 
 
 # How far (as a fraction of the non-embedding parameters) any method's plan may land from the

@@ -31,9 +31,10 @@ from .. import dist
 from ..plan import LayerPlan, Plan
 from ..calibrate.streaming import Activations, LayerSource, done, run_collecting, walk
 from .base import (
-    PruneRequest, aligned_keep, bar, check_layer_count, dense_params, group_layer_plan,
+    PruneRequest, bar, check_layer_count, dense_params, group_layer_plan,
     remove_layers, units_of_groups,
 )
+from .widths import aligned_keep
 from .linalg import damping, fit_mask, mask_system, mask_trajectory, removed_at
 
 

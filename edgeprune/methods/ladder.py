@@ -33,7 +33,7 @@ from .. import dist
 from ..models import DecoderAdapter, LayerShape
 from ..plan import LayerPlan, Plan
 from .allocate import Choice, Ladders
-from .base import aligned_keep
+from .widths import aligned_keep
 from ..io.atomic import write_text, write_with
 from ..io.schema import LADDER_VERSION  # noqa: F401  (the record's format lives with its schema)
 from .linalg import inverse_spd

@@ -10,7 +10,8 @@ import torch
 
 from ..plan import Plan
 from ..calibrate.streaming import LayerSource
-from .base import PruneRequest, bar, scored_layer_plan, uniform_split
+from .base import PruneRequest, bar, scored_layer_plan
+from .widths import uniform_split
 
 
 def plan_magnitude(source: LayerSource, calib: torch.Tensor | None, req: PruneRequest) -> Plan:

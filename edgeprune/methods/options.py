@@ -1,4 +1,4 @@
-"""A method's own options, declared once beside its registry entry (`methods/__init__.py`).
+"""A method's own options, declared once beside its registry entry (`methods/registry.py`).
 
 Each `Option` says its name, type, default, help, the values it takes and whether it changes
 the plan; everything else is generated from it: the `prune` flags (and, for `build=True`, the

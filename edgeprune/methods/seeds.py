@@ -31,7 +31,8 @@ import torch
 from ..errors import PlanError
 from ..models import LayerShape
 from .allocate import DROP, Alloc, Choice, Ladders
-from .base import PruneRequest, dense_params, layers_for_ratio, uniform_split
+from .base import PruneRequest, dense_params, layers_for_ratio
+from .widths import uniform_split
 
 # Per layer: None (the layer goes) or (KV groups removed, FFN channels removed).
 Counts = dict[int, "tuple[int, int] | None"]

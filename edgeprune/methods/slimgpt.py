@@ -23,7 +23,8 @@ import torch
 from .. import dist
 from ..plan import Plan
 from ..calibrate.streaming import LayerSource, done, run_collecting, walk
-from .base import PruneRequest, bar, group_layer_plan, param_budget, uniform_split, units_of_groups
+from .base import PruneRequest, bar, group_layer_plan, param_budget, units_of_groups
+from .widths import uniform_split
 from .comp import layer_ratios
 from .linalg import inverse_spd
 from .obs import dynamic_group_sizes, hessian, obs_remove, weight64

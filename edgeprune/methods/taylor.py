@@ -14,7 +14,8 @@ import torch
 from .. import dist
 from ..plan import Plan
 from ..calibrate.streaming import LayerSource
-from .base import PruneRequest, bar, scored_layer_plan, uniform_split
+from .base import PruneRequest, bar, scored_layer_plan
+from .widths import uniform_split
 
 
 def _full_model(source: LayerSource):

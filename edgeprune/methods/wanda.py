@@ -10,7 +10,8 @@ import torch
 
 from ..plan import Plan
 from ..calibrate.streaming import LayerSource, stream_dense
-from .base import PruneRequest, bar, scored_layer_plan, uniform_split
+from .base import PruneRequest, bar, scored_layer_plan
+from .widths import uniform_split
 
 
 def wanda_scores(weight: torch.Tensor, sq_norm: torch.Tensor) -> torch.Tensor:

@@ -33,7 +33,7 @@ def kv_cache_bytes(ad, context: int, element_bytes: int = 2) -> int:
 
 
 def bytes_per_weight(dtype: str) -> float:
-    from exporters.dtypes import get
+    from edgeprune.dtypes import get
 
     return get(dtype).bytes_per_weight
 

@@ -16,7 +16,7 @@ import sys
 import warnings
 from pathlib import Path
 
-from ..methods.budget import Budget, Resolved, build_model, parse, predicted, resolve
+from ..measure.budget import Budget, Resolved, build_model, parse, predicted, resolve
 from ..io.guard import set_stage
 
 
@@ -25,7 +25,7 @@ def prune_budget(model_dir, method: str, req, lm, runtime: str, table) -> None:
     """The latency model (given, from a device table, or measured on this host for `runtime`),
     then the budget checked against it before any work; a method that cannot allocate by cost
     gets the ratio the model predicts reaches the budget (said in a warning)."""
-    from ..methods.budget import parse_runtime
+    from ..measure.budget import parse_runtime
     from ..io.checkpoint import load_config
     from ..measure.latency import DEFAULT_CONTEXT
     from ..methods import get

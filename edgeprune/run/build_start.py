@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..report import profile as prof
+from ..calibrate.data import local_path
 from .build_context import QUIET, Build, BuildError, log
 from ..io.checkpoint import load_config
 from ..io.outdir import INCOMPLETE, check_output_dir, claim
@@ -48,7 +49,7 @@ def _warn_alignment(tgt: Target, ad, align: int, chosen: dict[str, dict]) -> Non
     """A quantised format whose block the build's alignment does not respect falls back to a
     bigger type (llama.cpp does so silently for k-quants): say so before the work, for the
     dtype the dense widths leave each format (`_check_dtypes`)."""
-    from exporters.dtypes import get
+    from edgeprune.dtypes import get
 
     for t in tgt.formats:
         f = {**t, "dtype": chosen[f"{t['format']}-{t['dtype']}"]["chosen"]}
@@ -116,7 +117,7 @@ class Resolved:
     calib: str
     defaulted: bool  # no --calib given
     method: str
-    budget: object | None  # a speed budget (`methods.budget.Budget`), else None: a parameter ratio
+    budget: object | None  # a speed budget (`measure.budget.Budget`), else None: a parameter ratio
     ratio: float | None
     why: str  # where the ratio (or the budget) came from
 
@@ -200,7 +201,7 @@ def _open_state(b: Build, resume: bool) -> bool:
         args.update(budget=b.budget.to_json(), latency_table=str(b.opts.get("latency_table") or ""))
     if b.opts.get("runtime_threads"):  # given: a resume must give the same; else decided once below
         args["runtime_threads"] = int(b.opts["runtime_threads"])
-    inputs = fingerprint(b.model_dir, b.calib, b.tgt.path, b.opts["data_dir"])
+    inputs = fingerprint(b.model_dir, local_path(b.calib, b.opts["data_dir"]), b.tgt.path)
     run = {"command": b.opts["command"], "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
     b.state = {"args": args, "inputs": inputs, "done": {}, "commands": [run]}
     state_path = b.out_dir / "build_state.json"

@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 from .. import defaults, dist
-from ..calibrate.data import calib_input, tokenizer_for  # noqa: F401  (tokenizer_for re-exported: callers import it from here)
+from ..calibrate.data import calib_input, local_path, tokenizer_for  # noqa: F401  (tokenizer_for re-exported: callers import it from here)
 from ..io.atomic import write_text
 from ..io.checkpoint import load
 from ..io.outdir import INCOMPLETE, check_output_dir, claim
@@ -126,7 +126,7 @@ def prune(  # long: one keyword argument per CLI option (the body is under 50 li
     the checkpoint keeps the source dtype (or `dtype`: bf16, f16, f32). Without `out` the
     pruned model is returned in memory (float32), for the Python API on small models.
     """
-    from ..methods.budget import parse
+    from ..measure.budget import parse
 
     out_dtype = parse_dtype(dtype) if dtype else None
     budget = parse(ratio, speedup, latency_ms)
@@ -155,7 +155,7 @@ def prune(  # long: one keyword argument per CLI option (the body is under 50 li
     set_stage("prune checks")
     windows = on_writer(lambda: _checked_windows(model_dir, method, src, req, checked, resuming, layers))
     work, lock, follower = open_out(out_path, req, lambda: _prepare_out(
-        out_path, force, resume, resuming, args, req, fingerprint(model_dir, calib, data_dir=data_dir) if out_path else {}))
+        out_path, force, resume, resuming, args, req, fingerprint(model_dir, local_path(calib, data_dir)) if out_path else {}))
     try:
         return _plan_and_save(model_dir, method, req, windows, work, out_path if dist.is_writer() else None, resuming,
                               out_dtype, device, dict(src, calib=str(calib), out=out_path))

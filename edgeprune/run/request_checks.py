@@ -7,7 +7,7 @@ from __future__ import annotations
 from ..errors import PlanError
 from ..methods import DEFAULT, REGISTRY, PruneRequest
 from ..methods.base import RATIO_TOLERANCE
-from ..methods.budget import check_ratio
+from ..measure.budget import check_ratio
 from ..plan import Plan
 
 # Below this many calibration tokens COMP's statistics get noisy (the paper used 10 x 128).

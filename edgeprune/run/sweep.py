@@ -23,7 +23,7 @@ def log(msg: str) -> None:
 
 
 def budgets_of(speedups: list[float], ratios: list[float]) -> list[tuple[str, float]]:
-    from ..methods.budget import parse
+    from ..measure.budget import parse
 
     out = [("speedup", s) for s in speedups] + [("ratio", r) for r in ratios]
     for kind, v in out:

@@ -55,7 +55,7 @@ FORMAT_OPTIONAL = {"fallback"}
 # verdict's quality bar is then `DEFAULT_MAX_PPL_RATIO`).
 OPTIONAL = {"hardware.cpu_cores", "hardware.cpu_clock_ghz", "pruning.ratio", "pruning.speedup",
             "quality", "quality.max_ppl_ratio", *(f"pruning.{n}" for n in BUILD_OPTIONS)}
-# The default budget: exactly one of these (edgeprune/methods/budget.py), checked in `_check_budget`.
+# The default budget: exactly one of these (edgeprune/measure/budget.py), checked in `_check_budget`.
 BUDGET_KEYS = ("ratio", "speedup")
 # The verdict's quality bar when a target declares none: pruned/dense perplexity above 1.5x is
 # where small models start to write visibly worse text (edgeprune/report/verdict.py raises the alarm).
@@ -200,7 +200,7 @@ def _check_budget(path: Path, pruning: dict) -> None:
                           f"{' and '.join(given) or 'neither'}); e.g. ratio = 0.2 or speedup = 1.3")
     r = pruning.get("ratio")
     if "ratio" in pruning and r != "auto":
-        from ..methods.budget import check_ratio
+        from ..measure.budget import check_ratio
         from ..errors import PlanError
 
         try:

@@ -137,8 +137,8 @@ def check_reachable(b: Budget, lm: Predictor, ad: "DecoderAdapter", protected: s
 
 
 def uniform_shapes(ad: "DecoderAdapter", ratio: float, align: int) -> list:
-    """Every layer at `ratio` the way the uniform methods cut it (methods.base.uniform_split)."""
-    from .base import uniform_split
+    """Every layer at `ratio` the way the uniform methods cut it (methods.widths.uniform_split)."""
+    from ..methods.widths import uniform_split
     from ..models import LayerShape
 
     out = []
@@ -207,8 +207,8 @@ def build_model(ad: "DecoderAdapter", fmt: str, dtype: str, context: int, table=
     """The latency model of `fmt`/`dtype` at `context` with the threads the speedup check uses
     (a build passes its one thread count; alone, the cores free now): measured on this host
     (cached), or read from a table measured on the device."""
-    from ..measure.latency_model import latency_model
-    from ..measure.latency import free_cores
+    from .latency_model import latency_model
+    from .latency import free_cores
 
     return latency_model(ad, fmt, dtype, context, threads or free_cores(), table=table, progress=progress)
 
