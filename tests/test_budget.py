@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from edgeprune.methods import budget as bmod
+from edgeprune.measure import budget as bmod
 from edgeprune.cli.main import main
 from edgeprune.errors import PlanError
 from edgeprune.methods.allocate import DROP, Ladders, knapsack, latency_costs, repair

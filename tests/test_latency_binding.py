@@ -9,7 +9,7 @@ import warnings
 
 import pytest
 
-from edgeprune.methods import budget as bmod
+from edgeprune.measure import budget as bmod
 from edgeprune.measure.latency_binding import Binding, combine, load
 from edgeprune.methods.allocate import DROP, Ladders, knapsack, latency_costs, repair
 from edgeprune.models import LayerShape
