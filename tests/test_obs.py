@@ -38,11 +38,11 @@ def problem(n: int, out: int, seed: int):
     return torch.randn(out, n, generator=g, dtype=torch.float64), hessian(X.T @ X, 0.01)
 
 
-@pytest.mark.parametrize("g", [1, 4])
-def test_the_shrinking_state_removes_what_full_matrix_obs_removes(g):
-    W, H = problem(96, 20, seed=g)
-    units = torch.arange(96).view(-1, g).flip(0)  # units in an order that is not the columns' order
-    n_units, steps = 96 // g // 2, dynamic_group_sizes(96 // g // 2, largest=8, smallest=1)
+@pytest.mark.parametrize("g,n", [(1, 96), (4, 96), (1, 600)])  # 600: more rows than one block of the in-place moves
+def test_the_shrinking_state_removes_what_full_matrix_obs_removes(g, n):
+    W, H = problem(n, 20, seed=g)
+    units = torch.arange(n).view(-1, g).flip(0)  # units in an order that is not the columns' order
+    n_units, steps = n // g // 2, dynamic_group_sizes(n // g // 2, largest=64, smallest=1)
     W_ref = W.clone()
     ref = reference_remove(W_ref, torch.linalg.inv(H), units, n_units, steps)
     W_new = W.clone()

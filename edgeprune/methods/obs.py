@@ -68,6 +68,8 @@ def shrink_(M: torch.Tensor, rows: torch.Tensor | None, cols: torch.Tensor) -> t
     block by block through one small temporary."""
     r = M.shape[0] if rows is None else len(rows)
     m = len(cols)
+    if rows is not None and r > 1 and not bool((rows[1:] > rows[:-1]).all()):
+        return M.index_select(0, rows).index_select(1, cols)  # rows out of order: in place would overwrite unread rows
     flat = M.view(-1)
     for a in range(0, r, ROW_BLOCK):
         src = slice(a, min(a + ROW_BLOCK, r)) if rows is None else rows[a : a + ROW_BLOCK]
