@@ -60,15 +60,16 @@ def dense_terms_before(kl, h):
 
 
 def ffn_ladder_before(W, Hinv, f):
-    """One layer's FFN ladder with the whole matrices downdated at every step (as it was)."""
+    """One layer's FFN ladder as it was: the whole matrices downdated at every step, the unit
+    costs by the batched block form."""
     from edgeprune.methods.ladder import ffn_counts
-    from edgeprune.methods.obs import dynamic_group_sizes, set_cost, unit_costs
+    from edgeprune.methods.obs import block_costs, dynamic_group_sizes, set_cost
 
     alive, kept = list(range(f)), []
     for n in ffn_counts(f, 1):
         for k in dynamic_group_sizes(n - (f - len(alive))):
             k = min(k, len(alive) - 1)
-            pick = torch.argsort(unit_costs(W, Hinv, torch.tensor(alive).view(-1, 1)), stable=True)[:k].tolist()
+            pick = torch.argsort(block_costs(W, Hinv, torch.tensor(alive).view(-1, 1)), stable=True)[:k].tolist()
             S = torch.tensor([alive[i] for i in pick])
             LS = torch.linalg.cholesky(Hinv[S.unsqueeze(1), S.unsqueeze(0)])
             HS = Hinv[S]
@@ -158,7 +159,7 @@ def main() -> None:
         times["ld0"].append(cpu(lambda: kept.__setitem__(0, ffn_ladder_before(x["Wl"].clone(), x["Hl"].clone(), lf))))
         times["ld1"].append(cpu(lambda: kept.__setitem__(1, ffn_ladder_after(x["Wl"].clone(), x["Hl"].clone(), lf))))
         print({k: round(v[-1], 2) for k, v in times.items()}, file=sys.stderr, flush=True)
-    assert torch.equal(unit_costs_before(W, Hinv, cols), unit_costs(W, Hinv, cols))
+    assert torch.allclose(unit_costs_before(W, Hinv, cols), unit_costs(W, Hinv, cols), rtol=1e-12, atol=0)
     assert kept[0] == kept[1], "the shrinking OBS kept other channels than the full-matrix one"
     tok = f"{fitness.TOKEN_BLOCK} tokens x {x['V']} vocabulary"
     md = _table(times, [("uc", f"OBS unit costs, one FFN step ({x['f']} channels)"), ("kl", f"KL of one candidate, {tok}"),

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from edgeprune.methods.obs import OBSState, dynamic_group_sizes, expand_, hessian, obs_remove, shrink_, unit_costs
+from edgeprune.methods.obs import OBSState, block_costs, dynamic_group_sizes, expand_, hessian, obs_remove, shrink_, unit_costs
 
 torch.set_num_threads(1)
 
@@ -77,3 +77,10 @@ def test_shrink_and_expand_move_rows_and_columns_exactly_in_place():
     want = torch.zeros(40, 300, dtype=torch.float64)
     want[:, cols] = ref[:40][:, cols]
     assert back.data_ptr() == W.data_ptr() and torch.equal(back, want)
+
+
+def test_single_column_costs_are_the_batched_block_costs():
+    W, H = problem(80, 10, seed=5)
+    Hinv = torch.linalg.inv(H)
+    for cols in (torch.arange(80).view(-1, 1), torch.tensor([[7], [3], [50]])):
+        assert torch.allclose(unit_costs(W, Hinv, cols), block_costs(W, Hinv, cols), rtol=1e-12, atol=0)
