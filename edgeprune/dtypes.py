@@ -1,6 +1,6 @@
 """Every fact about a weight dtype, in one table: bytes per weight, the row-length block it
 needs, what it falls back to, the verification tolerance, the llama.cpp file type, its GGML
-tensor type and its torch dtype. Checkpoint loading, the methods' budgets, the exporters,
+tensor type and its torch dtype. Checkpoint loading, the speed budgets (`measure/budget.py`), the exporters,
 verification, targets and the build's estimates read it; which formats carry a dtype is the
 format's declaration (`exporters/formats.py`, `exporters.dtypes.allowed`). It lives in the core
 package because loading a checkpoint needs it and the core imports nothing from `exporters`.

@@ -8,7 +8,7 @@ tokens, and perplexity on a small text through both. Tolerances:
   - every dtype: all logits and both perplexities finite (a NaN never passes).
 The PyTorch side is streamed layer by layer (`edgeprune.measure.reference`): the model is never
 loaded whole, and the runtime has released its artifact before PyTorch starts.
-  - otherwise perplexity within the dtype's tolerance (exporters/dtypes.py: f16/bf16 1%,
+  - otherwise perplexity within the dtype's tolerance (edgeprune/dtypes.py: f16/bf16 1%,
     q8_0 3%, q6_k 6%, q5_k_m 10%, q4_0/q4_k_m 15%).
 """
 from __future__ import annotations

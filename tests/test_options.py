@@ -1,4 +1,4 @@
-"""Method options are declared once (methods/__init__.py) and everything else is generated:
+"""Method options are declared once (methods/registry.py) and everything else is generated:
 the prune / build flags, the target's [pruning] keys, the request's values, the build's
 resume arguments. Cheap: no model is pruned."""
 from pathlib import Path

@@ -81,7 +81,7 @@ def test_ladder_errors_are_the_measured_output_errors(tiny_models):
     s = ad.shape_of(layer)
     t_o, t_f = {}, {}
     attn = attention_rungs(W_o.clone(), hessian(cols["o"].gram, 1e-9), ad, s, 1.0, 1, t_o.__setitem__)
-    ffn = ffn_rungs(W_f.clone(), hessian(cols["down"].gram, 1e-9), ad, 1.0, 1, t_f.__setitem__)
+    ffn = ffn_rungs(W_f.clone(), inverse_spd(hessian(cols["down"].gram, 1e-9)), ad, 1.0, 1, t_f.__setitem__)
     G_o, G_f = cols["o"].gram, cols["down"].gram
     for rungs, tensors, W, G, kind, width in ((attn, t_o, W_o, G_o, "attn", ad.head_dim), (ffn, t_f, W_f, G_f, "ffn", 1)):
         assert [r.error for r in rungs] == sorted(r.error for r in rungs)

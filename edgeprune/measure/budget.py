@@ -22,7 +22,6 @@ if TYPE_CHECKING:
 
 KINDS = ("ratio", "speedup", "latency_ms")
 FLAGS = {"ratio": "--ratio", "speedup": "--speedup", "latency_ms": "--latency-ms"}
-DEEPEST_CUT = 1 / 8  # the narrowest a kept module gets (search's ladders: methods/ladder.MAX_MODULE_CUT)
 TRANSLATE_STEP = 0.005  # ratio grid on which a speed budget is translated for the other methods
 
 
@@ -97,10 +96,12 @@ def full_shapes(ad: "DecoderAdapter") -> list:
 def deepest_shape(s: "LayerShape") -> "LayerShape":
     """A layer cut as far as any method cuts a kept one: 1/8 of the FFN, one KV group at 1/8
     of its query heads (at least one)."""
+    from ..methods.widths import MAX_MODULE_CUT
     from ..models import LayerShape
 
     n_rep = s.num_heads // s.num_kv_heads
-    return LayerShape(max(1, math.ceil(s.intermediate_size * DEEPEST_CUT)), max(1, math.ceil(n_rep * DEEPEST_CUT)), 1,
+    keep = 1 - MAX_MODULE_CUT  # the narrowest a kept module gets (search's ladders)
+    return LayerShape(max(1, math.ceil(s.intermediate_size * keep)), max(1, math.ceil(n_rep * keep)), 1,
                       s.added_bias)
 
 

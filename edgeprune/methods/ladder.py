@@ -33,14 +33,13 @@ from .. import dist
 from ..models import DecoderAdapter, LayerShape
 from ..plan import LayerPlan, Plan
 from .allocate import Choice, Ladders
-from .widths import aligned_keep
+from .widths import MAX_MODULE_CUT, aligned_keep
 from ..io.atomic import write_text, write_with
 from ..io.schema import LADDER_VERSION  # noqa: F401  (the record's format lives with its schema)
 from .linalg import inverse_spd
 from .obs import OBSState, dynamic_group_sizes, obs_compensate, set_cost, unit_costs
 
 FFN_LEVELS = 16  # an FFN rung every 1/16 of the width
-MAX_MODULE_CUT = 0.875  # deeper than this a module is better dropped with its layer
 Sink = Callable[[str, torch.Tensor], None]  # takes each rung's compensated weight as it is made (to disk)
 
 
@@ -134,12 +133,14 @@ def ffn_counts(f: int, align: int) -> list[int]:
     return sorted(counts)
 
 
-def ffn_rungs(W: torch.Tensor, H: torch.Tensor, ad: DecoderAdapter, norm: float, align: int, sink: Sink) -> list[Rung]:
-    """The FFN ladder of one layer: one OBS pass (W and H are consumed), its matrices shrunk to
-    the kept channels as it goes (`obs.OBSState`), each rung's down_proj to `sink`."""
+def ffn_rungs(W: torch.Tensor, Hinv: torch.Tensor, ad: DecoderAdapter, norm: float, align: int, sink: Sink) -> list[Rung]:
+    """The FFN ladder of one layer: one OBS pass (W and H⁻¹ are consumed), its matrices shrunk to
+    the kept channels as it goes (`obs.OBSState`), each rung's down_proj to `sink`. It takes H⁻¹,
+    not H: a caller's `inverse_spd(hessian(...))` then leaves no name on H, which the inverse frees
+    as it goes (a parameter holding H kept a third n x n matrix alive through the inversion)."""
     f = W.shape[1]
     per_ch = ad.ffn_channel_param_count()
-    state = OBSState(W, inverse_spd(H), torch.arange(f, device=W.device).view(-1, 1))
+    state = OBSState(W, Hinv, torch.arange(f, device=W.device).view(-1, 1))
     err = 0.0
     rungs = [Rung(0, 0.0, list(range(f)))]
     for n in ffn_counts(f, align):
@@ -148,8 +149,9 @@ def ffn_rungs(W: torch.Tensor, H: torch.Tensor, ad: DecoderAdapter, norm: float,
         state.remove_steps(inc, dynamic_group_sizes(inc), costs)
         err += sum(costs) / 2
         rungs.append(Rung(n * per_ch, err / norm, list(state.alive)))
-        sink(f"ffn{len(rungs) - 1}", state.W.float().cpu())
+        sink(f"ffn{len(rungs) - 1}", state.W.to("cpu", torch.float32, copy=True))  # never the state's own storage
     return rungs
+
 
 
 def ladder_record(ad: DecoderAdapter, shape: LayerShape, attn: list[Rung], ffn: list[Rung], drop_error: float) -> dict:

@@ -23,6 +23,7 @@ from ..calibrate.streaming import LayerSource, done, run_collecting, walk
 from .base import PruneRequest, bar, cosine_importance
 from .ladder import LadderStore, attention_rungs, ffn_rungs, ladder_record
 from .seeds import layer_stats
+from .linalg import inverse_spd
 from .obs import hessian, weight64
 
 
@@ -81,7 +82,7 @@ def _solve(ad, i: int, part: dict, weight, grams: dict, req: PruneRequest, store
     when needed); each rung's weight goes to the store as it is made."""
     sink = lambda key, t: store.put_tensor(i, key, t)  # noqa: E731
     attn = attention_rungs(weight("o"), hessian(grams["o"], req.damp), ad, part["shape"], part["norm"], req.align, sink)
-    ffn = ffn_rungs(weight("down"), hessian(grams["down"], req.damp), ad, part["norm"], req.align, sink)
+    ffn = ffn_rungs(weight("down"), inverse_spd(hessian(grams["down"], req.damp)), ad, part["norm"], req.align, sink)
     return attn, ffn
 
 

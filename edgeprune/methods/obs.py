@@ -41,12 +41,15 @@ def set_cost(W: torch.Tensor, Hinv: torch.Tensor, S: torch.Tensor, LS: torch.Ten
 def unit_costs(W: torch.Tensor, Hinv: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
     """OBS cost tr(W_u [H⁻¹]_uu⁻¹ W_uᵀ) of removing each unit alone; `cols` is [U, g] column
     indices. Single columns (FFN channels): ‖W_:,j‖² / [H⁻¹]_jj, read off the diagonal with no
-    copy of W (the batched form gathered all of W and factored U 1 x 1 blocks: 0.66 s per step at
-    8,192 channels, about 100 steps per ladder layer). Wider units: `block_costs`."""
+    gather and no factorisation (the batched form gathered all of W and factored U 1 x 1 blocks:
+    0.66 s per step at 8,192 channels, about 100 steps per ladder layer). Wider units: `block_costs`."""
     if cols.shape[1] == 1:
         j = cols[:, 0]
-        full = W.pow(2).sum(0) / Hinv.diagonal()
-        return full if torch.equal(j, torch.arange(W.shape[1], device=j.device)) else full[j]
+        every = torch.equal(j, torch.arange(W.shape[1], device=j.device))
+        d = Hinv.diagonal() if every else Hinv.diagonal()[j]
+        if not bool((d > 0).all()):  # what the batched Cholesky refused: H⁻¹ is not positive definite
+            raise torch.linalg.LinAlgError("H⁻¹ has a diagonal entry <= 0: the inputs' Gram is not positive definite")
+        return (W.pow(2).sum(0) if every else W[:, j].pow(2).sum(0)) / d
     return block_costs(W, Hinv, cols)
 
 
@@ -103,8 +106,9 @@ class OBSState:
         self.g = units.shape[1]
         cols = units.reshape(-1)
         n = W.shape[1]
-        if cols.numel() != n:  # a column outside every unit would be dropped by the compaction
-            raise ValueError("OBSState needs units that cover every column of W")
+        if not torch.equal(cols.sort().values, torch.arange(n, device=cols.device)):  # a column outside
+            # every unit (or in two) would be lost by the compaction
+            raise ValueError("OBSState needs units that cover every column of W exactly once")
         if not torch.equal(cols, torch.arange(n, device=cols.device)):  # the units' columns first, in unit order
             W, Hinv = shrink_(W.contiguous(), None, cols), shrink_(Hinv.contiguous(), cols, cols)
         if not Hinv.is_contiguous():  # LAPACK's inverse comes column-major: for a symmetric matrix that is its transpose
@@ -137,8 +141,9 @@ class OBSState:
         return units, self.remove(pick)
 
     def remove_steps(self, n_units: int, steps: list[int], costs: list[float] | None = None) -> list[int]:
-        """`n_units` more units out, `steps[j]` at a time (one unit is always kept); returns
-        their indices and appends each step's cost to `costs`."""
+        """`n_units` more units out, `steps[j]` at a time; returns their indices and appends each
+        step's cost to `costs`. One unit is always kept, so fewer come back when `n_units` would
+        remove them all (or the steps sum to less)."""
         removed: list[int] = []
         for k in steps:
             k = min(k, n_units - len(removed), len(self.alive) - 1)
@@ -179,8 +184,7 @@ def obs_remove(W: torch.Tensor, Hinv: torch.Tensor, units: torch.Tensor, n_units
     removed = state.remove_steps(n_units, steps, costs)
     kept_cols = units[state.alive].reshape(-1)
     full = expand_(state.W, W.shape[1], kept_cols)
-    if full.data_ptr() != W.data_ptr():  # W's own storage holds the result (a view of it)
-        W.copy_(full)
+    assert full.data_ptr() == W.data_ptr()  # the result is W's own storage, compacted and spread back in place
     return removed
 
 

@@ -75,9 +75,9 @@ def neuron_stage(source: LayerSource, acts, req: PruneRequest, plan: Plan, ratio
                 ("down", col_f, torch.arange(s.intermediate_size, device=col_f.gram.device).view(-1, 1), n_ch,
                  dynamic_group_sizes(n_ch)),
             ):
-                H = hessian(col.gram, req.damp)
-                W = weight64(ad, layer, role, H.device)
-                gone = obs_remove(W, inverse_spd(H), units, n_units, steps) if n_units else []
+                W = weight64(ad, layer, role, col.gram.device)
+                # H made inline: inverse_spd holds its only reference and frees it while inverting
+                gone = obs_remove(W, inverse_spd(hessian(col.gram, req.damp)), units, n_units, steps) if n_units else []
                 kept_units = [u for u in range(units.shape[0]) if u not in set(gone)]
                 keep[role] = kept_units
                 if gone:

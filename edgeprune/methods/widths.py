@@ -6,6 +6,10 @@ from __future__ import annotations
 
 from ..models import DecoderAdapter, LayerShape
 
+# Deeper than this a module is better dropped with its layer: search's ladders stop here, and the
+# speed budget's reachable range is computed from the same deepest cut (measure/budget.py).
+MAX_MODULE_CUT = 0.875
+
 
 def aligned_keep(full: int, keep: int, align: int) -> tuple[int, str | None]:
     """Round a kept width to a multiple of `align`; explain when that makes no sense."""
