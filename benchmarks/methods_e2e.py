@@ -39,6 +39,26 @@ def qwen2_model() -> Path:
     return save(Qwen2ForCausalLM(cfg), d, tokenizer_from=STORIES, force=True)
 
 
+def _export_row(out: Path, row: dict, ev) -> dict:
+    """Export the pruned checkpoint to GGUF and ONNX (verified) and read each one's PPL in its runtime."""
+    from edgeprune.errors import EdgePruneError
+    from edgeprune.measure.artifact_eval import runtime_perplexity
+    from exporters import export
+
+    for fmt, path in (("gguf", out.with_suffix(".gguf")), ("onnx", out.with_name(out.name + "-onnx"))):
+        try:
+            res = export(out, fmt, path, force=True)
+            row[f"{fmt}_verified"] = res["verify"]["passed"]
+            row[f"{fmt}_max_diff"] = res["verify"]["max_abs_logit_diff"]
+            row[f"{fmt}_ppl"] = runtime_perplexity(Path(res["path"]), ev)
+            if fmt == "gguf":
+                row["gguf_arch"] = res["architecture"]
+        except EdgePruneError as e:
+            row[f"{fmt}_verified"] = "refused"
+            row["note"] = str(e)[:110]
+    return row
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--ratio", type=float, default=0.2)
@@ -50,12 +70,10 @@ def main() -> None:
 
     import edgeprune
     from edgeprune.calibrate import data
-    from edgeprune.measure.artifact_eval import runtime_perplexity
     from edgeprune.errors import EdgePruneError
     from edgeprune.methods import PruneRequest
     from edgeprune.run.pipeline import calibration, make_plan, tokenizer_for
     from edgeprune.apply.surgery import apply_plan
-    from exporters import export
 
     WORK.mkdir(parents=True, exist_ok=True)
     rows = []
@@ -79,18 +97,7 @@ def main() -> None:
             shutil.rmtree(out, ignore_errors=True)
             edgeprune.save(apply_plan(edgeprune.load(model), plan), out, tokenizer_from=model, plan=plan)
             row["achieved"] = rep["ratio_achieved"]
-            for fmt, path in (("gguf", out.with_suffix(".gguf")), ("onnx", out.with_name(out.name + "-onnx"))):
-                try:
-                    res = export(out, fmt, path, force=True)
-                    row[f"{fmt}_verified"] = res["verify"]["passed"]
-                    row[f"{fmt}_max_diff"] = res["verify"]["max_abs_logit_diff"]
-                    row[f"{fmt}_ppl"] = runtime_perplexity(Path(res["path"]), ev)
-                    if fmt == "gguf":
-                        row["gguf_arch"] = res["architecture"]
-                except EdgePruneError as e:
-                    row[f"{fmt}_verified"] = "refused"
-                    row["note"] = str(e)[:110]
-            rows.append(row)
+            rows.append(_export_row(out, row, ev))
             print(row, file=sys.stderr)
     cols = [("model", "model"), ("method", "method"), ("achieved", "ratio achieved"), ("gguf_arch", "GGUF arch"),
             ("gguf_verified", "GGUF verified"), ("gguf_max_diff", "GGUF max |Δlogit|"), ("gguf_ppl", "PPL via llama.cpp"),
