@@ -153,7 +153,6 @@ def ffn_rungs(W: torch.Tensor, Hinv: torch.Tensor, ad: DecoderAdapter, norm: flo
     return rungs
 
 
-
 def ladder_record(ad: DecoderAdapter, shape: LayerShape, attn: list[Rung], ffn: list[Rung], drop_error: float) -> dict:
     """One layer's ladder as plain data (what `allocate` reads and the store keeps as JSON)."""
     dense = ad.layer_param_count(shape)

@@ -156,35 +156,16 @@ class OBSState:
         return removed
 
 
-def expand_(M: torch.Tensor, n: int, cols: torch.Tensor) -> torch.Tensor:
-    """The inverse of `shrink_` over columns: a compact [r, m] view becomes [r, n] in the same
-    storage (which must hold r·n elements), its columns at `cols`, zeros elsewhere. Rows move
-    last first, so none is written over before it is read."""
-    r, m = M.shape
-    if not M.is_contiguous() or M.untyped_storage().nbytes() < (M.storage_offset() + r * n) * M.element_size():
-        raise ValueError("expand_ needs the storage shrink_ compacted")
-    flat = torch.as_strided(M, (r * n,), (1,))
-    for b in range(r, 0, -ROW_BLOCK):
-        a = max(0, b - ROW_BLOCK)
-        block = flat[a * m : b * m].view(b - a, m).clone()
-        dest = flat[a * n : b * n].view(b - a, n)
-        dest.zero_()
-        dest[:, cols] = block
-    return flat.view(r, n)
-
-
 def obs_remove(W: torch.Tensor, Hinv: torch.Tensor, units: torch.Tensor, n_units: int, steps: list[int],
                costs: list[float] | None = None) -> list[int]:
     """Remove `n_units` units of columns from W (in place: the kept columns compensated, the
     removed ones zero) with OBS; consumes `Hinv`. Returns the removed units' indices (and
-    appends each step's cost to `costs`)."""
-    if not W.is_contiguous():
-        raise ValueError("obs_remove edits W in its own storage: pass a contiguous matrix")
-    state = OBSState(W, Hinv, units)
+    appends each step's cost to `costs`). The full-width form, for callers that want W's shape
+    kept; the methods take `OBSState`'s compact W directly."""
+    state = OBSState(W.clone(), Hinv, units)
     removed = state.remove_steps(n_units, steps, costs)
-    kept_cols = units[state.alive].reshape(-1)
-    full = expand_(state.W, W.shape[1], kept_cols)
-    assert full.data_ptr() == W.data_ptr()  # the result is W's own storage, compacted and spread back in place
+    W[:, units.reshape(-1)] = 0
+    W[:, units[state.alive].reshape(-1)] = state.W
     return removed
 
 

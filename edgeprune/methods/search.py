@@ -41,7 +41,7 @@ from .ladder_build import build_ladders
 from ..io.atomic import write_text
 from .linalg import inverse_spd
 from .seeds import portfolio_seeds
-from .obs import dynamic_group_sizes, hessian, obs_remove, weight64
+from .obs import OBSState, dynamic_group_sizes, hessian, weight64
 from .slimgpt import ipr_ratios
 
 POPULATION = 8  # children per generation
@@ -268,11 +268,12 @@ def refit_layer(source: LayerSource, i: int, layer, cur, moves: list[str], n_ch:
             tensors[f"L{i}.o.weight"] = W[:, head_cols(kept, ad.head_dim, W.device).reshape(-1)].float().cpu()
         keep_f = list(range(s.intermediate_size))
         if n_ch:
-            W = weight64(ad, layer, "down", cols["down"].gram.device)
-            units = torch.arange(s.intermediate_size, device=W.device).view(-1, 1)
-            gone = set(obs_remove(W, inverse_spd(hessian(cols["down"].gram, req.damp)), units, n_ch, dynamic_group_sizes(n_ch)))
-            keep_f = [c for c in keep_f if c not in gone]
-            tensors[f"L{i}.down.weight"] = W[:, keep_f].float().cpu()
+            dev = cols["down"].gram.device
+            state = OBSState(weight64(ad, layer, "down", dev), inverse_spd(hessian(cols["down"].gram, req.damp)),
+                             torch.arange(s.intermediate_size, device=dev).view(-1, 1))
+            state.remove_steps(n_ch, dynamic_group_sizes(n_ch))
+            keep_f = list(state.alive)
+            tensors[f"L{i}.down.weight"] = state.W.to("cpu", torch.float32, copy=True)
         return LayerPlan(ffn_keep=keep_f, heads_keep=kept, kv_keep=sorted(heads), stats={}), tensors
 
     return dist.solve_once(solve)

@@ -27,7 +27,7 @@ from .base import PruneRequest, bar, group_layer_plan, param_budget, units_of_gr
 from .widths import uniform_split
 from .comp import layer_ratios
 from .linalg import inverse_spd
-from .obs import dynamic_group_sizes, hessian, obs_remove, weight64
+from .obs import OBSState, dynamic_group_sizes, hessian, weight64
 
 
 def ipr_ratios(num_layers: int, params: dict[int, int], budget: float, schedule: str, r_max: float) -> dict[int, float]:
@@ -75,13 +75,14 @@ def neuron_stage(source: LayerSource, acts, req: PruneRequest, plan: Plan, ratio
                 ("down", col_f, torch.arange(s.intermediate_size, device=col_f.gram.device).view(-1, 1), n_ch,
                  dynamic_group_sizes(n_ch)),
             ):
-                W = weight64(ad, layer, role, col.gram.device)
+                keep[role] = list(range(units.shape[0]))
+                if not n_units:
+                    continue
                 # H made inline: inverse_spd holds its only reference and frees it while inverting
-                gone = obs_remove(W, inverse_spd(hessian(col.gram, req.damp)), units, n_units, steps) if n_units else []
-                kept_units = [u for u in range(units.shape[0]) if u not in set(gone)]
-                keep[role] = kept_units
-                if gone:
-                    tensors[f"L{i}.{role}.weight"] = W[:, units[kept_units].reshape(-1)].float().cpu()
+                state = OBSState(weight64(ad, layer, role, col.gram.device), inverse_spd(hessian(col.gram, req.damp)), units)
+                if state.remove_steps(n_units, steps):
+                    keep[role] = list(state.alive)
+                    tensors[f"L{i}.{role}.weight"] = state.W.to("cpu", torch.float32, copy=True)
             return tensors, keep
 
         tensors, keep = dist.solve_once(solve)  # one rank solves (with its idle peers' cores); all take it
