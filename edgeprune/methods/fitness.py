@@ -12,6 +12,9 @@ KL(p ‖ q) = Σ p log p − Σ p z + logsumexp(z) with z = W h the candidate's 
 its hidden state cost before) and Σ p log p. Each candidate then costs one vocabulary pass
 (its logsumexp), where it cost two; the reformulation is exact, the float32 rounding of the
 logits is the same, and the sums are float64 (tests/test_search.py bounds the difference).
+
+A large vocabulary (`kl_vocab` rows sampled, `fitness_vocab`) costs each candidate a pass
+through a few thousand rows instead of all of them, with a stated, measured error.
 """
 from __future__ import annotations
 
@@ -26,6 +29,7 @@ from ..measure.reference import final_norm
 from ..calibrate.streaming import Activations, LayerSource
 from ..apply.surgery import slice_layer
 from .allocate import DROP, Alloc, Choice, Ladders
+from .fitness_vocab import SampledKL, sampled
 from .ladder import LadderStore, rung_plan
 
 TOKEN_BLOCK = 256  # tokens turned into logits at a time
@@ -35,15 +39,22 @@ VOCAB_BLOCK = 16384  # rows of lm_head cast to float32 at a time
 class KLFitness:
     """Mean per-token KL(dense ‖ candidate) on fixed held-back windows."""
 
-    def __init__(self, source: LayerSource, windows: torch.Tensor, lad: Ladders, store: LadderStore, batch_size: int):
+    sample: SampledKL | None = None  # the vocabulary sample, where the KL is estimated on one
+
+    def __init__(self, source: LayerSource, windows: torch.Tensor, lad: Ladders, store: LadderStore, batch_size: int,
+                 vocab_rows: int = 0):
+        """`vocab_rows`: the vocabulary rows a candidate's KL is estimated on (`fitness_vocab`),
+        where the vocabulary is large enough for that to pay; 0, or a small vocabulary: exact."""
         self.source, self.lad, self.store = source, lad, store
         self.inputs = source.start(windows, batch_size)  # embedded once, kept for every evaluation
         self.norm = final_norm(source)
         self.head = source.lm_head_weight()
+        self.sample = SampledKL(self.head, vocab_rows) if sampled(self.head.shape[0], vocab_rows) else None
         dense = tuple((0, 0) for _ in range(source.num_layers))
         with torch.no_grad():  # the norm's weight is a parameter: with autograd on, every logits block of the
             # dense terms stayed alive in their graph (24 GB at Llama-3.2-1B width, killed by the OOM killer)
-            self.dense = [self._dense_terms(h) for h in self._final(self._hidden([dense])[dense])]
+            self.dense = [self._dense_terms(h) if self.sample is None else self.sample.dense_terms(h, self._logits)
+                          for h in self._final(self._hidden([dense])[dense])]
 
     @torch.no_grad()
     def __call__(self, allocs: list[Alloc]) -> list[float]:
@@ -93,6 +104,10 @@ class KLFitness:
         for s in range(0, self.head.shape[0], VOCAB_BLOCK):
             yield self.head[s : s + VOCAB_BLOCK].to(device, torch.float32)
 
+    def _logits(self, x: torch.Tensor):
+        """One token block's float32 logits, by vocabulary block."""
+        return (x @ w.T for w in self._head_blocks(x.device))
+
     def _dense_terms(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Per token of one batch: m = pᵀW (float32), s = Σ p and r = h·m − s·logsumexp(W h) (float64;
         r is Σ p log p from the very arithmetic a candidate's terms go through (`_update`, block by
@@ -101,7 +116,7 @@ class KLFitness:
         ms, sums, lses = [], [], []
         for t in range(0, h.shape[0], TOKEN_BLOCK):
             x = h[t : t + TOKEN_BLOCK].float()
-            blocks = [x @ w.T for w in self._head_blocks(x.device)]
+            blocks = list(self._logits(x))
             top = torch.full((x.shape[0],), -math.inf, dtype=torch.float64, device=x.device)
             total = torch.zeros_like(top)
             for b in blocks:
@@ -149,8 +164,8 @@ class KLFitness:
     def _kl_sums(self, acts: Activations) -> list[tuple[float, int]]:
         """(Σ KL, tokens) per batch of windows."""
         out = []
-        for (m, s, ref), hp in zip(self.dense, self._final(acts)):
-            kl = ref - self._cross(hp, m, s)
+        for terms, hp in zip(self.dense, self._final(acts)):
+            kl = self.sample.kl(hp, terms) if self.sample is not None else terms[2] - self._cross(hp, *terms[:2])
             total, n = float(kl.sum()), kl.numel()
             out.append((total, n))
         return out

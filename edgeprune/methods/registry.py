@@ -51,6 +51,9 @@ ITERATIVE_LAYERS = Option("iterative_layers", True, "score layers once instead o
                           flag="--one-shot-layers")
 SEARCH_EVALS = Option("search_evals", 128, "candidate allocations evaluated (each is one streamed pass over the "
                       "held-back windows)", int, minimum=1, build=True)
+SEARCH_KL_VOCAB = Option("search_kl_vocab", 4096, "vocabulary rows the fitness's KL is estimated on, beside each "
+                         "token's 64 most likely (methods/fitness_vocab.py); 0: the whole vocabulary, which a "
+                         "vocabulary under 4x the rows always is", int, minimum=0, build=True)
 COMP = (Option("importance", "diag", "COMP neuron importance reading (diag: see docs/METHODS.md)", str, choices=("obs", "diag")),
         Option("identical_inputs", True, "prune each layer on the pruned model's inputs (ablation)", bool,
                flag="--pruned-inputs"),
@@ -65,7 +68,7 @@ REGISTRY: dict[str, Method] = {m.name: m for m in (
     Method("search", "search:plan_search", "global search of each layer's and module's width over OBS candidate "
            "ladders (heads, KV groups, FFN channels, whole layers), KL fitness (Týr/DarwinLM style)",
            exact_ratio=True, resumable=True, evaluates_candidates=True, cost_budget=True,
-           options=(SEARCH_EVALS, DAMP, MAX_LAYER_RATIO)),
+           options=(SEARCH_EVALS, SEARCH_KL_VOCAB, DAMP, MAX_LAYER_RATIO)),
     Method("slimgpt", "slimgpt:plan_slimgpt", "group OBS on heads and channels with compensation (SlimGPT)", seed="log-ipr",
            options=(DAMP, MAX_LAYER_RATIO)),
     Method("comp-slimgpt", "hybrid:plan_comp_slimgpt", "COMP's layer removal, then SlimGPT's OBS on the kept layers",

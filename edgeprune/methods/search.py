@@ -36,6 +36,7 @@ from .allocate import DROP, Alloc, Ladders, moves, from_ratios, knapsack, latenc
 from .base import RATIO_TOLERANCE, PruneRequest, bar, param_budget
 from .comp import layer_ratios
 from .fitness import KLFitness
+from .fitness_vocab import TOP
 from .ladder import LadderStore, attention_path, head_cols, initial_heads
 from .ladder_build import build_ladders
 from ..io.atomic import write_text
@@ -75,7 +76,7 @@ def plan_search(source: LayerSource, calib: torch.Tensor, req: PruneRequest) -> 
             raise PlanError(f"{req.budget.words() if speed else f'--ratio {ratio}'} leaves less than one layer's deepest cut; "
                             f"lower {lad.flag}")
         clock.append(time.perf_counter())
-        fitness = KLFitness(source, calib[n - held:], lad, store, req.batch_size)
+        fitness = KLFitness(source, calib[n - held:], lad, store, req.batch_size, req.search_kl_vocab)
         # every method's allocation (seeds.py) splits parameters: under a time budget, as many as the knapsack removes
         pbudget = budget if lad.costs is None else sum(lad.removed(i, c) for i, c in enumerate(knapsack(lad, budget)))
         portfolio, skipped = portfolio_seeds(ad, source.shapes, lad, req, pbudget)
@@ -88,7 +89,9 @@ def plan_search(source: LayerSource, calib: torch.Tensor, req: PruneRequest) -> 
         plan = Plan(method="search", tensors=req.tensor_store(), model_type=ad.family, num_layers=L, ratio_requested=ratio,
                     removed_layers=[i for i, c in enumerate(best) if c == DROP],
                     options={"search_evals": req.search_evals, "population": POPULATION, "seed": req.seed,
-                             "heldback_windows": held, "fitness": "KL(dense || pruned) per token, held-back calibration windows",
+                             "heldback_windows": held, "fitness": "KL(dense || pruned) per token, held-back calibration windows"
+                             + (f", on {req.search_kl_vocab} sampled vocabulary rows and each token's top {TOP}" if fitness.sample else ""),
+                             "search_kl_vocab": req.search_kl_vocab,
                              "damp": req.damp, "align": req.align, "protect": sorted(lad.fixed),
                              "cost": "predicted decode ms/token saved (latency model)" if speed else "parameters removed"})
         final_stage(source, calib, req, plan, lad, best, budget, tol)
