@@ -81,3 +81,41 @@ def test_single_column_costs_are_the_batched_block_costs():
     Hinv = torch.linalg.inv(H)
     for cols in (torch.arange(80).view(-1, 1), torch.tensor([[7], [3], [50]])):
         assert torch.allclose(unit_costs(W, Hinv, cols), block_costs(W, Hinv, cols), rtol=1e-12, atol=0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_the_in_place_lapack_inverse_is_torch_s_inverse(dtype):
+    """inverse_spd on the CPU (SciPy's potrf + potri in the matrix's own memory) gives torch's
+    cholesky_inverse, symmetric, in the storage it was handed; a rank-deficient Gram takes the
+    same escalating jitter as `_chol` (so the two agree there too)."""
+    from edgeprune.methods.linalg import _chol, inverse_spd
+
+    g = torch.Generator().manual_seed(3)
+    for n, extra in ((1, 3), (7, 3), (700, 40), (600, -400)):  # the last one is rank-deficient
+        X = torch.randn(n + extra, n, generator=g, dtype=torch.float64)
+        G = (X.T @ X).to(dtype)
+        want = torch.cholesky_inverse(_chol(G.clone())).double()  # the same dtype: the same jitter
+        M = G.clone()
+        got = inverse_spd(M)
+        assert torch.equal(got, got.T) and bool(torch.isfinite(got).all())
+        if extra < 0 and dtype == torch.float32:  # singular in float32: either factor's jitter is as good
+            continue
+        tol = 1e-8 if dtype == torch.float64 else 1e-3  # the jittered rank-deficient one is ill-conditioned
+        assert float((got.double() - want).abs().max() / want.abs().max()) < tol
+        if n > 1:
+            assert got.data_ptr() == M.data_ptr()  # no second n x n matrix
+
+
+def test_lapack_runs_at_torch_s_thread_count():
+    """OpenBLAS would take every core whatever --threads said (two 1-thread ranks on all cores)."""
+    from threadpoolctl import threadpool_info
+
+    from edgeprune.methods.linalg import lapack_threads
+
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with lapack_threads():
+            assert all(p["num_threads"] == 1 for p in threadpool_info() if p["user_api"] == "blas")
+    finally:
+        torch.set_num_threads(old)

@@ -107,7 +107,7 @@ def test_forced_moves_replay_the_path(tiny_models):
     X = torch.randn(200, s.num_heads * ad.head_dim, generator=g, dtype=torch.float64)
     W = torch.randn(ad.hidden_size, s.num_heads * ad.head_dim, generator=g, dtype=torch.float64)
     H = hessian(X.T @ X, 0.01)
-    free = list(attention_path(W.clone(), inverse_spd(H), ad, s))
+    free = list(attention_path(W.clone(), inverse_spd(H.clone()), ad, s))
     moves = [m for m, _, _ in free]
     replay = list(attention_path(W.clone(), inverse_spd(H), ad, s, forced=moves[:3]))
     assert [m for m, _, _ in replay] == moves[:3]

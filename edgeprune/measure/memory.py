@@ -35,6 +35,26 @@ def rss_bytes() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
+def _fast_rss():
+    """A cheap RSS reader for the 5 ms sampler: /proc/self/statm read through one open file
+    (parsing /proc/self/status 200 times a second took 6% of a core in py-spy, beside a
+    one-thread prune); `rss_bytes` where there is no statm."""
+    try:
+        fd = os.open("/proc/self/statm", os.O_RDONLY)
+    except OSError:
+        return rss_bytes
+    page = os.sysconf("SC_PAGE_SIZE")
+
+    class Reader:
+        def __call__(self) -> int:
+            return int(os.pread(fd, 128, 0).split()[1]) * page
+
+        def close(self) -> None:
+            os.close(fd)
+
+    return Reader()
+
+
 def _hwm_bytes() -> int | None:
     return proc_bytes("VmHWM")
 
@@ -84,9 +104,13 @@ class PeakMemory:
         return self
 
     def _sample(self) -> None:
-        while not self._stop.is_set():
-            self._sampled = max(self._sampled, rss_bytes())
-            time.sleep(0.005)
+        read = _fast_rss()
+        try:
+            while not self._stop.is_set():
+                self._sampled = max(self._sampled, read())
+                time.sleep(0.005)
+        finally:
+            getattr(read, "close", lambda: None)()
 
     def __exit__(self, *exc) -> None:
         if self.device.type == "cuda":

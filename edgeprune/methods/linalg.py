@@ -71,11 +71,12 @@ def solve_spd_inplace(M: torch.Tensor, b: torch.Tensor) -> torch.Tensor | None:
     from scipy.linalg import LinAlgError, cho_factor, cho_solve
 
     a = M.numpy().T  # the symmetric matrix as a Fortran-ordered view: LAPACK works in place
-    try:
-        c = cho_factor(a, lower=True, overwrite_a=True, check_finite=False)
-    except LinAlgError:
-        return None
-    return torch.from_numpy(cho_solve(c, b.numpy(), check_finite=False)).to(M.dtype)
+    with lapack_threads():
+        try:
+            c = cho_factor(a, lower=True, overwrite_a=True, check_finite=False)
+        except LinAlgError:
+            return None
+        return torch.from_numpy(cho_solve(c, b.numpy(), check_finite=False)).to(M.dtype)
 
 
 def lsmr_solve(M: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -106,10 +107,69 @@ def _spd_solve(blocks: torch.Tensor, rhs: torch.Tensor) -> torch.Tensor:
 
 
 def inverse_spd(M: torch.Tensor) -> torch.Tensor:
-    """Inverse of an SPD matrix the caller hands over (it is consumed: at most two n×n alive)."""
+    """Inverse of an SPD matrix the caller hands over (it is consumed). On the CPU it is
+    inverted in its own memory by LAPACK through SciPy (`_inverse_inplace`): one n x n matrix
+    alive instead of two, and 1.8x faster than torch's `cholesky_inverse` at 8,192 channels on
+    this AMD host (MKL's potri: 14.9 s, OpenBLAS's potrf + potri: 11.3 s for both, one thread)."""
+    if M.device.type == "cpu" and M.dtype in (torch.float32, torch.float64) and M.is_contiguous() and M.shape[0] > 1:
+        return _inverse_inplace(M)
     L = _chol(M)
     del M
     return torch.cholesky_inverse(L)
+
+
+def _inverse_inplace(M: torch.Tensor) -> torch.Tensor:
+    """potrf then potri on M's storage, with `_chol`'s escalating jitter; M comes back as the
+    symmetric inverse. LAPACK works on one triangle: the other still holds M, which is how a
+    failed factorisation is undone before the next jitter."""
+    from scipy.linalg.lapack import get_lapack_funcs
+
+    a = M.numpy().T  # Fortran-ordered view of the symmetric matrix: LAPACK's lower is M's upper
+    potrf, potri = get_lapack_funcs(("potrf", "potri"), (a,))
+    with lapack_threads():
+        return _potrf_potri(M, a, potrf, potri)
+
+
+def _potrf_potri(M: torch.Tensor, a, potrf, potri) -> torch.Tensor:
+    diag = M.diagonal().clone()
+    scale = float(diag.mean().abs().clamp_min(1e-12))
+    added = 0.0
+    for attempt in range(7):
+        if attempt == 6:
+            raise torch.linalg.LinAlgError("matrix not positive definite even with jitter")
+        c, info = potrf(a, lower=1, overwrite_a=1, clean=0)
+        if info == 0:
+            break
+        _mirror(M, upper_from_lower=True)  # the factor's partial triangle back to M (its lower kept M)
+        added += scale * 1e-6 * 100**attempt
+        M.diagonal().copy_(diag + added)
+    _, info = potri(c, lower=1, overwrite_c=1)
+    if info != 0:
+        raise torch.linalg.LinAlgError(f"LAPACK potri failed (info {info})")
+    _mirror(M, upper_from_lower=False)
+    return M
+
+
+def lapack_threads():
+    """SciPy's BLAS at torch's thread count (`--threads`, or the cores `solve_once` lends):
+    OpenBLAS otherwise takes every core whatever torch was told, and two ranks of one thread
+    each would both run on all of them."""
+    from threadpoolctl import threadpool_limits
+
+    return threadpool_limits(limits=torch.get_num_threads(), user_api="blas")
+
+
+def _mirror(M: torch.Tensor, upper_from_lower: bool, block: int = 512) -> None:
+    """Make M symmetric in place from one triangle (its upper, or its lower), block by block."""
+    n = M.shape[0]
+    for s in range(0, n, block):
+        e = min(s + block, n)
+        if upper_from_lower:
+            M[:s, s:e] = M[s:e, :s].T
+            M[s:e, s:e] = M[s:e, s:e].tril() + M[s:e, s:e].tril(-1).T
+        else:
+            M[s:e, :s] = M[:s, s:e].T
+            M[s:e, s:e] = M[s:e, s:e].triu() + M[s:e, s:e].triu(1).T
 
 
 def mask_trajectory(
