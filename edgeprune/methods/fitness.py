@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import copy
 import math
-from collections import OrderedDict
 
 import torch
 from torch import nn
@@ -33,7 +32,6 @@ from .allocate import DROP, Alloc, Choice, Ladders
 from .fitness_vocab import SampledKL, sampled
 from .ladder import LadderStore, rung_plan
 
-CACHE_BYTES = 512 * 2**20  # prefix outputs kept across generations (PrefixCache): 30 at 1B width, 2,048 tokens
 TOKEN_BLOCK = 256  # tokens turned into logits at a time
 VOCAB_BLOCK = 16384  # rows of lm_head cast to float32 at a time
 
@@ -49,27 +47,21 @@ class KLFitness:
         where the vocabulary is large enough for that to pay; 0, or a small vocabulary: exact."""
         self.source, self.lad, self.store = source, lad, store
         self.inputs = source.start(windows, batch_size)  # embedded once, kept for every evaluation
-        self.cache = PrefixCache(sum(x.numel() * x.element_size() for x in self.inputs))
         self.norm = final_norm(source)
         self.head = source.lm_head_weight()
         self.sample = SampledKL(self.head, vocab_rows) if sampled(self.head.shape[0], vocab_rows) else None
         dense = tuple((0, 0) for _ in range(source.num_layers))
         with torch.no_grad():  # the norm's weight is a parameter: with autograd on, every logits block of the
             # dense terms stayed alive in their graph (24 GB at Llama-3.2-1B width, killed by the OOM killer)
-            hidden = self._hidden([dense])
             self.dense = [self._dense_terms(h) if self.sample is None else self.sample.dense_terms(h, self._logits)
-                          for h in self._final(hidden[dense])]
-            self._release(hidden.values(), [])
+                          for h in self._final(self._hidden([dense])[dense])]
 
     @torch.no_grad()
     def __call__(self, allocs: list[Alloc]) -> list[float]:
         hidden = self._hidden(allocs)
-        out = [self._kl(hidden[a]) for a in allocs]
-        self._release(hidden.values(), [])
-        return out
+        return [self._kl(hidden[a]) for a in allocs]
 
     def close(self) -> None:
-        self.cache.clear()
         self.inputs.close()
 
     def _layer(self, i: int, dense: nn.Module, c: Choice) -> nn.Module:
@@ -85,35 +77,28 @@ class KLFitness:
         acts: dict[tuple, Activations] = {(): self.inputs}
         for i in range(self.source.num_layers):
             need = sorted({a[: i + 1] for a in allocs})
-            todo = [p for p in need if p[-1] != DROP and p not in self.cache]
-            dense = self.source.layer(i) if todo else None
+            dense = self.source.layer(i) if any(p[-1] != DROP for p in need) else None
             built: dict[Choice, nn.Module] = {}
             new: dict[tuple, Activations] = {}
             for p in need:
                 if p[-1] == DROP:
                     new[p] = acts[p[:-1]]
-                elif p in self.cache:  # run for an earlier generation (the parent's prefix, mostly)
-                    new[p] = self.cache.get(p)
-                else:
-                    if p[-1] not in built:
-                        built[p[-1]] = self._layer(i, dense, p[-1])
-                    new[p] = self.source.run(built[p[-1]], acts[p[:-1]], check_finite=False)
-                    self.cache.put(p, new[p])
-            self._release(acts.values(), new.values())
+                    continue
+                if p[-1] not in built:
+                    built[p[-1]] = self._layer(i, dense, p[-1])
+                new[p] = self.source.run(built[p[-1]], acts[p[:-1]], check_finite=False)
+            keep = {id(v) for v in new.values()} | {id(self.inputs)}
+            for v in acts.values():
+                if id(v) not in keep:
+                    v.close()
             acts = new
         return {a: acts[a] for a in allocs}
 
-    def _release(self, old, kept) -> None:
-        """Close the activations no longer needed: not kept, not the inputs, not cached."""
-        kept = list(kept)
-        keep = {id(v) for v in kept} | {id(self.inputs)} | self.cache.ids()
-        for v in {id(v): v for v in [*old, *self.cache.pending]}.values():
-            if id(v) not in keep:
-                v.close()
-        self.cache.pending = [v for v in self.cache.pending if id(v) in keep and id(v) not in self.cache.ids()]
-
     def _final(self, acts: Activations) -> list[torch.Tensor]:
-        return [self.norm(x).reshape(-1, x.shape[-1]) for x in acts]
+        out = [self.norm(x).reshape(-1, x.shape[-1]) for x in acts]
+        if acts is not self.inputs:
+            acts.close()
+        return out
 
     def _head_blocks(self, device):
         for s in range(0, self.head.shape[0], VOCAB_BLOCK):
@@ -174,9 +159,7 @@ class KLFitness:
         """Each candidate's mean KL per batch of windows (per window at batch size 1): what a
         variance penalty or a split of the held-back windows reads (benchmarks/fitness_gap.py)."""
         hidden = self._hidden(allocs)
-        out = [[t / max(n, 1) for t, n in self._kl_sums(hidden[a])] for a in allocs]
-        self._release(hidden.values(), [])
-        return out
+        return [[t / max(n, 1) for t, n in self._kl_sums(hidden[a])] for a in allocs]
 
     def _kl_sums(self, acts: Activations) -> list[tuple[float, int]]:
         """(Σ KL, tokens) per batch of windows."""
@@ -186,44 +169,6 @@ class KLFitness:
             total, n = float(kl.sum()), kl.numel()
             out.append((total, n))
         return out
-
-
-class PrefixCache:
-    """The outputs of recently run prefixes (choices at layers 0..i), least recently used out
-    first, within `CACHE_BYTES`: a child of the (1 + λ) search shares its parent's layers up to
-    its first mutated one, and those were run when the parent was evaluated. Exact: a prefix's
-    activations depend on nothing else. An evicted entry may still be in use by the pass that
-    evicted it: it waits in `pending` until `KLFitness._release` finds it unused."""
-
-    def __init__(self, entry_bytes: int, budget: int | None = None):
-        self.slots = int((CACHE_BYTES if budget is None else budget) // max(entry_bytes, 1))
-        self.items: OrderedDict[tuple, Activations] = OrderedDict()
-        self.pending: list[Activations] = []
-        self.hits = 0
-
-    def __contains__(self, p: tuple) -> bool:
-        return p in self.items
-
-    def get(self, p: tuple) -> Activations:
-        self.hits += 1
-        self.items.move_to_end(p)
-        return self.items[p]
-
-    def put(self, p: tuple, acts: Activations) -> None:
-        if self.slots <= 0:
-            return
-        self.items[p] = acts
-        while len(self.items) > self.slots:
-            self.pending.append(self.items.popitem(last=False)[1])
-
-    def ids(self) -> set[int]:
-        return {id(v) for v in self.items.values()}
-
-    def clear(self) -> None:
-        for v in {id(v): v for v in [*self.items.values(), *self.pending]}.values():
-            v.close()
-        self.items.clear()
-        self.pending = []
 
 
 def _update(top: torch.Tensor, total: torch.Tensor, logits: torch.Tensor) -> None:
