@@ -47,7 +47,8 @@ def test_torch_dtypes_come_from_the_dtype_table():
 def test_a_registered_format_is_accepted_where_formats_are_named(monkeypatch):
     """What a new format module does (subclass, register) is all the target validation, the
     dtype check and --formats need: nothing else names the formats."""
-    from edgeprune.run.targets import load_target, with_formats
+    from edgeprune.run.target_formats import with_formats
+    from edgeprune.run.targets import load_target
 
     formats.names()  # the built-in formats registered first
 
