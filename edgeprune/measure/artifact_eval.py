@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ..defaults import model_context
+
 PPL_SEQ_LEN = 256
 PPL_MAX_WINDOWS = 8
 
@@ -31,7 +33,7 @@ def evaluation(model_dir: Path, cfg, calib: str, data_dir) -> tuple:
     """(windows, protocol): the evaluation portion of the calibration source."""
     from ..calibrate import data
 
-    seq = min(PPL_SEQ_LEN, int(getattr(cfg, "max_position_embeddings", 2048)))
+    seq = min(PPL_SEQ_LEN, model_context(cfg))
     windows = data.evaluation_set(data.tokenizer_for(model_dir), calib, seq, PPL_MAX_WINDOWS, data_dir)
     return windows, {"data": calib, "portion": "eval", "seq_len": seq, "windows": int(windows.shape[0]),
                      "tokens": int(windows.shape[0] * (seq - 1)), "through": "the artifact's runtime"}
