@@ -154,8 +154,12 @@ def _export_args(sub) -> argparse.ArgumentParser:
     ex.add_argument("--imatrix", default=None, metavar="CALIB",
                     help="k-quants only: weigh llama.cpp's rounding by this set's activations (a named set such as "
                          "wikitext2, or a text file; its calibration portion), like llama-imatrix")
-    ex.add_argument("--nsamples", type=_positive, default=32, help="--imatrix windows (default 32)")
-    ex.add_argument("--seq-len", type=_positive, default=256, help="--imatrix window length (default 256)")
+    from .. import defaults
+
+    ex.add_argument("--nsamples", type=_positive, default=defaults.IMATRIX_NSAMPLES,
+                    help="--imatrix windows (default %(default)s)")
+    ex.add_argument("--seq-len", type=_positive, default=defaults.IMATRIX_SEQ_LEN,
+                    help="--imatrix window length (default %(default)s)")
     ex.add_argument("--gguf-pre", default=None, metavar="NAME",
                     help="GGUF: llama.cpp's pre-tokenizer name, for a byte-level tokenizer whose pre-tokenizer edgeprune "
                          "does not recognise (it refuses rather than guess); the text check still verifies it")
