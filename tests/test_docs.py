@@ -40,10 +40,11 @@ def script_flags(path: str) -> set[str]:
 @lru_cache(maxsize=1)
 def names() -> dict[str, set[str]]:
     from exporters.dtypes import ALIASES, allowed
+    from exporters.formats import names as format_names
     from edgeprune.methods import REGISTRY
     from edgeprune.run.targets import list_targets
 
-    dtypes = set(allowed("gguf")) | set(allowed("onnx")) | set(ALIASES) | {"bf16", "f16", "f32"}
+    dtypes = {d for f in format_names() for d in allowed(f)} | set(ALIASES) | {"bf16", "f16", "f32"}
     targets = {t["name"] for t in list_targets()} | {a for t in list_targets() for a in t["aliases"]}
     return {"method": set(REGISTRY), "dtype": dtypes, "target": targets}
 

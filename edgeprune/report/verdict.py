@@ -52,8 +52,10 @@ def samples_of(pruned_verify: dict, dense_verify: dict | None) -> list[dict]:
     """The verify text path's completions of the same prompts by the dense and the pruned
     artifact, each through its own runtime (llama.cpp, or ORT GenAI for an ONNX folder): no
     generation is run again for the report."""
+    from exporters.text_path import in_report
+
     def runs(v: dict | None) -> tuple[str | None, list[dict]]:
-        for who, tp in (("llama.cpp", (v or {}).get("text_path")), ("ORT GenAI", ((v or {}).get("genai") or {}).get("text_path"))):
+        for who, tp in in_report(v):
             if tp and "generation" in tp:
                 return who, tp["generation"]["runs"]
         return None, []
