@@ -24,8 +24,6 @@ from benchmarks._common import pin_threads, write_results  # noqa: E402
 SHAPE = dict(hidden_size=512, intermediate_size=1536, num_attention_heads=8, num_key_value_heads=4, head_dim=64,
              vocab_size=1024, tie_word_embeddings=False, rope_theta=10000.0, rms_norm_eps=1e-5,
              max_position_embeddings=1024)
-GGUF = ("f32", "f16", "bf16", "q8_0", "q4_0", "q6_k", "q5_k_m", "q4_k_m")
-ONNX = ("f32", "f16", "int4")
 UNIFORM = {i: dict(kv_keep=[0, 2], heads_keep=[0, 1, 4, 5], ffn_keep=list(range(1024))) for i in range(2)}
 NONUNIFORM = {0: dict(kv_keep=[1, 3], heads_keep=[2, 3, 6, 7], ffn_keep=list(range(1280))),
               1: dict(ffn_keep=list(range(0, 1536, 2)))}
@@ -89,6 +87,8 @@ def run_cell(model: Path, fmt: str, dtype: str, out: Path) -> tuple[dict | None,
 
 
 def main() -> None:  # long: one loop over the table
+    from exporters import formats
+
     pin_threads(2)
     t0 = time.time()
     rows: dict[str, dict[str, str]] = {}
@@ -97,9 +97,9 @@ def main() -> None:  # long: one loop over the table
         root = Path(tmp)
         models = make_models(root)
         for col, model in models.items():
-            for fmt, dtypes in (("gguf", GGUF), ("onnx", ONNX)):
-                for dtype in dtypes:
-                    out = root / "art" / f"{len(raw)}{'.gguf' if fmt == 'gguf' else ''}"
+            for fmt in formats.names():  # every format at every dtype it carries
+                for dtype in formats.get(fmt).dtypes:
+                    out = root / "art" / f"{len(raw)}-{formats.get(fmt).artifact_name(dtype)}"
                     out.parent.mkdir(exist_ok=True)
                     res, err = run_cell(model, fmt, dtype, out)
                     rows.setdefault(f"{fmt.upper()} {dtype}", {})[col] = cell(res, err)

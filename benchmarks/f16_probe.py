@@ -32,7 +32,7 @@ def artifacts(dtype: str) -> dict[str, Path]:
     from edgeprune.methods import PruneRequest
     from edgeprune.run.pipeline import make_plan
     from edgeprune.apply.surgery import apply_plan
-    from exporters import export
+    from exporters import export, formats
 
     dense = make_dense(576, 30, 1536, 9, 3, 49152)
     pruned = WORK / "pruned-576x30-0.3"
@@ -44,7 +44,7 @@ def artifacts(dtype: str) -> dict[str, Path]:
     for name, d in (("dense", dense), ("pruned", pruned)):
         path = WORK / "artifacts" / f"{d.name}-{dtype}.gguf"
         path.parent.mkdir(parents=True, exist_ok=True)
-        if not path.with_name(path.name + ".verify.json").is_file():
+        if not formats.get("gguf").verify_report(path).is_file():
             export(d, "gguf", path, dtype=dtype, force=True)
         out[name] = path
     return out

@@ -37,7 +37,7 @@ def main() -> None:
     model = Path(a.model) if a.model else ensure_demo_model()
     tgt = load_target(a.target)
     ad = get_adapter(load_config(model))
-    ctx = int(tgt.data["latency"]["context"])
+    ctx = tgt.context
     threads = a.threads or free_cores()
     load = os.getloadavg()[0]
     rows, models = [], []

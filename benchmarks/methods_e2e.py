@@ -43,16 +43,16 @@ def _export_row(out: Path, row: dict, ev) -> dict:
     """Export the pruned checkpoint to GGUF and ONNX (verified) and read each one's PPL in its runtime."""
     from edgeprune.errors import EdgePruneError
     from edgeprune.measure.artifact_eval import runtime_perplexity
-    from exporters import export
+    from exporters import export, formats
 
-    for fmt, path in (("gguf", out.with_suffix(".gguf")), ("onnx", out.with_name(out.name + "-onnx"))):
+    for fmt in formats.names():
         try:
-            res = export(out, fmt, path, force=True)
+            res = export(out, fmt, out.with_name(f"{out.name}-{formats.get(fmt).artifact_name('f32')}"), force=True)
             row[f"{fmt}_verified"] = res["verify"]["passed"]
             row[f"{fmt}_max_diff"] = res["verify"]["max_abs_logit_diff"]
             row[f"{fmt}_ppl"] = runtime_perplexity(Path(res["path"]), ev)
-            if fmt == "gguf":
-                row["gguf_arch"] = res["architecture"]
+            if "architecture" in res:  # the writer's architecture (GGUF's llama / qwen2 / deci)
+                row[f"{fmt}_arch"] = res["architecture"]
         except EdgePruneError as e:
             row[f"{fmt}_verified"] = "refused"
             row["note"] = str(e)[:110]

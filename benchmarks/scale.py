@@ -76,8 +76,10 @@ def measure(a, shape: str, depth: int, calib: Path) -> list[dict]:
         rows.append(dict(shape=shape, depth=depth, command=f"prune {method}", stage="whole (reported)", peak=pm["peak_bytes"],
                          outside=outside, wall=wall, **_search_seconds(out)))
         if k == 0 and a.export:
+            from exporters import formats
+
             fmt, dtype = a.export.split(":")
-            art = Path(a.work) / f"{shape}-L{depth}-{method}.{'gguf' if fmt == 'gguf' else 'onnx'}"
+            art = Path(a.work) / f"{shape}-L{depth}-{method}-{formats.get(fmt).artifact_name(dtype)}"
             rep, outside, wall = run([*ep, "export", str(out), "--format", fmt, "--dtype", dtype, "--out", str(art),
                                       "--force", "--json", "--threads", str(a.threads)])
             assert rep["verify"]["passed"], rep["verify"]

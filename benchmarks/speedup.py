@@ -87,19 +87,20 @@ def _pruned(a: argparse.Namespace, dense: Path) -> tuple[dict, dict]:
 
 def _artifacts(a: argparse.Namespace, models: dict) -> dict[tuple[str, str], dict[str, Path]]:
     """Every model in every format (verified exports, kept from an earlier run)."""
-    from exporters import export
+    from exporters import export, formats
 
     arts: dict[tuple[str, str], dict[str, Path]] = {}
     for spec in a.formats.split(","):
         fmt, dtype = spec.split(":")
+        form = formats.get(fmt)
         for name, d in models.items():
-            path = WORK / "artifacts" / f"{d.name}-{dtype}{'.gguf' if fmt == 'gguf' else ''}"
+            # the names of earlier runs' artifacts: the model's, the dtype and the format's suffix
+            path = WORK / "artifacts" / f"{d.name}-{dtype}{Path(form.artifact_name(dtype)).suffix}"
             path.parent.mkdir(parents=True, exist_ok=True)
-            done = path.with_name(path.name + ".verify.json") if fmt == "gguf" else path / "model.onnx.verify.json"
-            if not done.is_file():
+            if not form.verify_report(path).is_file():
                 print(f"export {name} {fmt} {dtype}", file=sys.stderr)
                 export(d, fmt, path, dtype=dtype, force=True)
-            arts.setdefault((fmt, dtype), {})[name] = path / "model.onnx" if fmt == "onnx" else path
+            arts.setdefault((fmt, dtype), {})[name] = form.written(path)[0]
     return arts
 
 

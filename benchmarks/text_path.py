@@ -23,7 +23,8 @@ from benchmarks._common import markdown_table, pin_threads, write_results  # noq
 
 def _row(name: str, model: Path, work: Path, onnx: bool) -> dict:
     from edgeprune.errors import EdgePruneError
-    from exporters import export
+    from exporters import export, formats
+    from exporters.text_path import in_report
     from exporters.vocab import preflight
 
     row: dict = {"model": name}
@@ -33,26 +34,25 @@ def _row(name: str, model: Path, work: Path, onnx: bool) -> dict:
     except EdgePruneError as e:
         row["gguf vocab"] = f"refused: {str(e)[:60]}"
     slug = name.split()[0]
-    for fmt, out in (("gguf", work / f"{slug}.gguf"), ("onnx", work / f"{slug}-onnx")):
+    for fmt in formats.names():
         if fmt == "onnx" and not onnx:
             continue
         try:
-            res = export(model, fmt, out, dtype="f32")
+            res = export(model, fmt, work / f"{slug}-{formats.get(fmt).artifact_name('f32')}", dtype="f32")
             rep = json.loads(Path(res["verify_report"]).read_text())
         except EdgePruneError as e:
             row[f"{fmt} export"] = f"FAILED: {str(e)[:80]}"
             continue
-        tp = rep["text_path"] if fmt == "gguf" else (rep.get("genai") or {}).get("text_path")
-        key = "llama.cpp" if fmt == "gguf" else "GenAI"
-        if not tp or "tokenizer" not in tp:
-            row[f"{key} strings"] = "not run"
-            continue
-        t, g = tp["tokenizer"], tp["generation"]
-        row[f"{key} strings"] = f"{t['strings'] - t['failed']}/{t['strings']}"
-        row[f"{key} completions"] = f"{sum(r['passed'] for r in g['runs'])}/{g['prompts']}"
-        row[f"{key} verdict"] = "pass" if tp["passed"] else ("limitation" if tp.get("limitation") else "FAIL")
-        if t["deviations"]:
-            row[f"{key} verdict"] += f" ({len(t['deviations'])} clean-up deviations)"
+        ran = [(who, tp) for who, tp in in_report(rep) if tp and "tokenizer" in tp]
+        if not ran:
+            row[f"{fmt} text path"] = "not run"
+        for key, tp in ran:
+            t, g = tp["tokenizer"], tp["generation"]
+            row[f"{key} strings"] = f"{t['strings'] - t['failed']}/{t['strings']}"
+            row[f"{key} completions"] = f"{sum(r['passed'] for r in g['runs'])}/{g['prompts']}"
+            row[f"{key} verdict"] = "pass" if tp["passed"] else ("limitation" if tp.get("limitation") else "FAIL")
+            if t["deviations"]:
+                row[f"{key} verdict"] += f" ({len(t['deviations'])} clean-up deviations)"
     return row
 
 
@@ -75,8 +75,10 @@ def main() -> None:
         for name, m in models.items():
             rows.append(_row(name, m, work, not a.no_onnx))
             print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
-    cols = [(k, k) for k in ("model", "gguf vocab", "llama.cpp strings", "llama.cpp completions", "llama.cpp verdict",
-                             "GenAI strings", "GenAI completions", "GenAI verdict")]
+    from exporters.text_path import IN_REPORT
+
+    cols = [(k, k) for k in ("model", "gguf vocab", *(f"{who} {c}" for who, _ in IN_REPORT
+                                                      for c in ("strings", "completions", "verdict")))]
     table = markdown_table(rows, cols)
     print(table)
     write_results("text-path", {"rows": rows, "command": " ".join(sys.argv)}, table)

@@ -20,7 +20,7 @@ from edgeprune.errors import ExportError, OutputError
 from edgeprune.io.guard import refuse_overlap, set_stage
 from edgeprune.io.outlock import OutLock
 
-from .common import DTYPES, check_dtype, check_out_path, needed_bytes, staged
+from .common import DTYPES, check_dtype, check_imatrix, check_out_path, needed_bytes, staged
 
 __all__ = ["DTYPES", "export"]
 # What the writer learnt about the artifact that the verify report and the export result carry.
@@ -49,14 +49,12 @@ def export(model, fmt: str, out: str | Path, *, dtype: str = "f32", verify: bool
     from edgeprune.measure.memory import stage_report
     from edgeprune.io.tensorfiles import check_free_space
 
-    from .dtypes import get as dtype_facts
     from .formats import get as get_format
 
     dtype = check_dtype(fmt, dtype)
     form = get_format(fmt)
-    if imatrix is not None and not dtype_facts(dtype).llama_quantizer:  # a llama.cpp mix: GGUF only
-        raise ExportError(f"an importance matrix is used by llama.cpp's k-quants only, not {fmt} {dtype}; "
-                          "drop --imatrix or export gguf q4_k_m, q5_k_m or q6_k")
+    if imatrix is not None:
+        check_imatrix(fmt, dtype)
     form.require(verify)
     out = Path(out).absolute()
     form.check_out(out)

@@ -22,6 +22,19 @@ def check_dtype(fmt: str, dtype: str) -> str:
     return canonical(dtype)
 
 
+def check_imatrix(fmt: str, dtype: str) -> None:
+    """Refuse an importance matrix for a dtype llama.cpp's quantizer does not make (one line
+    naming the ones it does), before the calibration pass that builds it."""
+    from .dtypes import get
+    from .formats import names
+
+    if get(dtype).llama_quantizer:
+        return
+    mixes = [f"{f} {d}" for f in names() for d in allowed(f) if d == canonical(d) and get(d).llama_quantizer]
+    raise ExportError(f"--imatrix (an importance matrix) weighs llama.cpp's k-quants only, not {fmt} {dtype}; "
+                      f"drop it or export {' or '.join(mixes)}")
+
+
 def check_out_path(out: Path, force: bool) -> None:
     parent = out.parent
     if not parent.exists():

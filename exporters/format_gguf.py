@@ -21,6 +21,7 @@ class GGUF(Format):
     kv_element_bytes = 2  # llama.cpp's default f16 cache
     single_file = True
     describe = "a .gguf file"
+    out_help = "the .gguf file"
     # k-quants are probed through llama.cpp's quantizer, with its fallbacks, as the export makes them
     latency_dtypes = ("f32", "f16", "bf16", "q8_0", "q4_0", "q6_k", "q5_k_m", "q4_k_m")
     latency_runtime = "llama.cpp"
@@ -42,8 +43,11 @@ class GGUF(Format):
                     raise OutputError(f"{out} exists and is not a GGUF file; edgeprune will not overwrite it, "
                                       "choose another --out")
 
+    def verify_report(self, out: Path) -> Path:
+        return out.with_name(out.name + ".verify.json")
+
     def written(self, out: Path) -> tuple[Path, Path, int]:
-        return out, out.with_name(out.name + ".verify.json"), out.stat().st_size
+        return out, self.verify_report(out), out.stat().st_size
 
     def preflight(self, view, model_dir: Path | None, gguf_pre: str | None) -> None:
         from .gguf_writer import gguf_arch
@@ -73,7 +77,7 @@ class GGUF(Format):
     def stage_report(self, out: Path, tmp: Path, report: dict | None, companions: list) -> None:
         """Beside the artifact, renamed just before it. An unverified GGUF must not inherit
         the report of the artifact it replaces, so that one goes."""
-        final = out.with_name(out.name + ".verify.json")
+        final = self.verify_report(out)
         if report is None:
             final.unlink(missing_ok=True)
             return

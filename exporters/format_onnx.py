@@ -15,6 +15,7 @@ class ONNX(Format):
     extra = "onnx"
     packages = (("onnx", "ONNX export"), ("onnxruntime", "ONNX export"), ("onnxscript", "ONNX export"))
     describe = "an ONNX model (.onnx or a directory holding model.onnx)"
+    out_help = "a directory"
     # int4 probes go through ORT's MatMulNBits quantiser, exactly as the export writes them
     latency_dtypes = ("f32", "f16", "int4")
     latency_runtime = "onnxruntime-genai"
@@ -26,9 +27,12 @@ class ONNX(Format):
     def is_artifact(self, p: Path) -> bool:
         return p.is_dir() and (p / "model.onnx").is_file() or p.is_file() and p.suffix == ".onnx"
 
+    def verify_report(self, out: Path) -> Path:
+        return out / "model.onnx.verify.json"
+
     def written(self, out: Path) -> tuple[Path, Path, int]:
         size = sum(p.stat().st_size for p in out.iterdir() if p.is_file() and not p.name.endswith(".json"))
-        return out / "model.onnx", out / "model.onnx.verify.json", size
+        return out / "model.onnx", self.verify_report(out), size
 
     def kv_bytes(self, dtype: str) -> int:
         return 2 if dtype == "f16" else 4  # the past KV is in the graph's float type
@@ -61,7 +65,7 @@ class ONNX(Format):
 
     def stage_report(self, out: Path, tmp: Path, report: dict | None, companions: list) -> None:
         if report is not None:  # inside the folder: it goes in with the artifact
-            (tmp / "model.onnx.verify.json").write_text(json.dumps(report, indent=1))
+            self.verify_report(tmp).write_text(json.dumps(report, indent=1))
 
     def session(self, path: Path, purpose: str, *, n_ctx: int = 512, threads: int | None = None):
         from .runtimes import OnnxSession

@@ -52,6 +52,7 @@ class Format:
     kv_element_bytes: int = 2  # bytes per KV-cache element its runtime keeps by default
     single_file: bool = False  # the artifact is one file (an --out that is a file may be one to overwrite)
     describe: str = ""  # what its artifact looks like, for the error naming every format
+    out_help: str = ""  # what `export --out` names for it, for the flag's help
     latency_dtypes: tuple[str, ...] = ()  # the dtypes the latency model can probe and fit
     latency_runtime: str = ""  # the runtime the latency model times (its cache key)
     shallow_probes: bool = False  # each probe layer costs an export: time the full design on 2-layer probes
@@ -70,6 +71,10 @@ class Format:
 
     def refuse_foreign(self, out: Path) -> None:
         """Refuse to overwrite an existing single-file `out` that this format did not write."""
+
+    def verify_report(self, out: Path) -> Path:
+        """Where the verify report of the artifact at `out` is kept (beside it, or inside a folder)."""
+        raise NotImplementedError
 
     def written(self, out: Path) -> tuple[Path, Path, int]:
         """(artifact path, verify report path, bytes on disk) once `out` is in place."""
@@ -179,6 +184,11 @@ def get(name: str) -> Format:
     return reg[name]
 
 
+def kinds(word: str = "or") -> str:
+    """Every format's artifact described, joined by `word` (an error or a help naming them all)."""
+    return f" {word} ".join(f.describe for f in _load().values())
+
+
 def of_path(path: str | Path) -> Format | None:
     """The format whose artifact `path` is, or None."""
     p = Path(path)
@@ -192,5 +202,5 @@ def for_path(path: str | Path) -> Format:
         raise ExportError(f"artifact {p} does not exist")
     f = of_path(p)
     if f is None:
-        raise ExportError(f"{p} is neither " + " nor ".join(x.describe for x in _load().values()))
+        raise ExportError(f"{p} is neither {kinds('nor')}")
     return f

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from edgeprune.defaults import model_context
 from edgeprune.errors import ExportError
 
 from .runtimes import decode_step
@@ -41,7 +42,7 @@ def _token_id(cfg, name: str, tokenizer) -> int | None:
 def genai_config(view, tokenizer=None, context_length: int | None = None) -> dict:
     """The `genai_config.json` for an edgeprune ONNX graph of `view` (an exporters WeightsView)."""
     ad, cfg = view.adapter, view.config
-    ctx = int(context_length or getattr(cfg, "max_position_embeddings", 2048) or 2048)
+    ctx = int(context_length or model_context(cfg))
     eos = _token_id(cfg, "eos_token_id", tokenizer)
     pad = _token_id(cfg, "pad_token_id", tokenizer)
     s0 = view.shapes[0]

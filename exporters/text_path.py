@@ -35,6 +35,21 @@ TEXTS = (
 )
 GEN_TEXTS = ("Once upon a time", "def main():\n", "A")
 GEN_NEW = 8
+# Where a verify report keeps each runtime's text-path record, and that runtime's name in
+# reports: the artifact's own session (only llama.cpp's has a tokenizer: `Format.text_path`),
+# then the ORT GenAI package's generator (`Format.second_runtime`, verify.py's `genai`).
+IN_REPORT = (("llama.cpp", ("text_path",)), ("ORT GenAI", ("genai", "text_path")))
+
+
+def in_report(report: dict | None) -> list[tuple[str, dict | None]]:
+    """(runtime, its text-path record or None) for each place of `IN_REPORT` in a verify report."""
+    out = []
+    for who, keys in IN_REPORT:
+        rec = report
+        for k in keys:
+            rec = (rec or {}).get(k)
+        out.append((who, rec))
+    return out
 
 
 def _cause(hf: list[int], got: list[int], bos: int | None, eos: int | None) -> str:

@@ -240,8 +240,8 @@ def genai_side(path, prompts: list[list[int]], tokenizer=None):
 
 def text_failure(report: dict) -> str | None:
     """One line naming the first text-path failure (string, both id lists, likely cause), or None."""
-    for where, tp in (("llama.cpp", report.get("text_path") or {}), ("GenAI", (report.get("genai") or {}).get("text_path") or {})):
-        if tp.get("passed", True) or tp.get("limitation"):
+    for where, tp in text_path.in_report(report):
+        if not tp or tp.get("passed", True) or tp.get("limitation"):
             continue
         for f in tp["tokenizer"]["failures"]:
             what = f.get("cause") or f.get("detokenizer")

@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from edgeprune.errors import PlanError
+from edgeprune.methods import OPTIONS
 from edgeprune.methods.comp import layer_ratios
 from edgeprune.methods.linalg import fit_mask, mask_system, mask_trajectory, removed_at
 from edgeprune.run.pipeline import prune
@@ -59,8 +60,9 @@ def test_keep_all_gives_unit_mask(system):
 
 def test_trajectory_and_tau(system):
     _, _, A = system
-    for reading in ("obs", "diag"):
-        order, steps = mask_trajectory(A, torch.arange(8).view(8, 1), 6, 2, reading)
+    damp = OPTIONS["damp"].default
+    for reading in OPTIONS["importance"].choices:
+        order, steps = mask_trajectory(A, torch.arange(8).view(8, 1), 6, 2, reading, damp)
         assert len(set(order)) == 6 and steps[0] == (0, 0.0) and steps[-1][0] == 6
         assert removed_at(steps, -1.0) == 0 and removed_at(steps, float("inf")) == 6
 

@@ -40,10 +40,11 @@ def script_flags(path: str) -> set[str]:
 @lru_cache(maxsize=1)
 def names() -> dict[str, set[str]]:
     from exporters.dtypes import ALIASES, allowed
+    from exporters.formats import names as format_names
     from edgeprune.methods import REGISTRY
     from edgeprune.run.targets import list_targets
 
-    dtypes = set(allowed("gguf")) | set(allowed("onnx")) | set(ALIASES) | {"bf16", "f16", "f32"}
+    dtypes = {d for f in format_names() for d in allowed(f)} | set(ALIASES) | {"bf16", "f16", "f32"}
     targets = {t["name"] for t in list_targets()} | {a for t in list_targets() for a in t["aliases"]}
     return {"method": set(REGISTRY), "dtype": dtypes, "target": targets}
 
@@ -119,7 +120,8 @@ def check_line(line: str, where: str) -> list[str]:
             problems.append(f"{where}: the Python API has no edgeprune.{v}")
     for v in re.findall(r"--formats[ =]([\w:,]+)", s):
         from edgeprune.errors import EdgePruneError
-        from edgeprune.run.targets import load_target, with_formats
+        from edgeprune.run.target_formats import with_formats
+        from edgeprune.run.targets import load_target
 
         try:
             with_formats(load_target("cpu-x86"), v)
@@ -200,3 +202,13 @@ def test_a_good_line_passes():
     assert check_line('model = edgeprune.load("build/model")', "x") == []
     assert check_links("[a](docs/METHODS.md#why)", ROOT / "README.md") == []
     assert check_links("[a](docs/NOPE.md)", ROOT / "README.md")
+
+
+def test_the_targets_page_names_every_optional_key():
+    """docs/TARGETS.md says which keys a target may leave out: each optional key of the table
+    (`run/target_keys.py: KEYS`; the method options by their rule, not one by one)."""
+    from edgeprune.run.target_keys import KEYS
+
+    text = (ROOT / "docs" / "TARGETS.md").read_text()
+    missing = [k.path for k in KEYS if k.optional and k.option is None and f"`{k.path}`" not in text]
+    assert not missing, f"docs/TARGETS.md does not name the optional key(s) {', '.join(missing)}"

@@ -1,6 +1,7 @@
 """The house rules a reviewer checks by reading, checked here so they stay true: no import
 cycle between the modules of `edgeprune/` and `exporters/` (imports inside functions count:
-a lazy import is still a dependency), and no module over the size the project allows."""
+a lazy import is still a dependency), no module over the size the project allows and no
+function over its length unless it says why."""
 from __future__ import annotations
 
 import ast
@@ -8,6 +9,11 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("edgeprune", "exporters")
+SIZED = (*PACKAGES, "benchmarks")  # the folders whose modules and functions are held to the sizes below
+MAX_MODULE_LINES = 300
+# A longer function carries `# long: <reason>` on its `def` line, the line above it or another
+# line of its signature.
+MAX_FUNCTION_LINES = 60
 
 
 def _modules() -> dict[str, Path]:
@@ -124,3 +130,48 @@ def test_every_module_imports():
                 if e.name is None or e.name.split(".")[0] in PACKAGES:
                     broken.append(f"{info.name}: {e}")
     assert not broken, broken
+
+
+def _sized_sources() -> list[Path]:
+    return sorted(p for d in SIZED for p in (ROOT / d).rglob("*.py"))
+
+
+def long_functions(text: str) -> list[tuple[str, int, int]]:
+    """(name, line, length) of every function (nested ones too) over `MAX_FUNCTION_LINES`,
+    counted from its `def` line to its last, whose signature has no `# long:` reason."""
+    lines = text.splitlines()
+    out = []
+    for node in ast.walk(ast.parse(text)):
+        if not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            continue
+        length = node.end_lineno - node.lineno + 1
+        header = lines[max(0, node.lineno - 2): max(node.lineno, node.body[0].lineno - 1)]
+        if length > MAX_FUNCTION_LINES and not any("# long:" in line for line in header):
+            out.append((node.name, node.lineno, length))
+    return out
+
+
+def test_the_length_check_reads_the_reason_on_the_signature():
+    def body(n: int) -> str:
+        return "".join(f"    x = {i}\n" for i in range(n))
+
+    over = body(MAX_FUNCTION_LINES)  # with its def line, one line over
+    assert [(n, k) for n, _, k in long_functions(f"def f():\n{over}")] == [("f", MAX_FUNCTION_LINES + 1)]
+    assert long_functions(f"def f():  # long: a table\n{over}") == []
+    assert long_functions(f"# long: a table\ndef f():\n{over}") == []
+    assert long_functions(f"def f(a,\n      b):  # long: a table\n{over}") == []
+    assert long_functions(f"def f():\n{body(MAX_FUNCTION_LINES - 1)}") == []
+    assert long_functions(f"def f():\n{over}# long: not the signature\n    y = 1\n") != []
+
+
+def test_no_module_is_over_the_size_the_project_allows():
+    big = [f"{p.relative_to(ROOT)}: {n} lines" for p in _sized_sources()
+           if (n := len(p.read_text().splitlines())) > MAX_MODULE_LINES]
+    assert not big, f"over {MAX_MODULE_LINES} lines (split the module): " + "; ".join(big)
+
+
+def test_no_function_is_over_its_length_without_a_reason():
+    found = [f"{p.relative_to(ROOT)}:{line} {name} ({n} lines)" for p in _sized_sources()
+             for name, line, n in long_functions(p.read_text())]
+    assert not found, (f"over {MAX_FUNCTION_LINES} lines without a `# long: <reason>` on the signature: "
+                       + "; ".join(found))

@@ -80,3 +80,22 @@ def test_a_target_sets_a_build_option_checked_by_its_declaration(tmp_path):
 def test_only_registered_methods_declare_options():
     declared = {o.name for m in REGISTRY.values() for o in m.options}
     assert declared == set(OPTIONS)
+
+
+def test_the_ipr_schedule_is_declared_read_and_recorded(tiny_models):
+    """SlimGPT's layer schedule is a declared option (its choices SlimGPT's schedules), read as
+    `req.ipr` by both methods that use it and recorded in their plans."""
+    import torch
+
+    from edgeprune.methods.slimgpt import SCHEDULES
+    from edgeprune.run.pipeline import make_plan
+
+    o = OPTIONS["ipr"]
+    assert set(o.choices) == set(SCHEDULES) and o.default == "log" and READERS["ipr"] == ["slimgpt", "comp-slimgpt"]
+    with pytest.raises(PlanError, match="ipr must be one of log, linear, uniform"):
+        PruneRequest(ratio=0.2, ipr="cubic")
+    windows = torch.randint(0, 512, (4, 32), generator=torch.Generator().manual_seed(0))
+    for method in ("slimgpt", "comp-slimgpt"):
+        for schedule in ("log", "uniform"):
+            req = PruneRequest(ratio=0.2, progress=False, ipr=schedule)
+            assert make_plan(tiny_models["llama"], method, req, windows)[0].options["ipr"] == schedule

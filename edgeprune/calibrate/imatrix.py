@@ -14,6 +14,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..defaults import IMATRIX_NSAMPLES, IMATRIX_SEQ_LEN
+
 # Which GGUF tensors read the input of which role's linear (q/k/v share one input, gate/up another).
 READERS: dict[str, tuple[str, ...]] = {"q": ("attn_q", "attn_k", "attn_v"), "o": ("attn_output",),
                                        "gate": ("ffn_gate", "ffn_up"), "down": ("ffn_down",)}
@@ -44,8 +46,8 @@ def collect(model: str | Path | torch.nn.Module, windows: torch.Tensor, batch_si
     return out
 
 
-def from_calibration(model_dir: str | Path, source: str, n_samples: int = 32, seq_len: int = 256, seed: int = 0,
-                     data_dir=None, progress: bool = False) -> tuple[dict[str, np.ndarray], dict]:
+def from_calibration(model_dir: str | Path, source: str, n_samples: int = IMATRIX_NSAMPLES,
+                     seq_len: int = IMATRIX_SEQ_LEN, seed: int = 0, data_dir=None, progress: bool = False) -> tuple[dict[str, np.ndarray], dict]:
     """The importance matrix over `source`'s calibration portion (a named set or a text file),
     and a description of it for the verify report."""
     from .data import calibration_set, tokenizer_for

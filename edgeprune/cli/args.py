@@ -29,9 +29,12 @@ def _budget_args(sp, build: bool) -> None:
                     help="a latency table measured on the device (`edgeprune bench --latency-table`), used in place of "
                          "measuring on this host")
     if not build:
+        from exporters.formats import get, names
+
+        runtimes = " or ".join(f"{n}:DTYPE ({get(n).latency_runtime})" for n in names() if get(n).latency_dtypes)
         sp.add_argument("--latency-runtime", default=DEFAULT_RUNTIME, metavar="FORMAT:DTYPE",
-                        help="the runtime and dtype a --speedup / --latency-ms budget is predicted in: gguf:DTYPE "
-                             "(llama.cpp) or onnx:DTYPE (ONNX Runtime), on this build host (default gguf:f32)")
+                        help=f"the runtime and dtype a --speedup / --latency-ms budget is predicted in: {runtimes}, "
+                             f"on this build host (default {DEFAULT_RUNTIME})")
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -138,15 +141,17 @@ def _prune_args(sub) -> argparse.ArgumentParser:
 
 
 def _export_args(sub) -> argparse.ArgumentParser:
-    ex = _sub(sub, "export", "export to ONNX or GGUF, then verify in the runtime")
-    ex.add_argument("model", help="model directory (dense or pruned)")
     from exporters.dtypes import ALIASES, allowed
-    from exporters.formats import names
+    from exporters.formats import get, names
 
+    from .. import defaults
+
+    ex = _sub(sub, "export", f"export to {' or '.join(names())}, then verify in the runtime")
+    ex.add_argument("model", help="model directory (dense or pruned)")
     ex.add_argument("--format", required=True, help=" or ".join(names()))
     ex.add_argument("--dtype", default="f32", help="; ".join(f"{f}: {', '.join(allowed(f))}" for f in names()) + " "
                     f"(default f32; aliases: {', '.join(f'{k}={v}' for k, v in ALIASES.items())})")
-    ex.add_argument("--out", required=True, help="GGUF: the .gguf file; ONNX: a directory")
+    ex.add_argument("--out", required=True, help="; ".join(f"{n}: {get(n).out_help}" for n in names()))
     ex.add_argument("--no-verify", action="store_true", help="skip verification (loudly)")
     ex.add_argument("--force", action="store_true", help="overwrite an existing artifact at --out")
     ex.add_argument("--quiet", action="store_true", help="no progress bars (per tensor, per layer)")
@@ -154,8 +159,10 @@ def _export_args(sub) -> argparse.ArgumentParser:
     ex.add_argument("--imatrix", default=None, metavar="CALIB",
                     help="k-quants only: weigh llama.cpp's rounding by this set's activations (a named set such as "
                          "wikitext2, or a text file; its calibration portion), like llama-imatrix")
-    ex.add_argument("--nsamples", type=_positive, default=32, help="--imatrix windows (default 32)")
-    ex.add_argument("--seq-len", type=_positive, default=256, help="--imatrix window length (default 256)")
+    ex.add_argument("--nsamples", type=_positive, default=defaults.IMATRIX_NSAMPLES,
+                    help="--imatrix windows (default %(default)s)")
+    ex.add_argument("--seq-len", type=_positive, default=defaults.IMATRIX_SEQ_LEN,
+                    help="--imatrix window length (default %(default)s)")
     ex.add_argument("--gguf-pre", default=None, metavar="NAME",
                     help="GGUF: llama.cpp's pre-tokenizer name, for a byte-level tokenizer whose pre-tokenizer edgeprune "
                          "does not recognise (it refuses rather than guess); the text check still verifies it")
@@ -208,7 +215,9 @@ def _bench_args(sub) -> argparse.ArgumentParser:
               "Re-measure a build on the device itself, dense vs pruned, interleaved, with the build's speedup check; "
               "on a build directory it updates profile.json and report.md. Needs only numpy and the runtime. "
               "With --latency-table it instead times the latency model's probe shapes here, for build --latency-table.")
-    be.add_argument("path", nargs="?", default=None, help="a build directory, a .gguf file or an ONNX folder "
+    from exporters.formats import kinds
+
+    be.add_argument("path", nargs="?", default=None, help=f"a build directory, {kinds()} "
                     "(with --latency-table: a build directory whose base model is here, or use --model)")
     be.add_argument("--context", type=_positive, default=None, help=f"prompt tokens (default: the target's, else {DEFAULT_CONTEXT})")
     be.add_argument("--new-tokens", type=_positive, default=DEFAULT_NEW_TOKENS,
@@ -226,8 +235,10 @@ def _bench_args(sub) -> argparse.ArgumentParser:
 
 
 def _inspect_args(sub) -> argparse.ArgumentParser:
-    i = _sub(sub, "inspect", "show the per-layer widths of a model, plan, build directory, .gguf file or ONNX folder")
-    i.add_argument("path", help="a model directory (dense or pruned), a plan file, a build directory, a .gguf file or an ONNX folder")
+    from exporters.formats import kinds
+
+    i = _sub(sub, "inspect", f"show the per-layer widths of a model, plan, build directory, {kinds()}")
+    i.add_argument("path", help=f"a model directory (dense or pruned), a plan file, a build directory, {kinds()}")
     i.add_argument("--json", action="store_true", help="print exactly one JSON object on stdout")
     i.add_argument("--plot", default=None, help="write a PNG of each layer's dense and kept widths (query heads, KV heads, FFN channels)")
     return i

@@ -184,16 +184,11 @@ def _imatrix_for(a) -> dict:
     """Refuse a wrong request before the (streamed, whole-model) calibration pass, then build it."""
     from pathlib import Path
 
-    from exporters.common import check_dtype, check_out_path
-    from edgeprune.dtypes import get
+    from exporters.common import check_dtype, check_imatrix, check_out_path
 
-    from ..errors import ExportError
     from ..calibrate.imatrix import from_calibration
 
-    dtype = check_dtype(a.format, a.dtype)
-    if not get(dtype).llama_quantizer:  # llama.cpp's mixes, which only GGUF carries (check_dtype)
-        raise ExportError(f"--imatrix weights llama.cpp's k-quants only, not {a.format} {dtype}; "
-                          "drop --imatrix or export --format gguf --dtype q4_k_m (or q5_k_m, q6_k)")
+    check_imatrix(a.format, check_dtype(a.format, a.dtype))
     check_out_path(Path(a.out).absolute(), a.force)
     from ..io.checkpoint import load_config, read_config_dict
     from ..run.preflight import check_windows

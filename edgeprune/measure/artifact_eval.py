@@ -7,9 +7,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ..defaults import model_context
+
 PPL_SEQ_LEN = 256
 PPL_MAX_WINDOWS = 8
-LATENCY_REPS = 5
 
 
 def runtime_perplexity(artifact: Path, windows) -> float:
@@ -32,7 +33,7 @@ def evaluation(model_dir: Path, cfg, calib: str, data_dir) -> tuple:
     """(windows, protocol): the evaluation portion of the calibration source."""
     from ..calibrate import data
 
-    seq = min(PPL_SEQ_LEN, int(getattr(cfg, "max_position_embeddings", 2048)))
+    seq = min(PPL_SEQ_LEN, model_context(cfg))
     windows = data.evaluation_set(data.tokenizer_for(model_dir), calib, seq, PPL_MAX_WINDOWS, data_dir)
     return windows, {"data": calib, "portion": "eval", "seq_len": seq, "windows": int(windows.shape[0]),
                      "tokens": int(windows.shape[0] * (seq - 1)), "through": "the artifact's runtime"}
@@ -49,11 +50,11 @@ def measure_pair(dense: Path, pruned: Path, windows, tgt, cfg, vocab: int, dense
     """Perplexity of both through their runtime, and their interleaved latency. `dense_known`:
     the dense perplexity already measured through this very artifact on these very windows
     (a sweep's linked reference), reused; the latency is always measured again, interleaved."""
-    from .latency import measure, measure_context
+    from .latency import DEFAULT_REPS, measure, measure_context
 
     context = measure_context(tgt, cfg)
     ppl = [dense_known or runtime_perplexity_windows(dense, windows), runtime_perplexity_windows(pruned, windows)]
-    lat = measure({"dense": dense, "pruned": pruned}, context, tgt.new_tokens, LATENCY_REPS, threads, vocab=vocab)
+    lat = measure({"dense": dense, "pruned": pruned}, context, tgt.new_tokens, DEFAULT_REPS, threads, vocab=vocab)
     return {"ppl": [p["perplexity"] for p in ppl], "ppl_window_nll": [p["window_nll"] for p in ppl], "latency": lat,
             "windows_sha": windows_digest(windows)}
 

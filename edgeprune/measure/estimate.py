@@ -74,8 +74,7 @@ def overhead_scale(target, host_threads: int, host_clock: float | None) -> tuple
     """Host-to-target factor for the overhead: the clock ratio. The core count is not a
     divisor: the per-token overhead is per-operator dispatch, which runs serially (more
     threads add synchronisation to it rather than share it)."""
-    hw = target.data["hardware"]
-    clock, cores = hw.get("cpu_clock_ghz"), hw.get("cpu_cores")
+    clock, cores = target.get("hardware.cpu_clock_ghz"), target.get("hardware.cpu_cores")
     if not clock or not host_clock:
         return 1.0, "unscaled (the target TOML gives no cpu_clock_ghz, or the host clock is unknown)"
     f = host_clock / float(clock)

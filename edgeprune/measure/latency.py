@@ -15,6 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ..defaults import model_context
+
 DEFAULT_CONTEXT = 128
 DEFAULT_NEW_TOKENS = 32
 DEFAULT_REPS = 5
@@ -23,7 +25,7 @@ DEFAULT_RUNTIME = "gguf:f32"  # FORMAT:DTYPE a prune's speed budget is predicted
 
 def measure_context(tgt, cfg) -> int:
     """The prompt length the build's latency measurement uses (the target's, within the model's window)."""
-    return max(8, min(tgt.context, int(getattr(cfg, "max_position_embeddings", 2048)) - tgt.new_tokens - 8))
+    return max(8, min(tgt.context, model_context(cfg) - tgt.new_tokens - 8))
 
 
 def free_cores(samples: int = 5) -> int:

@@ -18,16 +18,14 @@ from __future__ import annotations
 import numpy as np
 
 TERMS = ("layer", "weights", "fallback", "kv", "heads")
-KV_CACHE_BYTES = {"llama.cpp": 2}  # llama.cpp's default f16 KV cache; ORT keeps the export dtype's
 
 
-def kv_elem_bytes(runtime: str, dtype: str) -> int:
-    return KV_CACHE_BYTES.get(runtime) or (2 if dtype == "f16" else 4)
-
-
-def layer_features(widths: dict, runtime: str, dtype: str, context: int, heads: int, kv_heads: int,
+def layer_features(widths: dict, fmt: str, dtype: str, context: int, heads: int, kv_heads: int,
                    ffn: int) -> dict[str, float]:
-    """The terms of one present layer of this shape (see the module docstring)."""
+    """The terms of one present layer of this shape (see the module docstring) in format
+    `fmt`'s runtime, whose KV-cache element bytes are the format's declaration."""
+    from exporters.formats import get
+
     from .dtype_fit import tensor_bytes
 
     d, hd = int(widths["hidden_size"]), int(widths["head_dim"])
@@ -40,7 +38,7 @@ def layer_features(widths: dict, runtime: str, dtype: str, context: int, heads: 
         else:
             native += b
     return {"layer": 1.0, "weights": native / 1e6, "fallback": fallen / 1e6,
-            "kv": 2 * kv * context * kv_elem_bytes(runtime, dtype) / 1e6, "heads": heads * context / 1e3}
+            "kv": 2 * kv * context * get(fmt).kv_bytes(dtype) / 1e6, "heads": heads * context / 1e3}
 
 
 def design_row(layer_feats: list[dict[str, float]], terms: tuple[str, ...]) -> np.ndarray:

@@ -55,7 +55,7 @@ class LatencyModel:
     runtime_description: str = ""
 
     def _feats(self, heads: int, kv_heads: int, ffn: int) -> dict[str, float]:
-        return layer_features(self.key["widths"], self.runtime, self.dtype, self.context, heads, kv_heads, ffn)
+        return layer_features(self.key["widths"], self.fmt, self.dtype, self.context, heads, kv_heads, ffn)
 
     def layer_ms(self, heads: int, kv_heads: int, ffn: int) -> float:
         """Decode ms/token of one present layer of that shape (quantisation fallbacks included)."""

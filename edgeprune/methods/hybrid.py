@@ -33,11 +33,10 @@ def plan_comp_slimgpt(source: LayerSource, calib: torch.Tensor, req: PruneReques
         acts.close()
         raise PlanError(f"removing {n_remove} layers already removes more than --ratio {ratio}; lower --layers")
     kept = [i for i in range(L) if i not in removed]
-    schedule = req.extra.get("ipr", "log")
-    ratios = ipr_ratios(len(kept), {i: params[i] for i in kept}, max(budget, 0.0), schedule, req.max_layer_ratio)
+    ratios = ipr_ratios(len(kept), {i: params[i] for i in kept}, max(budget, 0.0), req.ipr, req.max_layer_ratio)
     plan = Plan(method="comp-slimgpt", tensors=req.tensor_store(), model_type=ad.family, num_layers=L,
                 removed_layers=sorted(removed), ratio_requested=ratio,
-                options={"layers_removed": n_remove, "protect": sorted(protected), "ipr": schedule, "damp": req.damp,
+                options={"layers_removed": n_remove, "protect": sorted(protected), "ipr": req.ipr, "damp": req.damp,
                          "align": req.align, "iterative_layers": req.iterative_layers})
     neuron_stage(source, acts, req, plan, ratios, kept, desc="comp-slimgpt neuron stage")
     plan.stats = {"layer_importance": {str(k): v for k, v in sorted(imp.items())}, "removal_history": history,

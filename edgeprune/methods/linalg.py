@@ -177,8 +177,8 @@ def mask_trajectory(
     units: torch.Tensor,
     max_remove: int,
     step: int,
-    reading: str = "obs",
-    damp: float = 0.01,
+    reading: str,
+    damp: float,
 ) -> tuple[list[int], list[tuple[int, float]]]:
     """Prune units of columns in ascending importance, re-fitting the mask after each step.
 

@@ -109,7 +109,3 @@ def for_target(pruning: dict[str, Any], given_values: dict[str, Any], options: d
     key (checked when the target was read), else the default."""
     return {n: given_values[n] if n in given_values else pruning.get(n, o.default) for n, o in options.items()}
 
-
-def toml_keys(options: dict[str, Option]) -> dict[str, type]:
-    """The target `[pruning]` keys the build options add, with their TOML types."""
-    return {n: o.kind for n, o in options.items() if o.build}

@@ -54,6 +54,8 @@ SEARCH_EVALS = Option("search_evals", 128, "candidate allocations evaluated (eac
 SEARCH_KL_VOCAB = Option("search_kl_vocab", 4096, "vocabulary rows the fitness's KL is estimated on, beside each "
                          "token's 64 most likely (methods/fitness_vocab.py); 0: the whole vocabulary, which a "
                          "vocabulary under 4x the rows always is", int, minimum=0, build=True)
+IPR = Option("ipr", "log", "Incremental Pruning Ratio schedule of the layers' ratios (methods/slimgpt.py: SCHEDULES)",
+             str, choices=("log", "linear", "uniform"), flag=None)
 COMP = (Option("importance", "diag", "COMP neuron importance reading (diag: see docs/METHODS.md)", str, choices=("obs", "diag")),
         Option("identical_inputs", True, "prune each layer on the pruned model's inputs (ablation)", bool,
                flag="--pruned-inputs"),
@@ -70,9 +72,9 @@ REGISTRY: dict[str, Method] = {m.name: m for m in (
            exact_ratio=True, resumable=True, evaluates_candidates=True, cost_budget=True,
            options=(SEARCH_EVALS, SEARCH_KL_VOCAB, DAMP, MAX_LAYER_RATIO)),
     Method("slimgpt", "slimgpt:plan_slimgpt", "group OBS on heads and channels with compensation (SlimGPT)", seed="log-ipr",
-           options=(DAMP, MAX_LAYER_RATIO)),
+           options=(IPR, DAMP, MAX_LAYER_RATIO)),
     Method("comp-slimgpt", "hybrid:plan_comp_slimgpt", "COMP's layer removal, then SlimGPT's OBS on the kept layers",
-           takes_layers=True, build_layers="auto", seed="comp-slimgpt", options=(ITERATIVE_LAYERS, DAMP, MAX_LAYER_RATIO)),
+           takes_layers=True, build_layers="auto", seed="comp-slimgpt", options=(ITERATIVE_LAYERS, IPR, DAMP, MAX_LAYER_RATIO)),
     Method("shortgpt", "shortgpt:plan_shortgpt", "whole-layer removal by block influence (ShortGPT)",
            takes_layers=True, ratio_optional=True, seed="layers"),
     Method("wanda-sp", "wanda:plan_wanda_sp", "structured Wanda: |W| x ||X|| per group, uniform", seed="uniform"),

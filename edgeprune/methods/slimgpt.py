@@ -11,8 +11,8 @@ Per layer, on the already-pruned model's inputs (layers pruned in order):
     (`obs.py`, shared with search); the compensated weights go into the plan as
     `L{i}.{o,down}.weight`.
 Layer ratios follow the Incremental Pruning Ratio: logarithmic in the layer index by
-default (linear and uniform as options), over the model's real layer count, scaled so the
-total meets the request (clipped at 0.85, excess redistributed).
+default (the `ipr` option: log, linear or uniform, `SCHEDULES`), over the model's real layer
+count, scaled so the total meets the request (clipped at `max_layer_ratio`, excess redistributed).
 """
 from __future__ import annotations
 
@@ -30,9 +30,14 @@ from .linalg import inverse_spd
 from .obs import OBSState, dynamic_group_sizes, hessian, weight64
 
 
+# The Incremental Pruning Ratio's schedules: layer i's weight (its ratio grows with it). The
+# `ipr` option's choices (methods/registry.py) are these names.
+SCHEDULES = {"log": lambda i: math.log(i + 2), "linear": lambda i: i + 1.0, "uniform": lambda i: 1.0}
+
+
 def ipr_ratios(num_layers: int, params: dict[int, int], budget: float, schedule: str, r_max: float) -> dict[int, float]:
     """Incremental Pruning Ratio: weight_i = log(i+2) (log), i+1 (linear) or 1 (uniform)."""
-    weight = {"log": lambda i: math.log(i + 2), "linear": lambda i: i + 1.0, "uniform": lambda i: 1.0}[schedule]
+    weight = SCHEDULES[schedule]
     return layer_ratios({i: 1.0 / weight(i) for i in params}, params, budget, r_max)
 
 
@@ -41,9 +46,9 @@ def plan_slimgpt(source: LayerSource, calib: torch.Tensor, req: PruneRequest) ->
     ratio = float(req.ratio)  # validated once, in run.request_checks.check_request
     L = source.num_layers
     params = {i: ad.layer_param_count(s) for i, s in enumerate(source.shapes)}
-    ratios = ipr_ratios(L, params, param_budget(ad, ratio), req.extra.get("ipr", "log"), req.max_layer_ratio)
+    ratios = ipr_ratios(L, params, param_budget(ad, ratio), req.ipr, req.max_layer_ratio)
     plan = Plan(method="slimgpt", tensors=req.tensor_store(), model_type=ad.family, num_layers=L, ratio_requested=ratio,
-                options={"ipr": req.extra.get("ipr", "log"), "damp": req.damp, "align": req.align})
+                options={"ipr": req.ipr, "damp": req.damp, "align": req.align})
     acts = source.start(calib, req.batch_size, req.offload)
     neuron_stage(source, acts, req, plan, ratios, list(range(L)))
     return plan

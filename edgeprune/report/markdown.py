@@ -181,10 +181,11 @@ def _on_device_lines(profile: dict) -> list[str]:
 def _text_path_lines(artifacts: list[dict]) -> list[str]:
     """Text in, text out, per artifact: the runtime's own tokenizer on the fixed strings and its
     completion of the first prompt (what a user of llama.cpp or ORT GenAI would see)."""
+    from exporters.text_path import in_report
+
     out = ["", "Text in, text out (the runtime's own tokenizer, greedy generation, its detokenizer):", ""]
     for a in artifacts:
-        v = a["verify"]
-        for who, tp in (("llama.cpp", v.get("text_path")), ("ORT GenAI", (v.get("genai") or {}).get("text_path"))):
+        for who, tp in in_report(a["verify"]):
             if not tp or "tokenizer" not in tp:
                 continue
             t, runs = tp["tokenizer"], tp["generation"]["runs"]

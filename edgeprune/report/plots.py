@@ -129,8 +129,9 @@ def plot_perplexity(build_dir: Path, profile: dict) -> str | None:  # long: bars
     from matplotlib.lines import Line2D
     from matplotlib.patches import Patch
 
-    bar = float((profile.get("verdict") or {}).get("max_ppl_ratio") or
-                (profile["target"].get("quality") or {}).get("max_ppl_ratio", 1.5))
+    from ..run.target_keys import value
+
+    bar = float((profile.get("verdict") or {}).get("max_ppl_ratio") or value(profile["target"], "quality.max_ppl_ratio"))
     fig, ax = plt.subplots(figsize=(max(6.5, 2.4 * len(arts) + 1.5), 4.8))
     top = 0.0
     for x, a in enumerate(arts):

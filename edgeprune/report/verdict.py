@@ -9,7 +9,7 @@ on the device with the measurement it just made.
   pass, or a whole 95% interval above 1x -> GO; bigger pruned artifact, measurably slower, or
   a miss with no measurable speedup -> NO-GO; otherwise UNCERTAIN (`speed_decision`);
 - quality: pruned/dense perplexity through the artifact's runtime against the target's
-  `quality.max_ppl_ratio` (`targets.DEFAULT_MAX_PPL_RATIO` unless declared): above it, or a
+  `quality.max_ppl_ratio` (`target_keys.DEFAULT_MAX_PPL_RATIO` unless declared): above it, or a
   sample generation that is garbage (`garbage`), raises the quality alarm -> NO-GO; a ratio
   under the bar whose 95% interval reaches over it -> UNCERTAIN;
 - fit: artifact bytes + the KV cache at the target's context against the target's memory
@@ -52,8 +52,10 @@ def samples_of(pruned_verify: dict, dense_verify: dict | None) -> list[dict]:
     """The verify text path's completions of the same prompts by the dense and the pruned
     artifact, each through its own runtime (llama.cpp, or ORT GenAI for an ONNX folder): no
     generation is run again for the report."""
+    from exporters.text_path import in_report
+
     def runs(v: dict | None) -> tuple[str | None, list[dict]]:
-        for who, tp in (("llama.cpp", (v or {}).get("text_path")), ("ORT GenAI", ((v or {}).get("genai") or {}).get("text_path"))):
+        for who, tp in in_report(v):
             if tp and "generation" in tp:
                 return who, tp["generation"]["runs"]
         return None, []
@@ -188,10 +190,12 @@ def decide(profile: dict, kv_bytes: dict[str, int | None] | None = None, decided
     """The `verdict` section for a profile. `kv_bytes` ("format dtype" -> KV-cache bytes at the
     target's context) comes from the build, which knows the widths; without it (bench) the fit
     already recorded in the profile's previous verdict is kept."""
+    from ..run.target_keys import value
+
     tgt = profile["target"]
-    max_ratio = float((tgt.get("quality") or {}).get("max_ppl_ratio", _default_ratio()))
+    max_ratio = value(tgt, "quality.max_ppl_ratio")
     old = {(a["format"], a["dtype"]): a for a in (profile.get("verdict") or {}).get("artifacts", [])}
-    budget, context = int(tgt["memory"]["budget_bytes"]), int(tgt["latency"]["context"])
+    budget, context = value(tgt, "memory.budget_bytes"), value(tgt, "latency.context")
     rows, alarms = [], []
     for a in profile["artifacts"]:
         key = f"{a['format']} {a['dtype']}"
@@ -209,12 +213,6 @@ def decide(profile: dict, kv_bytes: dict[str, int | None] | None = None, decided
                "artifacts": rows}
     section["summary"] = summary(section, profile)
     return section
-
-
-def _default_ratio() -> float:
-    from ..run.targets import DEFAULT_MAX_PPL_RATIO
-
-    return DEFAULT_MAX_PPL_RATIO
 
 
 def summary(v: dict, profile: dict) -> str:

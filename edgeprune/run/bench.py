@@ -43,17 +43,17 @@ def check_context(paths, context: int, new_tokens: int) -> None:
 def bench(path: str, context: int | None = None, new_tokens: int | None = None, reps: int | None = None,
           threads: int | None = None) -> dict:
     """Measure a build directory's pairs (recorded into its profile) or one artifact by its path."""
+    from exporters.formats import kinds, of_path
+
     p = Path(path)
     if not p.exists():
-        raise EdgePruneError(f"{p} does not exist; pass a .gguf file, an ONNX directory/model.onnx, or a build directory")
+        raise EdgePruneError(f"{p} does not exist; pass a build directory, {kinds()}")
     reps = reps or DEFAULT_REPS
     new_tokens = new_tokens or DEFAULT_NEW_TOKENS
     if p.is_dir() and (p / "profile.json").is_file():
         return _bench_build(p, context, new_tokens, reps, threads)
-    from exporters.formats import of_path
-
     if p.is_dir() and of_path(p) is None:
-        raise EdgePruneError(f"{p} is neither a build directory (no profile.json) nor an ONNX export (no model.onnx)")
+        raise EdgePruneError(f"{p} is neither a build directory (no profile.json) nor {kinds('nor')}")
     check_context([p], context or DEFAULT_CONTEXT, new_tokens)
     lat = measure({"artifact": p}, context or DEFAULT_CONTEXT, new_tokens, reps, threads)["artifact"]
     res = {"artifact": str(p), "latency": lat, "host": host_info()}

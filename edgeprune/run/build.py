@@ -38,7 +38,7 @@ def build(model: str | None = None, target: str = "cpu-x86", ratio: float | None
     options a build takes (`methods.BUILD_OPTIONS`, e.g. {"search_evals": 8}) over the target's."""
     QUIET["on"] = quiet
     if formats:
-        from .targets import with_formats
+        from .target_formats import with_formats
 
         target = with_formats(load_target(target), formats)
     b = _start(model, target, ratio, method, calib, out, force, resume,

@@ -146,6 +146,8 @@ def stage_measure(b: Build) -> None:
 def link_reference(b, key: str, path: Path) -> dict | None:
     """The dense export of format `key` from the sweep's first build, linked at `path` (the
     dense model is the same for every budget); None when that build has none."""
+    from exporters.formats import of_path
+
     src_dir = b.opts.get("reference_from")
     if not src_dir:
         return None
@@ -159,10 +161,11 @@ def link_reference(b, key: str, path: Path) -> dict | None:
     if path.is_symlink() or path.exists():
         shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink()
     os.symlink(src, path, target_is_directory=src.is_dir())
-    side = Path(str(src) + ".verify.json")  # a GGUF's verify report sits beside it
-    if side.is_file():
-        Path(str(path) + ".verify.json").unlink(missing_ok=True)
-        os.symlink(side, str(path) + ".verify.json")
+    form = of_path(src)
+    side = form.verify_report(src) if form is not None else None
+    if side is not None and src not in side.parents and side.is_file():  # kept beside the artifact (GGUF), not inside
+        form.verify_report(path).unlink(missing_ok=True)
+        os.symlink(side, form.verify_report(path))
     return {**rec, "path": str(path / inner if inner else path), "linked_from": rec["path"]}
 
 

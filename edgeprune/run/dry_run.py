@@ -9,7 +9,8 @@ from pathlib import Path
 from .. import defaults
 from .build import check_align, method_options
 from .build_start import resolve
-from .targets import load_target, with_formats
+from .target_formats import with_formats
+from .targets import load_target
 
 
 def dry_run(model: str | None, target: str, ratio: float | None, method: str | None, calib: str | None, out: str,

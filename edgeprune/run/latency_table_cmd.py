@@ -56,7 +56,7 @@ def latency_table(out: str, model: str | None, path: str | None, target: str | N
             print(f"edgeprune: note: no latency model for {f} {d} yet; skipped", file=sys.stderr)
     if not todo:
         raise EdgePruneError(f"none of {tgt.name}'s formats has a latency model yet; supported: {supported()}")
-    ctx = context or int(tgt.data["latency"]["context"])
+    ctx = context or tgt.context
     threads = threads or free_cores()
     import tempfile
 
