@@ -31,6 +31,10 @@ SPECS = {
     "comp-oneshot": ("comp", {"iterative_layers": False}),
     "comp-nomask": ("comp", {"mask_tuning": False}),
     "search": ("search", {}),
+    # the fitness's vocabulary sample forced onto small vocabularies (the largest sample each takes:
+    # a quarter of it, with the top 64): 4x to 16x fewer rows than at Llama-3 width, so a harder test
+    "search-kl64": ("search", {"search_kl_vocab": 64}),
+    "search-kl192": ("search", {"search_kl_vocab": 192}),
     "slimgpt": ("slimgpt", {}),
     "comp-slimgpt": ("comp-slimgpt", {}),
     "shortgpt": ("shortgpt", {}),
