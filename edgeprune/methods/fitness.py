@@ -13,7 +13,7 @@ its hidden state cost before) and Σ p log p. Each candidate then costs one voca
 (its logsumexp), where it cost two; the reformulation is exact, the float32 rounding of the
 logits is the same, and the sums are float64 (tests/test_search.py bounds the difference).
 
-A large vocabulary (`kl_vocab` rows sampled, `fitness_vocab`) costs each candidate a pass
+A large vocabulary (`--search-kl-vocab` rows sampled, `fitness_vocab`) costs each candidate a pass
 through a few thousand rows instead of all of them, with a stated, measured error.
 """
 from __future__ import annotations
@@ -53,7 +53,7 @@ class KLFitness:
         dense = tuple((0, 0) for _ in range(source.num_layers))
         with torch.no_grad():  # the norm's weight is a parameter: with autograd on, every logits block of the
             # dense terms stayed alive in their graph (24 GB at Llama-3.2-1B width, killed by the OOM killer)
-            self.dense = [self._dense_terms(h) if self.sample is None else self.sample.dense_terms(h, self._logits)
+            self.dense = [self._dense_terms(h) if self.sample is None else self.sample.dense_terms(h, self._logits, TOKEN_BLOCK)
                           for h in self._final(self._hidden([dense])[dense])]
 
     @torch.no_grad()

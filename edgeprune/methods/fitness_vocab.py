@@ -56,14 +56,15 @@ class SampledKL:
                            for s in range(0, x.shape[0], step)])
         return z_top, z_tail
 
-    def dense_terms(self, h: torch.Tensor, exact_logits) -> tuple[torch.Tensor, ...]:
+    def dense_terms(self, h: torch.Tensor, exact_logits, block: int = 256) -> tuple[torch.Tensor, ...]:
         """Per token: the top rows, the dense logits there and at the shared rows (from
         `logits`), and log π, the weights of the estimate (float64, −inf where a shared row
         is one of the token's top rows: it is counted once). `exact_logits(x)` yields the
-        token block's full logits by vocabulary block, once."""
+        token block's full logits by vocabulary block, once; `block` tokens at a time (the
+        fitness's TOKEN_BLOCK)."""
         tops, lps_top, lps_tail = [], [], []
-        for s in range(0, h.shape[0], 256):
-            full = torch.cat(list(exact_logits(h[s : s + 256].float())), dim=1)
+        for s in range(0, h.shape[0], block):
+            full = torch.cat(list(exact_logits(h[s : s + block].float())), dim=1)
             lse = torch.logsumexp(full.double(), dim=1, keepdim=True)
             top = full.topk(TOP, dim=1).indices
             lp_top = full.gather(1, top).double() - lse
