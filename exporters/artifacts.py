@@ -47,14 +47,19 @@ def onnx_min_runtime(path: Path) -> str:
 
 
 def read_verify_report(artifact: Path, fix: str) -> dict:
-    """The verify report an export wrote beside `artifact` (`<artifact>.verify.json`), checked
+    """The verify report an export wrote for `artifact` (where its format keeps it), checked
     against its schema, with the artifact itself still there; else one line and `fix`."""
     from edgeprune.io import schema
+
+    from .formats import of_path
 
     artifact = Path(artifact)
     if not artifact.exists():
         raise schema.SchemaError(f"{artifact}, recorded as exported and verified, is missing; {fix}")
-    return schema.read(artifact.with_name(artifact.name + ".verify.json"), schema.VERIFY, "verify report", fix)
+    fmt = of_path(artifact)
+    if fmt is None:
+        raise schema.SchemaError(f"{artifact}, recorded as exported and verified, is no artifact of any format; {fix}")
+    return schema.read(fmt.report_of(artifact), schema.VERIFY, "verify report", fix)
 
 
 def artifact_context(path: Path) -> tuple[int, str] | None:

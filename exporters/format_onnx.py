@@ -30,6 +30,9 @@ class ONNX(Format):
     def verify_report(self, out: Path) -> Path:
         return out / "model.onnx.verify.json"
 
+    def report_of(self, artifact: Path) -> Path:
+        return self.verify_report(artifact if artifact.is_dir() else artifact.parent)
+
     def written(self, out: Path) -> tuple[Path, Path, int]:
         size = sum(p.stat().st_size for p in out.iterdir() if p.is_file() and not p.name.endswith(".json"))
         return out / "model.onnx", self.verify_report(out), size

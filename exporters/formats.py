@@ -76,6 +76,10 @@ class Format:
         """Where the verify report of the artifact at `out` is kept (beside it, or inside a folder)."""
         raise NotImplementedError
 
+    def report_of(self, artifact: Path) -> Path:
+        """The verify report of an artifact path as `written` returns it (inspect, resume)."""
+        return self.verify_report(artifact)
+
     def written(self, out: Path) -> tuple[Path, Path, int]:
         """(artifact path, verify report path, bytes on disk) once `out` is in place."""
         raise NotImplementedError

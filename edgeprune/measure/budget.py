@@ -65,6 +65,17 @@ def check_ratio(v, flag: str | None = "--ratio") -> float:
     return float(v)
 
 
+def check_speedup(v, flag: str = "--speedup") -> float:
+    """The one check of a decode-speedup budget (the command line, a target's `pruning.speedup`,
+    the Python API), with one message: a finite number above 1."""
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or math.isnan(v) or math.isinf(v):
+        raise PlanError(f"{flag} must be a number (got {v!r}); e.g. {flag} 1.3")
+    if not v > 1:
+        raise PlanError(f"{flag} {v:g} asks for no speedup over the dense model; pass a number above 1 "
+                        f"(decode speedup over dense), e.g. {flag} 1.3")
+    return float(v)
+
+
 def parse(ratio: float | None = None, speedup: float | None = None, latency_ms: float | None = None) -> Budget | None:
     """Exactly one of the three, validated; None when none is given (the caller's default)."""
     given = {k: v for k, v in (("ratio", ratio), ("speedup", speedup), ("latency_ms", latency_ms)) if v is not None}
@@ -76,10 +87,10 @@ def parse(ratio: float | None = None, speedup: float | None = None, latency_ms: 
     kind, v = next(iter(given.items()))
     if kind == "ratio":
         return Budget(kind, check_ratio(v))
+    if kind == "speedup":
+        return Budget(kind, check_speedup(v))
     if isinstance(v, bool) or not isinstance(v, (int, float)) or math.isnan(v) or math.isinf(v):
         raise PlanError(f"{FLAGS[kind]} must be a number (got {v!r}); e.g. {FLAGS[kind]} {_example(kind)}")
-    if kind == "speedup" and not v > 1:
-        raise PlanError(f"--speedup {v:g} asks for no speedup over the dense model; pass a number above 1, e.g. --speedup 1.3")
     if kind == "latency_ms" and not v > 0:
         raise PlanError(f"--latency-ms must be a positive number of milliseconds per token (got {v}); e.g. --latency-ms 5")
     return Budget(kind, float(v))

@@ -112,7 +112,9 @@ class KLFitness:
         """Per token of one batch: m = pᵀW (float32), s = Σ p and r = h·m − s·logsumexp(W h) (float64;
         r is Σ p log p from the very arithmetic a candidate's terms go through (`_update`, block by
         block in the same order), so the dense model's own KL is exactly 0 and rounding scales with
-        the distance to it). Two vocabulary passes per token block: the logits, then pᵀW."""
+        the distance to it). Two vocabulary passes per token block: the logits, then pᵀW. The lm_head
+        is cast once per pass rather than once per vocabulary block overall: that would need the
+        logits computed twice (a second V x H matmul per token), dearer than a bf16 cast."""
         ms, sums, lses = [], [], []
         for t in range(0, h.shape[0], TOKEN_BLOCK):
             x = h[t : t + TOKEN_BLOCK].float()

@@ -29,7 +29,11 @@ def kind_of(p: Path) -> str | None:
     return f.name if f is not None else None
 
 
-def _verified(report: Path) -> str:
+def _verified(fmt: str, artifact: Path) -> str:
+    """What the verify report the format keeps for `artifact` says, in a few words."""
+    from exporters.formats import get
+
+    report = get(fmt).report_of(artifact)
     if not report.is_file():
         return "no verify report beside it"
     try:
@@ -67,7 +71,7 @@ def inspect_gguf(p: Path) -> dict:
     types = Counter(t.tensor_type.name for t in r.tensors if len(t.shape) > 1)
     out = {"kind": "gguf", "path": str(p), "bytes": p.stat().st_size, "architecture": arch, "layers": layers,
            "tensor_types": dict(types), "tokenizer": field("tokenizer.ggml.model"), "pre_tokenizer": field("tokenizer.ggml.pre"),
-           "context_length": field(f"{arch}.context_length"), "verify": _verified(p.with_name(p.name + ".verify.json"))}
+           "context_length": field(f"{arch}.context_length"), "verify": _verified("gguf", p)}
     text = [f"gguf: {p.name}, {out['bytes']:,} bytes, architecture {arch}, {n} layers, head_dim {head_dim}; "
             f"tensor types {dict(types)}; tokenizer {out['tokenizer']} (pre {out['pre_tokenizer']}); {out['verify']}"]
     text += [f"  layer {x['layer']:>3}: ffn {x['ffn']:>6}  heads {x['heads']:>3}  kv {x['kv_heads']:>3}" for x in layers]
@@ -94,7 +98,7 @@ def inspect_onnx(p: Path) -> dict:
     cfg = json.loads(cfg_path.read_text()).get("model", {}) if cfg_path.is_file() else {}
     size = sum(f.stat().st_size for f in folder.iterdir() if f.is_file())
     out = {"kind": "onnx", "path": str(folder), "bytes": size, "genai": bool(cfg), "model_type": cfg.get("type"),
-           "kv_heads_per_layer": kv, "weight_dtypes": dict(dtypes), "verify": _verified(model.with_name(model.name + ".verify.json"))}
+           "kv_heads_per_layer": kv, "weight_dtypes": dict(dtypes), "verify": _verified("onnx", model)}
     text = [f"onnx: {folder}, {size:,} bytes in the folder; {'ORT GenAI package' if cfg else 'plain ONNX (no genai_config.json)'}"
             f"{', type ' + str(cfg.get('type')) if cfg else ''}; {len(kv)} layers; weight dtypes {dict(dtypes)}; {out['verify']}",
             f"  KV heads per layer (the graph's present outputs): {kv}"]

@@ -27,8 +27,9 @@ def sizes(ad) -> tuple[int, int]:
     return expected_nonembedding(ad, ad.layer_shapes()), ad.embedding_params()
 
 
-def kv_cache_bytes(ad, context: int, element_bytes: int = 2) -> int:
-    """KV cache at `context` tokens (f16 unless told: llama.cpp's default cache type)."""
+def kv_cache_bytes(ad, context: int, element_bytes: int) -> int:
+    """KV cache at `context` tokens, `element_bytes` per element: what the artifact's runtime
+    keeps (`Format.kv_bytes`, through `verdict.kv_element_bytes`)."""
     return sum(2 * s.num_kv_heads * ad.head_dim * context * element_bytes for s in ad.layer_shapes())
 
 
@@ -78,14 +79,16 @@ def artifact_entry(f: dict, ep: dict, ed: dict, measured: dict, out_dir: Path, a
 def estimate_for(tgt, entry: dict, ad, ad_p, host: dict) -> dict:
     """The device estimate for one artifact pair, its overhead fitted on this host's measurement."""
     from ..measure.estimate import device_estimate, fit_overhead, overhead_scale
+    from .verdict import kv_element_bytes
 
     lat, weights = entry["latency"], entry["speedup"]["weight_bytes_per_token"]
     ctx = lat["pruned"]["protocol"]["context"] + lat["pruned"]["protocol"]["new_tokens"] // 2
-    read = {"dense": weights["dense"] + kv_cache_bytes(ad, ctx), "pruned": weights["pruned"] + kv_cache_bytes(ad_p, ctx)}
+    eb = kv_element_bytes(entry["format"], entry["dtype"])
+    read = {"dense": weights["dense"] + kv_cache_bytes(ad, ctx, eb), "pruned": weights["pruned"] + kv_cache_bytes(ad_p, ctx, eb)}
     fit = fit_overhead({k: lat[k]["decode_ms_per_token_median"] for k in ("dense", "pruned")}, read, host["bandwidth"])
     bpw = bytes_per_weight(entry["dtype"])
     est = device_estimate(tgt, entry["format"], entry["dtype"], weights,
-                          {"dense": kv_cache_bytes(ad, tgt.context), "pruned": kv_cache_bytes(ad_p, tgt.context)},
+                          {"dense": kv_cache_bytes(ad, tgt.context, eb), "pruned": kv_cache_bytes(ad_p, tgt.context, eb)},
                           {k: 2 * v / bpw for k, v in weights.items()}, fit,
                           overhead_scale(tgt, host["threads"], host["clock_ghz"]))
     return {**est, "host_fit": fit}

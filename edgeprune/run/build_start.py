@@ -25,11 +25,14 @@ def choose_ratio(target: Target, ad, requested: float | None) -> tuple[float, st
     if target.ratio != "auto":
         return float(target.ratio), f"the {target.name} target's default"
     non_emb, emb = prof.sizes(ad)
-    bpp = max(prof.bytes_per_weight(f["dtype"]) for f in target.formats)
-    kv = prof.kv_cache_bytes(ad, target.context)
+    from ..report.verdict import kv_element_bytes
 
-    def need(r: float) -> float:
-        return (emb + (1 - r) * non_emb) * bpp + kv
+    per = [(prof.bytes_per_weight(f["dtype"]), prof.kv_cache_bytes(ad, target.context, kv_element_bytes(f["format"], f["dtype"])))
+           for f in target.formats]
+    bpp = max(b for b, _ in per)
+
+    def need(r: float) -> float:  # the largest artifact + the KV cache its runtime keeps
+        return max((emb + (1 - r) * non_emb) * b + kv for b, kv in per)
 
     budget = target.budget_bytes
     if need(0.0) <= budget:

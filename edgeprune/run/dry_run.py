@@ -20,6 +20,7 @@ def dry_run(model: str | None, target: str, ratio: float | None, method: str | N
     from ..report import profile as prof
     from ..io.demo import demo_model_dir
     from ..methods import get
+    from ..report.verdict import kv_element_bytes
 
     tgt = with_formats(load_target(target), formats) if formats else load_target(target)
     align = check_align(align, tgt)
@@ -41,13 +42,14 @@ def dry_run(model: str | None, target: str, ratio: float | None, method: str | N
                "an upper bound")
         res["budget"] = rs.budget.to_json()
     non_emb, emb = prof.sizes(ad)
-    kv = prof.kv_cache_bytes(ad, tgt.context)
     arts = []
     for f in tgt.formats:
         dtype = chosen[f"{f['format']}-{f['dtype']}"]["chosen"]
         nbytes = int((emb + (1 - (r or 0.0)) * non_emb) * prof.bytes_per_weight(dtype))
-        arts.append({"format": f["format"], "dtype": dtype, "estimated_bytes": nbytes,
-                     "fits_budget": nbytes + kv <= tgt.budget_bytes})
+        kv_f = prof.kv_cache_bytes(ad, tgt.context, kv_element_bytes(f["format"], dtype))
+        arts.append({"format": f["format"], "dtype": dtype, "estimated_bytes": nbytes, "kv_cache_bytes": kv_f,
+                     "fits_budget": nbytes + kv_f <= tgt.budget_bytes})
+    kv = max(a["kv_cache_bytes"] for a in arts)  # the largest runtime's KV cache at the target's context
     widest = max(max(s.intermediate_size for s in ad.layer_shapes()), ad.hidden_size)
     work = 2 * widest**2 * 8 + 4 * non_emb // max(ad.num_layers, 1) + 2 * nsamples * seq_len * ad.hidden_size * 4
     passes = 2 + (method_options(tgt, options or {})["search_evals"] if get(method).evaluates_candidates else 0)
@@ -72,7 +74,7 @@ def text(res: dict) -> str:
               f"embedding parameters; ratio {res['ratio']} ({res['ratio_reason']}); calibration {res['calib']}"]
     for a in res["artifacts"]:
         lines.append(f"  {a['format']} {a['dtype']}: ~{a['estimated_bytes'] / mib:,.1f} MiB + KV cache "
-                     f"{res['kv_cache_bytes'] / mib:,.1f} MiB ({'fits' if a['fits_budget'] else 'over'} the budget of "
+                     f"{a['kv_cache_bytes'] / mib:,.1f} MiB ({'fits' if a['fits_budget'] else 'over'} the budget of "
                      f"{res['budget_bytes'] / mib:,.0f} MiB)")
     e = res["estimate"]
     lines.append(f"  prune: ~{e['prune_workspace_bytes'] / mib:,.0f} MiB workspace above the model's one layer, "

@@ -58,19 +58,17 @@ def _check_budget(path: Path, pruning: dict) -> None:
     if len(given) != 1:
         raise TargetError(f"{path}: [pruning] must set exactly one of ratio and speedup (got "
                           f"{' and '.join(given) or 'neither'}); e.g. ratio = 0.2 or speedup = 1.3")
-    r = pruning.get("ratio")
-    if "ratio" in pruning and r != "auto":
-        from ..measure.budget import check_ratio
-        from ..errors import PlanError
+    from ..errors import PlanError
+    from ..measure.budget import check_ratio, check_speedup
 
-        try:
-            check_ratio(r, "pruning.ratio")
-        except PlanError as e:
-            raise TargetError(f"{path}: {e} (or \"auto\")") from None
-    v = pruning.get("speedup")
-    if "speedup" in pruning and not (isinstance(v, (int, float)) and not isinstance(v, bool) and v > 1 and v == v
-                                     and v != float("inf")):
-        raise TargetError(f"{path}: pruning.speedup must be a number above 1 (decode speedup over dense), got {v!r}")
+    try:
+        if "ratio" in pruning and pruning["ratio"] != "auto":
+            check_ratio(pruning["ratio"], "pruning.ratio")
+        if "speedup" in pruning:
+            check_speedup(pruning["speedup"], "pruning.speedup")
+    except PlanError as e:
+        tail = ' (or "auto")' if "ratio" in pruning else ""
+        raise TargetError(f"{path}: {e}{tail}") from None
 
 
 def _check_method(path: Path, method: str) -> None:
