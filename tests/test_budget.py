@@ -279,3 +279,17 @@ def test_profile_records_budget_model_and_prediction():
     assert "1.30x predicted, 1.25x measured" in text
     assert budget_lines({"budget": {"kind": "ratio", "requested": 0.2, "ratio": 0.2}, "latency_model": None,
                          "artifacts": []}) == []
+
+
+@pytest.mark.parametrize("bad", ["nan", "inf", "1.0", "-2", '"fast"', "true"])
+def test_a_target_speedup_and_the_flag_share_one_check_and_one_message(tmp_path, bad):
+    """`pruning.speedup` and `--speedup` go through `budget.check_speedup`: the same words, the
+    target's path and key named (a wrong type is the key table's one type message)."""
+    from edgeprune.run.targets import TargetError, load_target
+
+    with pytest.raises(TargetError, match=r"pruning\.speedup'? .*(must be|asks for no speedup)") as e:
+        load_target(str(_target(tmp_path, f"speedup = {bad}")))
+    assert str(tmp_path) in str(e.value) and "\n" not in str(e.value)
+    with pytest.raises(PlanError, match=r"--speedup .*(must be a number|asks for no speedup)"):
+        bmod.parse(speedup={"nan": float("nan"), "inf": float("inf"), "1.0": 1.0, "-2": -2.0, '"fast"': "fast",
+                            "true": True}[bad])

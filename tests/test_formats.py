@@ -67,3 +67,16 @@ def test_a_registered_format_is_accepted_where_formats_are_named(monkeypatch):
     assert "stubfmt" in formats.names()  # the error names every registered format, the new one too
     with pytest.raises(ExportError, match=re.escape(f"unknown format 'nope'; choose {' or '.join(formats.names())}")):
         check_dtype("nope", "f32")
+
+
+def test_the_verify_report_of_an_artifact_path_is_where_its_format_keeps_it(tmp_path):
+    """inspect and resume ask the format (`report_of`), never build `<name>.verify.json` themselves:
+    ONNX keeps the report inside its folder whether the folder or its model.onnx is named."""
+    g = tmp_path / "m.gguf"
+    g.write_bytes(b"GGUF")
+    d = tmp_path / "onnx-f32"
+    d.mkdir()
+    (d / "model.onnx").write_bytes(b"")
+    assert formats.of_path(g).report_of(g) == formats.get("gguf").written(g)[1]
+    for p in (d, d / "model.onnx"):
+        assert formats.of_path(p).report_of(p) == formats.get("onnx").written(d)[1] == d / "model.onnx.verify.json"
