@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from edgeprune.methods.obs import OBSState, block_costs, dynamic_group_sizes, hessian, obs_remove, shrink_, unit_costs
+from edgeprune.methods.obs import OBSState, block_costs, dynamic_group_sizes, hessian, jump, obs_remove, shrink_, unit_costs
 
 torch.set_num_threads(1)
 
@@ -119,3 +119,22 @@ def test_lapack_runs_at_torch_s_thread_count():
             assert all(p["num_threads"] == 1 for p in threadpool_info() if p["user_api"] == "blas")
     finally:
         torch.set_num_threads(old)
+
+
+@pytest.mark.parametrize("n,removed", [(96, 40), (600, 150), (64, 0)])
+def test_jump_reaches_the_state_sequential_obs_removal_reaches(n, removed):
+    """`jump` (the re-fit's start from a ladder rung's channels) is the OBS state after removing
+    the other columns one by one: the same compensated W and the same H⁻¹ of the kept columns."""
+    from edgeprune.methods.linalg import inverse_spd
+
+    W, H = problem(n, 24, seed=n)
+    state = OBSState(W.clone(), inverse_spd(H.clone()), torch.arange(n).view(-1, 1))
+    state.remove_steps(removed, dynamic_group_sizes(removed))
+    Wj, Hj = jump(W, H.clone(), list(state.alive))
+    assert Wj.shape == state.W.shape and Hj.shape == state.Hinv.shape
+    assert torch.allclose(Wj, state.W, rtol=1e-9, atol=1e-9 * float(W.abs().max()))
+    assert torch.allclose(Hj, state.Hinv, rtol=1e-9, atol=1e-9 * float(state.Hinv.abs().max()))
+    # and it is the least-squares fit of W X on the kept inputs
+    K = torch.tensor(state.alive)
+    ls = W @ H[:, K] @ torch.linalg.inv(H[K][:, K])
+    assert torch.allclose(Wj, ls, rtol=1e-8, atol=1e-8 * float(W.abs().max()))

@@ -219,3 +219,19 @@ def test_the_fitness_dense_terms_carry_no_autograd_graph(tiny_models):
         assert f([dense]) == [pytest.approx(0.0, abs=1e-6)]
     finally:
         f.close()
+
+
+def test_the_refit_starts_from_the_deepest_rung_above_the_chosen_one_within_the_count():
+    """`jump_start`: the kept channels of the rung above the chosen one (its step is chosen
+    afresh on the pruned inputs), a shallower rung when channels were handed back past it, and
+    the full width (None) from the first rung."""
+    from edgeprune.methods.search import jump_start
+
+    class Lad:
+        def ffn(self, i):
+            return [{"keep": list(range(16))}, {"keep": list(range(12))}, {"keep": list(range(8))}, {"keep": list(range(4))}]
+
+    assert jump_start(Lad(), 0, 3, 12) == list(range(8))  # rung 3 chosen, its 12 channels: from rung 2
+    assert jump_start(Lad(), 0, 3, 7) == list(range(12))  # 5 handed back past rung 2: from rung 1
+    assert jump_start(Lad(), 0, 3, 3) is None  # past rung 1 too: the full width
+    assert jump_start(Lad(), 0, 1, 4) is None and jump_start(Lad(), 0, 0, 0) is None

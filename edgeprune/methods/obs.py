@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import torch
 
+from .linalg import inverse_spd
+
 ROW_BLOCK = 256  # rows moved at a time when a matrix is compacted in place
 
 
@@ -96,6 +98,26 @@ def shrink_(M: torch.Tensor, rows: torch.Tensor | None, cols: torch.Tensor) -> t
         torch.index_select(src, 1, cols, out=block[: b - a])  # gathered before anything is written over
         flat[a * m : b * m].copy_(block[: b - a].reshape(-1))
     return flat[: r * m].view(r, m)
+
+
+def jump(W: torch.Tensor, H: torch.Tensor, keep: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """The OBS state after removing every column outside `keep` (ascending), in one step: W's kept
+    columns compensated, W_K + W_R H_RK H_KK⁻¹ (the least-squares fit of W X on the kept inputs,
+    which sequential OBS removal reaches exactly), and H_KK⁻¹. Consumes H (H_KK is inverted in
+    its storage); costs one k x k inverse instead of an n x n one plus the sequential downdates.
+    Off the CPU's in-place inverse, H's storage stays alive through the k x k inversion."""
+    n = H.shape[0]
+    K = torch.tensor(keep, dtype=torch.long, device=H.device)
+    gone = torch.ones(n, dtype=torch.bool, device=H.device)
+    gone[K] = False
+    R = gone.nonzero().view(-1)
+    if len(R) == 0:
+        return W.clone(), inverse_spd(H)
+    lift = W[:, R] @ H.index_select(0, R).index_select(1, K)  # W_R H_RK: [out, k]
+    Hinv = inverse_spd(shrink_(H.contiguous(), K, K))
+    Wk = W.index_select(1, K)
+    Wk.addmm_(lift, Hinv)
+    return Wk, Hinv
 
 
 class OBSState:

@@ -42,7 +42,7 @@ from .ladder_build import build_ladders
 from ..io.atomic import write_text
 from .linalg import inverse_spd
 from .seeds import portfolio_seeds
-from .obs import OBSState, dynamic_group_sizes, hessian, weight64
+from .obs import OBSState, dynamic_group_sizes, hessian, jump, weight64
 from .slimgpt import ipr_ratios
 
 POPULATION = 8  # children per generation
@@ -231,7 +231,8 @@ def final_stage(source: LayerSource, calib: torch.Tensor, req: PruneRequest, pla
     def prune_in_place(i: int, layer, cur):
         got = req.state.get(i) if req.state is not None else None
         if got is None:
-            got = refit_layer(source, i, layer, cur, lad.attn(i)[alloc[i][0]]["moves"], counts[i], req)
+            got = refit_layer(source, i, layer, cur, lad.attn(i)[alloc[i][0]]["moves"], counts[i], req,
+                              jump_start(lad, i, alloc[i][1], counts[i]))
             got[0].stats.update({"attn_rung": alloc[i][0], "ffn_rung": alloc[i][1], "proxy_error": lad.error(i, alloc[i])})
             if req.state is not None:
                 req.state.put(i, *got)
@@ -250,8 +251,20 @@ def final_stage(source: LayerSource, calib: torch.Tensor, req: PruneRequest, pla
     done(walk(source, acts, bar(kept, "search: final re-fit", req), edit=prune_in_place), acts)
 
 
-def refit_layer(source: LayerSource, i: int, layer, cur, moves: list[str], n_ch: int, req: PruneRequest):
-    """One layer's attention moves and FFN cut, chosen afresh by OBS on these inputs. The
+def jump_start(lad: Ladders, i: int, rung: int, n_ch: int) -> list[int] | None:
+    """The FFN channels the re-fit starts from: those kept by the deepest rung above the chosen
+    one that removes at most `n_ch` (None: from the full width). The ladder chose them on the
+    dense inputs; the re-fit reaches their state in one solve (`obs.jump`) and chooses only the
+    last rung's step afresh on the pruned inputs."""
+    rungs = lad.ffn(i)
+    width = len(rungs[0]["keep"])
+    return next((rungs[r]["keep"] for r in range(rung - 1, 0, -1) if width - len(rungs[r]["keep"]) <= n_ch), None)
+
+
+def refit_layer(source: LayerSource, i: int, layer, cur, moves: list[str], n_ch: int, req: PruneRequest,
+                start: list[int] | None = None):
+    """One layer's attention moves and FFN cut on these inputs: the attention chosen afresh by OBS,
+    the FFN from the channels `start` keeps (`jump_start`; None: the full width) on. The
     statistics are every rank's; the solve runs once (`dist.solve_once`, on the cores of the
     ranks that would otherwise repeat it) and every rank takes its answer."""
     ad = source.adapter
@@ -272,10 +285,16 @@ def refit_layer(source: LayerSource, i: int, layer, cur, moves: list[str], n_ch:
         keep_f = list(range(s.intermediate_size))
         if n_ch:
             dev = cols["down"].gram.device
-            state = OBSState(weight64(ad, layer, "down", dev), inverse_spd(hessian(cols["down"].gram, req.damp)),
-                             torch.arange(s.intermediate_size, device=dev).view(-1, 1))
-            state.remove_steps(n_ch, dynamic_group_sizes(n_ch))
-            keep_f = list(state.alive)
+            first = start if start is not None else keep_f
+            if start is None:  # H handed over unnamed: the inverse frees it as it goes
+                state = OBSState(weight64(ad, layer, "down", dev), inverse_spd(hessian(cols["down"].gram, req.damp)),
+                                 torch.arange(len(first), device=dev).view(-1, 1))
+            else:
+                state = OBSState(*jump(weight64(ad, layer, "down", dev), hessian(cols["down"].gram, req.damp), first),
+                                 torch.arange(len(first), device=dev).view(-1, 1))
+            left = n_ch - (s.intermediate_size - len(first))
+            state.remove_steps(left, dynamic_group_sizes(left))
+            keep_f = [first[j] for j in state.alive]
             tensors[f"L{i}.down.weight"] = state.W.to("cpu", torch.float32, copy=True)
         return LayerPlan(ffn_keep=keep_f, heads_keep=kept, kv_keep=sorted(heads), stats={}), tensors
 
