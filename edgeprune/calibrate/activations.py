@@ -78,6 +78,12 @@ class GramCollector:
     def remove(self) -> None:
         self._h.remove()
 
+    def take(self) -> torch.Tensor:
+        """The Gram, handed over: the collector lets go of it, so that a solve which consumes it
+        (`obs.hessian(..., consume=True)`, then the in-place inverse) frees or reuses its memory."""
+        gram, self.gram = self.gram, None
+        return gram
+
     def reduce(self) -> None:
         """Sum the Gram, the channel sums and the token count over every rank (a no-op in one
         process): each rank saw its slice of the windows, the methods read the whole set."""

@@ -46,7 +46,7 @@ def build_ladders(source: LayerSource, windows: torch.Tensor, req: PruneRequest,
         part = {"shape": s, "norm": norm, "drop": drop, "importance": cosine_importance(cur, out),
                 "seed_stats": layer_stats(ad, layer, cols)}  # what the portfolio's rules read (seeds.py)
         dev = cols["o"].gram.device  # the solves run where the statistics are (--device)
-        grams = {"o": cols["o"].gram, "down": cols["down"].gram}
+        grams = {"o": cols["o"].take(), "down": cols["down"].take()}  # handed over: the FFN solve consumes its Gram
         if dist.world() == 1:  # one process: solved at once (and resumable layer by layer)
             records[i] = _finish(ad, i, part, _solve(ad, i, part, lambda r: weight64(ad, layer, r, dev), grams, req, store))
             store.put_record(i, records[i])
@@ -82,7 +82,8 @@ def _solve(ad, i: int, part: dict, weight, grams: dict, req: PruneRequest, store
     when needed); each rung's weight goes to the store as it is made."""
     sink = lambda key, t: store.put_tensor(i, key, t)  # noqa: E731
     attn = attention_rungs(weight("o"), hessian(grams["o"], req.damp), ad, part["shape"], part["norm"], req.align, sink)
-    ffn = ffn_rungs(weight("down"), inverse_spd(hessian(grams["down"], req.damp)), ad, part["norm"], req.align, sink)
+    ffn = ffn_rungs(weight("down"), inverse_spd(hessian(grams.pop("down"), req.damp, consume=True)), ad, part["norm"],
+                    req.align, sink)
     return attn, ffn
 
 

@@ -15,7 +15,9 @@
    run replays the same search without evaluating anything twice.
 4. Final re-fit: the winner's allocation re-applied layer by layer on the PRUNED model's
    inputs over all calibration windows (as SlimGPT), with the same OBS moves, landing on
-   the budget to the channel; resumable per layer.
+   the budget to the channel; resumable per layer. The FFN starts from the channels the
+   ladder kept one rung above the chosen one (`jump_start`, `obs.jump`: that OBS state in
+   one solve), so only the last rung's step is chosen afresh and no full-width inverse is made.
 """
 from __future__ import annotations
 
@@ -277,7 +279,8 @@ def refit_layer(source: LayerSource, i: int, layer, cur, moves: list[str], n_ch:
         heads = initial_heads(s)
         if moves:
             W = weight64(ad, layer, "o", cols["o"].gram.device)
-            for _, _, heads in attention_path(W, inverse_spd(hessian(cols["o"].gram, req.damp)), ad, s, forced=moves):
+            Hinv = inverse_spd(hessian(cols["o"].take(), req.damp, consume=True))
+            for _, _, heads in attention_path(W, Hinv, ad, s, forced=moves):
                 pass
         kept = sorted(h for v in heads.values() for h in v)
         if moves:
@@ -286,12 +289,14 @@ def refit_layer(source: LayerSource, i: int, layer, cur, moves: list[str], n_ch:
         if n_ch:
             dev = cols["down"].gram.device
             first = start if start is not None else keep_f
-            if start is None:  # H handed over unnamed: the inverse frees it as it goes
-                state = OBSState(weight64(ad, layer, "down", dev), inverse_spd(hessian(cols["down"].gram, req.damp)),
+            if start is None:  # the Gram handed over unnamed: H is made in its storage and inverted there
+                state = OBSState(weight64(ad, layer, "down", dev),
+                                 inverse_spd(hessian(cols["down"].take(), req.damp, consume=True)),
                                  torch.arange(len(first), device=dev).view(-1, 1))
             else:
-                state = OBSState(*jump(weight64(ad, layer, "down", dev), hessian(cols["down"].gram, req.damp), first),
-                                 torch.arange(len(first), device=dev).view(-1, 1))
+                Wk, Hinv = jump(weight64(ad, layer, "down", dev), hessian(cols["down"].take(), req.damp, consume=True), first)
+                state = OBSState(Wk, Hinv, torch.arange(len(first), device=dev).view(-1, 1))
+                del Wk, Hinv
             left = n_ch - (s.intermediate_size - len(first))
             state.remove_steps(left, dynamic_group_sizes(left))
             keep_f = [first[j] for j in state.alive]

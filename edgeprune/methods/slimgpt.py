@@ -83,8 +83,9 @@ def neuron_stage(source: LayerSource, acts, req: PruneRequest, plan: Plan, ratio
                 keep[role] = list(range(units.shape[0]))
                 if not n_units:
                     continue
-                # H made inline: inverse_spd holds its only reference and frees it while inverting
-                state = OBSState(weight64(ad, layer, role, col.gram.device), inverse_spd(hessian(col.gram, req.damp)), units)
+                # the Gram handed over and H made in its storage: inverse_spd holds the only reference
+                state = OBSState(weight64(ad, layer, role, col.gram.device),
+                                 inverse_spd(hessian(col.take(), req.damp, consume=True)), units)
                 if state.remove_steps(n_units, steps):
                     keep[role] = list(state.alive)
                     tensors[f"L{i}.{role}.weight"] = state.W.to("cpu", torch.float32, copy=True)
