@@ -229,6 +229,9 @@ def main() -> None:
         return
     from edgeprune.io.demo import demo_text
 
+    if not a.nproc and len(a.depths.split(",")) != 2:
+        raise SystemExit(f"scale.py: --depths {a.depths}: give two depths (e.g. 2,4), from which a layer's cost is "
+                         "extrapolated; or compare 1 vs N processes at any depths with --nproc N")
     Path(a.work).mkdir(parents=True, exist_ok=True)
     calib = Path(a.work) / "calib.txt"
     calib.write_text(demo_text("calib", limit=400_000))
