@@ -95,7 +95,7 @@ def refit_ppl(model: str, src, req, lad, alloc, budget, tol, windows, evals) -> 
     from edgeprune.io.checkpoint import load
     from edgeprune.measure.evaluate import perplexity
     from edgeprune.methods.allocate import DROP
-    from edgeprune.methods.search import final_stage
+    from edgeprune.methods.search_refit import final_stage
     from edgeprune.plan import Plan
     from edgeprune.apply.surgery import apply_plan
 

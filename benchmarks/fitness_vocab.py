@@ -43,6 +43,7 @@ def _fitness(V: int, d: int, temp: float, seed: int):
 
 def _one(V: int, d: int, temp: float, tokens: int, rows: int, reps: int) -> dict:
     """Timings and errors at one temperature."""
+    from edgeprune.methods.fitness import TOKEN_BLOCK
     from edgeprune.methods.fitness_vocab import TOP, SampledKL
 
     f, g = _fitness(V, d, temp, 0)
@@ -52,7 +53,7 @@ def _one(V: int, d: int, temp: float, tokens: int, rows: int, reps: int) -> dict
     t = {"dense_exact": [], "dense_sampled": [], "kl_exact": [], "kl_sampled": []}
     for _ in range(reps):  # interleaved
         s0, dense = cpu(lambda: f._dense_terms(hd))
-        s1, terms = cpu(lambda: sample.dense_terms(hd, f._logits))
+        s1, terms = cpu(lambda: sample.dense_terms(hd, f._logits, TOKEN_BLOCK))
         t["dense_exact"].append(s0)
         t["dense_sampled"].append(s1)
         t["kl_exact"].append(cpu(lambda: f._cross(cands[2], *dense[:2]))[0])

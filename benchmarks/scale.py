@@ -229,6 +229,8 @@ def main() -> None:
         return
     from edgeprune.io.demo import demo_text
 
+    if not all(x.strip().isdigit() and int(x) > 0 for x in a.depths.split(",")):
+        raise SystemExit(f"scale.py: --depths {a.depths}: give layer counts separated by commas, e.g. 2,4")
     if not a.nproc and len(a.depths.split(",")) != 2:
         raise SystemExit(f"scale.py: --depths {a.depths}: give two depths (e.g. 2,4), from which a layer's cost is "
                          "extrapolated; or compare 1 vs N processes at any depths with --nproc N")

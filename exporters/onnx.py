@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from edgeprune.dtypes import torch_dtype
 from edgeprune.models import get_adapter
 
 from .runtime_imports import quiet_runtime_logs, require
@@ -67,7 +68,7 @@ def write_onnx(model: nn.Module, out_dir: Path, dtype: str = "f32") -> Path:
     onnx = require("onnx", "onnx", "ONNX export")
     ad = get_adapter(model.config)
     hd = ad.head_dim
-    tdtype = {"f32": torch.float32, "f16": torch.float16}[dtype]
+    tdtype = torch_dtype(dtype)
     model = model.to(tdtype).eval()
     model.config.use_cache = True
     heads = kv_heads(model)
@@ -124,12 +125,10 @@ def check_graph(path: Path, view) -> None:
 def _child(model_dir: str, out_dir: str, dtype: str, conn) -> None:
     """Runs in a fresh process: load in the export dtype, export, report the peak."""
     try:
-        import torch
-
         import edgeprune
         from edgeprune.measure.memory import process_peak_bytes
 
-        model = edgeprune.load(model_dir, dtype={"f32": torch.float32, "f16": torch.float16}[dtype])
+        model = edgeprune.load(model_dir, dtype=torch_dtype(dtype))
         write_onnx(model, Path(out_dir), dtype)
         conn.send(("ok", process_peak_bytes()))
     except BaseException as e:  # noqa: BLE001 - everything is reported to the parent as one line

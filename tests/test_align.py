@@ -15,7 +15,7 @@ from edgeprune.methods.allocate import DROP, Ladders, from_ratios, knapsack, rep
 from edgeprune.methods.search import mutate
 from edgeprune.methods.base import RATIO_TOLERANCE, dense_params
 from edgeprune.methods.ladder import MAX_MODULE_CUT, ffn_counts
-from edgeprune.methods.search import final_counts
+from edgeprune.methods.search_refit import final_counts
 from edgeprune.methods.slimgpt import ipr_ratios
 from edgeprune.models import LayerShape, get_adapter
 from edgeprune.io.synthetic import config_for

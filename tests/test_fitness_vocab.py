@@ -33,7 +33,7 @@ def _exact(head, hd, hq) -> torch.Tensor:
 def test_the_sampled_kl_is_near_the_exact_kl_and_zero_for_the_dense_model(temp):
     f, hd, g = _case(8192, temp)
     s = SampledKL(f.head, 1024)
-    terms = s.dense_terms(hd, f._logits)
+    terms = s.dense_terms(hd, f._logits, fitness.TOKEN_BLOCK)
     assert float(s.kl(hd, terms).abs().max()) == 0.0
     for spread in (0.01, 0.3, 1.5):
         hq = hd + spread * torch.randn(hd.shape, generator=g)
@@ -47,7 +47,7 @@ def test_the_sampled_kl_ranks_candidates_like_the_exact_one():
     """What the search needs: the order of candidates, compared on the same rows."""
     f, hd, g = _case(16384, 1.0, seed=1)
     s = SampledKL(f.head, 2048)
-    terms = s.dense_terms(hd, f._logits)
+    terms = s.dense_terms(hd, f._logits, fitness.TOKEN_BLOCK)
     spreads = [0.05 * 1.25**k for k in range(10)]
     cands = [hd + sp * torch.randn(hd.shape, generator=g) for sp in spreads]
     est = [float(s.kl(h, terms).mean()) for h in cands]
@@ -65,7 +65,7 @@ def test_a_token_whose_top_rows_hold_all_its_mass_is_exact():
     """A peaked token's shared rows weigh nothing (its top set holds the mass): no NaN."""
     f, hd, g = _case(4096, 200.0)
     s = SampledKL(f.head, 512)
-    terms = s.dense_terms(hd, f._logits)
+    terms = s.dense_terms(hd, f._logits, fitness.TOKEN_BLOCK)
     hq = hd + 0.01 * torch.randn(hd.shape, generator=g)
     got = s.kl(hq, terms)
     assert bool(torch.isfinite(got).all())

@@ -225,7 +225,7 @@ def test_the_refit_starts_from_the_deepest_rung_above_the_chosen_one_within_the_
     """`jump_start`: the kept channels of the rung above the chosen one (its step is chosen
     afresh on the pruned inputs), a shallower rung when channels were handed back past it, and
     the full width (None) from the first rung."""
-    from edgeprune.methods.search import jump_start
+    from edgeprune.methods.search_refit import jump_start
 
     class Lad:
         def ffn(self, i):

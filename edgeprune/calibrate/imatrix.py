@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .. import defaults
 from ..defaults import IMATRIX_NSAMPLES, IMATRIX_SEQ_LEN
 
 # Which GGUF tensors read the input of which role's linear (q/k/v share one input, gate/up another).
@@ -22,7 +23,7 @@ READERS: dict[str, tuple[str, ...]] = {"q": ("attn_q", "attn_k", "attn_v"), "o":
 
 
 @torch.no_grad()
-def collect(model: str | Path | torch.nn.Module, windows: torch.Tensor, batch_size: int = 8,
+def collect(model: str | Path | torch.nn.Module, windows: torch.Tensor, batch_size: int = defaults.BATCH_SIZE,
             progress: bool = False) -> dict[str, np.ndarray]:
     """{GGUF tensor name: mean x_j^2 per input column (float32)} over `windows` [n, seq]."""
     from tqdm import tqdm

@@ -18,7 +18,7 @@ from typing import Callable, Iterable, Iterator
 import torch
 from torch import nn
 
-from .. import dist
+from .. import defaults, dist
 from ..io.checkpoint import load_config
 from ..errors import DataError, ModelError
 from ..models import DecoderAdapter, LayerShape, get_adapter
@@ -244,7 +244,7 @@ def run_collecting(source: LayerSource, layer: nn.Module, acts: Activations, rol
     return out, cols
 
 
-def stream_dense(source: LayerSource, calib: torch.Tensor, roles: tuple[str, ...], batch_size: int = 8,
+def stream_dense(source: LayerSource, calib: torch.Tensor, roles: tuple[str, ...], batch_size: int = defaults.BATCH_SIZE,
                  offload: bool = False) -> Iterator[tuple[int, nn.Module, dict[str, GramCollector]]]:
     """Every layer in order, with the input Grams of `roles` collected on the DENSE model's
     inputs (the methods that score all layers on one unpruned pass: Wanda-sp, FLAP).

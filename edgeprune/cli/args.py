@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Callable
 
+from .. import defaults
 from .argtypes import floats as _floats, int_list as _int_list, layers as _layers
 from .argtypes import number as _number, positive as _positive, ratio as _ratio
 from ..measure.latency import DEFAULT_CONTEXT, DEFAULT_NEW_TOKENS, DEFAULT_REPS, DEFAULT_RUNTIME
@@ -97,7 +98,6 @@ def _eval_args(sub) -> argparse.ArgumentParser:
 
 def _calibration_args(sp, calib_help: str) -> None:
     """The calibration windows, alike for prune and build (defaults: edgeprune/defaults.py)."""
-    from .. import defaults
 
     sp.add_argument("--calib", default=None, help=calib_help)
     sp.add_argument("--nsamples", type=_positive, default=defaults.NSAMPLES, help="calibration windows")
@@ -122,13 +122,13 @@ def _prune_args(sub) -> argparse.ArgumentParser:
     _budget_args(pr, build=False)
     pr.add_argument("--layers", type=_layers, help="layers to remove (shortgpt), or COMP's layer stage: N or auto")
     _calibration_args(pr, "calibration set: named set or file (default wikitext2; demo for the demo model)")
-    pr.add_argument("--align", type=_positive, default=1, help="round kept FFN widths, and attention widths (whole KV groups) where the dense width "
+    pr.add_argument("--align", type=_positive, default=defaults.ALIGN, help="round kept FFN widths, and attention widths (whole KV groups) where the dense width "
                     "allows, to a multiple: 256 for k-quants, 32 for q8_0 (default 1: none)")
     pr.add_argument("--protect", type=_int_list, default=None, help="layers kept free of pruning, e.g. 0,1,-1 (the COMP paper's set at 32 layers); "
                          "COMP's default scales that set to the model's depth (none at 5 layers or fewer)")
     _method_options(pr, build=False)
     pr.add_argument("--offload", action="store_true", help="keep calibration activations on disk")
-    pr.add_argument("--batch-size", type=_positive, default=8, help="calibration windows per forward pass")
+    pr.add_argument("--batch-size", type=_positive, default=defaults.BATCH_SIZE, help="calibration windows per forward pass")
     pr.add_argument("--dtype", choices=("bf16", "f16", "f32"), default=None,
                     help="dtype of the saved checkpoint (default: the input's, e.g. bf16 stays bf16)")
     pr.add_argument("--out", required=True, help="output directory")
@@ -144,7 +144,6 @@ def _export_args(sub) -> argparse.ArgumentParser:
     from exporters.dtypes import ALIASES, allowed
     from exporters.formats import get, names
 
-    from .. import defaults
 
     ex = _sub(sub, "export", f"export to {' or '.join(names())}, then verify in the runtime")
     ex.add_argument("model", help="model directory (dense or pruned)")

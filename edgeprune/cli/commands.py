@@ -38,11 +38,10 @@ def _model_arg(model: str | None) -> str:
 
 
 def _data_default(model: str, given: str | None) -> str:
-    if given:
-        return given
+    from .. import defaults
     from ..io.demo import demo_model_dir
 
-    return "demo" if str(model) == str(demo_model_dir()) else "wikitext2"
+    return defaults.calib_for(str(model) == str(demo_model_dir()), given)
 
 
 # ---- commands ---------------------------------------------------------------------

@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 
 from .atomic import write_with
+from .weights import SAFE_INDEX, SAFE_SINGLE
 from ..errors import OutputError
 
 # One table: torch dtype <-> safetensors name (and bytes per element, from torch).
@@ -149,8 +150,8 @@ class ShardWriter:
         self._shards[-1].close()
         n = len(self._shards)
         if n == 1:
-            os.replace(self._shards[0].path, self.dir / "model.safetensors")
-            return ["model.safetensors"]
+            os.replace(self._shards[0].path, self.dir / SAFE_SINGLE)
+            return [SAFE_SINGLE]
         names, weight_map = [], {}
         for k, s in enumerate(self._shards, 1):
             fname = f"model-{k:05d}-of-{n:05d}.safetensors"
@@ -158,8 +159,8 @@ class ShardWriter:
             names.append(fname)
             weight_map.update({t: fname for t in s.names})
         index = {"metadata": {"total_size": self.total}, "weight_map": dict(sorted(weight_map.items()))}
-        (self.dir / "model.safetensors.index.json").write_text(json.dumps(index, indent=2))
-        return names + ["model.safetensors.index.json"]
+        (self.dir / SAFE_INDEX).write_text(json.dumps(index, indent=2))
+        return names + [SAFE_INDEX]
 
     def abort(self) -> None:
         for s in self._shards:

@@ -56,23 +56,25 @@ class Budget:
         return {"kind": self.kind, "requested": self.requested}
 
 
-def check_ratio(v, flag: str | None = "--ratio") -> float:
+def check_ratio(v, flag: str | None = "--ratio", example: str | None = None) -> float:
     """The one check of a parameter ratio, wherever it comes from (the command line, a target's
-    `pruning.ratio`, the Python API), with one message; `flag` names it (None: argparse does)."""
+    `pruning.ratio`, the Python API), with one message; `flag` names it (None: argparse does),
+    `example` is a valid setting as the user writes it there."""
     if isinstance(v, bool) or not isinstance(v, (int, float)) or math.isnan(v) or not 0 < v < 1:
         raise PlanError(f"{flag + ' ' if flag else ''}{v} is outside (0, 1): a ratio is a number strictly between 0 and 1, "
-                        f"the fraction of non-embedding parameters removed; e.g. {flag or '--ratio'} 0.2")
+                        f"the fraction of non-embedding parameters removed; e.g. {example or (flag or '--ratio') + ' 0.2'}")
     return float(v)
 
 
-def check_speedup(v, flag: str = "--speedup") -> float:
+def check_speedup(v, flag: str = "--speedup", example: str | None = None) -> float:
     """The one check of a decode-speedup budget (the command line, a target's `pruning.speedup`,
-    the Python API), with one message: a finite number above 1."""
+    the Python API), with one message: a finite number above 1; `example` as for `check_ratio`."""
+    example = example or f"{flag} 1.3"
     if isinstance(v, bool) or not isinstance(v, (int, float)) or math.isnan(v) or math.isinf(v):
-        raise PlanError(f"{flag} must be a number (got {v!r}); e.g. {flag} 1.3")
+        raise PlanError(f"{flag} must be a number (got {v!r}); e.g. {example}")
     if not v > 1:
         raise PlanError(f"{flag} {v:g} asks for no speedup over the dense model; pass a number above 1 "
-                        f"(decode speedup over dense), e.g. {flag} 1.3")
+                        f"(decode speedup over dense), e.g. {example}")
     return float(v)
 
 

@@ -25,11 +25,13 @@ import numpy as np
 
 from ..io.atomic import write_text
 from ..errors import EdgePruneError
+from .latency import DEFAULT_NEW_TOKENS
 from .latency_fit import TERMS, active_terms, design_row, fit, layer_features, relative_errors
 from ..models import LayerShape
 
 MODEL_VERSION = 3  # a cached table made by another version is measured again (3: ORT fits its full-depth dense probe)
-REPS, NEW_TOKENS = 7, 32
+REPS = 7  # more than a speedup check's latency.DEFAULT_REPS: a probe is one point of a fit, and the fit's error is reported
+NEW_TOKENS = DEFAULT_NEW_TOKENS
 
 
 class LatencyTableError(EdgePruneError):

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any, MutableMapping
 import torch
 from tqdm.auto import tqdm
 
-from .. import dist
+from .. import defaults, dist
 from ..errors import PlanError
 from ..models import DecoderAdapter, LayerShape, expected_nonembedding
 from ..plan import LayerPlan, Plan
@@ -35,9 +35,9 @@ class PruneRequest:
     budget: "Budget | None" = None  # a --speedup / --latency-ms budget (edgeprune/measure/budget.py); None: the ratio
     latency: Any = None  # the latency model a speed budget is predicted with (latency_model.LatencyModel)
     layers: int | str | None = None  # number of layers to remove, or "auto"
-    align: int = 1  # round kept FFN widths to a multiple (hardware efficiency)
+    align: int = defaults.ALIGN  # round kept FFN widths to a multiple (hardware efficiency)
     protect: tuple[int, ...] | None = None  # layers kept free of pruning; None: the method's own default
-    batch_size: int = 8
+    batch_size: int = defaults.BATCH_SIZE
     offload: bool = False  # keep calibration activations on disk
     progress: bool = True
     seed: int = 0

@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from .. import dist
-from ..measure.reference import final_norm
+from ..measure.reference import VOCAB_BLOCK, final_norm
 from ..calibrate.streaming import Activations, LayerSource
 from ..apply.surgery import slice_layer
 from .allocate import DROP, Alloc, Choice, Ladders
@@ -33,7 +33,6 @@ from .fitness_vocab import SampledKL, sampled
 from .ladder import LadderStore, rung_plan
 
 TOKEN_BLOCK = 256  # tokens turned into logits at a time
-VOCAB_BLOCK = 16384  # rows of lm_head cast to float32 at a time
 
 
 class KLFitness:

@@ -56,7 +56,7 @@ class SampledKL:
                            for s in range(0, x.shape[0], step)])
         return z_top, z_tail
 
-    def dense_terms(self, h: torch.Tensor, exact_logits, block: int = 256) -> tuple[torch.Tensor, ...]:
+    def dense_terms(self, h: torch.Tensor, exact_logits, block: int) -> tuple[torch.Tensor, ...]:
         """Per token: the top rows, the dense logits there and at the shared rows (from
         `logits`), and log π, the weights of the estimate (float64, −inf where a shared row
         is one of the token's top rows: it is counted once). `exact_logits(x)` yields the

@@ -115,7 +115,10 @@ def jump(W: torch.Tensor, H: torch.Tensor, keep: list[int]) -> tuple[torch.Tenso
     R = gone.nonzero().view(-1)
     if len(R) == 0:
         return W.clone(), inverse_spd(H)
-    lift = W[:, R] @ H.index_select(0, R).index_select(1, K)  # W_R H_RK: [out, k]
+    lift = W.new_zeros((W.shape[0], len(K)))  # W_R H_RK, in row blocks of H: no |R| x n temporary
+    for a in range(0, len(R), ROW_BLOCK):
+        rows = R[a : a + ROW_BLOCK]
+        lift.addmm_(W.index_select(1, rows), H.index_select(0, rows).index_select(1, K))
     Hinv = inverse_spd(shrink_(H.contiguous(), K, K))
     Wk = W.index_select(1, K)
     Wk.addmm_(lift, Hinv)

@@ -8,6 +8,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .. import defaults
 from ..io.atomic import write_text
 from ..errors import EdgePruneError
 from ..io.outlock import OutLock
@@ -40,7 +41,7 @@ class Build:
     ratio: float | None  # the parameter ratio asked of the method (None: search under a speed budget)
     why: str
     opts: dict
-    align: int = 1  # --align, else the target's
+    align: int = defaults.ALIGN  # --align, else the target's
     budget: object = None  # a speed budget (budget.Budget) or None: the ratio
     options: dict = field(default_factory=dict)  # the method options a build sets (BUILD_OPTIONS): flag, target, default
     latency: object = None  # the latency model(s) of the target's artifacts (speed budgets; latency_binding)

@@ -7,6 +7,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from .. import defaults
 from ..report import profile as prof
 from ..calibrate.data import local_path
 from .build_context import QUIET, Build, BuildError, log
@@ -140,7 +141,7 @@ def resolve(tgt: Target, model_dir: Path, demo: bool, ratio, method, calib, out,
     ad = get_adapter(load_config(model_dir))
     dense_fit = _check_dtypes(tgt, ad, align)  # before any directory exists
     defaulted = calib is None
-    calib = calib or ("demo" if demo else "wikitext2")
+    calib = defaults.calib_for(demo, calib)
     if defaulted and not demo:
         import warnings
 

@@ -53,7 +53,7 @@ def dry_run(model: str | None, target: str, ratio: float | None, method: str | N
     widest = max(max(s.intermediate_size for s in ad.layer_shapes()), ad.hidden_size)
     work = 2 * widest**2 * 8 + 4 * non_emb // max(ad.num_layers, 1) + 2 * nsamples * seq_len * ad.hidden_size * 4
     passes = 2 + (method_options(tgt, options or {})["search_evals"] if get(method).evaluates_candidates else 0)
-    res.update(model=str(model_dir), calib=calib or ("demo" if model is None else "wikitext2"), ratio=r,
+    res.update(model=str(model_dir), calib=defaults.calib_for(model is None, calib), ratio=r,
                ratio_reason=why, params_nonembedding=non_emb, params_embedding=emb, kv_cache_bytes=kv,
                budget_bytes=tgt.budget_bytes, artifacts=arts,
                estimate={"prune_workspace_bytes": work, "calibration_passes": passes,

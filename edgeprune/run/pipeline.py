@@ -98,7 +98,7 @@ def prune(  # long: one keyword argument per CLI option (the body is under 50 li
     *,
     ratio: float | None = None,
     layers: int | str | None = None,
-    calib: str = "wikitext2",
+    calib: str = defaults.CALIB,
     n_samples: int = defaults.NSAMPLES,
     seq_len: int = defaults.SEQ_LEN,
     seed: int = defaults.SEED,

@@ -63,9 +63,9 @@ def _check_budget(path: Path, pruning: dict) -> None:
 
     try:
         if "ratio" in pruning and pruning["ratio"] != "auto":
-            check_ratio(pruning["ratio"], "pruning.ratio")
+            check_ratio(pruning["ratio"], "pruning.ratio", "ratio = 0.2 in [pruning]")
         if "speedup" in pruning:
-            check_speedup(pruning["speedup"], "pruning.speedup")
+            check_speedup(pruning["speedup"], "pruning.speedup", "speedup = 1.3 in [pruning]")
     except PlanError as e:
         tail = ' (or "auto")' if "ratio" in pruning else ""
         raise TargetError(f"{path}: {e}{tail}") from None
