@@ -18,7 +18,6 @@ class GGUF(Format):
     extra = "gguf"
     packages = (("gguf", "GGUF export"),)
     verify_packages = (("llama_cpp", "GGUF verification (llama-cpp-python)"),)
-    kv_element_bytes = 2  # llama.cpp's default f16 cache
     single_file = True
     describe = "a .gguf file"
     out_help = "the .gguf file"

@@ -49,7 +49,7 @@ class Format:
     extra: str = ""
     packages: tuple[tuple[str, str], ...] = ()
     verify_packages: tuple[tuple[str, str], ...] = ()
-    kv_element_bytes: int = 2  # bytes per KV-cache element its runtime keeps by default
+    kv_element_bytes: int = 2  # bytes per KV-cache element its runtime keeps by default (llama.cpp: f16)
     single_file: bool = False  # the artifact is one file (an --out that is a file may be one to overwrite)
     describe: str = ""  # what its artifact looks like, for the error naming every format
     out_help: str = ""  # what `export --out` names for it, for the flag's help

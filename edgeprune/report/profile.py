@@ -27,9 +27,12 @@ def sizes(ad) -> tuple[int, int]:
     return expected_nonembedding(ad, ad.layer_shapes()), ad.embedding_params()
 
 
-def kv_cache_bytes(ad, context: int, element_bytes: int) -> int:
-    """KV cache at `context` tokens, `element_bytes` per element: what the artifact's runtime
-    keeps (`Format.kv_bytes`, through `verdict.kv_element_bytes`)."""
+def kv_cache_bytes(ad, context: int, fmt: str, dtype: str) -> int:
+    """KV cache at `context` tokens, at the bytes per element the artifact's runtime keeps for
+    that format and dtype (`Format.kv_bytes`: llama.cpp f16, ONNX the graph's float type)."""
+    from exporters.formats import get
+
+    element_bytes = get(fmt).kv_bytes(dtype)
     return sum(2 * s.num_kv_heads * ad.head_dim * context * element_bytes for s in ad.layer_shapes())
 
 
@@ -79,16 +82,15 @@ def artifact_entry(f: dict, ep: dict, ed: dict, measured: dict, out_dir: Path, a
 def estimate_for(tgt, entry: dict, ad, ad_p, host: dict) -> dict:
     """The device estimate for one artifact pair, its overhead fitted on this host's measurement."""
     from ..measure.estimate import device_estimate, fit_overhead, overhead_scale
-    from .verdict import kv_element_bytes
 
     lat, weights = entry["latency"], entry["speedup"]["weight_bytes_per_token"]
     ctx = lat["pruned"]["protocol"]["context"] + lat["pruned"]["protocol"]["new_tokens"] // 2
-    eb = kv_element_bytes(entry["format"], entry["dtype"])
-    read = {"dense": weights["dense"] + kv_cache_bytes(ad, ctx, eb), "pruned": weights["pruned"] + kv_cache_bytes(ad_p, ctx, eb)}
+    fd = entry["format"], entry["dtype"]
+    read = {"dense": weights["dense"] + kv_cache_bytes(ad, ctx, *fd), "pruned": weights["pruned"] + kv_cache_bytes(ad_p, ctx, *fd)}
     fit = fit_overhead({k: lat[k]["decode_ms_per_token_median"] for k in ("dense", "pruned")}, read, host["bandwidth"])
     bpw = bytes_per_weight(entry["dtype"])
     est = device_estimate(tgt, entry["format"], entry["dtype"], weights,
-                          {"dense": kv_cache_bytes(ad, tgt.context, eb), "pruned": kv_cache_bytes(ad_p, tgt.context, eb)},
+                          {"dense": kv_cache_bytes(ad, tgt.context, *fd), "pruned": kv_cache_bytes(ad_p, tgt.context, *fd)},
                           {k: 2 * v / bpw for k, v in weights.items()}, fit,
                           overhead_scale(tgt, host["threads"], host["clock_ghz"]))
     return {**est, "host_fit": fit}
@@ -119,7 +121,7 @@ def assemble(b) -> dict:  # long: the profile's sections, in schema order
     from .provenance import commands, license_of, min_runtime_versions, now, sha256, versions
     from .plots import draw, heading
     from .markdown import SCHEMA_VERSION
-    from .verdict import decide, kv_element_bytes
+    from .verdict import decide
 
     cfg = load_config(b.model_dir)
     ad, ad_p = get_adapter(cfg), get_adapter(load_config(b.out_dir / "model"))
@@ -159,7 +161,7 @@ def assemble(b) -> dict:  # long: the profile's sections, in schema order
             "min_runtime_versions": min_runtime_versions(artifacts, b.out_dir), "host": host_info(), "time": now(),
         },
     }
-    kv = {f"{a['format']} {a['dtype']}": kv_cache_bytes(ad_p, b.tgt.context, kv_element_bytes(a["format"], a["dtype"]))
+    kv = {f"{a['format']} {a['dtype']}": kv_cache_bytes(ad_p, b.tgt.context, a["format"], a["dtype"])
           for a in artifacts}
     profile["verdict"] = decide(profile, kv)
     for line in profile["verdict"]["alarms"]:

@@ -81,14 +81,6 @@ def garbage(text: str, ids: list[int], dense_ids: list[int] | None = None) -> st
     return None
 
 
-def kv_element_bytes(fmt: str, dtype: str) -> int:
-    """Bytes per KV-cache element in the artifact's runtime: llama.cpp keeps f16 by default;
-    an ONNX export keeps its past KV in the graph's float type (f16 for f16, else f32)."""
-    from exporters.formats import get
-
-    return get(fmt).kv_bytes(dtype)
-
-
 def fit_of(artifact_bytes: int, kv_bytes: int | None, context: int, budget: int) -> dict:
     total = artifact_bytes + (kv_bytes or 0)
     return {"fits": total <= budget, "artifact_bytes": artifact_bytes, "kv_cache_bytes": kv_bytes, "kv_context": context,

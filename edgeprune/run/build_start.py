@@ -26,9 +26,7 @@ def choose_ratio(target: Target, ad, requested: float | None) -> tuple[float, st
     if target.ratio != "auto":
         return float(target.ratio), f"the {target.name} target's default"
     non_emb, emb = prof.sizes(ad)
-    from ..report.verdict import kv_element_bytes
-
-    per = [(prof.bytes_per_weight(f["dtype"]), prof.kv_cache_bytes(ad, target.context, kv_element_bytes(f["format"], f["dtype"])))
+    per = [(prof.bytes_per_weight(f["dtype"]), prof.kv_cache_bytes(ad, target.context, f["format"], f["dtype"]))
            for f in target.formats]
     bpp = max(b for b, _ in per)
 

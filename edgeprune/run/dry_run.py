@@ -20,7 +20,6 @@ def dry_run(model: str | None, target: str, ratio: float | None, method: str | N
     from ..report import profile as prof
     from ..io.demo import demo_model_dir
     from ..methods import get
-    from ..report.verdict import kv_element_bytes
 
     tgt = with_formats(load_target(target), formats) if formats else load_target(target)
     align = check_align(align, tgt)
@@ -46,7 +45,7 @@ def dry_run(model: str | None, target: str, ratio: float | None, method: str | N
     for f in tgt.formats:
         dtype = chosen[f"{f['format']}-{f['dtype']}"]["chosen"]
         nbytes = int((emb + (1 - (r or 0.0)) * non_emb) * prof.bytes_per_weight(dtype))
-        kv_f = prof.kv_cache_bytes(ad, tgt.context, kv_element_bytes(f["format"], dtype))
+        kv_f = prof.kv_cache_bytes(ad, tgt.context, f["format"], dtype)
         arts.append({"format": f["format"], "dtype": dtype, "estimated_bytes": nbytes, "kv_cache_bytes": kv_f,
                      "fits_budget": nbytes + kv_f <= tgt.budget_bytes})
     kv = max(a["kv_cache_bytes"] for a in arts)  # the largest runtime's KV cache at the target's context
