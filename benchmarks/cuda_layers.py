@@ -57,9 +57,12 @@ def main() -> None:
     p.add_argument("--shape", default="llama-3.1-8b", help="a shape of edgeprune.io.synthetic, or 'tiny'")
     p.add_argument("--methods", default="search,slimgpt,comp")
     p.add_argument("--ratio", type=float, default=0.2)
-    p.add_argument("--nsamples", type=int, default=32)
-    p.add_argument("--seq-len", type=int, default=128)
-    p.add_argument("--search-evals", type=int, default=128)
+    from edgeprune import defaults
+    from edgeprune.methods.registry import SEARCH_EVALS
+
+    p.add_argument("--nsamples", type=int, default=defaults.NSAMPLES)
+    p.add_argument("--seq-len", type=int, default=defaults.SEQ_LEN)
+    p.add_argument("--search-evals", type=int, default=SEARCH_EVALS.default)
     p.add_argument("--full-depth", type=int, default=None, help="layers to extrapolate to (default: the shape's)")
     p.add_argument("--work", default="/tmp/edgeprune-cuda-layers")
     p.add_argument("--out", default="benchmarks/results")

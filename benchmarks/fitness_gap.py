@@ -124,8 +124,10 @@ def main() -> None:
     ap.add_argument("--calib", required=True)
     ap.add_argument("--eval", required=True)
     ap.add_argument("--ratios", default="0.2,0.3")
-    ap.add_argument("--nsamples", type=int, default=32)
-    ap.add_argument("--calib-seq-len", type=int, default=128)
+    from edgeprune import defaults
+
+    ap.add_argument("--nsamples", type=int, default=defaults.NSAMPLES)
+    ap.add_argument("--calib-seq-len", type=int, default=defaults.SEQ_LEN)
     ap.add_argument("--seq-len", type=int, default=256)
     ap.add_argument("--max-windows", type=int, default=300, help="evaluation windows")
     ap.add_argument("--top", type=int, default=6, help="best evaluated candidates added to the seeds")

@@ -6,7 +6,7 @@ For every kind of `tests/tokenizer_zoo.py` (trained here, saved as hubs save the
 GenAI package), then read their verify reports: llama.cpp's and ORT GenAI's tokenizer on the
 fixed strings (exports/text_path.TEXTS), and their text completions of GEN_TEXTS.
 
-    python benchmarks/text_path.py [--kinds spm-model,qwen2,...] [--no-onnx]
+    python benchmarks/text_path.py [--kinds spm-model,qwen2,...] [--formats gguf,onnx]
 """
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks._common import markdown_table, pin_threads, write_results  # noqa: E402
 
 
-def _row(name: str, model: Path, work: Path, onnx: bool) -> dict:
+def _row(name: str, model: Path, work: Path, fmts: list[str]) -> dict:
     from edgeprune.errors import EdgePruneError
     from exporters import export, formats
     from exporters.text_path import in_report
@@ -34,9 +34,7 @@ def _row(name: str, model: Path, work: Path, onnx: bool) -> dict:
     except EdgePruneError as e:
         row["gguf vocab"] = f"refused: {str(e)[:60]}"
     slug = name.split()[0]
-    for fmt in formats.names():
-        if fmt == "onnx" and not onnx:
-            continue
+    for fmt in fmts:
         try:
             res = export(model, fmt, work / f"{slug}-{formats.get(fmt).artifact_name('f32')}", dtype="f32")
             rep = json.loads(Path(res["verify_report"]).read_text())
@@ -61,8 +59,13 @@ def main() -> None:
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--kinds", default=",".join(KINDS))
-    ap.add_argument("--no-onnx", action="store_true")
+    from exporters import formats
+
+    ap.add_argument("--formats", default=",".join(formats.names()), help="the formats exported (default: all)")
     a = ap.parse_args()
+    bad = sorted(set(a.formats.split(",")) - set(formats.names()))
+    if bad:
+        ap.error(f"unknown format {', '.join(bad)}; choose from {', '.join(formats.names())}")
     pin_threads(1)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -73,12 +76,10 @@ def main() -> None:
         if stories.is_dir():
             models["stories260K (real)"] = stories
         for name, m in models.items():
-            rows.append(_row(name, m, work, not a.no_onnx))
+            rows.append(_row(name, m, work, a.formats.split(",")))
             print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
-    from exporters.text_path import IN_REPORT
-
-    cols = [(k, k) for k in ("model", "gguf vocab", *(f"{who} {c}" for who, _ in IN_REPORT
-                                                      for c in ("strings", "completions", "verdict")))]
+    keys = list(dict.fromkeys(k for r in rows for k in r))  # each runtime's columns, as the reports named it
+    cols = [(k, k) for k in keys]
     table = markdown_table(rows, cols)
     print(table)
     write_results("text-path", {"rows": rows, "command": " ".join(sys.argv)}, table)

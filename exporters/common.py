@@ -67,14 +67,19 @@ def staged(out: Path, force: bool, companions: list[tuple[Path, Path]] | None = 
     report), renamed just before the artifact, so an artifact never stands under its final
     name without them; on failure their temporaries go too."""
     check_out_path(out, force)
-    tmp = out.parent / f".{out.stem}.partial-{os.getpid()}{out.suffix}"
-    from edgeprune.io.outdir import remove_orphans
+    from edgeprune.io.outdir import partial, remove_orphans
 
-    remove_orphans(out.parent, f".{out.stem}.partial-")
+    tmp = partial(out.parent, out.stem, out.suffix)
+    remove_orphans(out.parent, out.stem)
     _remove(tmp)
     extra = companions if companions is not None else []
     try:
         yield tmp
+        from edgeprune.io.atomic import flush_tree
+
+        for t, _ in extra:
+            flush_tree(t)
+        flush_tree(tmp)
         for t, final in extra:
             os.replace(t, final)
         if out.exists():

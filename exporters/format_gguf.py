@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 from edgeprune.errors import OutputError
@@ -80,7 +79,9 @@ class GGUF(Format):
         if report is None:
             final.unlink(missing_ok=True)
             return
-        t = out.with_name(f".{out.stem}.partial-{os.getpid()}.verify.json")  # an orphan of it is cleaned by staged()
+        from edgeprune.io.outdir import partial
+
+        t = partial(out.parent, out.stem, ".verify.json")  # an orphan of it is cleaned by staged()
         companions.append((t, final))
         t.write_text(json.dumps(report, indent=1))
 
@@ -94,7 +95,7 @@ class GGUF(Format):
     def text_path(self, sess):
         from .text_path import LlamaCppText
 
-        return LlamaCppText(sess.llm)  # llama.cpp's tokenizer and sampler through its C API
+        return LlamaCppText(sess.llm, self.runtime)  # llama.cpp's tokenizer and sampler through its C API
 
     def weight_bytes(self, artifact: Path, dtype: str, ad) -> int:
         from .artifacts import gguf_linear_bytes

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 from .formats import Format, register
+from .names import ONNX_MODEL
 
 
 class ONNX(Format):
@@ -25,17 +26,19 @@ class ONNX(Format):
         return f"onnx-{dtype}"
 
     def is_artifact(self, p: Path) -> bool:
-        return p.is_dir() and (p / "model.onnx").is_file() or p.is_file() and p.suffix == ".onnx"
+        return p.is_dir() and (p / ONNX_MODEL).is_file() or p.is_file() and p.suffix == ".onnx"
 
     def verify_report(self, out: Path) -> Path:
-        return out / "model.onnx.verify.json"
+        return out / f"{ONNX_MODEL}.verify.json"
 
     def report_of(self, artifact: Path) -> Path:
-        return self.verify_report(artifact if artifact.is_dir() else artifact.parent)
+        """A folder's report is inside it; a bare graph file's is beside it under its own name
+        (model.onnx's is the folder's: the same path; any other name has none of edgeprune's)."""
+        return self.verify_report(artifact) if artifact.is_dir() else artifact.with_name(f"{artifact.name}.verify.json")
 
     def written(self, out: Path) -> tuple[Path, Path, int]:
         size = sum(p.stat().st_size for p in out.iterdir() if p.is_file() and not p.name.endswith(".json"))
-        return out / "model.onnx", self.verify_report(out), size
+        return out / ONNX_MODEL, self.verify_report(out), size
 
     def kv_bytes(self, dtype: str) -> int:
         return 2 if dtype == "f16" else 4  # the past KV is in the graph's float type

@@ -20,6 +20,7 @@ import numpy as np
 from edgeprune.defaults import model_context
 from edgeprune.errors import ExportError
 
+from .names import ONNX_MODEL
 from .runtimes import decode_step
 
 CONFIG = "genai_config.json"
@@ -54,7 +55,7 @@ def genai_config(view, tokenizer=None, context_length: int | None = None) -> dic
         "context_length": ctx,
         "vocab_size": int(ad.vocab_size),
         "decoder": {
-            "filename": "model.onnx",
+            "filename": ONNX_MODEL,
             "session_options": {"log_id": "onnxruntime-genai", "provider_options": []},
             "head_size": int(ad.head_dim),
             "hidden_size": int(ad.hidden_size),

@@ -18,6 +18,7 @@ from torch import nn
 from edgeprune.dtypes import torch_dtype
 from edgeprune.models import get_adapter
 
+from .names import ONNX_MODEL
 from .runtime_imports import quiet_runtime_logs, require
 
 EXTERNAL_DATA_THRESHOLD = 2 * 1024**3  # protobuf's 2 GB limit
@@ -87,7 +88,7 @@ def write_onnx(model: nn.Module, out_dir: Path, dtype: str = "f32") -> Path:
     from edgeprune.io.outdir import OWNER
 
     (out_dir / OWNER).write_text("written by edgeprune export; --force may replace this folder\n")
-    path = out_dir / "model.onnx"
+    path = out_dir / ONNX_MODEL
     nbytes = sum(p.numel() * p.element_size() for p in model.parameters())
     quiet_runtime_logs("torch.onnx")
     with warnings.catch_warnings():
@@ -167,4 +168,4 @@ def write_onnx_isolated(model_dir: Path, out_dir: Path, dtype: str) -> tuple[Pat
         raise EdgePruneError(value.split(": ", 1)[-1])
     if kind == "bug":
         raise ExportError(f"torch.onnx.export failed ({value}); please report it with the command")
-    return out_dir / "model.onnx", int(value)
+    return out_dir / ONNX_MODEL, int(value)

@@ -14,6 +14,7 @@ import numpy as np
 
 from edgeprune.errors import ExportError
 
+from .names import ONNX_MODEL
 from .runtime_imports import require, verbose
 
 _NP = {"tensor(float)": np.float32, "tensor(float16)": np.float16}
@@ -42,7 +43,7 @@ class OnnxSession:
         ort = require("onnxruntime", "onnx", "running ONNX artifacts")
         path = Path(path)
         if path.is_dir():
-            path = path / "model.onnx"
+            path = path / ONNX_MODEL
         so = ort.SessionOptions()
         so.log_severity_level = 3
         if low_memory:  # verification: no pre-packed second copy of every weight, no arena

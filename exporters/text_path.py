@@ -35,20 +35,21 @@ TEXTS = (
 )
 GEN_TEXTS = ("Once upon a time", "def main():\n", "A")
 GEN_NEW = 8
-# Where a verify report keeps each runtime's text-path record, and that runtime's name in
-# reports: the artifact's own session (only llama.cpp's has a tokenizer: `Format.text_path`),
-# then the ORT GenAI package's generator (`Format.second_runtime`, verify.py's `genai`).
-IN_REPORT = (("llama.cpp", ("text_path",)), ("ORT GenAI", ("genai", "text_path")))
+# Where a verify report keeps each runtime's text-path record: the artifact's own session (only
+# llama.cpp's has a tokenizer: `Format.text_path`), then the ORT GenAI package's generator
+# (`Format.second_runtime`, verify.py's `genai`). The runtime's name is in the record itself
+# (`tokenizer_check`'s "in", from the text-path object), never restated here.
+IN_REPORT = (("text_path",), ("genai", "text_path"))
 
 
 def in_report(report: dict | None) -> list[tuple[str, dict | None]]:
-    """(runtime, its text-path record or None) for each place of `IN_REPORT` in a verify report."""
+    """(runtime's name, its text-path record or None) for each place of `IN_REPORT` in a verify report."""
     out = []
-    for who, keys in IN_REPORT:
+    for keys in IN_REPORT:
         rec = report
         for k in keys:
             rec = (rec or {}).get(k)
-        out.append((who, rec))
+        out.append((((rec or {}).get("tokenizer") or {}).get("in", "its runtime"), rec))
     return out
 
 
@@ -141,7 +142,7 @@ def tokenizer_check(hf, rt, texts=TEXTS) -> dict:
                 f.update(transformers_text=want_text, runtime_text=got_text,
                          detokenizer="the runtime's detokenizer gives other text for transformers' ids")
             failures.append(f)
-    return {"runtime": rt.name, "strings": len(texts), "failed": len(failures), "failures": failures,
+    return {"runtime": rt.name, "in": rt.runtime, "strings": len(texts), "failed": len(failures), "failures": failures,
             "deviations": deviations, "passed": not failures}
 
 
@@ -179,10 +180,12 @@ class LlamaCppText:
     llama-server use): `llama_tokenize` with the GGUF's add_bos and special-token parsing,
     greedy decoding, `llama_detokenize`, and `create_completion` for the text API."""
 
-    def __init__(self, llm):
+    def __init__(self, llm, runtime: str):
+        """`runtime`: its name in reports (the format's `Format.runtime`)."""
         import llama_cpp
 
-        self.llm, self.lc, self.name = llm, llama_cpp, f"llama.cpp (llama-cpp-python {llama_cpp.__version__})"
+        self.llm, self.lc, self.runtime = llm, llama_cpp, runtime
+        self.name = f"{runtime} (llama-cpp-python {llama_cpp.__version__})"
         self.strip_specials = True  # llama_detokenize keeps the SentencePiece space after a BOS
         from .vocab import PRE
 
@@ -234,6 +237,8 @@ class LlamaCppText:
 
 class GenAIText:
     """ORT GenAI's own text path: `og.Tokenizer.encode`, `og.Generator` greedy, `decode`."""
+
+    runtime = "ORT GenAI"  # its name in reports
 
     def __init__(self, session):
         self.s, og = session, session.og

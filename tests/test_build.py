@@ -195,3 +195,27 @@ def test_interrupted_build_resumes(stories, tmp_path, monkeypatch):
     # one runtime thread count per build, decided when it started and kept across the resume
     assert json.loads((out / "build_state.json").read_text())["runtime_threads"] == 1
     assert {a["latency"]["pruned"]["protocol"]["threads"] for a in res["profile"]["artifacts"]} == {1}
+
+
+def test_an_auto_ratio_is_sized_at_the_dtype_the_dense_widths_leave():
+    """A target's q4_k that the dense widths make fall back to q8_0 (`_check_dtypes`) weighs
+    q8_0's bytes: the auto ratio is chosen for that artifact, as `--dry-run` reports it."""
+    from types import SimpleNamespace
+
+    from edgeprune.models import get_adapter
+    from edgeprune.report import profile as prof
+    from edgeprune.run.build_start import choose_ratio
+    from edgeprune.io.synthetic import config_for
+
+    ad = get_adapter(SimpleNamespace(**config_for("llama-3.2-1b", 4)))
+    non_emb, emb = prof.sizes(ad)
+    fmt = {"format": "gguf", "dtype": "q4_k"}
+    q8 = prof.bytes_per_weight("q8_0")
+    kv = prof.kv_cache_bytes(ad, 512, "gguf", "q8_0")
+    budget = (emb + 0.75 * non_emb) * q8 + kv  # q8_0 needs a cut of 25%: the ladder's 0.25; q4_k fits dense
+    tgt = SimpleNamespace(ratio="auto", formats=[fmt], context=512, budget_bytes=budget, name="t")
+    same = {"gguf-q4_k": {"chosen": "q4_k"}}
+    fell = {"gguf-q4_k": {"chosen": "q8_0"}}
+    assert choose_ratio(tgt, ad, None, same)[0] == 0.1 and "already fits" in choose_ratio(tgt, ad, None, same)[1]
+    assert choose_ratio(tgt, ad, None, fell)[0] == 0.25
+    assert choose_ratio(tgt, ad, 0.4, fell) == (0.4, "from --ratio")

@@ -80,3 +80,15 @@ def test_the_verify_report_of_an_artifact_path_is_where_its_format_keeps_it(tmp_
     assert formats.of_path(g).report_of(g) == formats.get("gguf").written(g)[1]
     for p in (d, d / "model.onnx"):
         assert formats.of_path(p).report_of(p) == formats.get("onnx").written(d)[1] == d / "model.onnx.verify.json"
+
+
+def test_a_bare_graph_file_of_another_name_has_its_own_report_not_its_folders(tmp_path):
+    """A user's `other.onnx` next to an edgeprune folder's report must not read as verified by it:
+    only model.onnx (the folder's graph) shares the folder's report."""
+    (tmp_path / "model.onnx").write_bytes(b"")
+    (tmp_path / "model.onnx.verify.json").write_text("{}")
+    other = tmp_path / "other.onnx"
+    other.write_bytes(b"")
+    onnx = formats.get("onnx")
+    assert onnx.report_of(other) == tmp_path / "other.onnx.verify.json"
+    assert onnx.report_of(tmp_path / "model.onnx") == onnx.verify_report(tmp_path)

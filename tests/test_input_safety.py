@@ -83,6 +83,34 @@ def test_resume_with_other_arguments_names_each_difference(interrupted, capsys):
     assert _snapshot(out) == before
 
 
+@pytest.mark.parametrize("recorded", [None, "older"])
+def test_resume_refuses_a_run_of_another_revision_of_the_method(interrupted, capsys, monkeypatch, recorded):
+    """A method whose arithmetic changed (its registered `revision` bumped) would join layers
+    of two algorithms into one plan: the resume is refused naming both revisions, and a record
+    from before revisions were recorded is refused too, changing nothing."""
+    import dataclasses
+
+    from edgeprune.methods import registry
+
+    argv, _, _, out = interrupted
+    method = argv[argv.index("--method") + 1]
+    args_file = out / ".work" / "args.json"
+    rec = json.loads(args_file.read_text())
+    assert rec["revision"] == registry.REGISTRY[method].revision
+    if recorded is None:
+        del rec["revision"]
+        args_file.write_text(json.dumps(rec))
+    else:  # this code is a revision newer than the one that wrote the record
+        monkeypatch.setitem(registry.REGISTRY, method,
+                            dataclasses.replace(registry.REGISTRY[method], revision=rec["revision"] + 1))
+    before = _snapshot(out)
+    assert main([*argv, "--resume"]) == 2
+    line = _one_error(capsys)
+    was = "an earlier edgeprune" if recorded is None else f"revision {rec['revision']}"
+    assert f"`{method}` run of {was}" in line and "would not reproduce" in line and "--force" in line, line
+    assert _snapshot(out) == before
+
+
 def test_resume_on_unchanged_inputs_finishes(interrupted, capsys):
     argv, _, _, out = interrupted
     assert main([*argv, "--resume"]) == 0
@@ -353,3 +381,25 @@ def test_claim_with_force_empties_what_edgeprune_wrote_and_keeps_its_lock(tmp_pa
     finally:
         lock.release()
     assert not any(out.iterdir())
+
+
+def test_partial_outputs_of_a_dead_run_go_and_a_live_runs_stay(tmp_path):
+    """`partial` names a staged output with its writer's pid; `remove_orphans` removes only
+    those of a process that no longer runs, of the stem asked for, files and folders alike."""
+    import os
+
+    from edgeprune.io.outdir import partial, remove_orphans
+
+    mine = partial(tmp_path, "m", ".gguf")
+    assert mine.name == f".m.partial-{os.getpid()}.gguf"
+    dead_pid = max(int(p) for p in os.listdir("/proc") if p.isdigit()) + 100000
+    dead_file = tmp_path / f".m.partial-{dead_pid}.gguf"
+    dead_dir = tmp_path / f".m.partial-{dead_pid}"
+    live = tmp_path / ".m.partial-1.verify.json"  # pid 1 always runs
+    other = tmp_path / f".n.partial-{dead_pid}.gguf"
+    for p in (mine, dead_file, live, other):
+        p.write_text("x")
+    dead_dir.mkdir()
+    (dead_dir / "model.onnx").write_text("x")
+    remove_orphans(tmp_path, "m")
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(p.name for p in (mine, live, other))

@@ -16,13 +16,28 @@ def temporary(path: Path) -> Path:
     return path.with_name(f".{path.name}.tmp")
 
 
-def replace(tmp: Path, path: Path) -> None:
-    """Flush `tmp` to disk, then rename it over `path` (atomic on one file system)."""
-    fd = os.open(tmp, os.O_RDONLY)
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def flush_tree(path: Path) -> None:
+    """Every file under `path` (or the file itself), then each directory, to disk: what a
+    staged artifact or checkpoint needs before its rename, so a power cut after the rename
+    finds whole files under the final name, not empty ones."""
+    path = Path(path)
+    if path.is_dir():
+        for p in sorted(path.rglob("*"), key=lambda q: -len(q.parts)):  # files and inner directories first
+            _fsync(p)
+    _fsync(path)
+
+
+def replace(tmp: Path, path: Path) -> None:
+    """Flush `tmp` to disk, then rename it over `path` (atomic on one file system)."""
+    _fsync(tmp)
     os.replace(tmp, path)
 
 

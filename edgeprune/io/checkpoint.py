@@ -28,7 +28,8 @@ from ..errors import ModelError
 from ..models import get_adapter
 from ..models import pruned_modeling
 from ..plan import Plan
-from .outdir import INCOMPLETE, MANIFEST, check_output_dir, remove_orphans
+from .atomic import flush_tree
+from .outdir import INCOMPLETE, MANIFEST, check_output_dir, partial, remove_orphans
 
 TOKENIZER_FILES = (
     "tokenizer.model", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
@@ -79,12 +80,13 @@ def staged_dir(directory: str | Path, force: bool = False) -> Iterator[Path]:
     """
     out = Path(directory).absolute()
     check_output_dir(out, force=force, resume=True)
-    tmp = out.parent / f".{out.name}.partial-{os.getpid()}"
-    remove_orphans(out.parent, f".{out.name}.partial-")
+    tmp = partial(out.parent, out.name)
+    remove_orphans(out.parent, out.name)
     shutil.rmtree(tmp, ignore_errors=True)
     try:
         tmp.mkdir()
         yield tmp
+        flush_tree(tmp)
         if out.exists():
             for p in tmp.iterdir():
                 target = out / p.name

@@ -101,7 +101,15 @@ def refuse_other_run(out: Path, recorded_args: dict | None, args: dict, recorded
                      inputs: dict[str, str]) -> None:
     """The one resume rule of prune, build and (through its builds) sweep: `--resume`
     continues only the run it interrupted, with the same arguments and the same inputs'
-    content; anything else is refused naming each difference, before any work."""
+    content; anything else is refused naming each difference, before any work. A record of
+    another revision of the method's arithmetic (`Method.revision`; none recorded: before
+    revisions were) is refused on its own: no argument repeated would make its layers match."""
+    if recorded_args is not None and "revision" in args and recorded_args.get("revision") != args["revision"]:
+        was = recorded_args.get("revision")
+        raise OtherRunError(f"{out} holds an interrupted `{args.get('method')}` run of "
+                            f"{'an earlier edgeprune' if was is None else f'revision {was}'} (this one is revision "
+                            f"{args['revision']}), whose finished layers this version would not reproduce; "
+                            "pass --force to start over")
     if recorded_args != args:
         shown = "its arguments were not recorded" if recorded_args is None else ", ".join(
             f"{k}: was {recorded_args.get(k)!r}, now {args.get(k)!r}"

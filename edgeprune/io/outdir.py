@@ -17,9 +17,17 @@ OWNER = ".edgeprune"  # marks every other directory edgeprune writes (ONNX folde
 OWNED_MARKERS = (MANIFEST, INCOMPLETE, OWNER, "build_state.json", LOCK)
 
 
-def remove_orphans(parent: Path, prefix: str) -> None:
-    """Partial outputs (ours, by name) of a process that no longer runs (a SIGKILL): removed,
-    so that they neither pile up nor confuse the next run."""
+def partial(parent: Path, stem: str, suffix: str = "") -> Path:
+    """The hidden name an output `stem` + `suffix` is staged under in `parent` by this process
+    (`.STEM.partial-PID SUFFIX`): the process id is what `remove_orphans` reads to tell a dead
+    run's leftovers from a live one's."""
+    return parent / f".{stem}.partial-{os.getpid()}{suffix}"
+
+
+def remove_orphans(parent: Path, stem: str) -> None:
+    """Partial outputs of `stem` (ours, by `partial`'s name) left by a process that no longer
+    runs (a SIGKILL): removed, so that they neither pile up nor confuse the next run."""
+    prefix = f".{stem}.partial-"
     for p in parent.glob(prefix + "*"):
         pid = p.name[len(prefix):].split(".")[0]
         if pid.isdigit() and int(pid) != os.getpid() and not Path(f"/proc/{pid}").exists():

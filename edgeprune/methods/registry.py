@@ -34,6 +34,10 @@ class Method:
     # (predicted decode time); the others get the parameter ratio the latency model predicts reaches it
     cost_budget: bool = False
     options: tuple[Option, ...] = ()  # the options it reads beyond PruneRequest's shared ones
+    # its arithmetic's revision, recorded with a prune's resume arguments: bumped whenever a
+    # change makes its per-layer records differ, so `--resume` never joins layers of two
+    # revisions into one plan (io/guard.refuse_other_run refuses naming both)
+    revision: int = 1
 
     @property
     def plan(self):
@@ -70,6 +74,7 @@ REGISTRY: dict[str, Method] = {m.name: m for m in (
     Method("search", "search:plan_search", "global search of each layer's and module's width over OBS candidate "
            "ladders (heads, KV groups, FFN channels, whole layers), KL fitness (Týr/DarwinLM style)",
            exact_ratio=True, resumable=True, evaluates_candidates=True, cost_budget=True,
+           revision=2,  # 2: the re-fit starts from the ladder's channels (search_refit.jump_start)
            options=(SEARCH_EVALS, SEARCH_KL_VOCAB, DAMP, MAX_LAYER_RATIO)),
     Method("slimgpt", "slimgpt:plan_slimgpt", "group OBS on heads and channels with compensation (SlimGPT)", seed="log-ipr",
            options=(IPR, DAMP, MAX_LAYER_RATIO)),

@@ -82,8 +82,10 @@ def inspect_onnx(p: Path) -> dict:
     """The GenAI config, the graph's per-layer KV heads (its present outputs), weight dtypes, bytes."""
     import onnx
 
+    from exporters.names import ONNX_MODEL
+
     folder = p if p.is_dir() else p.parent
-    model = folder / "model.onnx" if p.is_dir() else p
+    model = folder / ONNX_MODEL if p.is_dir() else p
     try:
         g = onnx.load(str(model), load_external_data=False).graph
     except Exception as e:  # noqa: BLE001

@@ -20,14 +20,22 @@ from .targets import Target, load_target
 AUTO_LADDER = [0.1, 0.15, 0.2, 0.25, 0.3, 0.35, 0.4, 0.45, 0.5, 0.55, 0.6, 0.65, 0.7]
 
 
-def choose_ratio(target: Target, ad, requested: float | None) -> tuple[float, str]:
+def fitted(target: Target, chosen: dict[str, dict]) -> list[dict]:
+    """The target's formats, each with the dtype the dense widths leave it (`_check_dtypes`):
+    what sizes and KV caches are estimated for (a requested dtype that falls back is not)."""
+    return [{**f, "dtype": chosen[f"{f['format']}-{f['dtype']}"]["chosen"]} for f in target.formats]
+
+
+def choose_ratio(target: Target, ad, requested: float | None, chosen: dict[str, dict]) -> tuple[float, str]:
+    """--ratio, else the target's ratio, else ("auto") the smallest ratio on `AUTO_LADDER` whose
+    largest artifact (at the dtype `chosen` leaves each format) and its KV cache fit the budget."""
     if requested is not None:
         return requested, "from --ratio"
     if target.ratio != "auto":
         return float(target.ratio), f"the {target.name} target's default"
     non_emb, emb = prof.sizes(ad)
     per = [(prof.bytes_per_weight(f["dtype"]), prof.kv_cache_bytes(ad, target.context, f["format"], f["dtype"]))
-           for f in target.formats]
+           for f in fitted(target, chosen)]
     bpp = max(b for b, _ in per)
 
     def need(r: float) -> float:  # the largest artifact + the KV cache its runtime keeps
@@ -53,8 +61,7 @@ def _warn_alignment(tgt: Target, ad, align: int, chosen: dict[str, dict]) -> Non
     dtype the dense widths leave each format (`_check_dtypes`)."""
     from edgeprune.dtypes import get
 
-    for t in tgt.formats:
-        f = {**t, "dtype": chosen[f"{t['format']}-{t['dtype']}"]["chosen"]}
+    for f in fitted(tgt, chosen):
         block = get(f["dtype"]).block
         if block > 1 and align % block:
             log(f"WARNING: align {align} is not a multiple of {f['dtype']}'s block {block}: pruned widths "
@@ -158,7 +165,7 @@ def resolve(tgt: Target, model_dir: Path, demo: bool, ratio, method, calib, out,
     budget, why = choose(tgt, ratio, *opts.get("speed", (None, None)))
     if budget is not None and not budget.is_speed:
         budget = None  # --ratio: today's path
-    the_ratio, why = choose_ratio(tgt, ad, ratio) if budget is None else (None, why)
+    the_ratio, why = choose_ratio(tgt, ad, ratio, dense_fit) if budget is None else (None, why)
     return Resolved(tgt, align, out_dir, model_dir, ad, dense_fit, calib, defaulted, method or tgt.method, budget,
                     the_ratio, why)
 

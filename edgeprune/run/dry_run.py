@@ -8,7 +8,7 @@ from pathlib import Path
 
 from .. import defaults
 from .build import check_align, method_options
-from .build_start import resolve
+from .build_start import fitted, resolve
 from .target_formats import with_formats
 from .targets import load_target
 
@@ -42,8 +42,8 @@ def dry_run(model: str | None, target: str, ratio: float | None, method: str | N
         res["budget"] = rs.budget.to_json()
     non_emb, emb = prof.sizes(ad)
     arts = []
-    for f in tgt.formats:
-        dtype = chosen[f"{f['format']}-{f['dtype']}"]["chosen"]
+    for f in fitted(tgt, chosen):
+        dtype = f["dtype"]
         nbytes = int((emb + (1 - (r or 0.0)) * non_emb) * prof.bytes_per_weight(dtype))
         kv_f = prof.kv_cache_bytes(ad, tgt.context, f["format"], dtype)
         arts.append({"format": f["format"], "dtype": dtype, "estimated_bytes": nbytes, "kv_cache_bytes": kv_f,

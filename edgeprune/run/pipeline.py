@@ -137,7 +137,8 @@ def prune(  # long: one keyword argument per CLI option (the body is under 50 li
     out_path = Path(out).absolute() if out else None
     on_disk = isinstance(model_dir, (str, Path))
     src = dict(calib=calib, n_samples=n_samples, seq_len=seq_len, seed=seed, data_dir=data_dir)
-    args = {"model": str(Path(model_dir).absolute()) if on_disk else "in-memory", "method": method, "ratio": ratio,
+    args = {"model": str(Path(model_dir).absolute()) if on_disk else "in-memory", "method": method,
+            "revision": get(method).revision, "ratio": ratio,
             "layers": layers, "calib": str(calib), "n_samples": n_samples, "seq_len": seq_len, "seed": seed, "dtype": dtype,
             "request": {k: (list(v) if isinstance(v, tuple) else v) for k, v in sorted(request.items()) if k != "progress"}}
     on_writer(lambda: _check_out(out_path, model_dir if on_disk else None, calib, force, resume))
