@@ -138,3 +138,21 @@ def test_llama_clean_spaces_and_text_rules():
     assert llama_clean_spaces("a , b . c ? it 's 'x ' y") == "a, b. c? it's 'x'y"
     assert llama_clean_spaces("plain text") == "plain text"
     assert same_text("ab\ufffdcd", "ab") and not same_text("abc", "abd") and same_text("abc", "abc")
+
+
+def test_the_report_names_the_runtime_the_record_names():
+    """The report's text-path line takes the runtime's name from the record the runtime adapter
+    wrote (`tokenizer.in`), so a new runtime needs no second list of names."""
+    from edgeprune.report.markdown import _text_path_lines
+    from exporters.text_path import in_report
+
+    def rec(who):
+        return {"passed": True, "tokenizer": {"in": who, "strings": 3, "failed": 0},
+                "generation": {"runs": [{"prompt": "A", "runtime_text": "A b", "passed": True}]}}
+
+    report = {"text_path": rec("SomeRuntime"), "genai": {"text_path": rec("OtherRuntime")}}
+    assert [who for who, _ in in_report(report)] == ["SomeRuntime", "OtherRuntime"]
+    lines = _text_path_lines([{"format": "gguf", "dtype": "f16", "verify": report}])
+    assert any("in SomeRuntime: 3/3" in x for x in lines) and any("in OtherRuntime" in x for x in lines)
+    assert not any("llama.cpp" in x for x in lines)
+    assert [who for who, r in in_report({}) if r is None] == ["its runtime", "its runtime"]
