@@ -106,10 +106,10 @@ def main() -> None:  # long: one loop over the table
                     raw.append({"column": col, "format": fmt, "dtype": dtype, "error": err,
                                 "verify": res and res["verify"], "architecture": res and res.get("architecture"),
                                 "fallbacks": res and res.get("fallbacks"), "bits_per_weight": res and res.get("bits_per_weight")})
-                    g = ((res or {}).get("verify") or {}).get("genai")  # the package's second runtime, where it has one
-                    if g is not None and dtype == "f32":
+                    if formats.get(fmt).has_second_runtime and dtype == "f32":  # the package's second runtime
+                        g = ((res or {}).get("verify") or {}).get("genai") or {}
                         rows.setdefault("ORT GenAI (f32 folder, og.Generator)", {})[col] = (
-                            f"skipped: {g['skipped']}" if "skipped" in g else
+                            f"refused: {err}" if err else f"skipped: {g['skipped']}" if "skipped" in g else
                             ("✓ greedy tokens = PyTorch" if g.get("greedy_tokens_match") else "FAILED greedy tokens"))
                     print(f"{col:34s} {fmt} {dtype:7s} {rows[f'{fmt.upper()} {dtype}'][col]}", flush=True)
     cols = [c for c, _, _ in COLUMNS]

@@ -67,6 +67,7 @@ def staged(out: Path, force: bool, companions: list[tuple[Path, Path]] | None = 
     report), renamed just before the artifact, so an artifact never stands under its final
     name without them; on failure their temporaries go too."""
     check_out_path(out, force)
+    from edgeprune.io.atomic import flush_tree
     from edgeprune.io.outdir import partial, remove_orphans
 
     tmp = partial(out.parent, out.stem, out.suffix)
@@ -75,8 +76,6 @@ def staged(out: Path, force: bool, companions: list[tuple[Path, Path]] | None = 
     extra = companions if companions is not None else []
     try:
         yield tmp
-        from edgeprune.io.atomic import flush_tree
-
         for t, _ in extra:
             flush_tree(t)
         flush_tree(tmp)

@@ -122,6 +122,12 @@ class Format:
         defaults, the loop a user runs). Runtime logs are quiet unless -v (`runtime_imports.require`)."""
         raise NotImplementedError
 
+    @property
+    def has_second_runtime(self) -> bool:
+        """Whether the format overrides `second_runtime` (its package is verified in a second
+        runtime too): what a table of every format asks before giving that runtime a row."""
+        return type(self).second_runtime is not Format.second_runtime
+
     def second_runtime(self, path: Path, prompts: list[list[int]], tokenizer=None):
         """(greedy tokens, why skipped, text-path runs) through a second runtime the artifact
         is packaged for (ONNX: onnxruntime-genai's generator), verified beside the first;

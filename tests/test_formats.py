@@ -92,3 +92,11 @@ def test_a_bare_graph_file_of_another_name_has_its_own_report_not_its_folders(tm
     onnx = formats.get("onnx")
     assert onnx.report_of(other) == tmp_path / "other.onnx.verify.json"
     assert onnx.report_of(tmp_path / "model.onnx") == onnx.verify_report(tmp_path)
+
+
+def test_only_a_format_that_overrides_second_runtime_says_it_has_one():
+    """`has_second_runtime` is read from the class (no list of names): ONNX's package is verified
+    in ORT GenAI too, a GGUF has only llama.cpp."""
+    from exporters import formats
+
+    assert formats.get("onnx").has_second_runtime and not formats.get("gguf").has_second_runtime

@@ -99,9 +99,11 @@ def device_estimate(target, fmt: str, dtype: str, weights: dict[str, int], kv: d
     out["overhead_ms_per_token"] = over
     out["overhead_share"] = over / out["decode_ms_per_token_pruned"]
     out["relative_error"] = err
+    from exporters.formats import get as get_format
+
     out["assumptions"] = (f"decode = per-token overhead ({host_fit['overhead_ms']:.3f} ms on the build host, scaled "
-                          f"{scale[1]}) + every linear weight and the KV cache at context {ctx} (in the element type its "
-                          f"runtime keeps: f16 in llama.cpp, the graph's float type in ONNX) read once at "
+                          f"{scale[1]}) + every linear weight and the KV cache at context {ctx} ({get_format(fmt).kv_bytes(dtype)} "
+                          f"bytes per element, as its runtime keeps it) read once at "
                           f"spec bandwidth; prefill = 2 FLOP per weight per token at peak compute + one overhead")
     if out["overhead_share"] > 0.5:
         out["caveat"] = ("per-token overhead is most of this estimate: the figures depend on the runtime and "
